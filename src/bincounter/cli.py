@@ -1,0 +1,228 @@
+"""`bincounter` command line: thin wrappers over the library functions.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (`UserError`); bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import COUNTS, __version__
+from .errors import UserError
+
+log = logging.getLogger("bincounter")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
+    return v
+
+
+# ----------------------------------------------------------------------------------------------- train
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainer's flags. The container maps SageMaker hyperparameters onto these same flags."""
+    d = p.add_argument_group("data and outputs")
+    d.add_argument("--train", dest="train_dir", required=True, help="train channel: DIR/<count>/<id>.jpg")
+    d.add_argument("--val", dest="val_dir", required=True, help="validation channel, same layout")
+    d.add_argument("--test", dest="test_dir", help="optional test channel: evaluated with the best model")
+    d.add_argument("--model-dir", required=True, help="where model.safetensors + config.json go")
+    d.add_argument("--output-dir", help="reports (metrics JSON, confusion matrix PNG); default: --model-dir")
+    d.add_argument("--checkpoint-dir", help="write a checkpoint every epoch and resume from it if present")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="efficientnet_b0", help="any timm (or torchvision) model name")
+    m.add_argument("--backend", default="timm", choices=["timm", "torchvision"])
+    m.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start from ImageNet weights (downloaded by the backend unless --pretrained-path)")
+    m.add_argument("--pretrained-path", help="local weights file (or a dir with one), e.g. the SageMaker "
+                   "'pretrained' channel; its classifier head is replaced")
+    h = p.add_argument_group("hyperparameters")
+    h.add_argument("--epochs", type=_positive_int, default=10)
+    h.add_argument("--batch-size", type=_positive_int, default=32, help="per process (per GPU)")
+    h.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine)")
+    h.add_argument("--weight-decay", type=float, default=0.01)
+    h.add_argument("--warmup-epochs", type=float, default=0.5)
+    h.add_argument("--label-smoothing", type=float, default=0.1)
+    h.add_argument("--freeze-backbone-epochs", type=int, default=0,
+                   help="train only the new head for the first N epochs")
+    h.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val_acc "
+                   "improvement (0: off)")
+    h.add_argument("--image-size", type=_positive_int, default=224, help="square input size in pixels")
+    h.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("runtime")
+    r.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto)")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format on CUDA")
+    r.add_argument("--progress", dest="show_progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars (a bar on a terminal, periodic lines otherwise)")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = train_config_from_args(args)
+    result = train(cfg)
+    if result.get("best"):
+        b = result["best"]
+        log.info("best epoch %d: val_acc=%.4f val_rmse=%.4f; model in %s", b["epoch"], b["val_acc"],
+                 b["val_rmse"], cfg.model_dir)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ data
+def cmd_synth(args) -> int:
+    from .data.synth import synth_dataset
+    from .progress import progress
+
+    total = args.per_class * len(COUNTS)
+    with progress(total, "synth", unit="bin") as bar:
+        synth_dataset(args.out, args.per_class, seed=args.seed, size=args.size, progress=bar)
+    log.info("wrote %d synthetic bins (%d per count %s) to %s: bin-images/, metadata/, file_list.json",
+             total, args.per_class, "/".join(map(str, COUNTS)), args.out)
+    return 0
+
+
+def cmd_split(args) -> int:
+    from .data.split import SPLITS, split_dataset
+    from .progress import progress
+
+    with progress(None, "checking images", unit="img") as bar:
+        splits, skips = split_dataset(args.src, args.out, val=args.val, test=args.test, seed=args.seed,
+                                      file_list=args.file_list, progress=bar)
+    log.info(skips.summary())
+    for s in SPLITS:
+        per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
+        log.info("%-5s %5d bins  per count %s  -> %s", s, len(splits[s]), per, Path(args.out) / s)
+    log.info("manifest: %s", Path(args.out) / "manifest.csv")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- evaluate/predict
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_model
+
+    summary, paths = evaluate_model(args.model_dir, args.data, args.out, batch_size=args.batch_size)
+    print(json.dumps({k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}))
+    log.info("report: %s", ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .evaluate import Predictor
+
+    pred = Predictor(args.model_dir)
+    for path in args.images:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: {e.strerror}") from None
+        out = pred.predict([data])[0]
+        print(json.dumps({"image": str(path), **out}))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bincounter", formatter_class=_Formatter,
+        description="Count the items (1..5) in Amazon Bin Image Dataset photos with EfficientNet.\n\n"
+        "Typical flow:\n"
+        "  bincounter data synth data/abid --per-class 40     # or fetch real ABID bins\n"
+        "  bincounter data split data/abid --out data/channels\n"
+        "  bincounter train --train data/channels/train --val data/channels/val \\\n"
+        "                   --test data/channels/test --model-dir model --no-pretrained\n"
+        "  bincounter predict --model-dir model some_bin.jpg")
+    p.add_argument("--version", action="version", version=f"bincounter {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="prepare ABID data (synth, split)", formatter_class=_Formatter,
+                          description="Prepare Amazon Bin Image Dataset data.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
+    s = dsub.add_parser("synth", help="write synthetic ABID bins (images + metadata + file_list.json)",
+                        formatter_class=_Formatter,
+                        description="Draw synthetic bin photos with exactly 1..5 items, in the real ABID "
+                        "layout: OUT/bin-images/<id>.jpg, OUT/metadata/<id>.json, OUT/file_list.json. "
+                        "Deterministic for a seed.")
+    s.add_argument("out", help="output directory")
+    s.add_argument("--per-class", type=_positive_int, default=40, help="bins per item count")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=_positive_int, default=256, help="image width in pixels (height ~0.8x)")
+    s.set_defaults(func=cmd_synth)
+
+    sp = dsub.add_parser("split", help="stratified train/val/test split into channel folders",
+                         formatter_class=_Formatter,
+                         description="Validate every bin (metadata schema, count in 1..5, image decodes), "
+                         "skip and count bad ones, and write DST/{train,val,test}/<count>/<id>.jpg plus "
+                         "DST/manifest.csv (id,count,split,sha256). Stratified per count, seeded.")
+    sp.add_argument("src", help="ABID directory (bin-images/, metadata/, optional file_list.json)")
+    sp.add_argument("--out", required=True, help="channels directory to write")
+    sp.add_argument("--file-list", help="use only the bins in this file_list.json "
+                    "(default: SRC/file_list.json if present, else every metadata file)")
+    sp.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation")
+    sp.add_argument("--test", type=float, default=0.1, help="fraction of each class for test")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_split)
+
+    t = sub.add_parser("train", help="train the counter (EfficientNet transfer learning)",
+                       formatter_class=_Formatter,
+                       description="Train on channel folders and write model.safetensors, config.json and "
+                       "metrics.json to --model-dir. One line per epoch on stdout:\n"
+                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X lr=X epoch_time_s=X\n"
+                       "Runs on CPU or GPU; under torchrun it trains with torch.distributed.")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on a channel", formatter_class=_Formatter,
+                       description="Accuracy, count RMSE, per-class recall and confusion matrix (JSON + PNG).")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg")
+    e.add_argument("--out", help="report directory (default: --model-dir)")
+    e.add_argument("--batch-size", type=_positive_int, default=32)
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="count the items in image files with a saved model",
+                        formatter_class=_Formatter)
+    pr.add_argument("--model-dir", required=True)
+    pr.add_argument("images", nargs="+", help="JPEG/PNG files")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"bincounter: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bincounter: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Stratified train/val/test split of an ABID directory into SageMaker channels.
+
+Writes the channel layout the trainer reads, one folder per class::
+
+    DST/train/<count>/<id>.jpg    DST/val/<count>/<id>.jpg    DST/test/<count>/<id>.jpg
+    DST/manifest.csv              id,count,split,sha256
+
+Every image is fully decoded once here, so a corrupt or truncated JPEG is counted and left out now
+instead of failing a training job later. No bin lands in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UserError
+from ..preprocess import decode
+from .abid import Bin, Skips, scan
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(bins: list[Bin], val: float, test: float, seed: int) -> dict[str, list[Bin]]:
+    """Per class: shuffle with the seed, then take round(n*test) for test, round(n*val) for val."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise UserError(f"--val {val} and --test {test} must be fractions in [0, 1) with val + test < 1")
+    by_class: dict[int, list[Bin]] = defaultdict(list)
+    for b in sorted(bins, key=lambda b: b.id):
+        by_class[b.count].append(b)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Bin]] = {s: [] for s in SPLITS}
+    for count in sorted(by_class):
+        members = by_class[count]
+        order = rng.permutation(len(members))
+        n_test = int(round(len(members) * test))
+        n_val = int(round(len(members) * val))
+        for rank, i in enumerate(order):
+            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            out[split].append(members[i])
+    return out
+
+
+def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
+                  file_list: str | Path | None = None, progress=None) -> tuple[dict[str, list[Bin]], Skips]:
+    src, dst = Path(src), Path(dst)
+    if file_list is None and (src / "file_list.json").is_file():
+        file_list = src / "file_list.json"
+    bins, skips = scan(src, file_list)
+    good: list[Bin] = []
+    digests: dict[str, str] = {}
+    for b in bins:
+        data = b.image.read_bytes()
+        try:
+            decode(data, 64)
+        except DataError:
+            skips.add("corrupt image", b.id)
+            continue
+        finally:
+            if progress is not None:
+                progress.update(1)
+        digests[b.id] = hashlib.sha256(data).hexdigest()
+        good.append(b)
+    if not good:
+        raise DataError(f"{src}: no usable bins ({skips.summary()})")
+    splits = assign_splits(good, val, test, seed)
+    for split in SPLITS:
+        if (dst / split).exists():
+            shutil.rmtree(dst / split)
+    dst.mkdir(parents=True, exist_ok=True)
+    with open(dst / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "count", "split", "sha256"])
+        for split in SPLITS:
+            for b in splits[split]:
+                target = dst / split / str(b.count) / f"{b.id}.jpg"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(b.image, target)
+                w.writerow([b.id, b.count, split, digests[b.id]])
+    return splits, skips

@@ -1,0 +1,101 @@
+"""The two loops: one training epoch, and evaluation into a confusion matrix (exact across ranks)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import COUNTS
+from .distributed import DistInfo, all_reduce_sum
+from .progress import progress
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _to_device(x, y, ok, device, channels_last):
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True), ok.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info: DistInfo, *,
+                    epoch: int, label_smoothing: float, amp: bool, channels_last: bool,
+                    frozen_params: list | None = None, scaler=None, show_progress: bool = True) -> dict:
+    """Returns {"loss": mean over ranks, "skipped": bad images}; `frozen_params` get no update."""
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, n, skipped
+    with progress(len(loader), f"epoch {epoch} train", enabled=info.is_main and show_progress) as bar:
+        for x, y, ok in loader:
+            x, y, ok = _to_device(x, y, ok, device, channels_last)
+            with autocast(device, amp):
+                logits = model(x)
+            loss_each = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction="none")
+            okf = ok.float()
+            # mean over good samples; a batch of only bad images still runs backward (DDP needs it)
+            loss = (loss_each * okf).sum() / okf.sum().clamp(min=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if frozen_params:
+                for p in frozen_params:
+                    p.grad = None
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            totals += torch.stack([(loss_each.detach() * okf).sum().double(), okf.sum().double(),
+                                   (1 - okf).sum().double()])
+            bar.update(1)
+            bar.set_postfix_str(f"loss={loss.item():.4f}")
+    all_reduce_sum(totals, info)
+    return {"loss": (totals[0] / totals[1].clamp(min=1)).item(), "skipped": int(totals[2].item())}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, info: DistInfo, *, amp: bool = False,
+             channels_last: bool = False, desc: str = "eval", show_progress: bool = True,
+             return_probs: bool = False) -> dict:
+    """Confusion matrix, summed loss and skipped-image count, summed over ranks (each rank holds a
+    disjoint shard, so nothing is counted twice). With `return_probs`, this rank's softmax outputs too."""
+    model.eval()
+    n = len(COUNTS)
+    cm = torch.zeros(n * n, dtype=torch.float64, device=device)
+    extra = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, skipped
+    probs = []
+    with progress(len(loader), desc, enabled=info.is_main and show_progress) as bar:
+        for x, y, ok in loader:
+            x, y, ok = _to_device(x, y, ok, device, channels_last)
+            with autocast(device, amp):
+                logits = model(x)
+            logits = logits.float()
+            if return_probs:
+                probs.append(torch.softmax(logits, dim=1).cpu())
+            keep = ok.bool()
+            loss = F.cross_entropy(logits[keep], y[keep], reduction="sum") if keep.any() else logits.sum() * 0
+            pred = logits.argmax(1)
+            cm.index_add_(0, (y[keep] * n + pred[keep]),
+                          torch.ones(int(keep.sum()), dtype=torch.float64, device=device))
+            extra += torch.stack([loss.double(), (~keep).sum().double()])
+            bar.update(1)
+    all_reduce_sum(cm, info)
+    all_reduce_sum(extra, info)
+    out = {"confusion_matrix": cm.view(n, n).round().long().cpu().numpy(),
+           "loss_sum": extra[0].item(), "skipped": int(extra[1].item())}
+    if return_probs:
+        out["probs"] = torch.cat(probs).numpy() if probs else np.zeros((0, n))
+    return out

@@ -1,0 +1,58 @@
+"""Using a saved model: `Predictor` (bytes in, counts out; the server uses it too) and `evaluate_model`
+(a channel in, the accuracy/RMSE/confusion-matrix report out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import COUNTS
+from .data.dataset import ChannelDataset
+from .distributed import DistInfo, pick_device
+from .engine import evaluate
+from .metrics import summarize, write_report
+from .model import load_artifact
+
+
+class Predictor:
+    """Decode + preprocess exactly like the evaluation loader, then one batched forward pass."""
+
+    def __init__(self, model_dir: str | Path, device: str = "auto"):
+        self.device = pick_device(device)
+        self.model, self.config, self.pre = load_artifact(model_dir, self.device)
+        self.counts = tuple(self.config["counts"])
+
+    def preprocess(self, data: bytes) -> torch.Tensor:
+        return self.pre(data)
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
+
+    def format(self, probs: torch.Tensor) -> list[dict]:
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"count": self.counts[best],
+                        "probabilities": {str(c): round(p, 6) for c, p in zip(self.counts, row, strict=True)},
+                        "model_version": self.config["model_version"]})
+        return out
+
+    def predict(self, images: list[bytes]) -> list[dict]:
+        return self.format(self.forward(torch.stack([self.preprocess(b) for b in images])))
+
+
+def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Path | None = None,
+                   batch_size: int = 32, device: str = "auto", stem: str = "eval") -> tuple[dict, tuple]:
+    dev = pick_device(device)
+    model, config, pre = load_artifact(model_dir, dev)
+    ds = ChannelDataset(channel, pre)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    ev = evaluate(model, dl, dev, DistInfo(device=dev), desc="evaluate", return_probs=True)
+    summary = summarize(ev["confusion_matrix"], ev["loss_sum"], tuple(config.get("counts", COUNTS)))
+    summary["skipped"] = ev["skipped"]
+    summary["model_version"] = config["model_version"]
+    paths = write_report(summary, out_dir or model_dir, stem)
+    return summary, paths

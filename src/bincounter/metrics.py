@@ -1,0 +1,124 @@
+"""One definition of the metric line and of the evaluation numbers.
+
+The trainer prints one line per epoch, e.g.::
+
+    epoch=3 train_loss=0.8123 val_loss=0.7011 val_acc=0.6400 val_rmse=0.7483 lr=0.000812 epoch_time_s=41.2
+
+`metric_definitions()` builds the SageMaker tuner/training-job regexes from the same key list, so the log
+format and the regexes cannot drift apart. Each value matches `NUMBER`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import COUNTS
+
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_acc", "val_rmse", "lr", "epoch_time_s")
+NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+#: A whole epoch line, as documented in the README.
+EPOCH_LINE_RE = re.compile(r"^epoch=\d+ " + " ".join(f"{k}=({NUMBER}|nan)" for k in EPOCH_KEYS[1:]) + "$")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{v:.6g}"
+
+
+def format_epoch_line(values: dict) -> str:
+    missing = [k for k in EPOCH_KEYS if k not in values]
+    if missing:
+        raise KeyError(f"epoch line lacks {missing}")
+    return " ".join(f"{k}={_fmt(values[k])}" for k in EPOCH_KEYS)
+
+
+def metric_regex(key: str) -> str:
+    if key not in EPOCH_KEYS:
+        raise KeyError(key)
+    # the "(?<![a-z_])" guard keeps e.g. "loss" from matching inside "val_loss"
+    return rf"(?<![a-z_]){key}=({NUMBER})"
+
+
+def metric_definitions(keys=("train_loss", "val_loss", "val_acc", "val_rmse")) -> list[dict]:
+    """SageMaker `MetricDefinitions` for the epoch line."""
+    return [{"Name": k, "Regex": metric_regex(k)} for k in keys]
+
+
+def confusion_matrix(labels, preds, n: int = len(COUNTS)) -> np.ndarray:
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return cm
+
+
+def summarize(cm: np.ndarray, loss_sum: float | None = None, counts=COUNTS) -> dict:
+    """accuracy, count RMSE over the whole set, per-class recall (rows = truth, columns = prediction)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    counts_arr = np.asarray(counts, dtype=np.float64)
+    err2 = (counts_arr[:, None] - counts_arr[None, :]) ** 2
+    out = {
+        "n": n,
+        "accuracy": float(np.trace(cm) / n) if n else float("nan"),
+        "rmse": float(math.sqrt((cm * err2).sum() / n)) if n else float("nan"),
+        "per_class_recall": {str(c): (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None)
+                             for i, c in enumerate(counts)},
+        "confusion_matrix": cm.tolist(),
+    }
+    if loss_sum is not None:
+        out["loss"] = float(loss_sum / n) if n else float("nan")
+    return out
+
+
+def plot_confusion(cm, path: str | Path, title: str = "Confusion matrix", counts=COUNTS) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(counts)), [str(c) for c in counts])
+    ax.set_yticks(range(len(counts)), [str(c) for c in counts])
+    ax.set_xlabel("predicted count")
+    ax.set_ylabel("true count")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"{title} (accuracy {acc:.3f}, n={cm.sum()})")
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(summary: dict, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """`<stem>_metrics.json` + `<stem>_confusion_matrix.png` in out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = out_dir / f"{stem}_metrics.json"
+    j.write_text(json.dumps(summary, indent=2))
+    png = plot_confusion(summary["confusion_matrix"], out_dir / f"{stem}_confusion_matrix.png",
+                         title=f"{stem} set")
+    return j, png
+
+
+def format_summary(summary: dict) -> str:
+    recall = " ".join(f"{c}:{r:.2f}" if r is not None else f"{c}:-"
+                      for c, r in summary["per_class_recall"].items())
+    return (f"accuracy={summary['accuracy']:.4f} rmse={summary['rmse']:.4f} n={summary['n']} "
+            f"recall[{recall}]")

@@ -1,0 +1,89 @@
+"""The one definition of preprocessing, shared by training, evaluation and serving.
+
+decode (PIL, JPEG draft mode) -> RGB -> resize to a square `image_size` (bilinear; the whole bin stays in
+view, since cropping could cut items off and change the count) -> float tensor -> normalise with the
+model's mean/std. Training adds random flips and mild colour jitter on top (`augment`).
+The server calls `decode` + `to_tensor` exactly like the evaluation loader does: train/serve parity.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Refuse anything larger than this before decoding it (decompression bombs, 100-megapixel uploads).
+MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "resize": "bilinear-squash", "decode": "PIL-draft"}
+
+    def load(self, source: str | bytes) -> Image.Image:
+        """Decode a file path or encoded bytes to an RGB image already resized to the model's input."""
+        img = decode(source, self.image_size)
+        if img.size != (self.image_size, self.image_size):
+            img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        return img
+
+    def to_tensor(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.uint8)
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return t.sub_(mean).div_(std)
+
+    def __call__(self, source: str | bytes) -> torch.Tensor:
+        return self.to_tensor(self.load(source))
+
+
+def decode(source: str | bytes, target: int) -> Image.Image:
+    """Decode an image fully (truncation is detected here, not later) and return it in RGB.
+
+    JPEG draft mode lets libjpeg scale by 1/2, 1/4 or 1/8 while decoding, never below `target`, which makes
+    decoding several times faster for large photos; it is deterministic, so training and serving agree.
+    """
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise DataError(f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the "
+                            f"{MAX_PIXELS / 1e6:.0f} MP limit")
+        if img.format == "JPEG":
+            img.draft("RGB", (target, target))
+        img = ImageOps.exif_transpose(img) if "exif" in img.info else img
+        img = img.convert("RGB")
+        img.load()
+        return img
+    except DataError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise DataError(f"cannot decode image: {e}") from None
+
+
+def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Training-only augmentation that never changes the item count: flips and mild brightness/contrast."""
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_TOP_BOTTOM)
+    arr = np.asarray(img, dtype=np.float32)
+    gain = rng.uniform(0.8, 1.2)
+    bias = rng.uniform(-20, 20)
+    arr = np.clip(arr * gain + bias, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)

@@ -1,0 +1,282 @@
+"""The trainer: plain typed arguments in (`TrainConfig`), a model directory out.
+
+The same function runs from the CLI (`bincounter train ...`), under torchrun, and in the container
+(`container/train.py` parses the SageMaker contract into a `TrainConfig` at the edge).
+
+Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only), keeps the best epoch by
+val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
+`checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from . import COUNTS
+from .data.dataset import ChannelDataset
+from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
+from .engine import evaluate, train_one_epoch
+from .errors import UserError
+from .metrics import format_epoch_line, format_summary, summarize, write_report
+from .model import classifier, create_model, model_mean_std, save_artifact
+from .preprocess import Preprocess
+
+log = logging.getLogger("bincounter")
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    train_dir: str
+    val_dir: str
+    model_dir: str
+    test_dir: str | None = None
+    output_dir: str | None = None  # reports (metrics JSON, confusion matrix); default: model_dir
+    checkpoint_dir: str | None = None
+    arch: str = "efficientnet_b0"
+    backend: str = "timm"
+    pretrained: bool = True
+    pretrained_path: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    freeze_backbone_epochs: int = 0
+    patience: int = 0  # early stopping: epochs without val_acc improvement; 0 = off
+    image_size: int = 224
+    workers: int = -1  # -1: min(4, cpus per process)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # CUDA only: bf16 (or fp16 + grad scaler) autocast
+    channels_last: bool = True  # CUDA only
+    show_progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1 (got {self.batch_size})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"lr must be a positive number (got {self.lr})")
+        if self.image_size < 32:
+            raise UserError(f"image_size must be >= 32 (got {self.image_size})")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.pretrained and self.pretrained_path is None and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise UserError("pretrained weights asked for but HF_HUB_OFFLINE=1; pass --pretrained-path "
+                            "or --no-pretrained")
+
+
+def setup_logging(info: DistInfo | None = None, level: int = logging.INFO) -> None:
+    rank = info.rank if info else int(os.environ.get("RANK", "0"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    h = logging.StreamHandler()
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    h.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(h)
+    root.setLevel(level if rank == 0 else logging.WARNING)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
+    if train:
+        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=False) if info.enabled else None
+        shuffle = sampler is None
+    else:
+        # exact shard, no padding (DistributedSampler would repeat samples and skew the metrics)
+        ds = Subset(ds, list(range(info.rank, len(ds), info.world_size))) if info.enabled else ds
+        sampler, shuffle = None, False
+    g = torch.Generator()
+    g.manual_seed(cfg.seed)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                      pin_memory=info.device.type == "cuda", drop_last=False, generator=g,
+                      persistent_workers=workers > 0)
+
+
+def _workers(cfg: TrainConfig, info: DistInfo) -> int:
+    if cfg.workers >= 0:
+        return cfg.workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_proc = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return min(4, per_proc) if per_proc > 1 else 0
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(cfg: TrainConfig, info: DistInfo) -> dict | None:
+    """Rank 0 reads the newest checkpoint and broadcasts it, so every host resumes from the same one."""
+    state = None
+    if info.is_main and cfg.checkpoint_dir:
+        p = Path(cfg.checkpoint_dir) / CHECKPOINT
+        if p.is_file():
+            try:
+                state = torch.load(p, map_location="cpu", weights_only=True)
+                log.info("resuming from %s (epoch %d done)", p, state["epoch"])
+            except Exception as e:  # a torn file from a killed job: start over, say so
+                log.warning("ignoring unreadable checkpoint %s (%s)", p, e)
+    return broadcast_object(state, info)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, save the best model to cfg.model_dir, return the metrics dict (also in metrics.json)."""
+    cfg.validate()
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+    setup_logging(info)
+    _seed_all(cfg.seed)
+    device = info.device
+    cuda = device.type == "cuda"
+    amp, channels_last = cfg.amp and cuda, cfg.channels_last and cuda
+
+    model = create_model(cfg.arch, cfg.backend, len(COUNTS), pretrained=cfg.pretrained,
+                         pretrained_path=cfg.pretrained_path)
+    if not cfg.pretrained and cfg.pretrained_path is None:
+        log.warning("training %s from random init (--no-pretrained)", cfg.arch)
+    pre = Preprocess(cfg.image_size, *model_mean_std(model))
+    train_ds = ChannelDataset(cfg.train_dir, pre, train=True, seed=cfg.seed)
+    val_ds = ChannelDataset(cfg.val_dir, pre)
+    test_ds = ChannelDataset(cfg.test_dir, pre) if cfg.test_dir else None
+    workers = _workers(cfg, info)
+    train_dl = _loader(train_ds, cfg, info, True, workers)
+    val_dl = _loader(val_ds, cfg, info, False, workers)
+    log.info("data: train %d %s, val %d %s%s; %d loader workers per process, world size %d, device %s",
+             len(train_ds), train_ds.class_counts(), len(val_ds), val_ds.class_counts(),
+             f", test {len(test_ds)} {test_ds.class_counts()}" if test_ds else "", workers, info.world_size,
+             device)
+
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    head_ids = {id(p) for p in classifier(model).parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = max(1, len(train_dl))
+    total, warm = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_lambda(step: int) -> float:  # linear warm-up, cosine decay to 1% of lr
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+
+    start_epoch, history, best, best_state, bad_epochs = 1, [], None, None, 0
+    state = _load_checkpoint(cfg, info)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        best_state, bad_epochs = state["best_model"], state["bad_epochs"]
+
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+           if info.enabled else model)
+    out_dir = Path(cfg.output_dir or cfg.model_dir)
+    if start_epoch > cfg.epochs:
+        log.info("checkpoint already holds all %d epochs; nothing left to train", cfg.epochs)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.monotonic()
+        train_ds.set_epoch(epoch)
+        if isinstance(train_dl.sampler, DistributedSampler):
+            train_dl.sampler.set_epoch(epoch)
+        frozen = backbone if epoch <= cfg.freeze_backbone_epochs else None
+        tr = train_one_epoch(ddp, train_dl, optimizer, scheduler, device, info, epoch=epoch,
+                             label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
+                             frozen_params=frozen, scaler=scaler, show_progress=cfg.show_progress)
+        ev = evaluate(model, val_dl, device, info, amp=amp, channels_last=channels_last,
+                      desc=f"epoch {epoch} val", show_progress=cfg.show_progress)
+        val = summarize(ev["confusion_matrix"], ev["loss_sum"])
+        row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["accuracy"],
+               "val_rmse": val["rmse"], "lr": optimizer.param_groups[0]["lr"],
+               "epoch_time_s": round(time.monotonic() - t0, 1)}
+        history.append(row)
+        if info.is_main:
+            print(format_epoch_line(row), flush=True)
+            if tr["skipped"] or ev["skipped"]:
+                log.warning("epoch %d: skipped %d unreadable train images, %d val images", epoch,
+                            tr["skipped"], ev["skipped"])
+        improved = best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+        if improved:
+            best, bad_epochs = dict(row), 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if info.is_main:
+                save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
+                              extra={"best_epoch": epoch, "val_acc": row["val_acc"]})
+        else:
+            bad_epochs += 1
+        if info.is_main and cfg.checkpoint_dir:
+            _save_checkpoint(Path(cfg.checkpoint_dir) / CHECKPOINT, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
+                "best_model": best_state, "bad_epochs": bad_epochs})
+        if cfg.patience and bad_epochs >= cfg.patience:
+            if info.is_main:
+                log.info("early stop: val_acc has not improved for %d epochs (best epoch %d)",
+                         bad_epochs, best["epoch"])
+            break
+
+    result = {"best": best, "history": history, "world_size": info.world_size,
+              "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
+            save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
+                          extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"]})
+    if test_ds is not None:
+        test_dl = _loader(test_ds, cfg, info, False, workers)
+        ev = evaluate(model, test_dl, device, info, amp=amp, channels_last=channels_last, desc="test",
+                      show_progress=cfg.show_progress)
+        test = summarize(ev["confusion_matrix"], ev["loss_sum"])
+        test["skipped"] = ev["skipped"]
+        result["test"] = test
+        if info.is_main:
+            j, png = write_report(test, out_dir, "test")
+            log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
+                     format_summary(test), j, png)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+        if out_dir != Path(cfg.model_dir):
+            (Path(cfg.model_dir) / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    barrier(info)
+    return result
