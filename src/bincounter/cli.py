@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
     result = train(cfg)
     if result.get("best"):
         b = result["best"]
-        log.info("best epoch %d: val_acc=%.4f val_rmse=%.4f; model in %s", b["epoch"], b["val_acc"],
+        log.info("best epoch %d: val_acc %.4f, val_rmse %.4f; model in %s", b["epoch"], b["val_acc"],
                  b["val_rmse"], cfg.model_dir)
     return 0
 
@@ -139,6 +139,13 @@ def cmd_predict(args) -> int:
             raise UserError(f"{path}: {e.strerror}") from None
         out = pred.predict([data])[0]
         print(json.dumps({"image": str(path), **out}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, per_class=args.per_class, epochs=args.epochs, image_size=args.image_size, arch=args.arch)
     return 0
 
 
@@ -207,7 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model-dir", required=True)
     pr.add_argument("images", nargs="+", help="JPEG/PNG files")
     pr.set_defaults(func=cmd_predict)
+
+    dm = sub.add_parser("demo", help="synthetic data -> split -> train -> evaluate, on this machine",
+                        formatter_class=_Formatter,
+                        description="The whole loop on embedded synthetic data (no AWS, no download). "
+                        "Trains from random init: pretrained weights need the Hugging Face hub.")
+    dm.add_argument("--out", default="runs/demo", help="working directory (data, channels, model)")
+    dm.add_argument("--per-class", type=_positive_int, default=120)
+    dm.add_argument("--epochs", type=_positive_int, default=6)
+    dm.add_argument("--image-size", type=_positive_int, default=96)
+    dm.add_argument("--arch", default="efficientnet_b0")
+    dm.set_defaults(func=cmd_demo)
     return p
+
+
+def _write_failure_file(message: str) -> None:
+    """Inside a SageMaker container the first failing process records the reason (one line)."""
+    import os
+
+    path = os.environ.get("BINCOUNTER_FAILURE_FILE")
+    if path and not os.path.exists(path):
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(message.splitlines()[0] + "\n")
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"bincounter: error: {e}", file=sys.stderr)
+        _write_failure_file(str(e))
         return 2
     except KeyboardInterrupt:
         print("bincounter: interrupted", file=sys.stderr)

@@ -43,8 +43,12 @@ def format_epoch_line(values: dict) -> str:
 def metric_regex(key: str) -> str:
     if key not in EPOCH_KEYS:
         raise KeyError(key)
-    # the "(?<![a-z_])" guard keeps e.g. "loss" from matching inside "val_loss"
-    return rf"(?<![a-z_]){key}=({NUMBER})"
+    # Only on epoch lines (other log lines may mention the same names). The space before the key keeps
+    # e.g. "loss" from matching inside "val_loss". Plain syntax (no anchors, no look-behind), so it means
+    # the same to SageMaker's metric parser as to Python's `re`.
+    if key == "epoch":
+        return r"epoch=(\d+) train_loss="
+    return rf"epoch=\d+.* {key}=({NUMBER})"
 
 
 def metric_definitions(keys=("train_loss", "val_loss", "val_acc", "val_rmse")) -> list[dict]:

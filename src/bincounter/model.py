@@ -76,7 +76,7 @@ def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_class
             return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
         except Exception as e:  # network, hub, missing weights: one actionable line
             raise UserError(f"could not fetch pretrained weights for {arch} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}); pass --pretrained-path FILE (or a "
+                            f"{str(e).splitlines()[0].split('. ')[0][:160]}); pass --pretrained-path FILE (or a "
                             "'pretrained' channel) or --no-pretrained to start from random init") from None
     if backend == "torchvision":
         import torchvision

@@ -77,9 +77,6 @@ class TrainConfig:
             raise UserError(f"image_size must be >= 32 (got {self.image_size})")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.pretrained and self.pretrained_path is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise UserError("pretrained weights asked for but HF_HUB_OFFLINE=1; pass --pretrained-path "
-                            "or --no-pretrained")
 
 
 def setup_logging(info: DistInfo | None = None, level: int = logging.INFO) -> None:

@@ -28,6 +28,12 @@ _THINGS = ["Coffee Mug", "Phone Case", "Notebook", "Water Bottle", "Toy Car", "C
 
 def synth_bin(rng: np.random.Generator, count: int, width: int) -> tuple[Image.Image, dict]:
     """Draw one bin photo with `count` items; return (image, ABID metadata dict)."""
+    img, meta, _ = render_bin(rng, count, width)
+    return img, meta
+
+
+def render_bin(rng: np.random.Generator, count: int, width: int):
+    """`synth_bin` plus the bounding boxes of the items drawn (for tests and debugging)."""
     height = int(round(width * rng.uniform(0.75, 0.85)))
     img = _bin_interior(rng, width, height)
     kinds = _product_kinds(rng, count)
@@ -41,7 +47,7 @@ def synth_bin(rng: np.random.Generator, count: int, width: int) -> tuple[Image.I
     _draw_straps(img, rng)
     img = _lighting_and_noise(img, rng)
     meta = {"BIN_FCSKU_DATA": {k["asin"]: k["record"] for k in kinds}, "EXPECTED_QUANTITY": count}
-    return img, meta
+    return img, meta, boxes
 
 
 def _bin_interior(rng, w, h) -> Image.Image:

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Build the production Dockerfile where Docker Hub is out of reach: make a Debian bookworm base locally
+# (mmdebstrap -> docker import) and pass it as BASE_IMAGE. Nothing else differs from a production build.
+#
+#   container/build_local.sh [--tag bincounter:local] [--ca-bundle FILE] [--base-tag NAME] [--rebuild-base]
+#
+# Starts dockerd when no daemon answers (installing docker.io when missing). Prints the image name last.
+set -euo pipefail
+
+TAG=bincounter:local
+BASE_TAG=bincounter-base:bookworm
+CA_BUNDLE="${PIP_CERT:-}"
+REBUILD_BASE=0
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tag) TAG="$2"; shift 2 ;;
+    --base-tag) BASE_TAG="$2"; shift 2 ;;
+    --ca-bundle) CA_BUNDLE="$2"; shift 2 ;;
+    --no-ca-bundle) CA_BUNDLE=""; shift ;;
+    --rebuild-base) REBUILD_BASE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "build_local.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+log() { echo "build_local: $*" >&2; }
+need_root() { [ "$(id -u)" = 0 ] || { log "needs root to install $1 (run as root or install it yourself)"; exit 1; }; }
+
+# --- a Docker daemon -------------------------------------------------------------------------------
+ensure_docker() {
+  if docker info >/dev/null 2>&1; then return; fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    need_root docker.io
+    log "installing docker.io docker-compose"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >&2
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/dockerd.log)"
+    (setsid dockerd >/var/log/dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
+  fi
+}
+
+# --- the base image --------------------------------------------------------------------------------
+ensure_base() {
+  if [ "$REBUILD_BASE" = 0 ] && docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
+    log "base $BASE_TAG present"; return
+  fi
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    need_root mmdebstrap
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
+  fi
+  log "making $BASE_TAG with mmdebstrap (Debian bookworm, minbase)"
+  mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm - | docker import - "$BASE_TAG" >&2
+}
+
+ensure_docker
+ensure_base
+
+# --- the build -------------------------------------------------------------------------------------
+CERT_DST="$ROOT/container/certs/extra-ca.pem"
+cleanup() { rm -f "$CERT_DST"; }
+trap cleanup EXIT
+if [ -n "$CA_BUNDLE" ]; then
+  [ -r "$CA_BUNDLE" ] || { log "CA bundle $CA_BUNDLE is not readable"; exit 2; }
+  cp "$CA_BUNDLE" "$CERT_DST"
+  log "using extra CA bundle $CA_BUNDLE for pip (builder stage only)"
+fi
+start=$(date +%s)
+docker build --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TAG" "$ROOT" >&2
+size=$(docker image inspect "$TAG" --format '{{.Size}}')
+log "built $TAG in $(( $(date +%s) - start )) s; image size $(( size / 1000000 )) MB"
+echo "$TAG"

@@ -1,0 +1,75 @@
+"""The /invocations protocol, independent of any server (unit-testable).
+
+Requests
+  image/jpeg | image/png | application/x-image   one image, body = the encoded file
+  application/json    {"instances": [<base64>, ...]} or [<base64>, ...]; an item may also be {"b64": <base64>}
+Responses (application/json)
+  one image:   {"count": 3, "probabilities": {"1": .., "5": ..}, "model_version": "ab12cd34ef56"}
+  JSON batch:  {"predictions": [<as above>, ...]}
+  errors:      {"error": "<one line>", "status": 4xx|5xx}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_TYPE = "application/json"
+MAX_BATCH = 64
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message)
+
+
+def error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[list[bytes], bool]:
+    """-> (encoded images, is_batch). Raises RequestError(4xx) for anything malformed."""
+    ctype = media_type(content_type)
+    if isinstance(body, str):
+        body = body.encode()
+    if not body:
+        raise RequestError(400, "empty request body")
+    if ctype in IMAGE_TYPES:
+        return [bytes(body)], False
+    if ctype == JSON_TYPE:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"malformed JSON: {e}") from None
+        items = doc.get("instances") if isinstance(doc, dict) else doc
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, 'JSON body must be {"instances": [<base64 image>, ...]} (non-empty)')
+        if len(items) > MAX_BATCH:
+            raise RequestError(413, f"batch of {len(items)} images is over the limit of {MAX_BATCH}")
+        images = []
+        for i, item in enumerate(items):
+            b64 = item.get("b64") if isinstance(item, dict) else item
+            if not isinstance(b64, str):
+                raise RequestError(400, f"instance {i}: expected a base64 string or {{\"b64\": ...}}")
+            try:
+                images.append(base64.b64decode(b64, validate=True))
+            except (binascii.Error, ValueError):
+                raise RequestError(400, f"instance {i}: invalid base64") from None
+        return images, True
+    raise RequestError(415, f"unsupported content type {content_type!r}; use one of "
+                            f"{', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+
+
+def format_response(predictions: list[dict], is_batch: bool) -> bytes:
+    return json.dumps({"predictions": predictions} if is_batch else predictions[0]).encode()

@@ -1,0 +1,263 @@
+"""What `docker run IMAGE serve` runs: multi-model-server (via sagemaker-inference) behind a small
+health-gated front.
+
+    client --:8080--> front (this process) --127.0.0.1:8081--> MMS frontend (Java) --> Python worker(s)
+                                                                                     HandlerService
+
+Why a front: MMS answers /ping 200 even when every worker failed to load the model. The front's /ping is
+200 only once MMS reports a READY worker for the model (and the artifact passed a check before MMS
+started); otherwise 503 with the reason. It also rejects oversized bodies (413), turns MMS's non-JSON
+errors into JSON, and on SIGTERM stops the whole MMS process group (Java *and* its Python workers, which
+MMS alone leaves behind), so `docker stop` returns promptly and leaves nothing.
+
+Environment (SageMaker's usual names):
+  SAGEMAKER_BIND_TO_PORT (8080)           SAGEMAKER_MODEL_SERVER_WORKERS (GPUs, else 1)
+  SAGEMAKER_MAX_PAYLOAD_IN_MB (6)         SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s)
+  SM_MODEL_DIR / SAGEMAKER_BASE_DIR (/opt/ml/model)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .protocol import error_body
+
+log = logging.getLogger("bincounter.serving")
+MODEL_NAME = "model"
+
+
+def model_dir() -> Path:
+    base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+    return Path(os.environ.get("SM_MODEL_DIR", base / "model"))
+
+
+def check_artifact(path: Path) -> str | None:
+    """A cheap check before MMS starts: config.json parses, the weights file has a valid safetensors header
+    and the tensors the config implies. Returns the problem, or None."""
+    from safetensors import safe_open
+
+    from ..model import CONFIG, FORMAT, WEIGHTS
+
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        if config.get("format") != FORMAT:
+            return f"{path}/{CONFIG}: not a bincounter model (format {config.get('format')!r})"
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            keys = list(f.keys())
+        if not keys:
+            return f"{path}/{WEIGHTS}: holds no tensors"
+    except FileNotFoundError as e:
+        return f"model file missing: {e.filename}"
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; any of them = unusable
+        return f"cannot read the model in {path}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+class Health:
+    """Polls MMS's management API until a worker of the model is READY; re-checks now and then."""
+
+    def __init__(self, mms_port: int):
+        self.mms_port = mms_port
+        self.ready = False
+        self.reason = "model server starting"
+        self.fatal: str | None = None
+
+    def poll_once(self) -> None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.mms_port, timeout=2)
+            conn.request("GET", f"/models/{MODEL_NAME}")
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            if resp.status != 200:
+                self.ready, self.reason = False, f"model not registered yet (MMS {resp.status})"
+                return
+            desc = json.loads(body)
+            desc = desc[0] if isinstance(desc, list) else desc
+            states = [w.get("status") for w in desc.get("workers", [])]
+            self.ready = "READY" in states
+            self.reason = "ok" if self.ready else f"no READY worker (workers: {states or 'none'})"
+        except (OSError, ValueError) as e:
+            self.ready, self.reason = False, f"model server not answering ({type(e).__name__})"
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            was = self.ready
+            self.poll_once()
+            if self.ready != was:
+                log.info("health: %s", "model loaded, /ping is 200" if self.ready else self.reason)
+            stop.wait(5.0 if self.ready else 0.5)
+
+
+def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout_s: float):
+    local = threading.local()
+
+    def mms() -> http.client.HTTPConnection:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", mms_port, timeout=timeout_s)
+        return conn
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "bincounter"
+
+        def log_message(self, fmt, *args):  # access log off; errors are logged where they happen
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.split("?")[0] == "/ping":
+                if health.fatal:
+                    return self._send(503, json.dumps({"status": "unhealthy", "reason": health.fatal}).encode())
+                if health.ready:
+                    return self._send(200, b'{"status": "healthy"}')
+                return self._send(503, json.dumps({"status": "unhealthy", "reason": health.reason}).encode())
+            self._send(404, error_body(404, f"no such path {self.path}; use GET /ping or POST /invocations"))
+
+        def do_POST(self):
+            if self.path.split("?")[0] != "/invocations":
+                return self._send(404, error_body(404, f"no such path {self.path}; use POST /invocations"))
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return self._send(400, error_body(400, "bad Content-Length"))
+            if length > max_bytes:
+                self.close_connection = True  # do not read a body we refuse
+                return self._send(413, error_body(413, f"request of {length} bytes is over the "
+                                                       f"{max_bytes // 2**20} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"))
+            body = self.rfile.read(length) if length else b""
+            if health.fatal or not health.ready:
+                return self._send(503, error_body(503, f"model not loaded: {health.fatal or health.reason}"))
+            headers = {"Content-Type": self.headers.get("Content-Type", ""),
+                       "Accept": self.headers.get("Accept", "application/json")}
+            for attempt in (1, 2):  # one retry when a kept-alive connection went stale
+                conn = mms()
+                try:
+                    conn.request("POST", f"/predictions/{MODEL_NAME}", body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    break
+                except (OSError, http.client.HTTPException) as e:
+                    conn.close()
+                    local.conn = None
+                    if attempt == 2:
+                        return self._send(502, error_body(502, f"model server unreachable ({type(e).__name__})"))
+            ctype = resp.getheader("Content-Type", "application/json")
+            if resp.status >= 400 and not ctype.startswith("application/json"):
+                msg = data.decode("utf-8", "replace").strip().splitlines()
+                return self._send(resp.status, error_body(resp.status, msg[0] if msg else resp.reason))
+            self._send(resp.status, data, ctype)
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Front)
+    server.daemon_threads = True
+    return server
+
+
+def mms_config(mms_port: int, workers: int, max_bytes: int, timeout_s: int) -> str:
+    """MMS properties: sagemaker-inference's defaults, our handler, loopback-only ports."""
+    from sagemaker_inference import model_server
+
+    text = Path(model_server.DEFAULT_MMS_CONFIG_FILE).read_text()
+    return text + "\n".join([
+        f"inference_address=http://127.0.0.1:{mms_port}",
+        f"management_address=http://127.0.0.1:{mms_port}",
+        f"default_workers_per_model={workers}",
+        f"default_response_timeout={timeout_s}",
+        f"max_request_size={max_bytes + 65536}",
+        "default_service_handler=bincounter.serving.handler_service",
+        "vmargs=-XX:-UseContainerSupport -XX:+UseG1GC -Xms256m",
+        "",
+    ])
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the whole group (MMS CLI, Java, Python workers), SIGKILL whatever is left after grace_s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        proc.poll()
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+    mms_port = int(os.environ.get("BINCOUNTER_MMS_PORT", str(port + 1)))
+    gpus = torch.cuda.device_count()
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or max(1, gpus))
+    os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
+    max_bytes = int(float(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "6")) * 2**20)
+    timeout_s = int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", "60"))
+    mdir = model_dir()
+
+    health = Health(mms_port)
+    stop = threading.Event()
+    front = make_front(port, mms_port, health, max_bytes, timeout_s)
+    threading.Thread(target=front.serve_forever, name="front", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    log.info("front listening on :%d (model %s, %d worker(s), %d GPU(s), payload limit %d MB)", port, mdir,
+             workers, gpus, max_bytes // 2**20)
+
+    problem = check_artifact(mdir)
+    proc = None
+    if problem:
+        health.fatal = problem
+        log.error("not starting the model server: %s (/ping answers 503)", problem)
+    else:
+        cfg = Path(os.environ.get("BINCOUNTER_MMS_CONFIG", "/tmp/bincounter-mms.properties"))
+        cfg.write_text(mms_config(mms_port, workers, max_bytes, timeout_s))
+        from sagemaker_inference import model_server
+
+        cmd = ["multi-model-server", "--start", "--foreground", "--model-store", str(mdir), "--mms-config",
+               str(cfg), "--log-config", model_server.DEFAULT_MMS_LOG_FILE, "--models", f"{MODEL_NAME}={mdir}"]
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        threading.Thread(target=health.run, args=(stop,), name="health", daemon=True).start()
+
+    rc = 0
+    while not stop.wait(0.5):
+        if proc is not None and proc.poll() is not None:
+            log.error("model server exited with code %s", proc.returncode)
+            rc = 1
+            break
+    log.info("shutting down")
+    front.shutdown()
+    if proc is not None:
+        stop_process_group(proc)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Shared fixtures: small synthetic ABID data, its channels, and one tiny trained model (session-scoped,
+so the fast tier trains once)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bincounter.data.split import split_dataset
+from bincounter.data.synth import synth_dataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the hub
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent / "bincounter"
+
+
+def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real console script, capture output."""
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("bincounter: error:")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], errors[0]
+
+
+@pytest.fixture(scope="session")
+def abid_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("abid")
+    synth_dataset(root, per_class=8, seed=3, size=128)
+    return root
+
+
+@pytest.fixture(scope="session")
+def channels(abid_root, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("channels")
+    split_dataset(abid_root, dst, val=0.25, test=0.25, seed=0)
+    return dst
+
+
+@pytest.fixture()
+def channels_copy(channels, tmp_path) -> Path:
+    """A private copy a test may damage."""
+    dst = tmp_path / "channels"
+    shutil.copytree(channels, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def trained_model(channels, tmp_path_factory) -> Path:
+    from bincounter.train import TrainConfig, train
+
+    model_dir = tmp_path_factory.mktemp("model")
+    train(TrainConfig(train_dir=str(channels / "train"), val_dir=str(channels / "val"),
+                      test_dir=str(channels / "test"), model_dir=str(model_dir), epochs=1, image_size=64,
+                      pretrained=False, workers=0, batch_size=16, show_progress=False))
+    return model_dir

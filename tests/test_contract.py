@@ -1,0 +1,123 @@
+"""The SageMaker training contract (hyperparameter strings, channels, hosts) and the /invocations
+protocol: pure functions, no container needed. The Docker tier runs the same code in the real image."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from bincounter.errors import UserError
+from bincounter.sagemaker.contract import TrainingContract, decode_value, hyperparameters_to_argv, train_argv
+from bincounter.sagemaker.train_entry import _parser, plan, torchrun_command
+from bincounter.serving.protocol import RequestError, format_response, parse_request
+
+
+def make_opt_ml(tmp, hps=None, hosts=("algo-1",), current="algo-1", channels=("train", "val"), nic="eth0"):
+    cfg = tmp / "input" / "config"
+    cfg.mkdir(parents=True)
+    (cfg / "hyperparameters.json").write_text(json.dumps(hps or {}))
+    (cfg / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": current, "hosts": list(hosts), "network_interface_name": nic}))
+    for c in channels:
+        (tmp / "input" / "data" / c).mkdir(parents=True)
+    return TrainingContract.from_env(tmp)
+
+
+def test_hyperparameter_strings_become_trainer_flags(tmp_path):
+    c = make_opt_ml(tmp_path, {"epochs": "3", "lr": "0.0005", "batch_size": "16", "pretrained": "false",
+                               "arch": '"efficientnet_b2"', "amp": "True", "sagemaker_program": "x",
+                               "_tuning_objective_metric": "val_acc"})
+    argv, ignored = train_argv(c, _parser())
+    assert argv[:4] == ["--train", str(tmp_path / "input/data/train"), "--val", str(tmp_path / "input/data/val")]
+    args = _parser().parse_args(argv)
+    assert (args.epochs, args.lr, args.batch_size, args.pretrained, args.arch, args.amp) == \
+           (3, 0.0005, 16, False, "efficientnet_b2", True)
+    assert args.model_dir == str(tmp_path / "model") and args.checkpoint_dir == str(tmp_path / "checkpoints")
+    assert args.output_dir == str(tmp_path / "output" / "data")
+    assert ignored == ["_tuning_objective_metric", "sagemaker_program"]
+
+
+@pytest.mark.parametrize("hps, needle", [
+    ({"epoch": "3"}, "unknown hyperparameter 'epoch'"),
+    ({"pretrained": "maybe"}, "must be true or false"),
+    ({"model_dir": "/tmp"}, "set by the container"),
+])
+def test_bad_hyperparameters_are_one_line(tmp_path, hps, needle):
+    c = make_opt_ml(tmp_path, hps)
+    with pytest.raises(UserError, match=needle):
+        train_argv(c, _parser())
+
+
+def test_bad_hyperparameter_value_is_caught_before_training(tmp_path):
+    c = make_opt_ml(tmp_path, {"epochs": "three"})
+    argv, _ = train_argv(c, _parser())
+    with pytest.raises(UserError, match="bad hyperparameter: argument --epochs"):
+        _parser().parse_args(argv)
+
+
+def test_missing_val_channel_and_pretrained_channel(tmp_path):
+    with pytest.raises(UserError, match="missing the 'val' channel"):
+        train_argv(make_opt_ml(tmp_path / "a", channels=("train",)), _parser())
+    c = make_opt_ml(tmp_path / "b", channels=("train", "validation", "pretrained"))
+    argv, _ = train_argv(c, _parser())
+    args = _parser().parse_args(argv)
+    assert args.val_dir.endswith("validation") and args.pretrained_path.endswith("pretrained") and args.pretrained
+
+
+def test_two_hosts_plan_a_torchrun_world(tmp_path):
+    c = make_opt_ml(tmp_path, hosts=("algo-2", "algo-1"), current="algo-2", nic="ethwe")
+    p = plan(c, gpus=0)
+    assert p == {"nnodes": 2, "nproc_per_node": 1, "world_size": 2, "node_rank": 1, "master_addr": "algo-1"}
+    cmd = torchrun_command(p, ["--epochs", "1"])
+    assert cmd[cmd.index("--node_rank") + 1] == "1" and cmd[-3:] == ["train", "--epochs", "1"]
+    assert plan(c, gpus=8)["world_size"] == 16
+    assert c.network_interface == "ethwe"
+
+
+def test_current_host_must_be_listed(tmp_path):
+    with pytest.raises(UserError, match="not among hosts"):
+        make_opt_ml(tmp_path, hosts=("algo-1",), current="algo-9")
+
+
+def test_decode_value():
+    assert decode_value("3") == 3 and decode_value("false") is False and decode_value('"a"') == "a"
+    assert decode_value("efficientnet_b0") == "efficientnet_b0" and decode_value(0.1) == 0.1
+
+
+def test_interface_choice_falls_back_from_a_missing_one(monkeypatch):
+    from bincounter import distributed
+
+    monkeypatch.setattr(distributed, "list_interfaces", lambda: ["eth0", "lo"])
+    assert distributed.choose_ifname("ethwe") == "eth0"
+    assert distributed.choose_ifname("lo") == "lo"
+    assert distributed.choose_ifname(None) == "eth0"
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def test_protocol_single_image_and_json_batch():
+    assert parse_request(b"\xff\xd8jpeg", "image/jpeg") == ([b"\xff\xd8jpeg"], False)
+    assert parse_request(b"png", "application/x-image; charset=binary") == ([b"png"], False)
+    b64 = base64.b64encode(b"img").decode()
+    assert parse_request(json.dumps({"instances": [b64, {"b64": b64}]}), "application/json") == \
+           ([b"img", b"img"], True)
+    assert parse_request(json.dumps([b64]).encode(), "application/json") == ([b"img"], True)
+    assert json.loads(format_response([{"count": 2}], False)) == {"count": 2}
+    assert json.loads(format_response([{"count": 2}], True)) == {"predictions": [{"count": 2}]}
+
+
+@pytest.mark.parametrize("body, ctype, status", [
+    (b"", "image/jpeg", 400),
+    (b"{nope", "application/json", 400),
+    (b'{"instances": ["***"]}', "application/json", 400),
+    (b'{"instances": []}', "application/json", 400),
+    (b'{"instances": [3]}', "application/json", 400),
+    (json.dumps({"instances": ["aGk="] * 65}).encode(), "application/json", 413),
+    (b"hello", "text/plain", 415),
+])
+def test_protocol_errors_are_4xx(body, ctype, status):
+    with pytest.raises(RequestError) as e:
+        parse_request(body, ctype)
+    assert e.value.status == status
+    assert json.loads(e.value.body())["status"] == status

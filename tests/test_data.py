@@ -1,0 +1,203 @@
+"""Synthetic data, ABID parsing and validation, the split, and the channel Dataset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bincounter import COUNTS
+from bincounter.data.abid import read_count, read_file_list, scan
+from bincounter.data.dataset import ChannelDataset, list_channel
+from bincounter.data.split import split_dataset
+from bincounter.data.synth import render_bin, synth_dataset
+from bincounter.errors import DataError
+from bincounter.preprocess import Preprocess
+
+
+# ------------------------------------------------------------------------------------------- synth
+def test_synth_writes_real_abid_layout_and_schema(abid_root):
+    fl = json.loads((abid_root / "file_list.json").read_text())
+    assert sorted(fl) == ["1", "2", "3", "4", "5"]
+    assert all(len(v) == 8 for v in fl.values())
+    for key, paths in fl.items():
+        for p in paths:
+            assert p.startswith("data/metadata/") and p.endswith(".json")
+            bid = p.rsplit("/", 1)[1][:-5]
+            assert len(bid) == 5 and bid.isdigit()
+            meta = json.loads((abid_root / "metadata" / f"{bid}.json").read_text())
+            assert meta["EXPECTED_QUANTITY"] == int(key)
+            items = meta["BIN_FCSKU_DATA"]
+            assert sum(it["quantity"] for it in items.values()) == int(key)
+            for asin, it in items.items():
+                assert it["asin"] == asin
+                assert {"name", "normalizedName", "quantity", "height", "length", "width", "weight"} <= set(it)
+                assert it["height"]["unit"] == "IN" and it["weight"]["unit"] == "pounds"
+            assert (abid_root / "bin-images" / f"{bid}.jpg").is_file()
+            assert "width" not in meta and "height" not in meta  # ABID has no image-size fields
+    assert (abid_root / "metadata" / "00001.json").exists()
+
+
+def test_synth_is_deterministic_for_a_seed(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    synth_dataset(a, 2, seed=7, size=96)
+    synth_dataset(b, 2, seed=7, size=96)
+    synth_dataset(c, 2, seed=8, size=96)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files if (c / f).exists())
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_synth_draws_exactly_the_stated_items_mostly_visible(count):
+    from bincounter.data.synth import _overlap
+
+    for seed in range(5):
+        img, meta, boxes = render_bin(np.random.default_rng([seed, count]), count, 160)
+        assert meta["EXPECTED_QUANTITY"] == count == len(boxes)
+        assert img.size[0] == 160 and 0.74 * 160 <= img.size[1] <= 0.86 * 160
+        # no item hides more than ~30% of an earlier one (placement retries; the last try may exceed it)
+        worst = max((_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[:i]), default=0)
+        assert worst <= 0.6
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"),
+    ("[]", "non-empty object"),
+    ('{"7": ["data/metadata/00001.json"]}', "outside the counts"),
+    ('{"one": ["data/metadata/00001.json"]}', "not an item count"),
+    ('{"1": "data/metadata/00001.json"}', "list of metadata paths"),
+    ('{"1": ["data/metadata/abc.json"]}', "does not name an ABID bin"),
+])
+def test_bad_file_list_is_one_clear_error(tmp_path, content, needle):
+    with pytest.raises(DataError, match=needle):
+        read_file_list(_write(tmp_path / "file_list.json", content))
+
+
+def test_file_list_parses_ids_from_basenames(tmp_path):
+    p = _write(tmp_path / "fl.json", '{"2": ["data/metadata/00009.json", "x/100313.json"]}')
+    assert read_file_list(p) == {2: ["00009", "100313"]}
+
+
+@pytest.mark.parametrize("meta, needle", [
+    ('{"BIN_FCSKU_DATA": {}}', "no EXPECTED_QUANTITY"),
+    ('{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 0}', "outside 1..5"),
+    ('{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": 7}', "outside 1..5"),
+    ('{"BIN_FCSKU_DATA": {}, "EXPECTED_QUANTITY": "3"}', "expected an integer"),
+    ('{"EXPECTED_QUANTITY": 3}', "BIN_FCSKU_DATA"),
+    ("{broken", "not valid JSON"),
+])
+def test_bad_metadata_is_one_clear_error(tmp_path, meta, needle):
+    with pytest.raises(DataError, match=needle):
+        read_count(_write(tmp_path / "00001.json", meta))
+
+
+def test_scan_counts_every_skip_by_reason(abid_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    (root / "bin-images" / "00001.jpg").unlink()
+    (root / "metadata" / "00002.json").write_text("{broken")
+    meta3 = json.loads((root / "metadata" / "00003.json").read_text())
+    meta3["EXPECTED_QUANTITY"] = 7
+    (root / "metadata" / "00003.json").write_text(json.dumps(meta3))
+    meta4 = json.loads((root / "metadata" / "00004.json").read_text())
+    meta4["EXPECTED_QUANTITY"] = 0
+    (root / "metadata" / "00004.json").write_text(json.dumps(meta4))
+    bins, skips = scan(root)
+    assert len(bins) == 40 - 4
+    assert skips.reasons == {"missing image": 1, "bad metadata": 1, "count out of range": 2}
+    assert "skipped 4 bins" in skips.summary() and "00003" in skips.summary()
+
+
+def test_scan_rejects_a_directory_that_is_not_abid(tmp_path):
+    with pytest.raises(DataError, match="not an ABID directory"):
+        scan(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ split
+def test_split_is_stratified_disjoint_and_hashed(abid_root, channels):
+    rows = list(csv.DictReader(open(channels / "manifest.csv")))
+    assert len(rows) == 40
+    ids = [r["id"] for r in rows]
+    assert len(set(ids)) == 40  # no bin in two splits
+    for split in ("train", "val", "test"):
+        per = [sum(1 for r in rows if r["split"] == split and r["count"] == str(c)) for c in COUNTS]
+        assert per == ([4] * 5 if split == "train" else [2] * 5), (split, per)
+    for r in rows:
+        f = channels / r["split"] / r["count"] / f"{r['id']}.jpg"
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == r["sha256"]
+        assert f.read_bytes() == (abid_root / "bin-images" / f"{r['id']}.jpg").read_bytes()
+
+
+def test_split_is_deterministic_and_seed_dependent(abid_root, tmp_path):
+    a, _ = split_dataset(abid_root, tmp_path / "a", seed=1)
+    b, _ = split_dataset(abid_root, tmp_path / "b", seed=1)
+    c, _ = split_dataset(abid_root, tmp_path / "c", seed=2)
+    ids = lambda s: sorted(x.id for x in s["test"])  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+
+
+def test_split_counts_a_corrupt_jpeg_as_skipped(abid_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    jpg = root / "bin-images" / "00005.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:300])  # truncated
+    splits, skips = split_dataset(root, tmp_path / "ch")
+    assert skips.reasons == {"corrupt image": 1}
+    assert sum(len(v) for v in splits.values()) == 39
+
+
+def test_split_rejects_bad_fractions(abid_root, tmp_path):
+    from bincounter.errors import UserError
+
+    with pytest.raises(UserError, match="val"):
+        split_dataset(abid_root, tmp_path / "x", val=0.6, test=0.5)
+
+
+# ---------------------------------------------------------------------------------------- dataset
+def test_channel_errors_are_clear(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list_channel(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        list_channel(tmp_path / "empty")
+    (tmp_path / "bad" / "7").mkdir(parents=True)
+    with pytest.raises(DataError, match="outside the counts"):
+        list_channel(tmp_path / "bad")
+    (tmp_path / "worse" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="not an item count"):
+        list_channel(tmp_path / "worse")
+
+
+def test_dataset_flags_a_corrupt_image_instead_of_raising(channels_copy):
+    victim = next((channels_copy / "train" / "3").iterdir())
+    victim.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    ds = ChannelDataset(channels_copy / "train", Preprocess(64), train=True)
+    results = [ds[i] for i in range(len(ds))]
+    bad = [r for r in results if not r[2]]
+    assert len(bad) == 1 and torch.count_nonzero(bad[0][0]) == 0
+    assert all(r[0].shape == (3, 64, 64) for r in results)
+
+
+def test_augmentation_is_seeded_per_epoch(channels):
+    ds = ChannelDataset(channels / "train", Preprocess(64), train=True, seed=1)
+    a = ds[0][0]
+    assert torch.equal(a, ds[0][0])
+    ds.set_epoch(1)
+    assert not torch.equal(a, ds[0][0]) or not torch.equal(a, ds[1][0])

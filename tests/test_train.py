@@ -1,0 +1,223 @@
+"""The trainer, the model artifact, metrics and the shared preprocessing, on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bincounter.evaluate import Predictor, evaluate_model
+from bincounter.metrics import (EPOCH_KEYS, EPOCH_LINE_RE, confusion_matrix, format_epoch_line,
+                                metric_definitions, metric_regex, summarize)
+from bincounter.model import create_model, load_artifact
+from bincounter.train import TrainConfig, train
+
+from .conftest import REPO, assert_one_line_error, run_cli
+
+
+def _cfg(channels, model_dir, **kw):
+    base = dict(train_dir=str(channels / "train"), val_dir=str(channels / "val"), model_dir=str(model_dir),
+                epochs=1, image_size=64, pretrained=False, workers=0, batch_size=16, show_progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------- acceptance
+def test_cli_train_writes_artifact_and_parsable_epoch_lines(channels, tmp_path):
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", "--test",
+                   channels / "test", "--model-dir", tmp_path / "m", "--epochs", "2", "--image-size", "64",
+                   "--arch", "efficientnet_b0", "--no-pretrained", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]
+    assert len(lines) == 2 and all(EPOCH_LINE_RE.match(ln) for ln in lines), proc.stdout
+    m = tmp_path / "m"
+    for f in ("model.safetensors", "config.json", "metrics.json", "test_metrics.json",
+              "test_confusion_matrix.png"):
+        assert (m / f).is_file(), f
+    cfg = json.loads((m / "config.json").read_text())
+    assert cfg["arch"] == "efficientnet_b0" and cfg["counts"] == [1, 2, 3, 4, 5]
+    assert cfg["preprocess"]["image_size"] == 64 and len(cfg["preprocess"]["mean"]) == 3
+    metrics = json.loads((m / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    test = json.loads((m / "test_metrics.json").read_text())
+    assert test["n"] == 10 and np.asarray(test["confusion_matrix"]).sum() == 10
+    # the weights file is plain safetensors, loadable without pickle
+    assert "classifier.weight" in load_file(str(m / "model.safetensors"))
+
+
+def test_metric_regexes_extract_the_logged_numbers(channels, tmp_path):
+    """The SageMaker metric definitions, applied to the trainer's real stdout."""
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", "--model-dir",
+                   tmp_path / "m", "--epochs", "2", "--image-size", "64", "--no-pretrained", "--workers", "0",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    log = proc.stdout + proc.stderr
+    for d in metric_definitions():
+        found = [float(x) for x in re.findall(d["Regex"], log)]  # no flags: no reliance on ^/$
+        expected = [h[d["Name"]] for h in history]
+        assert found == pytest.approx(expected, rel=1e-5), (d, proc.stdout)
+
+
+def test_epoch_line_format_is_one_source():
+    line = format_epoch_line({"epoch": 3, "train_loss": 0.5, "val_loss": 0.25, "val_acc": 0.75,
+                              "val_rmse": 1.5e-5, "lr": 1e-4, "epoch_time_s": 12.0})
+    assert line.startswith("epoch=3 train_loss=0.5 val_loss=0.25 val_acc=0.75 ")
+    assert EPOCH_LINE_RE.match(line)
+    for key in EPOCH_KEYS:  # no key's regex matches inside another key
+        others = [k for k in EPOCH_KEYS if k != key]
+        assert not any(re.search(rf" {key}=", f" {o}=1") for o in others)
+    assert re.search(metric_regex("val_acc"), line).group(1) == "0.75"
+    assert not re.search(metric_regex("val_acc"), "best epoch 3: val_acc=0.9")
+    with pytest.raises(KeyError):
+        format_epoch_line({"epoch": 1})
+
+
+def test_summarize_accuracy_rmse_recall():
+    labels = [0, 0, 1, 2, 4, 4]
+    preds = [0, 1, 1, 2, 2, 4]  # errors: 1->2 (1 item), 5->3 (2 items)
+    s = summarize(confusion_matrix(labels, preds))
+    assert s["accuracy"] == pytest.approx(4 / 6)
+    assert s["rmse"] == pytest.approx(np.sqrt((1 + 4) / 6))
+    assert s["per_class_recall"] == {"1": 0.5, "2": 1.0, "3": 1.0, "4": None, "5": 0.5}
+
+
+# ------------------------------------------------------------------------------------- behaviour
+def test_resume_from_checkpoint_continues_the_epoch_count(channels, tmp_path):
+    ck = tmp_path / "ck"
+    r1 = train(_cfg(channels, tmp_path / "m", epochs=2, checkpoint_dir=str(ck)))
+    assert [h["epoch"] for h in r1["history"]] == [1, 2]
+    r2 = train(_cfg(channels, tmp_path / "m", epochs=3, checkpoint_dir=str(ck)))
+    assert [h["epoch"] for h in r2["history"]] == [1, 2, 3]
+    assert r2["history"][:2] == r1["history"]  # epochs 1-2 came from the checkpoint, not retrained
+    state = torch.load(ck / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3
+
+
+def test_a_torn_checkpoint_is_ignored_with_a_warning(channels, tmp_path, caplog):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "checkpoint.pt").write_bytes(b"torn")
+    r = train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
+    assert [h["epoch"] for h in r["history"]] == [1]
+
+
+def test_corrupt_training_image_is_skipped_and_counted(channels_copy, tmp_path, caplog):
+    victim = next((channels_copy / "train" / "2").iterdir())
+    victim.write_bytes(victim.read_bytes()[:200])
+    with caplog.at_level("WARNING"):
+        train(_cfg(channels_copy, tmp_path / "m"))
+    assert "skipped 1 unreadable train images" in caplog.text
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_early_stopping_has_a_patience(channels, tmp_path):
+    # lr so small nothing improves after epoch 1 -> stops after 1 + patience epochs
+    r = train(_cfg(channels, tmp_path / "m", epochs=6, patience=2, lr=1e-9, warmup_epochs=0))
+    assert len(r["history"]) < 6
+    assert r["best"]["epoch"] == len(r["history"]) - 2
+
+
+def test_pretrained_path_loads_the_backbone_and_replaces_the_head(tmp_path):
+    import timm
+
+    src = timm.create_model("efficientnet_b0", num_classes=1000)
+    f = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(f))
+    m = create_model("efficientnet_b0", pretrained_path=f)
+    assert torch.equal(m.state_dict()["conv_stem.weight"], src.state_dict()["conv_stem.weight"])
+    assert m.get_classifier().out_features == 5
+    d = tmp_path / "channel"
+    d.mkdir()
+    f.rename(d / "w.safetensors")  # a SageMaker channel directory with one file works too
+    m2 = create_model("efficientnet_b0", pretrained_path=d)
+    assert torch.equal(m2.state_dict()["conv_stem.weight"], src.state_dict()["conv_stem.weight"])
+
+
+def test_torchvision_backend(tmp_path):
+    import torchvision
+
+    src = torchvision.models.efficientnet_b0()
+    f = tmp_path / "tv.pth"
+    torch.save(src.state_dict(), f)
+    m = create_model("efficientnet_b0", backend="torchvision", pretrained_path=f)
+    assert torch.equal(m.state_dict()["features.0.0.weight"], src.state_dict()["features.0.0.weight"])
+    assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_pretrained_without_weights_says_so_plainly(channels, tmp_path):
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", "--model-dir",
+                   tmp_path / "m", "--epochs", "1", env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(proc, "could not fetch pretrained weights", "--no-pretrained")
+
+
+# ------------------------------------------------------------------------------------ artifacts
+def test_predictor_matches_the_evaluation_loader(trained_model, channels, tmp_path):
+    """Train/serve parity at the library level: same decode, resize and normalisation."""
+    summary, _ = evaluate_model(trained_model, channels / "test", tmp_path, stem="parity")
+    from torch.utils.data import DataLoader
+
+    from bincounter.data.dataset import ChannelDataset
+    from bincounter.distributed import DistInfo
+    from bincounter.engine import evaluate
+
+    model, config, pre = load_artifact(trained_model)
+    ds = ChannelDataset(channels / "test", pre)
+    ev = evaluate(model, DataLoader(ds, batch_size=8), torch.device("cpu"), DistInfo(), return_probs=True,
+                  show_progress=False)
+    pred = Predictor(trained_model, device="cpu")
+    served = pred.predict([p.read_bytes() for p, _ in ds.samples])
+    got = np.array([[r["probabilities"][str(c)] for c in (1, 2, 3, 4, 5)] for r in served])
+    assert np.abs(got - ev["probs"]).max() < 1e-4
+    assert summary["n"] == len(ds)
+
+
+def test_corrupt_weights_are_a_clear_error(trained_model, tmp_path):
+    import shutil
+
+    from bincounter.errors import UserError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_model, bad)
+    (bad / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(UserError, match="cannot load weights"):
+        load_artifact(bad)
+    with pytest.raises(UserError, match="not a bincounter model"):
+        load_artifact(tmp_path)
+
+
+def test_cli_evaluate_and_predict(trained_model, channels, tmp_path):
+    proc = run_cli("evaluate", "--model-dir", trained_model, "--data", channels / "test", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["n"] == 10 and 0 <= out["accuracy"] <= 1
+    assert (tmp_path / "eval_confusion_matrix.png").is_file()
+    img = next((channels / "test" / "4").iterdir())
+    proc = run_cli("predict", "--model-dir", trained_model, img)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["count"] in (1, 2, 3, 4, 5) and abs(sum(row["probabilities"].values()) - 1) < 1e-4
+
+
+# ---------------------------------------------------------------------------------- distributed
+@pytest.mark.slow
+def test_two_processes_train_one_model_with_gloo(channels, tmp_path):
+    """torchrun, 2 CPU processes: one process group, shards of the data, rank 0 alone writes the model."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "bincounter", "train", "--train", str(channels / "train"), "--val", str(channels / "val"),
+         "--model-dir", str(tmp_path / "m"), "--epochs", "1", "--image-size", "64", "--no-pretrained",
+         "--workers", "0", "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0/2" in proc.stderr
+    assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]) == 1  # rank 0 only
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    val = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert val["world_size"] == 2
