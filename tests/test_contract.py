@@ -14,7 +14,7 @@ from bincounter.sagemaker.train_entry import _parser, plan, torchrun_command
 from bincounter.serving.protocol import RequestError, format_response, parse_request
 
 
-def make_opt_ml(tmp, hps=None, hosts=("algo-1",), current="algo-1", channels=("train", "val"), nic="eth0"):
+def make_opt_ml(tmp, hps=None, hosts=("algo-1",), current="algo-1", channels=("train", "val"), nic="eth0"):  # noqa: E501
     cfg = tmp / "input" / "config"
     cfg.mkdir(parents=True)
     (cfg / "hyperparameters.json").write_text(json.dumps(hps or {}))

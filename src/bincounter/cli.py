@@ -55,6 +55,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--weight-decay", type=float, default=0.01)
     h.add_argument("--warmup-epochs", type=float, default=0.5)
     h.add_argument("--label-smoothing", type=float, default=0.1)
+    h.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier (timm)")
     h.add_argument("--freeze-backbone-epochs", type=int, default=0,
                    help="train only the new head for the first N epochs")
     h.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val_acc "
@@ -142,6 +143,23 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ecr(args) -> int:
+    from . import aws
+
+    kw = {"region": args.region, "profile": args.profile, "endpoint_url": args.endpoint_url}
+    if args.ecr_command == "region":
+        print(aws.resolve_region(args.region, args.profile))
+    elif args.ecr_command == "account":
+        print(aws.account_id(**kw))
+    elif args.ecr_command == "ensure-repo":
+        uri, created = aws.ensure_repository(args.name, args.mutability, **kw)
+        log.info("%s ECR repository %s", "created" if created else "found", uri)
+        print(uri)
+    elif args.ecr_command == "login-password":
+        sys.stdout.write(aws.login_password(**kw))  # for `docker login --password-stdin` only
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -214,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model-dir", required=True)
     pr.add_argument("images", nargs="+", help="JPEG/PNG files")
     pr.set_defaults(func=cmd_predict)
+
+    ecr = sub.add_parser("ecr", help="ECR helpers used by build_and_push.sh", formatter_class=_Formatter,
+                         description="Small ECR/STS helpers for build_and_push.sh: every failure is one line.")
+    esub = ecr.add_subparsers(dest="ecr_command", required=True, metavar="ACTION")
+    for name, text in [("region", "print the resolved region"), ("account", "print the AWS account id (STS)"),
+                       ("ensure-repo", "create the repository if missing (scan on push); print its URI"),
+                       ("login-password", "print the registry password to stdout (pipe it to "
+                                          "`docker login --password-stdin`)")]:
+        ep = esub.add_parser(name, help=text, formatter_class=_Formatter)
+        ep.add_argument("--region")
+        ep.add_argument("--profile")
+        ep.add_argument("--endpoint-url", help="AWS API endpoint (tests, moto)")
+        if name == "ensure-repo":
+            ep.add_argument("name")
+            ep.add_argument("--mutability", choices=["MUTABLE", "IMMUTABLE"], default="MUTABLE")
+        ep.set_defaults(func=cmd_ecr)
 
     dm = sub.add_parser("demo", help="synthetic data -> split -> train -> evaluate, on this machine",
                         formatter_class=_Formatter,

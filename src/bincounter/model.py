@@ -57,7 +57,8 @@ def _load_state_dict(path: Path) -> dict:
 
 
 def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_classes: int = len(COUNTS),
-                 pretrained: bool = False, pretrained_path: str | Path | None = None) -> nn.Module:
+                 pretrained: bool = False, pretrained_path: str | Path | None = None,
+                 drop_rate: float | None = None) -> nn.Module:
     """A fresh classifier with a `num_classes` head. Pretrained weights come from `pretrained_path` when
     given (the head is left out of the load), from the backend's own download when `pretrained`, else
     random init."""
@@ -66,14 +67,15 @@ def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_class
 
         if not timm.is_model(arch):
             raise UserError(f"unknown timm architecture {arch!r} (see timm.list_models('efficientnet*'))")
+        kw = {} if drop_rate is None else {"drop_rate": drop_rate}
         if pretrained_path is not None:
             f = resolve_weights_file(pretrained_path)
             model = timm.create_model(arch, pretrained=True, num_classes=num_classes,
-                                      pretrained_cfg_overlay={"file": str(f)})
+                                      pretrained_cfg_overlay={"file": str(f)}, **kw)
             log.info("loaded pretrained weights from %s", f)
             return model
         try:
-            return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes)
+            return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kw)
         except Exception as e:  # network, hub, missing weights: one actionable line
             raise UserError(f"could not fetch pretrained weights for {arch} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0].split('. ')[0][:160]}); pass --pretrained-path FILE (or a "

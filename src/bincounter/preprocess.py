@@ -77,11 +77,14 @@ def decode(source: str | bytes, target: int) -> Image.Image:
 
 
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Training-only augmentation that never changes the item count: flips and mild brightness/contrast."""
+    """Training-only augmentation that never changes the item count: the 8 flips/quarter-turns of the
+    square input, and mild brightness/contrast."""
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_TOP_BOTTOM)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.ROTATE_90)
     arr = np.asarray(img, dtype=np.float32)
     gain = rng.uniform(0.8, 1.2)
     bias = rng.uniform(-20, 20)

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
+    drop_rate: float = 0.2  # dropout before the classifier (timm models)
     freeze_backbone_epochs: int = 0
     patience: int = 0  # early stopping: epochs without val_acc improvement; 0 = off
     image_size: int = 224
@@ -160,7 +161,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     amp, channels_last = cfg.amp and cuda, cfg.channels_last and cuda
 
     model = create_model(cfg.arch, cfg.backend, len(COUNTS), pretrained=cfg.pretrained,
-                         pretrained_path=cfg.pretrained_path)
+                         pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate)
     if not cfg.pretrained and cfg.pretrained_path is None:
         log.warning("training %s from random init (--no-pretrained)", cfg.arch)
     pre = Preprocess(cfg.image_size, *model_mean_std(model))

@@ -1,0 +1,44 @@
+# bincounter: the two set-up commands are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The dev/test environment's torch. The image pins its own (Dockerfile: torch 2.9.1, CUDA 12.8).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+IMAGE ?= bincounter:local
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo demo-cpu image test test-fast lint bench clean
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv with torch, the package and the test tools
+
+demo: venv  ## the whole loop on synthetic data, on this machine (no AWS)
+	$(BIN)/bincounter demo --out runs/demo
+
+image:  ## build the image locally (mmdebstrap base; starts dockerd if needed)
+	bash container/build_local.sh --tag $(IMAGE)
+
+test: venv image  ## everything: fast tier + Docker tier (what CI runs)
+	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv  ## the fast tier only (no Docker)
+	$(BIN)/python -m pytest -m "not docker" $(PYTEST_ARGS)
+
+lint: venv  ## ruff + shell syntax
+	$(BIN)/ruff check src tests bench
+	bash -n container/build_local.sh container/entrypoint.sh build_and_push.sh
+
+bench: venv  ## learning check on synthetic data (prints a table, writes bench/results/*.json)
+	$(BIN)/python bench/learning.py
+
+clean:  ## remove the venv and run outputs (not the Docker images)
+	rm -rf $(VENV) runs bench/results .pytest_cache
