@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bincounter.errors import UserError
-from bincounter.sagemaker.contract import TrainingContract, decode_value, hyperparameters_to_argv, train_argv
+from bincounter.sagemaker.contract import TrainingContract, decode_value, train_argv
 from bincounter.sagemaker.train_entry import _parser, plan, torchrun_command
 from bincounter.serving.protocol import RequestError, format_response, parse_request
 
@@ -105,6 +105,17 @@ def test_protocol_single_image_and_json_batch():
     assert parse_request(json.dumps([b64]).encode(), "application/json") == ([b"img"], True)
     assert json.loads(format_response([{"count": 2}], False)) == {"count": 2}
     assert json.loads(format_response([{"count": 2}], True)) == {"predictions": [{"count": 2}]}
+
+
+def test_front_precheck():
+    from bincounter.serving.protocol import precheck
+
+    precheck(b"x", "image/jpeg")
+    for body, ctype, status in [(b"x", "text/csv", 415), (b"", "image/png", 400), (b"\xff{", "application/json", 400)]:
+        with pytest.raises(RequestError) as e:
+            precheck(body, ctype)
+        assert e.value.status == status
+
 
 
 @pytest.mark.parametrize("body, ctype, status", [

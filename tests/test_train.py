@@ -14,8 +14,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bincounter.evaluate import Predictor, evaluate_model
-from bincounter.metrics import (EPOCH_KEYS, EPOCH_LINE_RE, confusion_matrix, format_epoch_line,
-                                metric_definitions, metric_regex, summarize)
+from bincounter.metrics import (
+    EPOCH_KEYS,
+    EPOCH_LINE_RE,
+    confusion_matrix,
+    format_epoch_line,
+    metric_definitions,
+    metric_regex,
+    summarize,
+)
 from bincounter.model import create_model, load_artifact
 from bincounter.train import TrainConfig, train
 

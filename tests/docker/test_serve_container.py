@@ -170,24 +170,28 @@ def test_model_fn_failure_keeps_ping_unhealthy(image, trained_model, tmp_path, n
         status, _, body = http("GET", url + "/ping")
         assert status == 503, body
         time.sleep(1)
+    assert "does not load" in json.loads(body)["reason"] and "cannot load weights" in json.loads(body)["reason"]
 
 
 def test_stop_is_fast_and_leaves_no_process(image, trained_model, names):
     """The server started by `docker exec` (not as PID 1): after SIGTERM nothing of MMS is left."""
     name = names()
-    docker("run", "-d", "--name", name, "-v", f"{trained_model}:/opt/ml/model:ro", "--entrypoint", "sleep",
-           image, "600")
+    docker("run", "-d", "--init", "--name", name, "-v", f"{trained_model}:/opt/ml/model:ro",
+           "--entrypoint", "sleep", image, "600")
     docker("exec", "-d", name, "/opt/bincounter/container/entrypoint.sh", "serve")
     ps = ["exec", name, "python", "-c",
-          "import psutil; print('\\n'.join(' '.join(p.cmdline()) for p in psutil.process_iter()))"]
+          "import psutil\n"
+          "for p in psutil.process_iter(['cmdline', 'status']):\n"
+          "    print(p.info['status'], ' '.join(p.info['cmdline'] or []))"]
     probe = ["exec", name, "python", "-c",
              "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/ping').status)"]
     wait_for(lambda: docker(*probe, check=False).stdout.strip() == "200", PING_WITHIN_S, what="/ping 200")
     procs = docker(*ps).stdout
     assert "com.amazonaws.ml.mms.ModelServer" in procs and "model_service_worker" in procs
-    docker("exec", name, "python", "-c", "import psutil, signal\n"
+    docker("exec", name, "python", "-c", "import os, psutil, signal\n"
            "for p in psutil.process_iter():\n"
-           "    if 'bincounter.serving.server' in ' '.join(p.cmdline()): p.send_signal(signal.SIGTERM)")
+           "    if p.pid != os.getpid() and 'bincounter.serving.server' in ' '.join(p.cmdline()):\n"
+           "        p.send_signal(signal.SIGTERM)")
     t0 = time.monotonic()
     wait_for(lambda: "bincounter.serving.server" not in docker(*ps).stdout, 10, what="server exit")
     assert time.monotonic() - t0 < 10

@@ -38,37 +38,48 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[list[bytes], bool]:
-    """-> (encoded images, is_batch). Raises RequestError(4xx) for anything malformed."""
+def precheck(body: bytes, content_type: str | None) -> None:
+    """Cheap checks the front does before a request reaches a model worker."""
     ctype = media_type(content_type)
-    if isinstance(body, str):
-        body = body.encode()
+    if ctype not in IMAGE_TYPES and ctype != JSON_TYPE:
+        raise RequestError(415, f"unsupported content type {content_type!r}; use one of "
+                                f"{', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
     if not body:
         raise RequestError(400, "empty request body")
-    if ctype in IMAGE_TYPES:
-        return [bytes(body)], False
     if ctype == JSON_TYPE:
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"malformed JSON: {e}") from None
-        items = doc.get("instances") if isinstance(doc, dict) else doc
-        if not isinstance(items, list) or not items:
-            raise RequestError(400, 'JSON body must be {"instances": [<base64 image>, ...]} (non-empty)')
-        if len(items) > MAX_BATCH:
-            raise RequestError(413, f"batch of {len(items)} images is over the limit of {MAX_BATCH}")
-        images = []
-        for i, item in enumerate(items):
-            b64 = item.get("b64") if isinstance(item, dict) else item
-            if not isinstance(b64, str):
-                raise RequestError(400, f"instance {i}: expected a base64 string or {{\"b64\": ...}}")
-            try:
-                images.append(base64.b64decode(b64, validate=True))
-            except (binascii.Error, ValueError):
-                raise RequestError(400, f"instance {i}: invalid base64") from None
-        return images, True
-    raise RequestError(415, f"unsupported content type {content_type!r}; use one of "
-                            f"{', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, "malformed JSON: body is not UTF-8") from None
+
+
+def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[list[bytes], bool]:
+    """-> (encoded images, is_batch). Raises RequestError(4xx) for anything malformed."""
+    if isinstance(body, str):
+        body = body.encode()
+    precheck(body or b"", content_type)
+    ctype = media_type(content_type)
+    if ctype in IMAGE_TYPES:
+        return [bytes(body)], False
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"malformed JSON: {e}") from None
+    items = doc.get("instances") if isinstance(doc, dict) else doc
+    if not isinstance(items, list) or not items:
+        raise RequestError(400, 'JSON body must be {"instances": [<base64 image>, ...]} (non-empty)')
+    if len(items) > MAX_BATCH:
+        raise RequestError(413, f"batch of {len(items)} images is over the limit of {MAX_BATCH}")
+    images = []
+    for i, item in enumerate(items):
+        b64 = item.get("b64") if isinstance(item, dict) else item
+        if not isinstance(b64, str):
+            raise RequestError(400, f"instance {i}: expected a base64 string or {{\"b64\": ...}}")
+        try:
+            images.append(base64.b64decode(b64, validate=True))
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"instance {i}: invalid base64") from None
+    return images, True
 
 
 def format_response(predictions: list[dict], is_batch: bool) -> bytes:

@@ -30,7 +30,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .protocol import error_body
+from .protocol import RequestError, error_body, precheck
 
 log = logging.getLogger("bincounter.serving")
 MODEL_NAME = "model"
@@ -63,40 +63,81 @@ def check_artifact(path: Path) -> str | None:
     return None
 
 
+def _warmup_image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (128, 100, 70)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 class Health:
-    """Polls MMS's management API until a worker of the model is READY; re-checks now and then."""
+    """Is the model really serving? MMS's own word is not enough: its management API reports a worker
+    READY (and its /ping says 200) even after `model_fn` raised. So once MMS reports a READY worker, one
+    real prediction on a small generated JPEG must succeed; only then is /ping 200. Afterwards the
+    management API is re-checked every few seconds, and a worker that is replaced is verified again."""
 
     def __init__(self, mms_port: int):
         self.mms_port = mms_port
         self.ready = False
+        self.verified = False
         self.reason = "model server starting"
         self.fatal: str | None = None
+        self._warmup = _warmup_image()
+
+    def _request(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.mms_port, timeout=120)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def poll_once(self) -> None:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.mms_port, timeout=2)
-            conn.request("GET", f"/models/{MODEL_NAME}")
-            resp = conn.getresponse()
-            body = resp.read()
-            conn.close()
-            if resp.status != 200:
-                self.ready, self.reason = False, f"model not registered yet (MMS {resp.status})"
+            status, body = self._request("GET", f"/models/{MODEL_NAME}")
+            if status != 200:
+                self.ready, self.verified = False, False
+                self.reason = f"model not registered yet (MMS {status})"
                 return
             desc = json.loads(body)
             desc = desc[0] if isinstance(desc, list) else desc
-            states = [w.get("status") for w in desc.get("workers", [])]
-            self.ready = "READY" in states
-            self.reason = "ok" if self.ready else f"no READY worker (workers: {states or 'none'})"
-        except (OSError, ValueError) as e:
-            self.ready, self.reason = False, f"model server not answering ({type(e).__name__})"
+            workers = desc.get("workers", [])
+            ids = sorted(w.get("id", "") for w in workers if w.get("status") == "READY")
+            if not ids:
+                self.ready, self.verified = False, False
+                self.reason = f"no READY worker (workers: {[w.get('status') for w in workers] or 'none'})"
+                return
+            if not self.verified or ids != self.verified:
+                status, body = self._request("POST", f"/predictions/{MODEL_NAME}", self._warmup, "image/jpeg")
+                if status != 200:
+                    try:
+                        msg = json.loads(body).get("error", "")
+                    except ValueError:
+                        msg = body.decode("utf-8", "replace").strip().splitlines()[0] if body else ""
+                    self.ready, self.verified = False, False
+                    self.reason = f"the model does not load: {msg or f'MMS {status}'}"
+                    return
+                self.verified = ids
+            self.ready, self.reason = True, "ok"
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            self.ready = False
+            self.reason = f"model server not answering ({type(e).__name__})"
 
     def run(self, stop: threading.Event) -> None:
+        last = None
         while not stop.is_set():
-            was = self.ready
             self.poll_once()
-            if self.ready != was:
-                log.info("health: %s", "model loaded, /ping is 200" if self.ready else self.reason)
-            stop.wait(5.0 if self.ready else 0.5)
+            if (self.ready, self.reason) != last:
+                if self.ready:
+                    log.info("health: model loaded and answered a test prediction; /ping is 200")
+                else:
+                    log.warning("health: /ping is 503: %s", self.reason)
+                last = (self.ready, self.reason)
+            stop.wait(5.0 if self.ready else (10.0 if "does not load" in self.reason else 0.5))
 
 
 def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout_s: float):
@@ -122,6 +163,18 @@ def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout
             self.end_headers()
             self.wfile.write(body)
 
+        def _drain(self, length: int) -> None:
+            """Read (and drop) a refused body so the client sees our 413, not a broken pipe; past 4x the
+            limit, just close the connection."""
+            if length > 4 * max_bytes:
+                self.close_connection = True
+                return
+            while length > 0:
+                chunk = self.rfile.read(min(length, 1 << 20))
+                if not chunk:
+                    break
+                length -= len(chunk)
+
         def do_GET(self):
             if self.path.split("?")[0] == "/ping":
                 if health.fatal:
@@ -139,10 +192,14 @@ def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout
             except ValueError:
                 return self._send(400, error_body(400, "bad Content-Length"))
             if length > max_bytes:
-                self.close_connection = True  # do not read a body we refuse
+                self._drain(length)
                 return self._send(413, error_body(413, f"request of {length} bytes is over the "
                                                        f"{max_bytes // 2**20} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"))
             body = self.rfile.read(length) if length else b""
+            try:
+                precheck(body, self.headers.get("Content-Type"))
+            except RequestError as e:
+                return self._send(e.status, e.body())
             if health.fatal or not health.ready:
                 return self._send(503, error_body(503, f"model not loaded: {health.fatal or health.reason}"))
             headers = {"Content-Type": self.headers.get("Content-Type", ""),
@@ -239,10 +296,10 @@ def main() -> int:
     else:
         cfg = Path(os.environ.get("BINCOUNTER_MMS_CONFIG", "/tmp/bincounter-mms.properties"))
         cfg.write_text(mms_config(mms_port, workers, max_bytes, timeout_s))
-        from sagemaker_inference import model_server
-
-        cmd = ["multi-model-server", "--start", "--foreground", "--model-store", str(mdir), "--mms-config",
-               str(cfg), "--log-config", model_server.DEFAULT_MMS_LOG_FILE, "--models", f"{MODEL_NAME}={mdir}"]
+        # model store "/" + an absolute model path, as sagemaker-inference itself does
+        cmd = ["multi-model-server", "--start", "--foreground", "--model-store", "/", "--mms-config",
+               str(cfg), "--log-config", str(Path(__file__).with_name("log4j2.xml")),
+               "--models", f"{MODEL_NAME}={mdir}"]
         proc = subprocess.Popen(cmd, start_new_session=True)
         threading.Thread(target=health.run, args=(stop,), name="health", daemon=True).start()
 
