@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 IMAGE ?= bincounter:local
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo demo-cpu image test test-fast lint bench clean
+.PHONY: help venv demo image system-deps test test-fast lint bench clean
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
@@ -27,7 +27,14 @@ demo: venv  ## the whole loop on synthetic data, on this machine (no AWS)
 image:  ## build the image locally (mmdebstrap base; starts dockerd if needed)
 	bash container/build_local.sh --tag $(IMAGE)
 
-test: venv image  ## everything: fast tier + Docker tier (what CI runs)
+# Debian packages the Docker tier and the lint need (docker.io + mmdebstrap come with `make image`).
+SYSTEM_TOOLS := shellcheck:shellcheck docker-registry:docker-registry
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+test: venv system-deps image  ## everything: fast tier + Docker tier (what CI runs)
 	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv  ## the fast tier only (no Docker)
@@ -35,7 +42,7 @@ test-fast: venv  ## the fast tier only (no Docker)
 
 lint: venv  ## ruff + shell syntax
 	$(BIN)/ruff check src tests bench
-	bash -n container/build_local.sh container/entrypoint.sh build_and_push.sh
+	shellcheck build_and_push.sh container/build_local.sh container/entrypoint.sh .ci/run
 
 bench: venv  ## learning check on synthetic data (prints a table, writes bench/results/*.json)
 	$(BIN)/python bench/learning.py

@@ -60,17 +60,9 @@ ensure_base() {
 ensure_docker
 ensure_base
 
-# --- the build -------------------------------------------------------------------------------------
-CERT_DST="$ROOT/container/certs/extra-ca.pem"
-cleanup() { rm -f "$CERT_DST"; }
-trap cleanup EXIT
-if [ -n "$CA_BUNDLE" ]; then
-  [ -r "$CA_BUNDLE" ] || { log "CA bundle $CA_BUNDLE is not readable"; exit 2; }
-  cp "$CA_BUNDLE" "$CERT_DST"
-  log "using extra CA bundle $CA_BUNDLE for pip (builder stage only)"
-fi
-start=$(date +%s)
-docker build --build-arg "BASE_IMAGE=$BASE_TAG" -t "$TAG" "$ROOT" >&2
-size=$(docker image inspect "$TAG" --format '{{.Size}}')
-log "built $TAG in $(( $(date +%s) - start )) s; image size $(( size / 1000000 )) MB"
+# --- the build: the same script and Dockerfile as production, with the local base -------------------
+[[ "$TAG" == *:* ]] || TAG="$TAG:latest"
+args=(--no-push --no-latest --base-image "$BASE_TAG" --tag "${TAG##*:}")
+if [ -n "$CA_BUNDLE" ]; then args+=(--ca-bundle "$CA_BUNDLE"); fi
+"$ROOT/build_and_push.sh" "${args[@]}" "${TAG%:*}" >/dev/null
 echo "$TAG"
