@@ -110,13 +110,87 @@ def cmd_split(args) -> int:
 
     with progress(None, "checking images", unit="img") as bar:
         splits, skips = split_dataset(args.src, args.out, val=args.val, test=args.test, seed=args.seed,
-                                      file_list=args.file_list, progress=bar)
+                                      file_list=args.file_list, progress=bar, balance=args.balance)
     log.info(skips.summary())
     for s in SPLITS:
         per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
         log.info("%-5s %5d bins  per count %s  -> %s", s, len(splits[s]), per, Path(args.out) / s)
     log.info("manifest: %s", Path(args.out) / "manifest.csv")
     return 0
+
+
+def _s3(args):
+    from .data.s3 import s3_client
+
+    return s3_client(args.endpoint_url, args.region, unsigned=getattr(args, "unsigned", False),
+                     max_pool=args.workers + 4, profile=args.profile)
+
+
+def cmd_fetch(args) -> int:
+    from .data.s3 import _check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
+
+    client = _s3(args)
+    out = Path(args.out)
+    if args.file_list:
+        ids = ids_from_file_list(args.file_list)
+    elif args.sample:
+        _check_endpoint(client, args.bucket)
+        counts = _parse_counts(args.counts)
+        chosen = sample_ids(client, args.bucket, args.sample, counts, args.seed, args.workers)
+        out.mkdir(parents=True, exist_ok=True)
+        write_file_list(out / "file_list.json", chosen)
+        ids = sorted(b for v in chosen.values() for b in v)
+        log.info("sampled %d bins (%s) -> %s", len(ids), {c: len(v) for c, v in chosen.items()},
+                 out / "file_list.json")
+    else:
+        raise UserError("pass --file-list FILE or --sample N")
+    _check_endpoint(client, args.bucket)
+    report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers)
+    log.info(report.summary())
+    for key, reason in list(report.failed.items())[:10]:
+        log.warning("  %s: %s", key, reason)
+    if args.file_list and not (out / "file_list.json").exists():
+        (out / "file_list.json").write_text(Path(args.file_list).read_text())
+    return 1 if report.failed and not report.done and not report.skipped else 0
+
+
+def _parse_counts(text: str) -> tuple[int, ...]:
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-"))
+            counts = tuple(range(lo, hi + 1))
+        else:
+            counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--counts {text!r}: expected a range like 1-5 or a list like 1,2,3") from None
+    if not counts or any(c not in COUNTS for c in counts):
+        raise UserError(f"--counts {text!r}: counts must lie in {COUNTS[0]}..{COUNTS[-1]}")
+    return counts
+
+
+def cmd_eda(args) -> int:
+    from .data.eda import analyse, write_report
+    from .progress import progress
+
+    with progress(None, "eda", unit="bin") as bar:
+        stats = analyse(args.src, progress=bar)
+    index = write_report(stats, args.out)
+    for w in stats["warnings"]:
+        log.warning(w)
+    log.info("report: %s (plots + eda.json beside it)", index)
+    return 0
+
+
+def cmd_upload(args) -> int:
+    from .data.s3 import upload
+
+    report, uris = upload(args.src, args.dest, _s3(args), workers=args.workers)
+    log.info(report.summary("uploaded"))
+    for key, reason in report.failed.items():
+        log.warning("  %s: %s", key, reason)
+    for channel, uri in uris.items():
+        print(f"{channel}={uri}")
+    return 1 if report.failed else 0
 
 
 # -------------------------------------------------------------------------------------- evaluate/predict
@@ -182,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="prepare ABID data (synth, split)", formatter_class=_Formatter,
+    data = sub.add_parser("data", help="prepare ABID data (synth, fetch, eda, split, upload)", formatter_class=_Formatter,
                           description="Prepare Amazon Bin Image Dataset data.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
     s = dsub.add_parser("synth", help="write synthetic ABID bins (images + metadata + file_list.json)",
@@ -208,7 +282,48 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation")
     sp.add_argument("--test", type=float, default=0.1, help="fraction of each class for test")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--balance", choices=["none", "cap", "oversample"], default="none",
+                    help="train split only: cap every class to the smallest, or oversample to the largest")
     sp.set_defaults(func=cmd_split)
+
+    def s3_options(q):
+        q.add_argument("--endpoint-url", help="S3 API endpoint (S3-compatible stores, tests)")
+        q.add_argument("--region", help="bucket region")
+        q.add_argument("--profile", help="AWS profile")
+        q.add_argument("--workers", type=_positive_int, default=16, help="parallel transfers")
+
+    f = dsub.add_parser("fetch", help="download ABID bins (images + metadata) from S3",
+                        formatter_class=_Formatter,
+                        description="Download the bins named by a file_list.json (or a seeded sample) from the "
+                        "public ABID bucket into OUT/bin-images and OUT/metadata. Parallel, resumable (a rerun "
+                        "fetches only what is missing or incomplete), safe to Ctrl-C.")
+    f.add_argument("--out", required=True, help="ABID directory to write")
+    f.add_argument("--file-list", help='file_list.json: {"1": ["data/metadata/00009.json", ...], ...}')
+    f.add_argument("--sample", type=_positive_int, help="no list: sample N bins from the bucket's metadata")
+    f.add_argument("--counts", default="1-5", help="with --sample: counts to keep (1-5 or 1,2,3)")
+    f.add_argument("--seed", type=int, default=0, help="with --sample")
+    f.add_argument("--bucket", default="aft-vbi-pds", help="source bucket (the public ABID bucket by default)")
+    f.add_argument("--unsigned", action=argparse.BooleanOptionalAction, default=True,
+                   help="anonymous requests (the public bucket needs no credentials)")
+    s3_options(f)
+    f.set_defaults(func=cmd_fetch, region="us-east-1")
+
+    ed = dsub.add_parser("eda", help="HTML report with plots and warnings about an ABID directory",
+                         formatter_class=_Formatter,
+                         description="Class histogram, image sizes, item dimensions/weights, sample grid per "
+                         "count, warnings (imbalance, corrupt/tiny images, duplicates). OUT/index.html is "
+                         "self-contained; numbers in OUT/eda.json.")
+    ed.add_argument("src", help="ABID directory")
+    ed.add_argument("--out", required=True, help="report directory")
+    ed.set_defaults(func=cmd_eda)
+
+    up = dsub.add_parser("upload", help="upload channels to S3 and print their URIs", formatter_class=_Formatter,
+                         description="Upload DIR/{train,val,test} and manifest.csv to s3://bucket/prefix; objects "
+                         "with the same size and MD5 ETag are skipped. Prints channel=URI lines for the job.")
+    up.add_argument("src", help="channels directory (from `data split`)")
+    up.add_argument("dest", help="s3://bucket/prefix")
+    s3_options(up)
+    up.set_defaults(func=cmd_upload)
 
     t = sub.add_parser("train", help="train the counter (EfficientNet transfer learning)",
                        formatter_class=_Formatter,

@@ -48,8 +48,36 @@ def assign_splits(bins: list[Bin], val: float, test: float, seed: int) -> dict[s
     return out
 
 
+def balance_train(train: list[Bin], mode: str, seed: int) -> list[Bin]:
+    """Class balancing of the train split only (val/test keep the true distribution).
+    cap: every class down to the smallest class's size; oversample: every class up to the largest by
+    repeating bins (written as <id>_dupN.jpg)."""
+    if mode == "none":
+        return train
+    by_class: dict[int, list[Bin]] = defaultdict(list)
+    for b in train:
+        by_class[b.count].append(b)
+    sizes = [len(v) for v in by_class.values()]
+    rng = np.random.default_rng(seed + 1)
+    out: list[Bin] = []
+    for count in sorted(by_class):
+        members = by_class[count]
+        if mode == "cap":
+            keep = sorted(rng.choice(len(members), size=min(sizes), replace=False))
+            out += [members[i] for i in keep]
+        elif mode == "oversample":
+            extra = max(sizes) - len(members)
+            picks = rng.choice(len(members), size=extra, replace=True) if extra else []
+            out += members + [Bin(f"{members[i].id}_dup{k}", members[i].count, members[i].image, members[i].metadata)
+                              for k, i in enumerate(picks)]
+        else:
+            raise UserError(f"--balance must be none, cap or oversample (got {mode!r})")
+    return out
+
+
 def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
-                  file_list: str | Path | None = None, progress=None) -> tuple[dict[str, list[Bin]], Skips]:
+                  file_list: str | Path | None = None, progress=None,
+                  balance: str = "none") -> tuple[dict[str, list[Bin]], Skips]:
     src, dst = Path(src), Path(dst)
     if file_list is None and (src / "file_list.json").is_file():
         file_list = src / "file_list.json"
@@ -71,6 +99,7 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
     if not good:
         raise DataError(f"{src}: no usable bins ({skips.summary()})")
     splits = assign_splits(good, val, test, seed)
+    splits["train"] = balance_train(splits["train"], balance, seed)
     for split in SPLITS:
         if (dst / split).exists():
             shutil.rmtree(dst / split)
@@ -83,5 +112,5 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
                 target = dst / split / str(b.count) / f"{b.id}.jpg"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(b.image, target)
-                w.writerow([b.id, b.count, split, digests[b.id]])
+                w.writerow([b.id, b.count, split, digests[b.image.stem]])
     return splits, skips

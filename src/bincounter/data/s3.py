@@ -1,0 +1,309 @@
+"""Moving ABID data between S3 and disk: `fetch` (the public bucket, or any S3 API via --endpoint-url)
+and `upload` (prepared channels to your bucket).
+
+fetch is parallel (bounded thread pool), resumable and safe to interrupt:
+* every object is written to `<name>.part-<pid>-<thread>` and renamed when complete (length checked
+  against Content-Length), so a file under its final name is always whole;
+* `.fetch-ledger.jsonl` records (key, size) of finished files: a second run skips a file whose size on
+  disk matches its ledger entry and fetches everything else again (missing or changed);
+* throttling and 5xx are retried by botocore (adaptive mode) and a broken body stream by us, with backoff;
+* a missing key is counted and reported, not fatal; Ctrl-C stops the workers, removes their partial files
+  and leaves the ledger consistent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import COUNTS
+from ..errors import DataError, UserError
+from .abid import count_from_metadata, read_file_list
+
+log = logging.getLogger(__name__)
+ABID_BUCKET = "aft-vbi-pds"
+ABID_REGION = "us-east-1"
+LEDGER = ".fetch-ledger.jsonl"
+_CHUNK = 1 << 18
+
+
+def s3_client(endpoint_url: str | None = None, region: str | None = None, unsigned: bool = False,
+              max_pool: int = 32, profile: str | None = None):
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    cfg = Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=max_pool,
+                 connect_timeout=10, read_timeout=60, **({"signature_version": UNSIGNED} if unsigned else {}))
+    session = boto3.Session(profile_name=profile) if profile else boto3.Session()
+    return session.client("s3", region_name=region or ABID_REGION, endpoint_url=endpoint_url, config=cfg)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://") or len(uri) <= 5:
+        raise UserError(f"{uri!r} is not an S3 URI (s3://bucket/prefix)")
+    bucket, _, prefix = uri[5:].partition("/")
+    if not bucket:
+        raise UserError(f"{uri!r} has no bucket")
+    return bucket, prefix.strip("/")
+
+
+def _check_endpoint(client, bucket: str) -> None:
+    """One cheap call up front, so an unreachable endpoint or a missing bucket is one clear line."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    try:
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except EndpointConnectionError as e:
+        raise UserError(f"cannot reach the S3 endpoint {e.kwargs.get('endpoint_url', '')}") from None
+    except NoCredentialsError:
+        raise UserError("no AWS credentials found (for the public ABID bucket use --unsigned)") from None
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        raise UserError(f"bucket {bucket!r}: {err.get('Code')}: {err.get('Message')}") from None
+
+
+# --------------------------------------------------------------------------------------------- fetch
+@dataclass
+class TransferReport:
+    done: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self, verb: str = "downloaded") -> str:
+        reasons = Counter(v.split(":")[0] for v in self.failed.values())
+        failed = f"{len(self.failed)} failed" + (f" ({', '.join(f'{n} {r}' for r, n in reasons.items())})"
+                                                   if reasons else "")
+        rate = self.bytes / 2**20 / self.seconds if self.seconds else 0.0
+        return (f"{verb} {self.done} files ({self.bytes / 2**20:.1f} MB, {rate:.1f} MB/s), "
+                f"skipped {self.skipped} already complete, {failed}")
+
+
+class _Ledger:
+    def __init__(self, root: Path):
+        self.path = root / LEDGER
+        self.sizes: dict[str, int] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.sizes[rec["key"]] = rec["size"]
+                except (ValueError, KeyError):
+                    continue  # a torn last line from a killed run
+        self.lock = threading.Lock()
+        self.f = open(self.path, "a")
+
+    def complete(self, key: str, dest: Path) -> bool:
+        return key in self.sizes and dest.is_file() and dest.stat().st_size == self.sizes[key]
+
+    def add(self, key: str, size: int) -> None:
+        with self.lock:
+            self.f.write(json.dumps({"key": key, "size": size}) + "\n")
+            self.f.flush()
+            self.sizes[key] = size
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _download(client, bucket: str, key: str, dest: Path, stop: threading.Event, attempts: int = 4) -> int:
+    from botocore.exceptions import ClientError
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
+    for attempt in range(1, attempts + 1):
+        try:
+            obj = client.get_object(Bucket=bucket, Key=key)
+            expected, got = obj["ContentLength"], 0
+            with open(tmp, "wb") as f:
+                for chunk in obj["Body"].iter_chunks(_CHUNK):
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    f.write(chunk)
+                    got += len(chunk)
+            if got != expected:
+                raise OSError(f"truncated body: {got} of {expected} bytes")
+            os.replace(tmp, dest)
+            return got
+        except ClientError as e:
+            tmp.unlink(missing_ok=True)
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"missing: s3://{bucket}/{key}") from None
+            if code in ("AccessDenied", "403"):
+                raise PermissionError(f"access denied: s3://{bucket}/{key}") from None
+            if attempt == attempts:
+                raise OSError(f"error: {code}") from None
+        except KeyboardInterrupt:
+            tmp.unlink(missing_ok=True)
+            raise
+        except Exception as e:  # noqa: BLE001 - broken streams, resets: retried, then reported
+            tmp.unlink(missing_ok=True)
+            if attempt == attempts:
+                raise OSError(f"error: {type(e).__name__}: {str(e)[:120]}") from None
+        time.sleep(min(8.0, 0.25 * 2 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") -> TransferReport:
+    """Run `worker(job, stop) -> bytes` over jobs in a bounded pool with a progress bar. A job is
+    (key, ...); FileNotFoundError/PermissionError/OSError are recorded per key; Ctrl-C stops cleanly."""
+    from ..progress import progress
+
+    report, stop, t0 = TransferReport(), threading.Event(), time.monotonic()
+    with progress(len(jobs), desc, unit=unit) as bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = set()
+        it = iter(jobs)
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    job = next(it, None)
+                    if job is None:
+                        break
+                    fut = pool.submit(worker, job, stop)
+                    fut.key = job[0]
+                    pending.add(fut)
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    try:
+                        report.bytes += fut.result()
+                        report.done += 1
+                    except (FileNotFoundError, PermissionError, OSError) as e:
+                        report.failed[fut.key] = str(e)
+                    bar.update(1)
+                elapsed = max(time.monotonic() - t0, 1e-9)
+                bar.set_postfix_str(f"{report.bytes / 2**20 / elapsed:.1f} MB/s")
+        except KeyboardInterrupt:
+            stop.set()
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            raise
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16) -> TransferReport:
+    """Download images + metadata for the bin ids into `out` (ABID layout)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob("*.part-*"):  # left by a killed process (not a Ctrl-C, which cleans up)
+        stale.unlink()
+    ledger = _Ledger(out)
+    keys = [k for bid in ids for k in (f"metadata/{bid}.json", f"bin-images/{bid}.jpg")]
+    todo = [k for k in keys if not ledger.complete(k, out / k)]
+    skipped = len(keys) - len(todo)
+    log.info("%d files listed, %d already complete, %d to fetch from s3://%s with %d workers", len(keys),
+             skipped, len(todo), bucket, workers)
+
+    def work(job, stop):
+        key = job[0]
+        n = _download(client, bucket, key, out / key, stop)
+        ledger.add(key, n)
+        return n
+
+    try:
+        report = transfer([(k,) for k in todo], work, workers, "fetch")
+    finally:
+        ledger.close()
+    report.skipped = skipped
+    return report
+
+
+def sample_ids(client, bucket: str, n: int, counts: tuple[int, ...], seed: int,
+               workers: int = 16) -> dict[int, list[str]]:
+    """A file list made on the fly: list metadata/, shuffle (seeded), read metadata until `n` bins with a
+    count in `counts` are found."""
+    ids = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="metadata/"):
+        ids += [o["Key"][len("metadata/"):-5] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+    if not ids:
+        raise DataError(f"s3://{bucket}/metadata/ holds no metadata files")
+    ids.sort()
+    random.Random(seed).shuffle(ids)
+    chosen: dict[int, list[str]] = {c: [] for c in counts}
+    found = 0
+
+    def read(bid):
+        body = client.get_object(Bucket=bucket, Key=f"metadata/{bid}.json")["Body"].read()
+        try:
+            return bid, count_from_metadata(json.loads(body), bid, counts)
+        except (DataError, ValueError):
+            return bid, None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(ids), workers * 4):
+            for bid, c in pool.map(read, ids[start:start + workers * 4]):
+                if c is not None and found < n:
+                    chosen[c].append(bid)
+                    found += 1
+            if found >= n:
+                break
+    if found < n:
+        log.warning("only %d bins with counts %s in s3://%s (asked for %d)", found, counts, bucket, n)
+    return chosen
+
+
+def write_file_list(path: Path, chosen: dict[int, list[str]]) -> None:
+    path.write_text(json.dumps({str(c): [f"data/metadata/{b}.json" for b in sorted(v)]
+                                for c, v in sorted(chosen.items())}, indent=1))
+
+
+def ids_from_file_list(path: str | Path, counts: tuple[int, ...] = COUNTS) -> list[str]:
+    listed = read_file_list(path, counts)
+    return sorted({bid for ids in listed.values() for bid in ids})
+
+
+# -------------------------------------------------------------------------------------------- upload
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[TransferReport, dict[str, str]]:
+    """Upload the channels under `src` (train/, val/, test/, manifest.csv) to s3://bucket/prefix.
+    Objects whose size and ETag (MD5, single-part) already match are skipped. -> (report, channel URIs)."""
+    src = Path(src)
+    bucket, prefix = parse_s3_uri(uri)
+    channels = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name in ("train", "val", "test")]
+    if not channels:
+        raise DataError(f"{src}: no channels (train/, val/, test/) to upload; run `bincounter data split` first")
+    _check_endpoint(client, bucket)
+    files = [p for c in channels for p in sorted((src / c).rglob("*")) if p.is_file()]
+    if (src / "manifest.csv").is_file():
+        files.append(src / "manifest.csv")
+    key_of = {p: "/".join(filter(None, [prefix, p.relative_to(src).as_posix()])) for p in files}
+    remote: dict[str, tuple[int, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            remote[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
+    todo = [(key_of[p], p) for p in files
+            if remote.get(key_of[p]) != (p.stat().st_size, _md5(p))]
+
+    def work(job, stop):
+        key, path = job
+        if stop.is_set():
+            raise KeyboardInterrupt
+        client.upload_file(str(path), bucket, key)
+        return path.stat().st_size
+
+    report = transfer(todo, work, workers, "upload")
+    report.skipped = len(files) - len(todo)
+    uris = {c: f"s3://{bucket}/{'/'.join(filter(None, [prefix, c]))}/" for c in channels}
+    return report, uris

@@ -1,0 +1,249 @@
+"""fetch -> eda -> split -> upload against a real S3 API (moto server mode), with faults injected by a
+small HTTP proxy in front of it. Everything goes through --endpoint-url, nothing patches boto3."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bincounter.data.synth import synth_dataset
+
+from .conftest import BIN, assert_one_line_error, run_cli
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def abid_bucket(tmp_path_factory, moto_endpoint):
+    """A bucket laid out exactly like aft-vbi-pds, seeded from 200 synthetic bins."""
+    import boto3
+
+    src = tmp_path_factory.mktemp("abid-src")
+    synth_dataset(src, per_class=40, seed=11, size=96)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = "aft-vbi-pds"
+    s3.create_bucket(Bucket=bucket)
+    # public like the real one: anonymous (unsigned) list and get
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
+    for p in sorted((src / "metadata").iterdir()) + sorted((src / "bin-images").iterdir()):
+        s3.upload_file(str(p), bucket, f"{p.parent.name}/{p.name}")
+    return src, bucket, s3
+
+
+class FaultProxy:
+    """Forwards to moto; can answer 503 for the first N requests of a key, cut a body short, or be slow."""
+
+    def __init__(self, upstream: str):
+        self.host, self.port = upstream.split("//")[1].split(":")
+        self.fail_503: dict[str, int] = {}
+        self.truncate: dict[str, int] = {}
+        self.delay = 0.0
+        self.calls: dict[str, int] = {}
+        proxy = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = self.path.split("?")[0]
+                proxy.calls[key] = proxy.calls.get(key, 0) + 1
+                time.sleep(proxy.delay)
+                if proxy.fail_503.get(key, 0) > 0:
+                    proxy.fail_503[key] -= 1
+                    msg = b"<Error><Code>SlowDown</Code><Message>try later</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(proxy.host, int(proxy.port), timeout=30)
+                conn.request(self.command, self.path, body=body or None,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if proxy.truncate.get(key, 0) > 0 and self.command == "GET":
+                    proxy.truncate[key] -= 1
+                    self.wfile.write(data[: len(data) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def proxy(moto_endpoint):
+    p = FaultProxy(moto_endpoint)
+    yield p
+    p.close()
+
+
+def _fetch(endpoint, out, *extra, file_list=None, env=None):
+    fl = ["--file-list", file_list] if file_list else []
+    return run_cli("data", "fetch", "--out", out, *fl, "--endpoint-url", endpoint, *extra,
+                   env={"AWS_EC2_METADATA_DISABLED": "true", **(env or {})})
+
+
+def test_round_trip_fetch_eda_split_upload(abid_bucket, moto_endpoint, aws_env, tmp_path):
+    src, bucket, s3 = abid_bucket
+    out = tmp_path / "abid"
+    proc = _fetch(moto_endpoint, out, file_list=src / "file_list.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "downloaded 400 files" in proc.stderr and "0 failed" in proc.stderr
+    for p in (src / "bin-images").iterdir():
+        assert _sha(out / "bin-images" / p.name) == _sha(p)  # byte for byte
+    again = _fetch(moto_endpoint, out, file_list=src / "file_list.json")
+    assert "downloaded 0 files (0.0 MB" in again.stderr and "skipped 400 already complete" in again.stderr
+
+    proc = run_cli("data", "eda", out, "--out", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "report" / "eda.json").read_text())
+    assert stats["usable_per_count"] == {str(c): 40 for c in range(1, 6)}
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Warnings" in html
+
+    assert run_cli("data", "split", out, "--out", tmp_path / "ch").returncode == 0
+    s3.create_bucket(Bucket="my-training")
+    proc = run_cli("data", "upload", tmp_path / "ch", "s3://my-training/bins/v1", "--endpoint-url", moto_endpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert "train=s3://my-training/bins/v1/train/" in proc.stdout
+    local = {p.relative_to(tmp_path / "ch").as_posix(): _sha(p) for p in (tmp_path / "ch").rglob("*") if p.is_file()}
+    for rel, digest in local.items():
+        body = s3.get_object(Bucket="my-training", Key=f"bins/v1/{rel}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == digest
+    again = run_cli("data", "upload", tmp_path / "ch", "s3://my-training/bins/v1", "--endpoint-url", moto_endpoint)
+    assert "uploaded 0 files (0.0 MB" in again.stderr and f"skipped {len(local)}" in again.stderr
+
+
+def test_missing_keys_are_reported_not_fatal(abid_bucket, moto_endpoint, aws_env, tmp_path):
+    src, bucket, s3 = abid_bucket
+    fl = tmp_path / "fl.json"
+    listed = json.loads((src / "file_list.json").read_text())
+    listed["1"] = listed["1"][:3] + ["data/metadata/99999.json"]
+    fl.write_text(json.dumps({"1": listed["1"]}))
+    proc = _fetch(moto_endpoint, tmp_path / "abid", file_list=fl)
+    assert proc.returncode == 0, proc.stderr
+    assert "downloaded 6 files" in proc.stderr and "2 failed (2 missing)" in proc.stderr
+    assert "s3://aft-vbi-pds/bin-images/99999.jpg" in proc.stderr
+
+
+def test_throttling_and_truncated_bodies_are_retried(abid_bucket, proxy, aws_env, tmp_path):
+    src, bucket, _ = abid_bucket
+    fl = tmp_path / "fl.json"
+    ids = json.loads((src / "file_list.json").read_text())["2"][:4]
+    fl.write_text(json.dumps({"2": ids}))
+    first = ids[0].rsplit("/", 1)[1][:-5]
+    proxy.fail_503[f"/{bucket}/bin-images/{first}.jpg"] = 3
+    proxy.truncate[f"/{bucket}/metadata/{first}.json"] = 2
+    proc = _fetch(proxy.url, tmp_path / "abid", file_list=fl)
+    assert proc.returncode == 0, proc.stderr
+    assert "downloaded 8 files" in proc.stderr and "0 failed" in proc.stderr
+    assert proxy.calls[f"/{bucket}/bin-images/{first}.jpg"] >= 4
+    assert _sha(tmp_path / "abid" / "metadata" / f"{first}.json") == _sha(src / "metadata" / f"{first}.json")
+
+
+def test_killed_fetch_resumes_and_leaves_no_partial_file(abid_bucket, proxy, aws_env, tmp_path):
+    src, bucket, _ = abid_bucket
+    out = tmp_path / "abid"
+    proxy.delay = 0.05
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    p = subprocess.Popen([str(BIN), "data", "fetch", "--out", str(out), "--file-list", str(src / "file_list.json"),
+                          "--endpoint-url", proxy.url, "--workers", "4"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.rglob("*.jpg"))) < 20:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    got = len(list(out.rglob("*.jpg")))
+    assert 0 < got < 200, got
+    proxy.delay = 0.0
+    proc = _fetch(proxy.url, out, file_list=src / "file_list.json")
+    assert proc.returncode == 0, proc.stderr
+    assert not list(out.rglob("*.part-*"))
+    for p in (src / "bin-images").iterdir():
+        assert _sha(out / "bin-images" / p.name) == _sha(p)
+
+
+def test_sample_without_a_file_list(abid_bucket, moto_endpoint, aws_env, tmp_path):
+    proc = _fetch(moto_endpoint, tmp_path / "abid", "--sample", "15", "--counts", "2-3", "--seed", "4")
+    assert proc.returncode == 0, proc.stderr
+    fl = json.loads((tmp_path / "abid" / "file_list.json").read_text())
+    assert set(fl) == {"2", "3"} and sum(len(v) for v in fl.values()) == 15
+    assert len(list((tmp_path / "abid" / "bin-images").iterdir())) == 15
+
+
+@pytest.mark.parametrize("content, needle", [("{broken", "not valid JSON"),
+                                              ('{"6": ["data/metadata/00001.json"]}', "outside the counts")])
+def test_bad_file_list(moto_endpoint, aws_env, tmp_path, content, needle):
+    fl = tmp_path / "fl.json"
+    fl.write_text(content)
+    assert_one_line_error(_fetch(moto_endpoint, tmp_path / "o", file_list=fl), needle)
+
+
+def test_unreachable_endpoint(aws_env, tmp_path, abid_bucket):
+    src, _, _ = abid_bucket
+    assert_one_line_error(_fetch("http://127.0.0.1:9", tmp_path / "o", file_list=src / "file_list.json"),
+                          "cannot reach the S3 endpoint")
+
+
+def test_metadata_without_expected_quantity_is_counted_at_split(abid_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    (root / "metadata" / "00007.json").write_text('{"BIN_FCSKU_DATA": {}}')
+    proc = run_cli("data", "split", root, "--out", tmp_path / "ch")
+    assert proc.returncode == 0 and "1 file list disagrees" not in proc.stderr
+    assert "skipped 1 bins: 1 bad metadata (e.g. 00007)" in proc.stderr
+
+
+def test_split_balance_modes(abid_root, tmp_path):
+    import shutil
+
+    from bincounter.data.split import split_dataset
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    for bid in ("00001", "00002", "00003", "00004", "00005", "00006"):  # thin out some classes
+        (root / "metadata" / f"{bid}.json").unlink()
+    (root / "file_list.json").unlink()
+    capped, _ = split_dataset(root, tmp_path / "cap", balance="cap", val=0.25, test=0.25)
+    per = [sum(1 for b in capped["train"] if b.count == c) for c in range(1, 6)]
+    assert len(set(per)) == 1
+    over, _ = split_dataset(root, tmp_path / "over", balance="oversample", val=0.25, test=0.25)
+    per = [sum(1 for b in over["train"] if b.count == c) for c in range(1, 6)]
+    assert len(set(per)) == 1 and per[0] == max(per)
+    assert any("_dup" in p.name for p in (tmp_path / "over" / "train").rglob("*.jpg"))
