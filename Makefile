@@ -8,20 +8,24 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 IMAGE ?= bincounter:local
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo image system-deps test test-fast lint bench clean
+.PHONY: help venv demo demo-cpu image system-deps test test-fast lint bench clean
 help:  ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,aws]'
 	touch $@
 
-venv: $(BIN)/.installed  ## create .venv with torch, the package and the test tools
+venv: $(BIN)/.installed  ## create .venv: torch, the package, the SageMaker SDK, the test tools
 
-demo: venv  ## the whole loop on synthetic data, on this machine (no AWS)
+demo: venv system-deps image  ## the main job: image -> 2-instance SageMaker local-mode training -> local endpoint -> evaluation
+	$(BIN)/python local_test/train_local.py --workdir runs/local --image $(IMAGE)
+	$(BIN)/python local_test/serve_local.py --workdir runs/local --image $(IMAGE)
+
+demo-cpu: venv  ## the same loop without Docker: in-process training and evaluation on this machine
 	$(BIN)/bincounter demo --out runs/demo
 
 image:  ## build the image locally (mmdebstrap base; starts dockerd if needed)

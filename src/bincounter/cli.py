@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="prepare ABID data (synth, fetch, eda, split, upload)", formatter_class=_Formatter,
+    data = sub.add_parser("data", help="prepare ABID data (synth, fetch, eda, split, upload)",
+                          formatter_class=_Formatter,
                           description="Prepare Amazon Bin Image Dataset data.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
     s = dsub.add_parser("synth", help="write synthetic ABID bins (images + metadata + file_list.json)",

@@ -56,3 +56,25 @@ def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Pa
     summary["model_version"] = config["model_version"]
     paths = write_report(summary, out_dir or model_dir, stem)
     return summary, paths
+
+
+def evaluate_remote(predict_batch, channel: str | Path, out_dir: str | Path | None = None, batch_size: int = 16,
+                    stem: str = "endpoint") -> tuple[dict, tuple]:
+    """Evaluate any endpoint: `predict_batch(list of image bytes) -> list of {"count": ...}` over a channel
+    (DIR/<count>/<id>.jpg). Used for SageMaker endpoints, local or real. -> (summary, report paths)."""
+    from .data.dataset import list_channel
+    from .metrics import confusion_matrix
+    from .progress import progress
+
+    samples = list_channel(channel)
+    labels, preds = [], []
+    with progress(len(samples), stem, unit="img") as bar:
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            out = predict_batch([p.read_bytes() for p, _ in chunk])
+            labels += [c for _, c in chunk]
+            preds += [COUNTS.index(int(o["count"])) for o in out]
+            bar.update(len(chunk))
+    summary = summarize(confusion_matrix(labels, preds))
+    paths = write_report(summary, out_dir, stem) if out_dir is not None else ()
+    return summary, paths
