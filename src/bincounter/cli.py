@@ -365,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
             ep.add_argument("--mutability", choices=["MUTABLE", "IMMUTABLE"], default="MUTABLE")
         ep.set_defaults(func=cmd_ecr)
 
+    smp = sub.add_parser("sm", help="SageMaker jobs with the custom image: tune, train, deploy, predict, "
+                         "evaluate, batch, delete", formatter_class=_Formatter,
+                         description="Run the image on SageMaker. Every command prints what it created and how "
+                         "to undo it; --dry-run prints the API request(s) instead of sending them.")
+    from .sagemaker.commands import add_arguments as add_sm_arguments
+
+    add_sm_arguments(smp.add_subparsers(dest="sm_command", required=True, metavar="ACTION"))
+
     dm = sub.add_parser("demo", help="synthetic data -> split -> train -> evaluate, on this machine",
                         formatter_class=_Formatter,
                         description="The whole loop on embedded synthetic data (no AWS, no download). "

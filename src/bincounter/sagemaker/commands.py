@@ -1,0 +1,306 @@
+"""`bincounter sm ...`: each command builds its request(s) with `jobs`, prints them with --dry-run, or
+sends them and prints what it created, where to look and how to undo it."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+from pathlib import Path
+
+from .. import aws
+from ..errors import UserError
+from . import jobs
+
+log = logging.getLogger("bincounter")
+
+
+def add_arguments(sub) -> None:
+    def common(p, needs_role=False):
+        p.add_argument("--region")
+        p.add_argument("--profile")
+        p.add_argument("--endpoint-url", help="SageMaker API endpoint (tests, moto)")
+        p.add_argument("--dry-run", action="store_true", help="print the request(s) and call nothing")
+        if needs_role:
+            p.add_argument("--role", required=True, help="SageMaker execution role ARN")
+
+    def training(p):
+        p.add_argument("--image", required=True, help="image URI (from ./build_and_push.sh)")
+        p.add_argument("--train", required=True, help="s3:// train channel")
+        p.add_argument("--val", required=True, help="s3:// val channel")
+        p.add_argument("--test", help="s3:// test channel (evaluated after training)")
+        p.add_argument("--pretrained", help="s3:// channel with ImageNet weights (offline pretraining)")
+        p.add_argument("--output", required=True, help="s3:// output path (model.tar.gz, reports)")
+        p.add_argument("--instance-type", default="ml.g5.xlarge")
+        p.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3)")
+        p.add_argument("--checkpoint-s3", help="s3:// checkpoint prefix (resume after spot interruption)")
+        p.add_argument("--max-runtime", type=int, default=4 * 3600, help="seconds")
+        p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable)")
+
+    F = argparse.ArgumentDefaultsHelpFormatter
+    t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective val_acc)", formatter_class=F)
+    common(t, True)
+    training(t)
+    t.add_argument("--name", help="tuning job name (<= 32 characters)")
+    t.add_argument("--max-jobs", type=int, default=12)
+    t.add_argument("--max-parallel", type=int, default=3)
+    t.add_argument("--lr-range", default="1e-4,3e-3", help="log-scaled")
+    t.add_argument("--batch-sizes", default="32,64,128")
+    t.add_argument("--epochs-range", default="5,20")
+    t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
+    t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes to search")
+    t.add_argument("--no-early-stopping", action="store_true")
+    t.set_defaults(func=cmd_tune, instance_count=1)
+
+    tr = sub.add_parser("train", help="training job (torch.distributed over instances)", formatter_class=F)
+    common(tr, True)
+    training(tr)
+    tr.add_argument("--name")
+    tr.add_argument("--instance-count", type=int, default=2)
+    tr.add_argument("--from-tuning-job", help="use the best hyperparameters of this tuning job")
+    tr.add_argument("--no-profiler", action="store_true", help="no SageMaker system monitoring")
+    tr.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=F)
+    common(d, True)
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--training-job")
+    src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
+    d.add_argument("--image")
+    d.add_argument("--name", help="endpoint name (also the model and config name)")
+    d.add_argument("--instance-type", default="ml.g5.xlarge")
+    d.add_argument("--instance-count", type=int, default=1)
+    d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
+    d.add_argument("--invocations-per-instance", type=int, default=300)
+    d.add_argument("--capture-s3", help="enable data capture to this s3:// prefix")
+    d.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
+                       formatter_class=F)
+    common(p)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="accuracy, RMSE, recall, confusion matrix of an endpoint on a channel",
+                       formatter_class=F)
+    common(e)
+    e.add_argument("--endpoint", required=True)
+    e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
+    e.add_argument("--out", default=".", help="report directory")
+    e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=F)
+    common(b)
+    b.add_argument("--model", required=True, help="SageMaker model name (from deploy)")
+    b.add_argument("--input", required=True, help="s3:// prefix of images")
+    b.add_argument("--output", required=True, help="s3:// output prefix")
+    b.add_argument("--instance-type", default="ml.g5.xlarge")
+    b.add_argument("--instance-count", type=int, default=1)
+    b.add_argument("--name")
+    b.set_defaults(func=cmd_batch)
+
+    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling", formatter_class=F)
+    common(x)
+    x.add_argument("--endpoint", required=True)
+    x.set_defaults(func=cmd_delete)
+
+
+def _client(args, service="sagemaker"):
+    return aws.client(service, args.region, args.profile, args.endpoint_url)
+
+
+def _region(args) -> str:
+    return aws.resolve_region(args.region, args.profile)
+
+
+def _definition(args, hps: dict) -> dict:
+    channels = {k: v for k, v in (("train", args.train), ("val", args.val), ("test", args.test),
+                                  ("pretrained", args.pretrained)) if v}
+    return jobs.training_definition(
+        image=args.image, role=args.role, channels=channels, output_path=args.output, hyperparameters=hps,
+        instance_type=args.instance_type, instance_count=getattr(args, "instance_count", 1), spot=args.spot,
+        checkpoint_s3=args.checkpoint_s3, max_runtime_s=args.max_runtime)
+
+
+def _pair(text: str, cast) -> tuple:
+    try:
+        vals = tuple(cast(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{text!r}: expected comma-separated values") from None
+    return vals
+
+
+def cmd_tune(args) -> int:
+    hps = {"progress": False, **jobs.parse_kv(args.hp)}
+    name = args.name or jobs.job_name("bincounter-hpo", 32)
+    req = jobs.tuning_request(name, _definition(args, hps), max_jobs=args.max_jobs, max_parallel=args.max_parallel,
+                              lr=_pair(args.lr_range, float), batch_sizes=_pair(args.batch_sizes, int),
+                              epochs=_pair(args.epochs_range, int), archs=_pair(args.archs, str),
+                              image_sizes=_pair(args.image_sizes, int), early_stopping=not args.no_early_stopping)
+    if args.dry_run:
+        jobs.print_request("CreateHyperParameterTuningJob", req)
+        return 0
+    sm = _client(args)
+    arn = aws.aws_call("CreateHyperParameterTuningJob", sm.create_hyper_parameter_tuning_job, **req)
+    _created("tuning job", name, arn.get("HyperParameterTuningJobArn"),
+             jobs.console_link(_region(args), "tuning", name),
+             f"aws sagemaker stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}",
+             f"then: bincounter sm train --from-tuning-job {name} ...")
+    return 0
+
+
+def cmd_train(args) -> int:
+    hps = {"progress": False}
+    if args.from_tuning_job:
+        if args.dry_run and args.endpoint_url is None:
+            log.warning("--dry-run with --from-tuning-job still reads the tuning job from AWS")
+        hps.update(jobs.best_hyperparameters(_client(args), args.from_tuning_job))
+    hps.update(jobs.parse_kv(args.hp))
+    name = args.name or jobs.job_name("bincounter-train")
+    req = jobs.training_request(name, _definition(args, hps), profile=not args.no_profiler)
+    if args.dry_run:
+        jobs.print_request("CreateTrainingJob", req)
+        return 0
+    sm = _client(args)
+    resp = aws.aws_call("CreateTrainingJob", sm.create_training_job, **req)
+    _created("training job", name, resp.get("TrainingJobArn"), jobs.console_link(_region(args), "training", name),
+             f"aws sagemaker stop-training-job --training-job-name {name}",
+             f"model: {args.output.rstrip('/')}/{name}/output/model.tar.gz; "
+             f"then: bincounter sm deploy --training-job {name} ...")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    name = args.name or jobs.job_name("bincounter")
+    image, model_data = args.image, args.model_data
+    if args.training_job:
+        if args.dry_run and args.endpoint_url is None:
+            raise UserError("--dry-run with --training-job needs AWS to read the job; pass --model-data and --image")
+        desc = aws.aws_call("DescribeTrainingJob", _client(args).describe_training_job,
+                            TrainingJobName=args.training_job)
+        model_data = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+        image = image or desc["AlgorithmSpecification"]["TrainingImage"]
+        if not model_data:
+            raise UserError(f"training job {args.training_job} has no model artifacts (status "
+                            f"{desc.get('TrainingJobStatus')})")
+    if not image:
+        raise UserError("--model-data needs --image")
+    reqs = [("CreateModel", jobs.model_request(name, image, model_data, args.role)),
+            ("CreateEndpointConfig", jobs.endpoint_config_request(name, name, args.instance_type,
+                                                                  args.instance_count, args.capture_s3)),
+            ("CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name})]
+    scaling = None
+    if args.autoscale:
+        lo, hi = _pair(args.autoscale, int)
+        scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
+    if args.dry_run:
+        for api, req in reqs:
+            jobs.print_request(api, req)
+        if scaling:
+            jobs.print_request("RegisterScalableTarget", scaling[0])
+            jobs.print_request("PutScalingPolicy", scaling[1])
+        return 0
+    sm = _client(args)
+    calls = {"CreateModel": sm.create_model, "CreateEndpointConfig": sm.create_endpoint_config,
+             "CreateEndpoint": sm.create_endpoint}
+    for api, req in reqs:
+        aws.aws_call(api, calls[api], **req)
+        log.info("%s %s", api, name)
+    if scaling:
+        log.warning("autoscaling can be registered once the endpoint is InService: "
+                    "rerun with --dry-run to see the two requests")
+    _created("endpoint", name, None, jobs.console_link(_region(args), "endpoint", name),
+             f"bincounter sm delete --endpoint {name}", f"try: bincounter sm predict --endpoint {name} bin.jpg")
+    return 0
+
+
+def _runtime_invoke(args):
+    rt = aws.client("sagemaker-runtime", args.region, args.profile, args.endpoint_url)
+
+    def predict_batch(images: list[bytes]) -> list[dict]:
+        body = json.dumps({"instances": [base64.b64encode(b).decode() for b in images]}).encode()
+        resp = aws.aws_call("InvokeEndpoint", rt.invoke_endpoint, EndpointName=args.endpoint, Body=body,
+                            ContentType="application/json", Accept="application/json")
+        return json.loads(resp["Body"].read())["predictions"]
+
+    return predict_batch
+
+
+def _read_image(ref: str, args) -> bytes:
+    if ref.startswith("s3://"):
+        from ..data.s3 import parse_s3_uri, s3_client
+
+        bucket, key = parse_s3_uri(ref)
+        s3 = s3_client(region=_region(args), profile=args.profile)
+        return aws.aws_call(f"GetObject {ref}", s3.get_object, Bucket=bucket, Key=key)["Body"].read()
+    try:
+        return Path(ref).read_bytes()
+    except OSError as e:
+        raise UserError(f"{ref}: {e.strerror}") from None
+
+
+def cmd_predict(args) -> int:
+    images = [_read_image(r, args) for r in args.images]
+    if args.dry_run:
+        print(json.dumps({"api": "InvokeEndpoint", "endpoint": args.endpoint, "images": len(images)}))
+        return 0
+    for ref, out in zip(args.images, _runtime_invoke(args)(images), strict=True):
+        print(json.dumps({"image": ref, **out}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import evaluate_remote
+    from ..metrics import format_summary
+
+    if args.dry_run:
+        print(json.dumps({"api": "InvokeEndpoint", "endpoint": args.endpoint, "data": args.data}))
+        return 0
+    summary, paths = evaluate_remote(_runtime_invoke(args), args.data, args.out, stem="endpoint")
+    print(format_summary(summary))
+    log.info("report: %s", ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_batch(args) -> int:
+    name = args.name or jobs.job_name("bincounter-batch")
+    req = jobs.transform_request(name, args.model, args.input, args.output, args.instance_type, args.instance_count)
+    if args.dry_run:
+        jobs.print_request("CreateTransformJob", req)
+        return 0
+    resp = aws.aws_call("CreateTransformJob", _client(args).create_transform_job, **req)
+    _created("batch transform job", name, resp.get("TransformJobArn"),
+             jobs.console_link(_region(args), "transform", name),
+             f"aws sagemaker stop-transform-job --transform-job-name {name}",
+             f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image)")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    name = args.endpoint
+    if args.dry_run:
+        for api, req in (("DeleteEndpoint", {"EndpointName": name}),
+                         ("DeleteEndpointConfig", {"EndpointConfigName": name}), ("DeleteModel", {"ModelName": name})):
+            jobs.print_request(api, req)
+        return 0
+    sm = _client(args)
+    desc = aws.aws_call("DescribeEndpoint", sm.describe_endpoint, EndpointName=name)
+    config = desc["EndpointConfigName"]
+    cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config, EndpointConfigName=config)
+    models = [v["ModelName"] for v in cfg["ProductionVariants"]]
+    aws.aws_call("DeleteEndpoint", sm.delete_endpoint, EndpointName=name)
+    aws.aws_call("DeleteEndpointConfig", sm.delete_endpoint_config, EndpointConfigName=config)
+    for m in models:
+        aws.aws_call("DeleteModel", sm.delete_model, ModelName=m)
+    log.info("deleted endpoint %s, endpoint config %s, model(s) %s: nothing left billing", name, config,
+             ", ".join(models))
+    return 0
+
+
+def _created(kind: str, name: str, arn: str | None, link: str, undo: str, nxt: str) -> None:
+    print(json.dumps({"created": kind, "name": name, "arn": arn}))
+    log.info("console: %s", link)
+    log.info("undo:    %s", undo)
+    log.info("next:    %s", nxt)
