@@ -228,3 +228,13 @@ def test_two_processes_train_one_model_with_gloo(channels, tmp_path):
     assert (tmp_path / "m" / "model.safetensors").is_file()
     val = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert val["world_size"] == 2
+
+
+def test_profile_writes_a_trace_and_a_system_report(channels, tmp_path):
+    train(_cfg(channels, tmp_path / "m", output_dir=str(tmp_path / "out"), profile_steps=2, batch_size=4))
+    prof = tmp_path / "out" / "profile"
+    trace = json.loads((prof / "trace.json").read_text())
+    assert trace["traceEvents"]  # a real Chrome trace
+    assert "Self CPU" in (prof / "top_ops.txt").read_text()
+    rep = json.loads((prof / "system_report.json").read_text())
+    assert 0 <= rep["input_wait_fraction"] <= 1 and rep["samples"] >= 0

@@ -70,6 +70,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="channels_last memory format on CUDA")
     r.add_argument("--progress", dest="show_progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars (a bar on a terminal, periodic lines otherwise)")
+    r.add_argument("--profile-steps", type=int, default=0, help="torch.profiler trace of N training steps and a "
+                   "system-utilisation report in OUTPUT_DIR/profile/")
 
 
 def train_config_from_args(args: argparse.Namespace):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import torch
@@ -30,12 +31,19 @@ def _to_device(x, y, ok, device, channels_last):
 
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info: DistInfo, *,
                     epoch: int, label_smoothing: float, amp: bool, channels_last: bool,
-                    frozen_params: list | None = None, scaler=None, show_progress: bool = True) -> dict:
-    """Returns {"loss": mean over ranks, "skipped": bad images}; `frozen_params` get no update."""
+                    frozen_params: list | None = None, scaler=None, show_progress: bool = True,
+                    on_step=None) -> dict:
+    """Returns {"loss": mean over ranks, "skipped": bad images, "data_wait_s", "step_s"} (this rank's time
+    spent waiting for the next batch vs. in the step: the input pipeline's share); `frozen_params` get no
+    update; `on_step()` runs after every step (the profiler's hook)."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, n, skipped
+    wait_s = step_s = 0.0
     with progress(len(loader), f"epoch {epoch} train", enabled=info.is_main and show_progress) as bar:
+        t_ready = time.perf_counter()
         for x, y, ok in loader:
+            t_got = time.perf_counter()
+            wait_s += t_got - t_ready
             x, y, ok = _to_device(x, y, ok, device, channels_last)
             with autocast(device, amp):
                 logits = model(x)
@@ -61,9 +69,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info
             totals += torch.stack([(loss_each.detach() * okf).sum().double(), okf.sum().double(),
                                    (1 - okf).sum().double()])
             bar.update(1)
-            bar.set_postfix_str(f"loss={loss.item():.4f}")
+            bar.set_postfix_str(f"loss={loss.item():.4f}")  # .item() syncs: step time is real time
+            if on_step is not None:
+                on_step()
+            t_ready = time.perf_counter()
+            step_s += t_ready - t_got
     all_reduce_sum(totals, info)
-    return {"loss": (totals[0] / totals[1].clamp(min=1)).item(), "skipped": int(totals[2].item())}
+    return {"loss": (totals[0] / totals[1].clamp(min=1)).item(), "skipped": int(totals[2].item()),
+            "data_wait_s": wait_s, "step_s": step_s}
 
 
 @torch.no_grad()

@@ -65,6 +65,7 @@ class TrainConfig:
     amp: bool = True  # CUDA only: bf16 (or fp16 + grad scaler) autocast
     channels_last: bool = True  # CUDA only
     show_progress: bool = True
+    profile_steps: int = 0  # >0: torch.profiler trace of that many steps + system report in output_dir/profile
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -209,6 +210,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
     out_dir = Path(cfg.output_dir or cfg.model_dir)
+    profiler = sampler = None
+    if cfg.profile_steps > 0 and info.is_main:
+        from .profiling import StepProfiler, SystemSampler
+
+        profiler = StepProfiler(out_dir / "profile", cfg.profile_steps, device)
+        sampler = SystemSampler().start()
+    wait_total = step_total = 0.0
     if start_epoch > cfg.epochs:
         log.info("checkpoint already holds all %d epochs; nothing left to train", cfg.epochs)
 
@@ -220,7 +228,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         frozen = backbone if epoch <= cfg.freeze_backbone_epochs else None
         tr = train_one_epoch(ddp, train_dl, optimizer, scheduler, device, info, epoch=epoch,
                              label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
-                             frozen_params=frozen, scaler=scaler, show_progress=cfg.show_progress)
+                             frozen_params=frozen, scaler=scaler, show_progress=cfg.show_progress,
+                             on_step=profiler.step if profiler else None)
+        wait_total, step_total = wait_total + tr["data_wait_s"], step_total + tr["step_s"]
         ev = evaluate(model, val_dl, device, info, amp=amp, channels_last=channels_last,
                       desc=f"epoch {epoch} val", show_progress=cfg.show_progress)
         val = summarize(ev["confusion_matrix"], ev["loss_sum"])
@@ -230,6 +240,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         history.append(row)
         if info.is_main:
             print(format_epoch_line(row), flush=True)
+            busy = tr["data_wait_s"] + tr["step_s"]
+            if busy:
+                log.info("epoch %d: input pipeline %.0f%% of train time (%.1f s waiting for batches)", epoch,
+                         100 * tr["data_wait_s"] / busy, tr["data_wait_s"])
             if tr["skipped"] or ev["skipped"]:
                 log.warning("epoch %d: skipped %d unreadable train images, %d val images", epoch,
                             tr["skipped"], ev["skipped"])
@@ -253,6 +267,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                          bad_epochs, best["epoch"])
             break
 
+    if profiler is not None:
+        profiler.stop()
+        rep = sampler.report(out_dir / "profile", wait_total, step_total)
+        log.info("profile: %s (trace.json, top_ops.txt, system_report.json); input wait %s of train time",
+                 out_dir / "profile", rep["input_wait_fraction"])
     result = {"best": best, "history": history, "world_size": info.world_size,
               "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
     if best_state is not None:
