@@ -56,4 +56,5 @@ def test_local_train_two_instances_then_local_endpoint(image, channels, tmp_path
 def test_missing_model_is_one_line(tmp_path):
     pytest.importorskip("sagemaker.train")
     proc = _run("serve_local.py", "--workdir", tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("serve_local: error:") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("serve_local: error:")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,23 @@
+"""The benchmarks run (smoke, --quick) and write well-formed JSON. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_train_pipeline_bench_quick(tmp_path):
+    out = tmp_path / "tp.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_pipeline.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["images_per_s"]) >= {"limit", "plain", "bincounter"}
+    assert all(v > 0 for v in doc["images_per_s"].values())
+    assert "ratio c/a" in proc.stdout.splitlines()[-2]
