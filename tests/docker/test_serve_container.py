@@ -208,3 +208,19 @@ def test_docker_stop_takes_under_10_s(image, trained_model, names):
     took = time.monotonic() - t0
     code = docker("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip()
     assert took < 10 and code == "0", (took, code)
+
+
+def test_serve_benchmark_quick(image, tmp_path):
+    """bench/serve.py runs against a real container and writes its JSON (smoke; no timing asserted)."""
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    out = tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--quick", "--image", image,
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["concurrency"] for r in doc["container"]] == [1, 4, 16]
+    assert all(r["errors"] == 0 for r in doc["container"]) and doc["cold_start_s"] > 0
