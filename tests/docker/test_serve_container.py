@@ -6,26 +6,20 @@ import base64
 import io
 import json
 import shutil
-import socket
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ..conftest import free_port
 from ..helpers import docker, http, wait_for
 
 PING_WITHIN_S = 90  # documented in the README: /ping 200 within this from `docker run` on 2 CPU cores
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(image, model_dir, name, *extra) -> str:
-    port = _free_port()
+    port = free_port()
     docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
            *extra, image, "serve")
     return f"http://127.0.0.1:{port}"
