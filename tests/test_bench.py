@@ -21,3 +21,13 @@ def test_train_pipeline_bench_quick(tmp_path):
     assert set(doc["images_per_s"]) >= {"limit", "plain", "bincounter"}
     assert all(v > 0 for v in doc["images_per_s"].values())
     assert "ratio c/a" in proc.stdout.splitlines()[-2]
+
+
+@pytest.mark.slow
+def test_fetch_bench_quick(tmp_path):
+    out = tmp_path / "fetch.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "fetch.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 8] and all(r["failed"] == 0 and r["files"] == 50 for r in rows)

@@ -228,6 +228,9 @@ def test_metadata_without_expected_quantity_is_counted_at_split(abid_root, tmp_p
     proc = run_cli("data", "split", root, "--out", tmp_path / "ch")
     assert proc.returncode == 0 and "1 file list disagrees" not in proc.stderr
     assert "skipped 1 bins: 1 bad metadata (e.g. 00007)" in proc.stderr
+    strict = run_cli("data", "split", root, "--out", tmp_path / "strict", "--strict")
+    assert_one_line_error(strict, "1 bad metadata (e.g. 00007)", "--strict")
+    assert not (tmp_path / "strict").exists()  # nothing written
 
 
 def test_split_balance_modes(abid_root, tmp_path):

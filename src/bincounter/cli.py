@@ -112,7 +112,8 @@ def cmd_split(args) -> int:
 
     with progress(None, "checking images", unit="img") as bar:
         splits, skips = split_dataset(args.src, args.out, val=args.val, test=args.test, seed=args.seed,
-                                      file_list=args.file_list, progress=bar, balance=args.balance)
+                                      file_list=args.file_list, progress=bar, balance=args.balance,
+                                      strict=args.strict)
     log.info(skips.summary())
     for s in SPLITS:
         per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation")
     sp.add_argument("--test", type=float, default=0.1, help="fraction of each class for test")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--strict", action="store_true",
+                    help="fail (exit 2, one line) instead of skipping bad bins; nothing is written")
     sp.add_argument("--balance", choices=["none", "cap", "oversample"], default="none",
                     help="train split only: cap every class to the smallest, or oversample to the largest")
     sp.set_defaults(func=cmd_split)

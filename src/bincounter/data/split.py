@@ -77,7 +77,9 @@ def balance_train(train: list[Bin], mode: str, seed: int) -> list[Bin]:
 
 def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
                   file_list: str | Path | None = None, progress=None,
-                  balance: str = "none") -> tuple[dict[str, list[Bin]], Skips]:
+                  balance: str = "none", strict: bool = False) -> tuple[dict[str, list[Bin]], Skips]:
+    """Validate, split and write the channels. With `strict`, any bad bin is an error (before anything is
+    written) instead of a counted skip."""
     src, dst = Path(src), Path(dst)
     if file_list is None and (src / "file_list.json").is_file():
         file_list = src / "file_list.json"
@@ -96,6 +98,8 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
                 progress.update(1)
         digests[b.id] = hashlib.sha256(data).hexdigest()
         good.append(b)
+    if strict and skips.total:
+        raise DataError(f"{src}: {skips.summary()} (--strict)")
     if not good:
         raise DataError(f"{src}: no usable bins ({skips.summary()})")
     splits = assign_splits(good, val, test, seed)
