@@ -107,11 +107,12 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--requests", type=int, default=192)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--warmup", type=int, default=100, help="requests before measuring")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench/results/serve.json")
     a = p.parse_args()
     if a.quick:
-        a.requests, a.image_size = 32, 64
+        a.requests, a.image_size, a.warmup = 32, 64, 8
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, body = (a.model_dir, None) if a.model_dir else make_model(Path(tmp), a.image_size)
         if body is None:
@@ -130,6 +131,7 @@ def main() -> None:
                 except OSError:
                     pass
                 time.sleep(0.2)
+            load(port, body, 2, a.warmup)  # MMS's JVM compiles its hot paths over the first requests
             rows = [load(port, body, c, a.requests) for c in (1, 4, 16)]
         finally:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True)

@@ -79,11 +79,9 @@ def run(a) -> dict:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         step = step_fn(model, opt)
-        res = {}
         # (a) the limit: one fixed batch, already a tensor
         x = torch.randn(a.batch_size, 3, a.image_size, a.image_size)
         y = torch.randint(0, 5, (a.batch_size,))
-        res["limit"] = timed(iter(lambda: (x, y), None), step, a.steps)
         # (b) the plain approach
         import torchvision
         from torchvision import transforms as T
@@ -91,14 +89,22 @@ def run(a) -> dict:
         plain = torchvision.datasets.ImageFolder(str(train_dir), transform=T.Compose([
             T.Resize((a.image_size, a.image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
             T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]))
-        dl = DataLoader(plain, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
-                        persistent_workers=a.workers > 0, drop_last=True)
-        res["plain"] = timed(forever(dl), step, a.steps)
         # (c) bincounter
         ds = ChannelDataset(train_dir, Preprocess(a.image_size), train=True)
-        dl = DataLoader(ds, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
-                        persistent_workers=a.workers > 0, drop_last=True)
-        res["bincounter"] = timed(forever(dl), step, a.steps)
+
+        def loader(d):
+            return forever(DataLoader(d, batch_size=a.batch_size, shuffle=True, num_workers=a.workers,
+                                      persistent_workers=a.workers > 0, drop_last=True))
+
+        sources = {"limit": lambda: iter(lambda: (x, y), None), "plain": lambda: loader(plain),
+                   "bincounter": lambda: loader(ds)}
+        iters = {k: f() for k, f in sources.items()}
+        # interleaved rounds, median per pipeline: this machine is shared and drifts
+        samples = {k: [] for k in sources}
+        for _ in range(a.rounds):
+            for k, it in iters.items():
+                samples[k].append(timed(it, step, a.steps))
+        res = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
         # decode-only rates, to see the pipeline's own ceiling
         files = [p for p, _ in ds.samples][:200]
         t0 = time.perf_counter()
@@ -139,7 +145,8 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--source-size", type=int, default=320, help="synthetic JPEG width")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=12, help="steps per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--per-class", type=int, default=60)
@@ -148,7 +155,7 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/train_pipeline.json")
     a = p.parse_args()
     if a.quick:
-        a.steps, a.per_class, a.image_size, a.batch_size, a.source_size = 3, 8, 64, 8, 128
+        a.steps, a.rounds, a.per_class, a.image_size, a.batch_size, a.source_size = 3, 1, 8, 64, 8, 128
     res = run(a)
     if a.ddp:
         res["ddp_1proc"] = ddp_rate(a, 1)
