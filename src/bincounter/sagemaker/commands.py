@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from . import jobs
+from . import jobs, sdk
 
 log = logging.getLogger("bincounter")
 
@@ -42,7 +42,7 @@ def add_arguments(sub) -> None:
     t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective val_acc)", formatter_class=F)
     common(t, True)
     training(t)
-    t.add_argument("--name", help="tuning job name (<= 32 characters)")
+    t.add_argument("--name", help="tuning job name (<= 32 characters; default bc-hpo-<time>)")
     t.add_argument("--max-jobs", type=int, default=12)
     t.add_argument("--max-parallel", type=int, default=3)
     t.add_argument("--lr-range", default="1e-4,3e-3", help="log-scaled")
@@ -51,15 +51,14 @@ def add_arguments(sub) -> None:
     t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
     t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes to search")
     t.add_argument("--no-early-stopping", action="store_true")
-    t.set_defaults(func=cmd_tune, instance_count=1)
+    t.set_defaults(func=cmd_tune)
 
     tr = sub.add_parser("train", help="training job (torch.distributed over instances)", formatter_class=F)
     common(tr, True)
     training(tr)
-    tr.add_argument("--name")
+    tr.add_argument("--name", help="job name prefix (the SDK appends a timestamp)")
     tr.add_argument("--instance-count", type=int, default=2)
     tr.add_argument("--from-tuning-job", help="use the best hyperparameters of this tuning job")
-    tr.add_argument("--no-profiler", action="store_true", help="no SageMaker system monitoring")
     tr.set_defaults(func=cmd_train)
 
     d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=F)
@@ -115,13 +114,17 @@ def _region(args) -> str:
     return aws.resolve_region(args.region, args.profile)
 
 
-def _definition(args, hps: dict) -> dict:
+def _channels(args) -> dict[str, str]:
     channels = {k: v for k, v in (("train", args.train), ("val", args.val), ("test", args.test),
                                   ("pretrained", args.pretrained)) if v}
-    return jobs.training_definition(
-        image=args.image, role=args.role, channels=channels, output_path=args.output, hyperparameters=hps,
-        instance_type=args.instance_type, instance_count=getattr(args, "instance_count", 1), spot=args.spot,
-        checkpoint_s3=args.checkpoint_s3, max_runtime_s=args.max_runtime)
+    return channels
+
+
+def _trainer(session, args, hps: dict, instance_count: int, base_name: str):
+    return sdk.model_trainer(session, image=args.image, role=args.role, instance_type=args.instance_type,
+                             instance_count=instance_count, hyperparameters=jobs.hp_strings(hps),
+                             output_path=args.output, spot=args.spot, checkpoint_s3=args.checkpoint_s3,
+                             max_runtime_s=args.max_runtime, base_name=base_name)
 
 
 def _pair(text: str, cast) -> tuple:
@@ -132,19 +135,28 @@ def _pair(text: str, cast) -> tuple:
     return vals
 
 
+def _print_captured(captured: list[dict], want: str) -> None:
+    for c in captured:
+        jobs.print_request(c["api"], c["request"])
+    if not any(c["api"] == want for c in captured):
+        raise UserError(f"dry run: the SDK stopped before {want} (it called {[c['api'] for c in captured]})")
+
+
 def cmd_tune(args) -> int:
     hps = {"progress": False, **jobs.parse_kv(args.hp)}
-    name = args.name or jobs.job_name("bincounter-hpo", 32)
-    req = jobs.tuning_request(name, _definition(args, hps), max_jobs=args.max_jobs, max_parallel=args.max_parallel,
-                              lr=_pair(args.lr_range, float), batch_sizes=_pair(args.batch_sizes, int),
-                              epochs=_pair(args.epochs_range, int), archs=_pair(args.archs, str),
-                              image_sizes=_pair(args.image_sizes, int), early_stopping=not args.no_early_stopping)
+    name = args.name or jobs.job_name("bc-hpo", 32)
+    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        tuner = sdk.tuner(_trainer(session, args, hps, 1, "bincounter-hpo"), lr=_pair(args.lr_range, float),
+                          batch_sizes=_pair(args.batch_sizes, int), epochs=_pair(args.epochs_range, int),
+                          archs=_pair(args.archs, str), image_sizes=_pair(args.image_sizes, int),
+                          max_jobs=args.max_jobs, max_parallel=args.max_parallel,
+                          early_stopping=not args.no_early_stopping, base_name=name)
+        tuner.tune(inputs=sdk.inputs(_channels(args)), job_name=name, wait=False)
     if args.dry_run:
-        jobs.print_request("CreateHyperParameterTuningJob", req)
+        _print_captured(captured, "CreateHyperParameterTuningJob")
         return 0
-    sm = _client(args)
-    arn = aws.aws_call("CreateHyperParameterTuningJob", sm.create_hyper_parameter_tuning_job, **req)
-    _created("tuning job", name, arn.get("HyperParameterTuningJobArn"),
+    job = tuner.latest_tuning_job
+    _created("tuning job", name, getattr(job, "hyper_parameter_tuning_job_arn", None),
              jobs.console_link(_region(args), "tuning", name),
              f"aws sagemaker stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}",
              f"then: bincounter sm train --from-tuning-job {name} ...")
@@ -154,18 +166,19 @@ def cmd_tune(args) -> int:
 def cmd_train(args) -> int:
     hps = {"progress": False}
     if args.from_tuning_job:
-        if args.dry_run and args.endpoint_url is None:
-            log.warning("--dry-run with --from-tuning-job still reads the tuning job from AWS")
+        if args.dry_run:
+            log.warning("--dry-run with --from-tuning-job still reads the tuning job from the SageMaker API")
         hps.update(jobs.best_hyperparameters(_client(args), args.from_tuning_job))
     hps.update(jobs.parse_kv(args.hp))
-    name = args.name or jobs.job_name("bincounter-train")
-    req = jobs.training_request(name, _definition(args, hps), profile=not args.no_profiler)
+    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        trainer = _trainer(session, args, hps, args.instance_count, args.name or "bincounter-train")
+        trainer.train(input_data_config=sdk.inputs(_channels(args)), wait=False)
     if args.dry_run:
-        jobs.print_request("CreateTrainingJob", req)
+        _print_captured(captured, "CreateTrainingJob")
         return 0
-    sm = _client(args)
-    resp = aws.aws_call("CreateTrainingJob", sm.create_training_job, **req)
-    _created("training job", name, resp.get("TrainingJobArn"), jobs.console_link(_region(args), "training", name),
+    job = trainer._latest_training_job
+    name = job.training_job_name
+    _created("training job", name, job.training_job_arn, jobs.console_link(_region(args), "training", name),
              f"aws sagemaker stop-training-job --training-job-name {name}",
              f"model: {args.output.rstrip('/')}/{name}/output/model.tar.gz; "
              f"then: bincounter sm deploy --training-job {name} ...")
