@@ -48,7 +48,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 # the code: last, so a code change rebuilds only these small layers
 COPY pyproject.toml README.md /opt/bincounter/
 COPY src /opt/bincounter/src
-RUN pip install --no-deps --no-build-isolation --no-cache-dir /opt/bincounter \
+RUN pip install --no-deps --no-build-isolation --no-index --no-cache-dir --disable-pip-version-check /opt/bincounter \
  && rm -rf /opt/bincounter/build
 COPY container/entrypoint.sh /opt/bincounter/container/entrypoint.sh
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true \

@@ -107,11 +107,16 @@ def test_requests_round_trip_through_the_sagemaker_api(moto_endpoint):
     assert t["HyperParameterTuningJobConfig"]["Strategy"] == "Bayesian"
 
     proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
-                   "--name", "bc-moto-ep", "--endpoint-url", moto_endpoint,
+                   "--name", "bc-moto-ep", "--endpoint-url", moto_endpoint, "--autoscale", "1,3",
                    "--instance-type", "ml.m5.xlarge", env=ENV)  # moto knows an older instance-type list
     assert proc.returncode == 0, proc.stderr
     assert sm.describe_endpoint(EndpointName="bc-moto-ep")["EndpointConfigName"] == "bc-moto-ep"
     assert sm.describe_model(ModelName="bc-moto-ep")["PrimaryContainer"]["Image"] == IMAGE
+    aas = boto3.client("application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert [(t["ResourceId"], t["MinCapacity"], t["MaxCapacity"]) for t in target] == \
+        [("endpoint/bc-moto-ep/variant/AllTraffic", 1, 3)]
 
     proc = run_cli("sm", "batch", "--model", "bc-moto-ep", "--input", "s3://bkt/scans/", "--output",
                    "s3://bkt/counts/", "--name", "bc-moto-batch", "--endpoint-url", moto_endpoint,
@@ -121,7 +126,8 @@ def test_requests_round_trip_through_the_sagemaker_api(moto_endpoint):
 
     proc = run_cli("sm", "delete", "--endpoint", "bc-moto-ep", "--endpoint-url", moto_endpoint, env=ENV)
     assert proc.returncode == 0, proc.stderr
-    assert "nothing left billing" in proc.stderr
+    assert "nothing left billing" in proc.stderr and "autoscaling target" in proc.stderr
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     for call, kw in ((sm.describe_endpoint, {"EndpointName": "bc-moto-ep"}),
                      (sm.describe_endpoint_config, {"EndpointConfigName": "bc-moto-ep"}),
                      (sm.describe_model, {"ModelName": "bc-moto-ep"})):

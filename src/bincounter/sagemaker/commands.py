@@ -221,9 +221,18 @@ def cmd_deploy(args) -> int:
     for api, req in reqs:
         aws.aws_call(api, calls[api], **req)
         log.info("%s %s", api, name)
-    if scaling:
-        log.warning("autoscaling can be registered once the endpoint is InService: "
-                    "rerun with --dry-run to see the two requests")
+    if scaling:  # registering needs the endpoint InService (minutes on SageMaker)
+        log.info("waiting for %s to be InService before registering autoscaling ...", name)
+        try:
+            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 30,
+                                                                                      "MaxAttempts": 60})
+        except Exception as e:  # noqa: BLE001 - WaiterError: the endpoint failed or took too long
+            raise UserError(f"endpoint {name} did not reach InService ({e}); autoscaling not registered") from None
+        aas = aws.client("application-autoscaling", args.region, args.profile, args.endpoint_url)
+        aws.aws_call("RegisterScalableTarget", aas.register_scalable_target, **scaling[0])
+        aws.aws_call("PutScalingPolicy", aas.put_scaling_policy, **scaling[1])
+        log.info("autoscaling %s: %s..%s instances, target %s invocations/instance", name,
+                 scaling[0]["MinCapacity"], scaling[0]["MaxCapacity"], args.invocations_per_instance)
     _created("endpoint", name, None, jobs.console_link(_region(args), "endpoint", name),
              f"bincounter sm delete --endpoint {name}", f"try: bincounter sm predict --endpoint {name} bin.jpg")
     return 0
@@ -299,6 +308,13 @@ def cmd_delete(args) -> int:
             jobs.print_request(api, req)
         return 0
     sm = _client(args)
+    aas = aws.client("application-autoscaling", args.region, args.profile, args.endpoint_url)
+    resource = f"endpoint/{name}/variant/{jobs.VARIANT}"
+    targets = aws.aws_call("DescribeScalableTargets", aas.describe_scalable_targets, ServiceNamespace="sagemaker",
+                           ResourceIds=[resource])["ScalableTargets"]
+    for t in targets:
+        aws.aws_call("DeregisterScalableTarget", aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                     ResourceId=resource, ScalableDimension=t["ScalableDimension"])
     desc = aws.aws_call("DescribeEndpoint", sm.describe_endpoint, EndpointName=name)
     config = desc["EndpointConfigName"]
     cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config, EndpointConfigName=config)
@@ -307,8 +323,8 @@ def cmd_delete(args) -> int:
     aws.aws_call("DeleteEndpointConfig", sm.delete_endpoint_config, EndpointConfigName=config)
     for m in models:
         aws.aws_call("DeleteModel", sm.delete_model, ModelName=m)
-    log.info("deleted endpoint %s, endpoint config %s, model(s) %s: nothing left billing", name, config,
-             ", ".join(models))
+    log.info("deleted endpoint %s, endpoint config %s, model(s) %s%s: nothing left billing", name, config,
+             ", ".join(models), ", autoscaling target" if targets else "")
     return 0
 
 
