@@ -82,14 +82,23 @@ class TrainConfig:
 
 
 def setup_logging(info: DistInfo | None = None, level: int = logging.INFO) -> None:
+    """Rank-aware logging: rank 0 at `level`, other ranks warnings only and prefixed with their rank.
+    Replaces a plain stderr handler (the CLI's basicConfig) with ours; leaves other handlers (a caller's,
+    pytest's) alone. Idempotent."""
     rank = info.rank if info else int(os.environ.get("RANK", "0"))
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    h = logging.StreamHandler()
+    ours = [h for h in root.handlers if getattr(h, "_bincounter", False)]
+    if ours:
+        h = ours[0]
+    else:
+        for other in list(root.handlers):
+            if type(other) is logging.StreamHandler:  # exactly what logging.basicConfig installs
+                root.removeHandler(other)
+        h = logging.StreamHandler()
+        h._bincounter = True
+        root.addHandler(h)
     prefix = "" if rank == 0 else f"[rank {rank}] "
     h.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s", "%H:%M:%S"))
-    root.addHandler(h)
     root.setLevel(level if rank == 0 else logging.WARNING)
 
 
