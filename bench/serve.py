@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -26,12 +25,6 @@ import uuid
 from pathlib import Path
 
 import torch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_model(tmp: Path, image_size: int) -> tuple[Path, bytes]:
@@ -53,20 +46,20 @@ def post(conn: http.client.HTTPConnection, body: bytes) -> int:
     return r.status
 
 
-def load(port: int, body: bytes, concurrency: int, total: int) -> dict:
+def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dict:
     lat, errors, lock = [], 0, threading.Lock()
     per = total // concurrency
 
     def worker():
         nonlocal errors
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection(host, port, timeout=60)
         for _ in range(per):
             t0 = time.perf_counter()
             try:
                 ok = post(conn, body) == 200
             except OSError:
                 ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn = http.client.HTTPConnection(host, port, timeout=60)
             dt = time.perf_counter() - t0
             with lock:
                 lat.append(dt)
@@ -117,22 +110,27 @@ def main() -> None:
         model_dir, body = (a.model_dir, None) if a.model_dir else make_model(Path(tmp), a.image_size)
         if body is None:
             raise SystemExit("--model-dir needs an image too; leave it out to use synthetic data")
-        port, name = free_port(), f"bench-serve-{uuid.uuid4().hex[:6]}"
+        name = f"bench-serve-{uuid.uuid4().hex[:6]}"
         t0 = time.perf_counter()
-        subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v",
-                        f"{model_dir.resolve()}:/opt/ml/model:ro", a.image, "serve"], check=True, capture_output=True)
+        subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{model_dir.resolve()}:/opt/ml/model:ro",
+                        a.image, "serve"], check=True, capture_output=True)
+        # talk to the container's own address: a `-p` mapping would add docker's userland proxy, which
+        # SageMaker does not have
+        host = subprocess.run(["docker", "inspect", name, "--format", "{{.NetworkSettings.IPAddress}}"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        port = 8080
         try:
             cold = None
             while time.perf_counter() - t0 < 180:
                 try:
-                    if post(http.client.HTTPConnection("127.0.0.1", port, timeout=5), body) == 200:
+                    if post(http.client.HTTPConnection(host, port, timeout=5), body) == 200:
                         cold = time.perf_counter() - t0
                         break
                 except OSError:
                     pass
                 time.sleep(0.2)
-            load(port, body, 2, a.warmup)  # MMS's JVM compiles its hot paths over the first requests
-            rows = [load(port, body, c, a.requests) for c in (1, 4, 16)]
+            load(host, port, body, 2, a.warmup)  # MMS's JVM compiles its hot paths over the first requests
+            rows = [load(host, port, body, c, a.requests) for c in (1, 4, 16)]
         finally:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         inproc = in_process(model_dir, body, max(20, a.requests // 4), a.threads)

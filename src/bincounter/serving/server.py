@@ -225,9 +225,11 @@ def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout
                 return self._send(resp.status, error_body(resp.status, msg[0] if msg else resp.reason))
             self._send(resp.status, data, ctype)
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Front)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the default listen backlog of 5 resets bursts of new connections
+
+    return Server(("0.0.0.0", port), Front)
 
 
 def mms_config(mms_port: int, workers: int, max_bytes: int, timeout_s: int) -> str:
