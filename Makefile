@@ -31,8 +31,8 @@ demo-cpu: venv  ## the same loop without Docker: in-process training and evaluat
 image:  ## build the image locally (mmdebstrap base; starts dockerd if needed)
 	bash container/build_local.sh --tag $(IMAGE)
 
-# Debian packages the Docker tier and the lint need (docker.io + mmdebstrap come with `make image`).
-SYSTEM_TOOLS := shellcheck:shellcheck docker-registry:docker-registry
+# Debian packages the Docker tier, local mode and the lint need (docker.io + mmdebstrap come with `make image`).
+SYSTEM_TOOLS := shellcheck:shellcheck docker-registry:docker-registry docker-compose:docker-compose
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
