@@ -2,14 +2,18 @@
 # Build the production Dockerfile where Docker Hub is out of reach: make a Debian bookworm base locally
 # (mmdebstrap -> docker import) and pass it as BASE_IMAGE. Nothing else differs from a production build.
 #
-#   container/build_local.sh [--tag bincounter:local] [--ca-bundle FILE] [--base-tag NAME] [--rebuild-base]
+#   container/build_local.sh [--tag bincounter:local] [--ca-bundle FILE | --no-ca-bundle] [--base-tag NAME]
+#                            [--rebuild-base]
 #
 # Starts dockerd when no daemon answers (installing docker.io when missing). Prints the image name last.
 set -euo pipefail
 
 TAG=bincounter:local
 BASE_TAG=bincounter-base:bookworm
+# pip in the builder trusts the host's CAs: $PIP_CERT, else the system bundle (which carries a proxy's CA
+# wherever the host's own pip works); builder stage only, never in the final image
 CA_BUNDLE="${PIP_CERT:-}"
+if [ -z "$CA_BUNDLE" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt; fi
 REBUILD_BASE=0
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
