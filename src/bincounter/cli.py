@@ -134,20 +134,19 @@ def cmd_fetch(args) -> int:
 
     client = _s3(args)
     out = Path(args.out)
-    if args.file_list:
-        ids = ids_from_file_list(args.file_list)
-    elif args.sample:
-        _check_endpoint(client, args.bucket)
-        counts = _parse_counts(args.counts)
+    if not (args.file_list or args.sample):
+        raise UserError("pass --file-list FILE or --sample N")
+    # local inputs first (a bad list fails without touching the network), then the endpoint, once
+    ids = ids_from_file_list(args.file_list) if args.file_list else None
+    counts = _parse_counts(args.counts) if ids is None else None
+    _check_endpoint(client, args.bucket)
+    if ids is None:
         chosen = sample_ids(client, args.bucket, args.sample, counts, args.seed, args.workers)
         out.mkdir(parents=True, exist_ok=True)
         write_file_list(out / "file_list.json", chosen)
         ids = sorted(b for v in chosen.values() for b in v)
         log.info("sampled %d bins (%s) -> %s", len(ids), {c: len(v) for c, v in chosen.items()},
                  out / "file_list.json")
-    else:
-        raise UserError("pass --file-list FILE or --sample N")
-    _check_endpoint(client, args.bucket)
     report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers)
     log.info(report.summary())
     for key, reason in list(report.failed.items())[:10]:

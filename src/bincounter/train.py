@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         log.info("profile: %s (trace.json, top_ops.txt, system_report.json); input wait %s of train time",
                  out_dir / "profile", rep["input_wait_fraction"])
     result = {"best": best, "history": history, "world_size": info.world_size,
-              "config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
+              "config": dataclasses.asdict(cfg)}
     if best_state is not None:
         model.load_state_dict(best_state)
         if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
