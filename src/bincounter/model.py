@@ -159,20 +159,28 @@ def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: s
     return config
 
 
+def read_config(model_dir: str | Path) -> dict:
+    """config.json of a model directory, checked to be ours; any problem is a one-line UserError."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / CONFIG).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{model_dir}: no {CONFIG} (not a bincounter model directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{model_dir}/{CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        fmt = config.get("format") if isinstance(config, dict) else None
+        raise UserError(f"{model_dir}/{CONFIG}: format {fmt!r}, expected {FORMAT!r} (not a bincounter model)")
+    return config
+
+
 def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, Preprocess]:
     """Load what `save_artifact` wrote; every problem is a one-line UserError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    try:
-        config = json.loads((model_dir / CONFIG).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{model_dir}: no {CONFIG} (not a bincounter model directory)") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{model_dir}/{CONFIG}: not valid JSON ({e})") from None
-    if config.get("format") != FORMAT:
-        raise UserError(f"{model_dir}/{CONFIG}: format {config.get('format')!r}, expected {FORMAT!r}")
+    config = read_config(model_dir)
     p = config["preprocess"]
     pre = Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
     model = create_model(config["arch"], config["backend"], config["num_classes"], pretrained=False)

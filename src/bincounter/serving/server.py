@@ -42,20 +42,21 @@ def model_dir() -> Path:
 
 
 def check_artifact(path: Path) -> str | None:
-    """A cheap check before MMS starts: config.json parses, the weights file has a valid safetensors header
-    and the tensors the config implies. Returns the problem, or None."""
+    """A cheap check before MMS starts: config.json is ours (model.read_config) and the weights file has a
+    valid safetensors header with tensors in it. Returns the problem, or None."""
     from safetensors import safe_open
 
-    from ..model import CONFIG, FORMAT, WEIGHTS
+    from ..errors import UserError
+    from ..model import WEIGHTS, read_config
 
     try:
-        config = json.loads((path / CONFIG).read_text())
-        if config.get("format") != FORMAT:
-            return f"{path}/{CONFIG}: not a bincounter model (format {config.get('format')!r})"
+        read_config(path)
         with safe_open(str(path / WEIGHTS), framework="pt") as f:
             keys = list(f.keys())
         if not keys:
             return f"{path}/{WEIGHTS}: holds no tensors"
+    except UserError as e:
+        return str(e)
     except FileNotFoundError as e:
         return f"model file missing: {e.filename}"
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; any of them = unusable
