@@ -75,11 +75,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _moto_answers_like_sagemaker():
+    """moto answers DescribeModel with `VpcConfig: {}` and DescribeEndpoint with `DataCaptureConfig: {}` or the
+    request's config; SageMaker leaves the empty ones out and returns a DataCaptureConfigSummary. The SDK v3
+    validates responses with pydantic and rejects moto's, so the fake server is corrected here (only the
+    response shapes; nothing in bincounter knows about moto)."""
+    from moto.sagemaker import models
+
+    if getattr(models, "_bincounter_shapes", False):
+        return
+    model_response, endpoint_response = models.Model.response_object.fget, models.FakeEndpoint.response_object.fget
+
+    def model_object(self):
+        r = model_response(self)
+        if not r.get("VpcConfig"):
+            r.pop("VpcConfig", None)
+        return r
+
+    def endpoint_object(self):
+        r = endpoint_response(self)
+        if c := r.pop("DataCaptureConfig", None):
+            r["DataCaptureConfig"] = {"EnableCapture": c.get("EnableCapture", True), "CaptureStatus": "Started",
+                                      "CurrentSamplingPercentage": c.get("InitialSamplingPercentage", 100),
+                                      "DestinationS3Uri": c["DestinationS3Uri"]}
+        return r
+
+    models.Model.response_object = property(model_object)
+    models.FakeEndpoint.response_object = property(endpoint_object)
+    models._bincounter_shapes = True
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real HTTP AWS API (S3, STS, ECR, SageMaker...) from moto in server mode, on loopback."""
     from moto.server import ThreadedMotoServer
 
+    _moto_answers_like_sagemaker()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -74,17 +74,50 @@ def test_tune_dry_run_ranges_and_objective():
     assert "val_acc" in [m["Name"] for m in d["AlgorithmSpecification"]["MetricDefinitions"]]
 
 
-def test_deploy_dry_run_with_capture_and_autoscaling():
+def _docs(stdout: str) -> list[dict]:
+    return [json.loads(d) for d in stdout.replace("}\n{", "}\x00{").split("\x00")]
+
+
+def test_deploy_dry_run_runs_modelbuilder_to_the_end():
+    """ModelBuilder's three writes come out in order, each answered locally so the next one is reached."""
     out = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/out/job/output/model.tar.gz",
                   "--image", IMAGE, "--name", "bc-ep", "--autoscale", "1,4", "--capture-s3", "s3://bkt/capture",
-                  "--dry-run", env=ENV)
+                  "--capture-percent", "25", "--instance-count", "2", "--dry-run",
+                  "--endpoint-url", "http://127.0.0.1:9", env=ENV)
     assert out.returncode == 0, out.stderr
-    docs = [json.loads(d) for d in out.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    docs = _docs(out.stdout)
     assert [d["api"] for d in docs] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint",
                                         "RegisterScalableTarget", "PutScalingPolicy"]
-    assert docs[0]["request"]["PrimaryContainer"]["ModelDataUrl"] == "s3://bkt/out/job/output/model.tar.gz"
-    assert docs[1]["request"]["DataCaptureConfig"]["DestinationS3Uri"] == "s3://bkt/capture"
+    model, config, endpoint = (d["request"] for d in docs[:3])
+    assert model["ModelName"] == "bc-ep" and model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"]["Image"] == IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://bkt/out/job/output/model.tar.gz"
+    assert config["EndpointConfigName"] == "bc-ep"
+    assert [(v["ModelName"], v["InstanceType"], v["InitialInstanceCount"]) for v in config["ProductionVariants"]] \
+        == [("bc-ep", "ml.g5.xlarge", 2)]
+    capture = config["DataCaptureConfig"]
+    assert (capture["DestinationS3Uri"], capture["InitialSamplingPercentage"], capture["EnableCapture"]) == \
+        ("s3://bkt/capture", 25, True)
+    assert {o["CaptureMode"] for o in capture["CaptureOptions"]} == {"Input", "Output"}
+    assert (endpoint["EndpointName"], endpoint["EndpointConfigName"]) == ("bc-ep", "bc-ep")
     assert docs[3]["request"]["MaxCapacity"] == 4
+    assert docs[4]["request"]["ResourceId"] == "endpoint/bc-ep/variant/AllTraffic"
+
+
+def test_batch_dry_run_is_the_sdk_transformer_request():
+    out = run_cli("sm", "batch", "--model", "bc-ep", "--input", "s3://bkt/scans/2026-11-24/", "--output",
+                  "s3://bkt/counts/", "--name", "bc-nightly", "--instance-count", "3", "--dry-run",
+                  "--endpoint-url", "http://127.0.0.1:9", env=ENV)
+    assert out.returncode == 0, out.stderr
+    [doc] = _docs(out.stdout)
+    r = doc["request"]
+    assert doc["api"] == "CreateTransformJob" and r["TransformJobName"] == "bc-nightly" and r["ModelName"] == "bc-ep"
+    assert r["TransformInput"]["DataSource"]["S3DataSource"] == {"S3DataType": "S3Prefix",
+                                                                 "S3Uri": "s3://bkt/scans/2026-11-24/"}
+    assert r["TransformInput"]["ContentType"] == "application/x-image"
+    assert r["TransformOutput"] == {"S3OutputPath": "s3://bkt/counts/", "Accept": "application/json",
+                                    "AssembleWith": "None"}
+    assert r["TransformResources"]["InstanceCount"] == 3 and r["BatchStrategy"] == "SingleRecord"
 
 
 def test_requests_round_trip_through_the_sagemaker_api(moto_endpoint):
@@ -108,10 +141,16 @@ def test_requests_round_trip_through_the_sagemaker_api(moto_endpoint):
 
     proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
                    "--name", "bc-moto-ep", "--endpoint-url", moto_endpoint, "--autoscale", "1,3",
-                   "--instance-type", "ml.m5.xlarge", env=ENV)  # moto knows an older instance-type list
+                   "--capture-s3", "s3://bkt/capture", "--instance-type", "ml.m5.xlarge",  # moto's older list
+                   env=ENV)
     assert proc.returncode == 0, proc.stderr
-    assert sm.describe_endpoint(EndpointName="bc-moto-ep")["EndpointConfigName"] == "bc-moto-ep"
+    assert json.loads(proc.stdout)["created"] == "endpoint"
+    ep = sm.describe_endpoint(EndpointName="bc-moto-ep")
+    assert ep["EndpointConfigName"] == "bc-moto-ep" and ep["DataCaptureConfig"]["DestinationS3Uri"] == \
+        "s3://bkt/capture"
     assert sm.describe_model(ModelName="bc-moto-ep")["PrimaryContainer"]["Image"] == IMAGE
+    assert sm.describe_endpoint_config(EndpointConfigName="bc-moto-ep")["ProductionVariants"][0]["ModelName"] \
+        == "bc-moto-ep"
     aas = boto3.client("application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     target = aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
@@ -162,6 +201,11 @@ def test_best_hyperparameters_of_a_tuning_job():
     (["train", *[a if a != "s3://bkt/ch/val/" else "/local/val" for a in TRAIN]], "not an S3 URI"),
     (["tune", *TRAIN, "--name", "x" * 40], "longer than SageMaker's 32 characters"),
     (["train", *TRAIN, "--hp", "oops"], "expected NAME=VALUE"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--autoscale", "3"],
+     "expected MIN,MAX"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--capture-s3", "/tmp/c"],
+     "--capture-s3 needs an s3:// URI"),
+    (["batch", "--model", "m", "--input", "/data/scans", "--output", "s3://b/o/"], "is not an s3:// URI"),
 ])
 def test_bad_requests_are_one_line(args, needle):
     assert_one_line_error(run_cli("sm", *args, "--dry-run", env=ENV), needle)

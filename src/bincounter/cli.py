@@ -407,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials/endpoint ..." on every client
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except UserError as e:

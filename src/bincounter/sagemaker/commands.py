@@ -1,4 +1,5 @@
-"""`bincounter sm ...`: each command builds its request(s) with `jobs`, prints them with --dry-run, or
+"""`bincounter sm ...`: a thin CLI over `sdk` (training, tuning, endpoints, batch transform through the SageMaker
+SDK v3) and boto3 (autoscaling, invocations, clean-up). Each command prints its request(s) with --dry-run, or
 sends them and prints what it created, where to look and how to undo it."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def add_arguments(sub) -> None:
     def common(p, needs_role=False):
         p.add_argument("--region")
         p.add_argument("--profile")
-        p.add_argument("--endpoint-url", help="SageMaker API endpoint (tests, moto)")
+        p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
         p.add_argument("--dry-run", action="store_true", help="print the request(s) and call nothing")
         if needs_role:
             p.add_argument("--role", required=True, help="SageMaker execution role ARN")
@@ -73,6 +74,10 @@ def add_arguments(sub) -> None:
     d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
     d.add_argument("--invocations-per-instance", type=int, default=300)
     d.add_argument("--capture-s3", help="enable data capture to this s3:// prefix")
+    d.add_argument("--capture-percent", type=int, default=100, help="share of requests captured")
+    d.add_argument("--no-wait", action="store_true",
+                   help="return once the endpoint is being created (default: wait for InService, showing the "
+                        "deployment's progress and logs; --autoscale always waits)")
     d.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
@@ -200,28 +205,28 @@ def cmd_deploy(args) -> int:
                             f"{desc.get('TrainingJobStatus')})")
     if not image:
         raise UserError("--model-data needs --image")
-    reqs = [("CreateModel", jobs.model_request(name, image, model_data, args.role)),
-            ("CreateEndpointConfig", jobs.endpoint_config_request(name, name, args.instance_type,
-                                                                  args.instance_count, args.capture_s3)),
-            ("CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name})]
+    if args.capture_s3 and not (args.capture_s3.startswith("s3://") and 0 < args.capture_percent <= 100):
+        raise UserError("--capture-s3 needs an s3:// URI and --capture-percent in 1..100")
     scaling = None
     if args.autoscale:
-        lo, hi = _pair(args.autoscale, int)
+        bounds = _pair(args.autoscale, int)
+        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
+            raise UserError(f"--autoscale {args.autoscale!r}: expected MIN,MAX with 1 <= MIN <= MAX")
+        lo, hi = bounds
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
+    sdk_wait = not (args.dry_run or args.no_wait or scaling)
+    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=args.role,
+                            instance_type=args.instance_type, instance_count=args.instance_count,
+                            capture_s3=args.capture_s3, capture_percent=args.capture_percent, wait=sdk_wait)
     if args.dry_run:
-        for api, req in reqs:
-            jobs.print_request(api, req)
+        _print_captured(captured, "CreateEndpoint")
         if scaling:
             jobs.print_request("RegisterScalableTarget", scaling[0])
             jobs.print_request("PutScalingPolicy", scaling[1])
         return 0
-    sm = _client(args)
-    calls = {"CreateModel": sm.create_model, "CreateEndpointConfig": sm.create_endpoint_config,
-             "CreateEndpoint": sm.create_endpoint}
-    for api, req in reqs:
-        aws.aws_call(api, calls[api], **req)
-        log.info("%s %s", api, name)
     if scaling:  # registering needs the endpoint InService (minutes on SageMaker)
+        sm = _client(args)
         log.info("waiting for %s to be InService before registering autoscaling ...", name)
         try:
             sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 30,
@@ -288,12 +293,14 @@ def cmd_evaluate(args) -> int:
 
 def cmd_batch(args) -> int:
     name = args.name or jobs.job_name("bincounter-batch")
-    req = jobs.transform_request(name, args.model, args.input, args.output, args.instance_type, args.instance_count)
+    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        sdk.batch_transform(session, name=name, model=args.model, input_s3=args.input, output_s3=args.output,
+                            instance_type=args.instance_type, instance_count=args.instance_count)
     if args.dry_run:
-        jobs.print_request("CreateTransformJob", req)
+        _print_captured(captured, "CreateTransformJob")
         return 0
-    resp = aws.aws_call("CreateTransformJob", _client(args).create_transform_job, **req)
-    _created("batch transform job", name, resp.get("TransformJobArn"),
+    desc = aws.aws_call("DescribeTransformJob", _client(args).describe_transform_job, TransformJobName=name)
+    _created("batch transform job", name, desc.get("TransformJobArn"),
              jobs.console_link(_region(args), "transform", name),
              f"aws sagemaker stop-transform-job --transform-job-name {name}",
              f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image)")

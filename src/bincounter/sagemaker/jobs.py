@@ -1,6 +1,6 @@
-"""Requests for the hosting side (deploy, autoscaling, batch transform) as pure functions (exactly what is
-sent, what `--dry-run` prints and what the tests assert), sent with boto3; plus small shared helpers.
-Training and tuning go through the SageMaker SDK v3 instead (`sdk.py`).
+"""Small pure helpers for `bincounter sm`: names, hyperparameter strings, the best tuning job's
+hyperparameters, the autoscaling requests (sent with boto3: the SDK v3 has no autoscaling helper), console
+links. The jobs themselves go through the SageMaker SDK v3 (`sdk.py`).
 """
 
 from __future__ import annotations
@@ -44,24 +44,6 @@ def best_hyperparameters(sm, tuning_job: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------- hosting
-def model_request(name: str, image: str, model_data: str, role: str, workers: int | None = None) -> dict:
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)} if workers else {}
-    return {"ModelName": name, "ExecutionRoleArn": role,
-            "PrimaryContainer": {"Image": image, "ModelDataUrl": model_data, "Environment": env}}
-
-
-def endpoint_config_request(name: str, model_name: str, instance_type: str, instance_count: int = 1,
-                            capture_s3: str | None = None, capture_percent: int = 100) -> dict:
-    req = {"EndpointConfigName": name, "ProductionVariants": [{
-        "VariantName": VARIANT, "ModelName": model_name, "InitialInstanceCount": instance_count,
-        "InstanceType": instance_type}]}
-    if capture_s3:
-        req["DataCaptureConfig"] = {"EnableCapture": True, "InitialSamplingPercentage": capture_percent,
-                                    "DestinationS3Uri": capture_s3,
-                                    "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
-    return req
-
-
 def autoscaling_requests(endpoint: str, min_count: int, max_count: int, invocations_per_instance: int) -> tuple:
     resource = f"endpoint/{endpoint}/variant/{VARIANT}"
     target = {"ServiceNamespace": "sagemaker", "ResourceId": resource,
@@ -74,15 +56,6 @@ def autoscaling_requests(endpoint: str, min_count: int, max_count: int, invocati
                   "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
                   "ScaleInCooldown": 300, "ScaleOutCooldown": 60}}
     return target, policy
-
-
-def transform_request(name: str, model_name: str, input_s3: str, output_s3: str, instance_type: str,
-                      instance_count: int = 1) -> dict:
-    return {"TransformJobName": name, "ModelName": model_name, "MaxPayloadInMB": 6, "BatchStrategy": "SingleRecord",
-            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_s3}},
-                               "ContentType": "application/x-image", "SplitType": "None"},
-            "TransformOutput": {"S3OutputPath": output_s3, "Accept": "application/json", "AssembleWith": "None"},
-            "TransformResources": {"InstanceType": instance_type, "InstanceCount": instance_count}}
 
 
 def console_link(region: str, kind: str, name: str) -> str:

@@ -39,12 +39,17 @@ SageMaker:
 """
 
 
-def offline_sdk_env(workdir: Path) -> None:
-    """Make the SDK work with no AWS account: call before importing sagemaker."""
+def write_offline_config(workdir: Path) -> Path:
+    """The SDK defaults file that opts out of telemetry (for SAGEMAKER_USER_CONFIG_OVERRIDE)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "sagemaker-config.yaml"
     cfg.write_text(_CONFIG)
-    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(cfg)
+    return cfg
+
+
+def offline_sdk_env(workdir: Path) -> None:
+    """Make the SDK work with no AWS account: call before importing sagemaker."""
+    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(workdir))
     os.environ.setdefault("AWS_REGION", "us-east-1")
     os.environ.setdefault("AWS_DEFAULT_REGION", os.environ["AWS_REGION"])
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"

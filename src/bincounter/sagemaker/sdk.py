@@ -1,15 +1,22 @@
-"""Training and tuning jobs through the SageMaker Python SDK v3 (`ModelTrainer`, `HyperparameterTuner`).
+"""Jobs through the SageMaker Python SDK v3: training (`ModelTrainer`), tuning (`HyperparameterTuner`),
+endpoints (`ModelBuilder`) and batch transform (`Transformer`).
 
-`--dry-run` runs the very same SDK code with a botocore hook that records the API request the SDK is about
-to send and stops it there: what is printed is exactly what would be sent, and nothing reaches AWS.
-`--endpoint-url` (tests: moto in server mode) is applied through botocore's AWS_ENDPOINT_URL_SAGEMAKER.
+`--dry-run` runs the very same SDK code with a botocore hook that records every API request the SDK is about
+to send and answers it locally: a write (Create*) is recorded and answered with its ARN, a read (Describe*,
+GetCallerIdentity) is answered from the writes recorded before it, so multi-call flows (ModelBuilder: model,
+endpoint config, endpoint) run to the end. An API without a local answer ends the dry run there. What is
+printed is exactly what would be sent, and nothing reaches AWS.
+`--endpoint-url` (tests: moto in server mode) is applied through botocore's AWS_ENDPOINT_URL.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
-from contextlib import contextmanager
+import tempfile
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from ..errors import UserError
 from ..metrics import metric_definitions
@@ -19,34 +26,87 @@ class _Captured(Exception):
     pass
 
 
+DRY_ACCOUNT = "000000000000"
+
+
+def _dry_answer(api: str, request: dict, writes: list[dict], region: str) -> dict | None:
+    """The response AWS would give a dry-run call, from the requests recorded before it; None: no answer."""
+    def arn(kind, name):
+        return f"arn:aws:sagemaker:{region}:{DRY_ACCOUNT}:{kind}/{name.lower()}"
+
+    def last(api_name):
+        return next((w["request"] for w in reversed(writes) if w["api"] == api_name), None)
+
+    now = _dt.datetime.now(_dt.UTC)
+    if api == "CreateModel":
+        return {"ModelArn": arn("model", request["ModelName"])}
+    if api == "CreateEndpointConfig":
+        return {"EndpointConfigArn": arn("endpoint-config", request["EndpointConfigName"])}
+    if api == "CreateEndpoint":
+        return {"EndpointArn": arn("endpoint", request["EndpointName"])}
+    if api == "DescribeModel" and (m := last("CreateModel")):
+        keep = ("ModelName", "PrimaryContainer", "Containers", "ExecutionRoleArn", "VpcConfig")
+        return {**{k: v for k, v in m.items() if k in keep}, "ModelArn": arn("model", m["ModelName"]),
+                "CreationTime": now}
+    if api == "DescribeEndpoint" and (e := last("CreateEndpoint")):
+        return {"EndpointName": e["EndpointName"], "EndpointArn": arn("endpoint", e["EndpointName"]),
+                "EndpointConfigName": e["EndpointConfigName"], "EndpointStatus": "Creating",
+                "CreationTime": now, "LastModifiedTime": now}
+    if api == "GetCallerIdentity":
+        return {"UserId": "dry-run", "Account": DRY_ACCOUNT, "Arn": f"arn:aws:iam::{DRY_ACCOUNT}:user/dry-run"}
+    return None
+
+
+def _is_write(api: str) -> bool:
+    return not api.startswith(("Describe", "Get", "List", "Filter", "Search"))
+
+
 @contextmanager
 def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_run: bool):
-    """Yields (sagemaker Session, captured requests). In a dry run every API call is recorded and
-    stopped; the first one ends the SDK call (caught here)."""
+    """Yields (sagemaker Session, recorded writes). In a dry run every API call is answered locally
+    (`_dry_answer`) or, where there is no local answer, stopped: that ends the SDK call (caught here)."""
     import boto3
 
-    if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = endpoint_url
-    if dry_run:
-        os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
-        if not (os.environ.get("AWS_ACCESS_KEY_ID") or profile):
-            os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "dry-run"
-        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    captured: list[dict] = []
-    boto_session = boto3.Session(region_name=region, profile_name=profile)
-    if dry_run:
-        def stop(model, params, **_):
-            body = params.get("body") or b"{}"
-            captured.append({"api": model.name, "request": json.loads(body)})
-            raise _Captured(model.name)
+    if endpoint_url:  # every client the SDK makes (sagemaker, sts, logs, s3) talks to it
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+    os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
+    with ExitStack() as stack:
+        if dry_run:
+            os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
+            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either
+                from .local import write_offline_config
 
-        boto_session.events.register("before-call", stop)
-    from sagemaker.core.helper.session_helper import Session
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-dry-run-")))
+                os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(tmp))
+                stack.callback(os.environ.pop, "SAGEMAKER_USER_CONFIG_OVERRIDE", None)
+            if not (os.environ.get("AWS_ACCESS_KEY_ID") or profile):
+                os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "dry-run"
+            os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        captured: list[dict] = []  # the writes, in order
+        boto_session = boto3.Session(region_name=region, profile_name=profile)
+        if dry_run:
+            from botocore.awsrequest import AWSResponse
 
-    try:
-        yield Session(boto_session=boto_session), captured
-    except _Captured:
-        pass
+            def answer(model, params, **_):
+                try:
+                    request = json.loads(params.get("body") or b"{}")
+                except ValueError:  # a query-protocol API (STS): no JSON body to print
+                    request = {}
+                api = model.name
+                if _is_write(api):
+                    captured.append({"api": api, "request": request})
+                response = _dry_answer(api, request, captured, region)
+                if response is None:
+                    raise _Captured(api)
+                return AWSResponse(params.get("url", ""), 200, {}, None), response
+
+            boto_session.events.register("before-call", answer)
+        from sagemaker.core.helper.session_helper import Session
+
+        try:
+            yield Session(boto_session=boto_session), captured
+        except _Captured:
+            pass
 
 
 def model_trainer(session, *, image: str, role: str, instance_type: str, instance_count: int, hyperparameters: dict,
@@ -99,3 +159,42 @@ def tuner(trainer, *, lr, batch_sizes, epochs, archs, image_sizes, max_jobs: int
                                metric_definitions=metric_definitions(), strategy="Bayesian", objective_type="Maximize",
                                max_jobs=max_jobs, max_parallel_jobs=max_parallel,
                                early_stopping_type="Auto" if early_stopping else "Off")
+
+
+def deploy_endpoint(session, *, name: str, image: str, model_data: str, role: str, instance_type: str,
+                    instance_count: int, capture_s3: str | None, capture_percent: int = 100,
+                    workers: int | None = None, wait: bool = True):
+    """Model + endpoint config + endpoint, all named `name`, through ModelBuilder (a passthrough build: our own
+    image and a model.tar.gz). With wait, the SDK shows the deployment's progress and the endpoint's logs."""
+    from sagemaker.serve import ModelBuilder
+    from sagemaker.serve.mode.function_pointers import Mode
+
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)} if workers else {}
+    builder = ModelBuilder(image_uri=image, s3_model_data_url=model_data, role_arn=role, env_vars=env,
+                           mode=Mode.SAGEMAKER_ENDPOINT, sagemaker_session=session, instance_type=instance_type)
+    builder.build(model_name=name)
+    extra = {}
+    if capture_s3:
+        from sagemaker.core.model_monitor.data_capture_config import DataCaptureConfig
+
+        extra["data_capture_config"] = DataCaptureConfig(enable_capture=True, sampling_percentage=capture_percent,
+                                                         destination_s3_uri=capture_s3, sagemaker_session=session)
+    return builder.deploy(endpoint_name=name, initial_instance_count=instance_count, instance_type=instance_type,
+                          wait=wait, **extra)
+
+
+def batch_transform(session, *, name: str, model: str, input_s3: str, output_s3: str, instance_type: str,
+                    instance_count: int):
+    """A batch transform job over every image under an S3 prefix: one JSON result per image. Returns the
+    SDK's Transformer (its latest_transform_job is the job)."""
+    from sagemaker.core.transformer import Transformer
+
+    for what, uri in (("--input", input_s3), ("--output", output_s3)):
+        if not uri.startswith("s3://"):
+            raise UserError(f"{what} {uri!r} is not an s3:// URI")
+    transformer = Transformer(model_name=model, instance_count=instance_count, instance_type=instance_type,
+                              strategy="SingleRecord", assemble_with="None", output_path=output_s3,
+                              accept="application/json", max_payload=6, sagemaker_session=session)
+    transformer.transform(data=input_s3, data_type="S3Prefix", content_type="application/x-image", split_type="None",
+                          job_name=name, wait=False, logs=False)
+    return transformer
