@@ -1,12 +1,16 @@
 """Serving: the container on loopback vs the same model in-process, same thread budget.
 
 * cold start: `docker run IMAGE serve` -> first 200 from /invocations;
-* single-image JPEG requests at concurrency 1, 4, 16: p50/p99 latency, requests/s, errors;
-* in-process: `Predictor.predict` (decode + preprocess + forward) in a loop, same image, same threads.
+* single-image JPEG requests at concurrency 1, 4, 16: p50/p99 latency, requests/s, errors, for each
+  server configuration in --configs (MMS batch size : max batch delay in ms; 1:0 = no dynamic batching);
+* in-process: `Predictor.predict` (decode + preprocess + forward) in a loop, inside the same image (same
+  torch build) with the same threads, on 1 image and on batches of each configured batch size.
 
-Prints a table last and writes JSON (bench/results/serve.json). Needs Docker and the image.
+All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
+the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
+(bench/results/serve.json). Needs Docker and the image.
 
-    python bench/serve.py [--image bincounter:local] [--model-dir DIR] [--requests 200] [--quick]
+    python bench/serve.py [--image bincounter:local] [--configs 1:0,4:1] [--requests 192] [--quick]
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-
-import torch
 
 
 def make_model(tmp: Path, image_size: int) -> tuple[Path, bytes]:
@@ -77,20 +79,68 @@ def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dic
             "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def in_process(model_dir: Path, body: bytes, n: int, threads: int) -> dict:
-    from bincounter.evaluate import Predictor
-
-    torch.set_num_threads(threads)
-    pred = Predictor(model_dir, device="cpu")
+IN_PROCESS = """
+import json, statistics, sys, time, torch
+from bincounter.evaluate import Predictor
+torch.set_num_threads(int(sys.argv[1]))
+pred = Predictor("/opt/ml/model", device="cpu")
+body = open("/bench/image.jpg", "rb").read()
+out = {}
+for bs in map(int, sys.argv[3:]):
+    images = [body] * bs
     for _ in range(5):
-        pred.predict([body])
+        pred.predict(images)
     lat = []
-    for _ in range(n):
+    for _ in range(max(8, int(sys.argv[2]) // bs)):
         t0 = time.perf_counter()
-        pred.predict([body])
+        pred.predict(images)
         lat.append(time.perf_counter() - t0)
-    lat.sort()
-    return {"p50_ms": 1000 * statistics.median(lat), "rps": n / sum(lat)}
+    out[bs] = {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
+print(json.dumps(out))
+"""
+
+
+def in_process(name: str, n: int, threads: int, batches: list[int]) -> dict:
+    """Predictor.predict in a loop inside the image itself (a container of its own, idle in between): same
+    torch build and libraries as the server."""
+    proc = subprocess.run(["docker", "exec", name, "/opt/venv/bin/python", "-c", IN_PROCESS, str(threads), str(n),
+                           *map(str, batches)], check=True, capture_output=True, text=True)
+    return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list) -> dict:
+    """`docker run ... serve` with one batching configuration; returns its address and cold start."""
+    name = f"bench-serve-{uuid.uuid4().hex[:6]}"
+    names.append(name)
+    t0 = time.perf_counter()
+    subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{model_dir.resolve()}:/opt/ml/model:ro",
+                    "-e", f"BINCOUNTER_BATCH_SIZE={batch}", "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={delay_ms}",
+                    image, "serve"], check=True, capture_output=True)
+    # talk to the container's own address: a `-p` mapping would add docker's userland proxy, which
+    # SageMaker does not have
+    host = subprocess.run(["docker", "inspect", name, "--format", "{{.NetworkSettings.IPAddress}}"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    while time.perf_counter() - t0 < 180:
+        try:
+            if post(http.client.HTTPConnection(host, 8080, timeout=5), body) == 200:
+                return {"batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
+                        "cold_start_s": time.perf_counter() - t0}
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the container never answered; docker logs {name}")
+
+
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """Per concurrency: the median of each figure over the rounds; errors summed."""
+    out = []
+    for per_c in zip(*rounds, strict=True):
+        row = {"concurrency": per_c[0]["concurrency"], "requests": sum(r["requests"] for r in per_c),
+               "errors": sum(r["errors"] for r in per_c)}
+        for k in ("p50_ms", "p99_ms", "rps"):
+            row[k] = statistics.median(r[k] for r in per_c)
+        out.append(row)
+    return out
 
 
 def main() -> None:
@@ -103,53 +153,71 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100, help="requests before measuring")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench/results/serve.json")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians)")
+    p.add_argument("--configs", default="1:0,4:1",
+                   help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, comma-separated")
     a = p.parse_args()
     if a.quick:
-        a.requests, a.image_size, a.warmup = 32, 64, 8
+        a.requests, a.image_size, a.warmup, a.configs, a.rounds = 32, 64, 8, "1:0,4:1", 1
+    configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]
+    batches = sorted({1} | {b for b, _ in configs})
+    names: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, body = (a.model_dir, None) if a.model_dir else make_model(Path(tmp), a.image_size)
+        model_dir, body = make_model(Path(tmp), a.image_size) if not a.model_dir else (a.model_dir, None)
         if body is None:
             raise SystemExit("--model-dir needs an image too; leave it out to use synthetic data")
-        name = f"bench-serve-{uuid.uuid4().hex[:6]}"
-        t0 = time.perf_counter()
-        subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{model_dir.resolve()}:/opt/ml/model:ro",
-                        a.image, "serve"], check=True, capture_output=True)
-        # talk to the container's own address: a `-p` mapping would add docker's userland proxy, which
-        # SageMaker does not have
-        host = subprocess.run(["docker", "inspect", name, "--format", "{{.NetworkSettings.IPAddress}}"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        port = 8080
+        body_file = Path(tmp) / "bench-image" / "image.jpg"
+        body_file.parent.mkdir()
+        body_file.write_bytes(body)
         try:
-            cold = None
-            while time.perf_counter() - t0 < 180:
-                try:
-                    if post(http.client.HTTPConnection(host, port, timeout=5), body) == 200:
-                        cold = time.perf_counter() - t0
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            load(host, port, body, 2, a.warmup)  # MMS's JVM compiles its hot paths over the first requests
-            rows = [load(host, port, body, c, a.requests) for c in (1, 4, 16)]
+            # all servers stay up (idle ones cost next to nothing) and the measurements are interleaved in
+            # rounds, so a noisy minute on a shared machine hits every configuration alike
+            runs = [start_server(a.image, model_dir, body, b, d, names) for b, d in configs]
+            inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
+            names.append(inproc_name)
+            subprocess.run(["docker", "run", "-d", "--name", inproc_name, "--entrypoint", "sleep",
+                            "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v", f"{body_file.parent}:/bench:ro",
+                            a.image, "infinity"], check=True, capture_output=True)
+            for run in runs:
+                load(run["host"], 8080, body, 2, a.warmup)  # the JVM compiles its hot paths on these
+            per_round, inproc_rounds = [[] for _ in runs], []
+            for r in range(a.rounds):
+                print(f"round {r + 1}/{a.rounds}", flush=True)
+                for run, rows in zip(runs, per_round, strict=True):
+                    rows.append([load(run["host"], 8080, body, c, a.requests // a.rounds) for c in (1, 4, 16)])
+                inproc_rounds.append(in_process(inproc_name, max(12, a.requests // (4 * a.rounds)), a.threads,
+                                                batches))
         finally:
-            subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-        inproc = in_process(model_dir, body, max(20, a.requests // 4), a.threads)
-    best = max(rows, key=lambda r: r["rps"])
+            subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+    for run, rows in zip(runs, per_round, strict=True):
+        run["rows"] = median_rows(rows)
+        del run["host"]
+    inproc = {bs: {k: statistics.median(r[bs][k] for r in inproc_rounds) for k in ("p50_ms", "rps")}
+              for bs in batches}
+    for run in runs:
+        best = max(run["rows"], key=lambda r: r["rps"])
+        run["p50_overhead_ms_c1"] = run["rows"][0]["p50_ms"] - inproc[1]["p50_ms"]
+        run["best_rps_over_in_process_b1"] = best["rps"] / inproc[1]["rps"]
+        run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in inproc.values())
     out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus", "device": "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
-           "cold_start_s": cold, "container": rows, "in_process": inproc,
-           "p50_overhead_ms_c1": rows[0]["p50_ms"] - inproc["p50_ms"],
-           "throughput_ratio_best": best["rps"] / inproc["rps"]}
+           "containers": runs, "in_process": {str(k): v for k, v in inproc.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
-    print(f"\nserving {a.image_size}px efficientnet_b0 on {out['machine']}, cold start {cold:.1f} s")
-    print(f"{'':<14}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
-    for r in rows:
-        print(f"{'conc ' + str(r['concurrency']):<14}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['rps']:>8.1f}"
-              f"{r['errors']:>8}")
-    print(f"{'in-process':<14}{inproc['p50_ms']:>9.1f}{'':>9}{inproc['rps']:>8.1f}")
-    print(f"p50 overhead at concurrency 1: {out['p50_overhead_ms_c1']:.1f} ms; best throughput / in-process: "
-          f"{out['throughput_ratio_best']:.2f}")
+    print(f"\nserving {a.image_size}px efficientnet_b0 on {out['machine']}, {a.threads} torch threads")
+    print(f"{'':<26}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
+    for run in runs:
+        label = f"batch {run['batch_size']}/{run['max_batch_delay_ms']}ms"
+        for r in run["rows"]:
+            print(f"{label + ', conc ' + str(r['concurrency']):<26}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+                  f"{r['rps']:>8.1f}{r['errors']:>8}")
+    for bs, v in inproc.items():
+        print(f"{'in-process, ' + str(bs) + ' image(s)':<26}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
+    for run in runs:
+        print(f"batch {run['batch_size']}/{run['max_batch_delay_ms']}ms: cold start {run['cold_start_s']:.1f} s, "
+              f"p50 overhead at concurrency 1 {run['p50_overhead_ms_c1']:.1f} ms, best throughput / in-process "
+              f"1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
+              f"{run['best_rps_over_in_process_best_batch']:.2f}")
     print(f"wrote {a.out}")
 
 

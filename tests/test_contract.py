@@ -132,3 +132,42 @@ def test_protocol_errors_are_4xx(body, ctype, status):
         parse_request(body, ctype)
     assert e.value.status == status
     assert json.loads(e.value.body())["status"] == status
+
+
+def test_a_batch_of_requests_is_one_forward_pass_with_answers_of_its_own(trained_model, channels):
+    """What an MMS worker does with a dynamic batch: every good request answered as if it came alone, every
+    bad one its own 4xx, and the model run once for all images."""
+    from bincounter.evaluate import Predictor
+    from bincounter.serving.protocol import answer_batch
+
+    pred = Predictor(trained_model, device="cpu")
+    images = [p.read_bytes() for p in sorted((channels / "test").rglob("*.jpg"))[:3]]
+    alone = [pred.predict([b])[0] for b in images]
+    calls = []
+    forward = pred.forward
+    pred.forward = lambda batch: calls.append(len(batch)) or forward(batch)
+    requests = [(images[0], "image/jpeg"),
+                (b"not an image", "image/jpeg"),
+                (json.dumps({"instances": [base64.b64encode(b).decode() for b in images[1:]]}), "application/json"),
+                (b"{", "application/json"),
+                (images[2], "application/x-image")]
+    answers = answer_batch(pred, requests)
+    assert calls == [4]  # one forward pass over the 4 decodable images of 3 good requests
+    assert [status for status, _ in answers] == [200, 400, 200, 400, 200]
+    docs = [json.loads(body) for _, body in answers]
+
+    def same(a, b):
+        return a["count"] == b["count"] and all(abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-4
+                                                for k in a["probabilities"])
+    assert same(docs[0], alone[0]) and same(docs[4], alone[2])
+    assert [same(d, a) for d, a in zip(docs[2]["predictions"], alone[1:], strict=True)] == [True, True]
+    assert "cannot decode" in docs[1]["error"] and docs[3]["status"] == 400
+
+
+def test_a_batch_of_only_bad_requests_runs_no_forward_pass(trained_model):
+    from bincounter.evaluate import Predictor
+    from bincounter.serving.protocol import answer_batch
+
+    pred = Predictor(trained_model, device="cpu")
+    pred.forward = lambda batch: pytest.fail("forward on a batch with no good image")
+    assert [s for s, _ in answer_batch(pred, [(b"", "image/jpeg"), (b"x", "text/plain")])] == [400, 415]

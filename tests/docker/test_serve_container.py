@@ -105,6 +105,36 @@ def test_train_serve_parity(served, channels, trained_model):
     assert np.abs(got - ev["probs"]).max() < 1e-4
 
 
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served, channels):
+    """16 clients at once, good and bad requests mixed: MMS hands the worker several requests at a time
+    (dynamic batching; fewer worker calls than requests) and every client still gets exactly its own
+    answer, equal to what it gets alone."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _, name = served
+    jpgs = [p.read_bytes() for p in _images(channels, 4)]
+    alone = [json.loads(http("POST", url + "/invocations", b, "image/jpeg")[2]) for b in jpgs]
+    requests = [(jpgs[i % 4], "image/jpeg") if i % 4 != 3 else (b"not an image", "image/jpeg") for i in range(48)]
+
+    def calls() -> int:
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+        return (logs.stdout + logs.stderr).count("Backend response time")
+
+    before = calls()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda r: http("POST", url + "/invocations", *r), requests))
+    worker_calls = calls() - before
+    for i, (status, _, body) in enumerate(answers):
+        if i % 4 == 3:
+            assert status == 400 and "cannot decode" in json.loads(body)["error"], body
+        else:
+            got, want = json.loads(body), alone[i % 4]
+            assert status == 200 and got["count"] == want["count"], (got, want)
+            assert max(abs(got["probabilities"][k] - want["probabilities"][k]) for k in want["probabilities"]) < 1e-4
+    assert 0 < worker_calls < len(requests), worker_calls
+
+
 def _big_png() -> bytes:
     img = Image.new("RGB", (10_000, 10_000), (120, 90, 60))  # 100 megapixels, compresses to ~300 KB
     buf = io.BytesIO()
@@ -216,5 +246,7 @@ def test_serve_benchmark_quick(image, tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert [r["concurrency"] for r in doc["container"]] == [1, 4, 16]
-    assert all(r["errors"] == 0 for r in doc["container"]) and doc["cold_start_s"] > 0
+    assert [(c["batch_size"], [r["concurrency"] for r in c["rows"]]) for c in doc["containers"]] == \
+        [(1, [1, 4, 16]), (4, [1, 4, 16])]
+    assert all(r["errors"] == 0 for c in doc["containers"] for r in c["rows"])
+    assert all(c["cold_start_s"] > 0 for c in doc["containers"]) and set(doc["in_process"]) == {"1", "4"}

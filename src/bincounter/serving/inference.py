@@ -1,22 +1,23 @@
-"""The sagemaker-inference handler functions that MMS workers run.
+"""What MMS workers run (through sagemaker-inference's handler service).
 
 model_fn loads the artifact with `Predictor` (the same decode/resize/normalisation as evaluation), pinned
-to the worker's own GPU (`gpu_id` from MMS) when there is one. Errors become JSON with a 4xx status.
+to the worker's own GPU (`gpu_id` from MMS) when there is one. The requests of one MMS batch (dynamic
+batching, `BINCOUNTER_BATCH_SIZE`) are answered with one forward pass; errors become JSON with a 4xx status.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import traceback
 
 import torch
+from sagemaker_inference import utils
 from sagemaker_inference.default_inference_handler import DefaultInferenceHandler
-from sagemaker_inference.errors import GenericInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
-from ..errors import DataError
 from ..evaluate import Predictor
-from .protocol import RequestError, error_body, format_response, parse_request
+from .protocol import answer_batch, error_body
 
 log = logging.getLogger("bincounter.serving")
 
@@ -41,39 +42,35 @@ class InferenceHandler(DefaultInferenceHandler):
                  pred.pre.image_size, device)
         return pred
 
-    def default_input_fn(self, input_data, content_type, context=None):
-        try:
-            return parse_request(input_data, content_type)
-        except RequestError as e:
-            raise GenericInferenceToolkitError(e.status, e.message) from None
-
-    def default_predict_fn(self, data, model: Predictor, context=None):
-        images, is_batch = data
-        tensors = []
-        for i, b in enumerate(images):
-            try:
-                tensors.append(model.preprocess(b))
-            except DataError as e:
-                status = 413 if "megapixels" in str(e) else 400
-                where = f"instance {i}: " if is_batch else ""
-                raise GenericInferenceToolkitError(status, f"{where}{e}") from None
-        return model.format(model.forward(torch.stack(tensors))), is_batch
-
-    def default_output_fn(self, prediction, accept, context=None):
-        predictions, is_batch = prediction
-        return format_response(predictions, is_batch), "application/json"
-
 
 class JsonTransformer(Transformer):
-    """sagemaker-inference's Transformer with JSON error bodies (it sends message + traceback as text)."""
+    """sagemaker-inference's Transformer, with `transform` replaced: the stock one runs one forward pass per
+    request of an MMS batch, reads every request's content type from the first one, and answers a failure
+    for the whole batch with a single text body. Here all requests of a batch go through one forward pass
+    (`protocol.answer_batch`), each with its own content type, status and JSON body."""
+
+    def transform(self, data, context):
+        try:
+            self.validate_and_initialize(model_dir=context.system_properties.get("model_dir"), context=context)
+        except Exception as e:  # noqa: BLE001 - model_fn failed: every request of the batch gets the 500
+            log.error("model failed to load: %s", traceback.format_exc())
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return self._answer(context, [(500, error_body(500, f"model failed to load: {message}"))] * len(data))
+        requests = []
+        for i, item in enumerate(data):
+            headers = context.request_processor[i].get_request_properties()
+            requests.append((item.get("body"), utils.retrieve_content_type_header(headers)))
+        try:
+            answers = answer_batch(self._model, requests)
+        except Exception:  # noqa: BLE001 - a bug or a device error: 500 with one line, the trace in the log
+            log.error("inference failed: %s", traceback.format_exc())
+            answers = [(500, error_body(500, "internal error during inference (see the endpoint log)"))] * len(data)
+        return self._answer(context, answers)
 
     @staticmethod
-    def handle_error(context, inference_exception, trace):
-        status = int(getattr(inference_exception, "status_code", 500))
-        message = str(inference_exception.message).strip().splitlines()[0] if inference_exception.message \
-            else "internal error"
-        if status >= 500:
-            log.error("inference failed: %s", trace)
-        context.set_response_status(code=status, phrase="Error")
-        context.set_response_content_type(0, "application/json")
-        return [error_body(status, message)]
+    def _answer(context, answers: list[tuple[int, bytes]]) -> list[bytes]:
+        for i, (status, _) in enumerate(answers):
+            context.set_response_content_type(i, "application/json")
+            if status != 200:
+                context.set_response_status(code=status, phrase="Error", idx=i)
+        return [body for _, body in answers]

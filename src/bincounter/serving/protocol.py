@@ -1,4 +1,5 @@
-"""The /invocations protocol, independent of any server (unit-testable).
+"""The /invocations protocol, independent of any server (unit-testable), and `answer_batch`, which answers
+the requests MMS hands a worker at once (dynamic batching) with one forward pass.
 
 Requests
   image/jpeg | image/png | application/x-image   one image, body = the encoded file
@@ -14,6 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+
+log = logging.getLogger("bincounter.serving")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -84,3 +88,41 @@ def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[l
 
 def format_response(predictions: list[dict], is_batch: bool) -> bytes:
     return json.dumps({"predictions": predictions} if is_batch else predictions[0]).encode()
+
+
+def answer_batch(model, requests: list[tuple[bytes | str | None, str | None]]) -> list[tuple[int, bytes]]:
+    """Answer several /invocations requests with ONE forward pass over all their images.
+
+    `model` is a `Predictor` (preprocess / forward / format). Each request is (body, content type); each
+    answer is (HTTP status, JSON body), in order. A bad request (malformed, undecodable image, too many
+    pixels) gets its own 4xx and does not affect the others."""
+    from ..errors import DataError
+
+    answers: list[tuple[int, bytes] | None] = [None] * len(requests)
+    tensors, owners = [], []  # owners[i]: (request index, is_batch, number of images)
+    for r, (body, ctype) in enumerate(requests):
+        try:
+            images, is_batch = parse_request(body, ctype)
+            mine = []
+            for i, b in enumerate(images):
+                try:
+                    mine.append(model.preprocess(b))
+                except DataError as e:
+                    status = 413 if "megapixels" in str(e) else 400
+                    raise RequestError(status, f"instance {i}: {e}" if is_batch else str(e)) from None
+        except RequestError as e:
+            answers[r] = (e.status, e.body())
+            continue
+        tensors += mine
+        owners.append((r, is_batch, len(mine)))
+    if tensors:
+        import torch
+
+        predictions = model.format(model.forward(torch.stack(tensors)))
+        start = 0
+        for r, is_batch, n in owners:
+            answers[r] = (200, format_response(predictions[start:start + n], is_batch))
+            start += n
+    if len(requests) > 1:
+        log.debug("answered %d requests (%d images) in one forward pass", len(requests), len(tensors))
+    return answers  # type: ignore[return-value]

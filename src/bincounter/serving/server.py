@@ -14,6 +14,8 @@ Environment (SageMaker's usual names):
   SAGEMAKER_BIND_TO_PORT (8080)           SAGEMAKER_MODEL_SERVER_WORKERS (GPUs, else 1)
   SAGEMAKER_MAX_PAYLOAD_IN_MB (6)         SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s)
   SM_MODEL_DIR / SAGEMAKER_BASE_DIR (/opt/ml/model)
+  BINCOUNTER_BATCH_SIZE (8 on a GPU, else 4)   BINCOUNTER_MAX_BATCH_DELAY_MS (1): dynamic batching, see
+                                                 register_query (1 = off)
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ class Health:
     real prediction on a small generated JPEG must succeed; only then is /ping 200. Afterwards the
     management API is re-checked every few seconds, and a worker that is replaced is verified again."""
 
-    def __init__(self, mms_port: int):
+    def __init__(self, mms_port: int, register_query: str = ""):
         self.mms_port = mms_port
+        self.register_query = register_query  # POST /models?<this> when MMS has no model yet
         self.ready = False
         self.verified = False
         self.reason = "model server starting"
@@ -100,6 +103,14 @@ class Health:
     def poll_once(self) -> None:
         try:
             status, body = self._request("GET", f"/models/{MODEL_NAME}")
+            if status == 404 and self.register_query:
+                status, body = self._request("POST", f"/models?{self.register_query}")
+                if status >= 300:
+                    self.fatal = f"MMS refused to register the model: {body.decode('utf-8', 'replace')[:300]}"
+                    log.error("%s", self.fatal)
+                    return
+                log.info("registered the model with MMS (%s)", self.register_query)
+                return
             if status != 200:
                 self.ready, self.verified = False, False
                 self.reason = f"model not registered yet (MMS {status})"
@@ -234,11 +245,14 @@ def make_front(port: int, mms_port: int, health: Health, max_bytes: int, timeout
 
 
 def mms_config(mms_port: int, workers: int, max_bytes: int, timeout_s: int) -> str:
-    """MMS properties: sagemaker-inference's defaults, our handler, loopback-only ports."""
+    """MMS properties: sagemaker-inference's defaults, our handler, loopback-only ports, and no model at
+    start-up (its `load_models=ALL` would scan the model store, "/"): the model is registered through the
+    management API, the only way to give MMS a batch size (`register_query`)."""
     from sagemaker_inference import model_server
 
     text = Path(model_server.DEFAULT_MMS_CONFIG_FILE).read_text()
     return text + "\n".join([
+        "load_models=",
         f"inference_address=http://127.0.0.1:{mms_port}",
         f"management_address=http://127.0.0.1:{mms_port}",
         f"default_workers_per_model={workers}",
@@ -248,6 +262,15 @@ def mms_config(mms_port: int, workers: int, max_bytes: int, timeout_s: int) -> s
         "vmargs=-XX:-UseContainerSupport -XX:+UseG1GC -Xms256m",
         "",
     ])
+
+
+def register_query(mdir: Path, workers: int, batch_size: int, max_delay_ms: int) -> str:
+    """MMS management API parameters: with batch_size > 1 a worker receives up to that many queued requests
+    at once (waiting at most max_delay_ms for them) and answers them with one forward pass."""
+    from urllib.parse import urlencode
+
+    return urlencode({"url": str(mdir), "model_name": MODEL_NAME, "initial_workers": workers,
+                      "batch_size": batch_size, "max_batch_delay": max_delay_ms, "synchronous": "false"})
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -283,16 +306,20 @@ def main() -> int:
     os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
     max_bytes = int(float(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "6")) * 2**20)
     timeout_s = int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", "60"))
+    # measured on 2 CPU cores (bench/serve.py, docs/PERFORMANCE.md): batches of 4 within 1 ms raise throughput
+    # by a third at concurrency >= 4 and cost < 1 ms alone; 8 is slower there. The GPU default is a guess.
+    batch_size = int(os.environ.get("BINCOUNTER_BATCH_SIZE") or (8 if gpus else 4))
+    max_delay_ms = int(os.environ.get("BINCOUNTER_MAX_BATCH_DELAY_MS") or 1)
     mdir = model_dir()
 
-    health = Health(mms_port)
+    health = Health(mms_port, register_query(mdir, workers, batch_size, max_delay_ms))
     stop = threading.Event()
     front = make_front(port, mms_port, health, max_bytes, timeout_s)
     threading.Thread(target=front.serve_forever, name="front", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    log.info("front listening on :%d (model %s, %d worker(s), %d GPU(s), payload limit %d MB)", port, mdir,
-             workers, gpus, max_bytes // 2**20)
+    log.info("front listening on :%d (model %s, %d worker(s), %d GPU(s), batches of up to %d within %d ms, "
+             "payload limit %d MB)", port, mdir, workers, gpus, batch_size, max_delay_ms, max_bytes // 2**20)
 
     problem = check_artifact(mdir)
     proc = None
@@ -304,8 +331,7 @@ def main() -> int:
         cfg.write_text(mms_config(mms_port, workers, max_bytes, timeout_s))
         # model store "/" + an absolute model path, as sagemaker-inference itself does
         cmd = ["multi-model-server", "--start", "--foreground", "--model-store", "/", "--mms-config",
-               str(cfg), "--log-config", str(Path(__file__).with_name("log4j2.xml")),
-               "--models", f"{MODEL_NAME}={mdir}"]
+               str(cfg), "--log-config", str(Path(__file__).with_name("log4j2.xml"))]
         proc = subprocess.Popen(cmd, start_new_session=True)
         threading.Thread(target=health.run, args=(stop,), name="health", daemon=True).start()
 
