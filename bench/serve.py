@@ -3,8 +3,10 @@
 * cold start: `docker run IMAGE serve` -> first 200 from /invocations;
 * single-image JPEG requests at concurrency 1, 4, 16: p50/p99 latency, requests/s, errors, for each
   server configuration in --configs (MMS batch size : max batch delay in ms; 1:0 = no dynamic batching);
-* in-process: `Predictor.predict` (decode + preprocess + forward) in a loop, inside the same image (same
-  torch build) with the same threads, on 1 image and on batches of each configured batch size.
+* in-process: `Predictor.predict` (decode + preprocess + forward) inside the same image (same torch build)
+  with the same threads, on 1 image and on batches of each configured batch size;
+* p50 overhead at concurrency 1, paired: server requests alternate with in-process predictions and the
+  median of the per-pair differences is reported (robust to the slow drifts of a shared machine).
 
 All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
 the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
@@ -80,32 +82,58 @@ def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dic
 
 
 IN_PROCESS = """
-import json, statistics, sys, time, torch
+import json, sys, time, torch
 from bincounter.evaluate import Predictor
 torch.set_num_threads(int(sys.argv[1]))
 pred = Predictor("/opt/ml/model", device="cpu")
 body = open("/bench/image.jpg", "rb").read()
-out = {}
-for bs in map(int, sys.argv[3:]):
-    images = [body] * bs
-    for _ in range(5):
-        pred.predict(images)
+for _ in range(5):
+    pred.predict([body])
+print("ready", flush=True)
+for line in sys.stdin:  # "BATCH N": N timed predictions of BATCH images -> their latencies in s
+    bs, n = map(int, line.split())
     lat = []
-    for _ in range(max(8, int(sys.argv[2]) // bs)):
+    for _ in range(n):
         t0 = time.perf_counter()
-        pred.predict(images)
+        pred.predict([body] * bs)
         lat.append(time.perf_counter() - t0)
-    out[bs] = {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
-print(json.dumps(out))
+    print(json.dumps(lat), flush=True)
 """
 
 
-def in_process(name: str, n: int, threads: int, batches: list[int]) -> dict:
-    """Predictor.predict in a loop inside the image itself (a container of its own, idle in between): same
-    torch build and libraries as the server."""
-    proc = subprocess.run(["docker", "exec", name, "/opt/venv/bin/python", "-c", IN_PROCESS, str(threads), str(n),
-                           *map(str, batches)], check=True, capture_output=True, text=True)
-    return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+class InProcess:
+    """Predictor.predict inside the image itself (a container of its own, the same torch build and libraries
+    as the server), kept running so single predictions can alternate with server requests."""
+
+    def __init__(self, name: str, threads: int):
+        self.proc = subprocess.Popen(["docker", "exec", "-i", name, "/opt/venv/bin/python", "-c", IN_PROCESS,
+                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the in-process reference did not start")
+
+    def run(self, batch: int, n: int) -> list[float]:
+        self.proc.stdin.write(f"{batch} {n}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def paired_c1(host: str, body: bytes, inproc: InProcess, n: int) -> list[float]:
+    """Concurrency 1, alternating one request to the server with one in-process prediction: per pair, the
+    server's latency minus the in-process one (ms). Slow phases of a shared machine hit both sides of a
+    pair, so the median difference is the serving overhead, much steadier than a difference of medians."""
+    conn = http.client.HTTPConnection(host, 8080, timeout=60)
+    diffs = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if post(conn, body) != 200:
+            continue
+        server = time.perf_counter() - t0
+        diffs.append(1000 * (server - inproc.run(1, 1)[0]))
+    return diffs
 
 
 def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list) -> dict:
@@ -178,25 +206,30 @@ def main() -> None:
             subprocess.run(["docker", "run", "-d", "--name", inproc_name, "--entrypoint", "sleep",
                             "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v", f"{body_file.parent}:/bench:ro",
                             a.image, "infinity"], check=True, capture_output=True)
+            reference = InProcess(inproc_name, a.threads)
             for run in runs:
                 load(run["host"], 8080, body, 2, a.warmup)  # the JVM compiles its hot paths on these
-            per_round, inproc_rounds = [[] for _ in runs], []
+            per_round, diffs, inproc_lat = [[] for _ in runs], [[] for _ in runs], {bs: [] for bs in batches}
+            n = a.requests // a.rounds
             for r in range(a.rounds):
                 print(f"round {r + 1}/{a.rounds}", flush=True)
-                for run, rows in zip(runs, per_round, strict=True):
-                    rows.append([load(run["host"], 8080, body, c, a.requests // a.rounds) for c in (1, 4, 16)])
-                inproc_rounds.append(in_process(inproc_name, max(12, a.requests // (4 * a.rounds)), a.threads,
-                                                batches))
+                for i, run in enumerate(runs):
+                    diffs[i] += paired_c1(run["host"], body, reference, n)
+                    per_round[i].append([load(run["host"], 8080, body, c, n) for c in (1, 4, 16)])
+                for bs in batches:
+                    inproc_lat[bs] += reference.run(bs, max(4, n // bs))
+            reference.close()
         finally:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
     for run, rows in zip(runs, per_round, strict=True):
         run["rows"] = median_rows(rows)
         del run["host"]
-    inproc = {bs: {k: statistics.median(r[bs][k] for r in inproc_rounds) for k in ("p50_ms", "rps")}
-              for bs in batches}
-    for run in runs:
+    inproc = {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
+              for bs, lat in inproc_lat.items()}
+    for run, d in zip(runs, diffs, strict=True):
         best = max(run["rows"], key=lambda r: r["rps"])
-        run["p50_overhead_ms_c1"] = run["rows"][0]["p50_ms"] - inproc[1]["p50_ms"]
+        run["p50_overhead_ms_c1"] = statistics.median(d)
+        run["overhead_pairs"] = len(d)
         run["best_rps_over_in_process_b1"] = best["rps"] / inproc[1]["rps"]
         run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in inproc.values())
     out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus", "device": "cpu",
@@ -215,8 +248,8 @@ def main() -> None:
         print(f"{'in-process, ' + str(bs) + ' image(s)':<26}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
     for run in runs:
         print(f"batch {run['batch_size']}/{run['max_batch_delay_ms']}ms: cold start {run['cold_start_s']:.1f} s, "
-              f"p50 overhead at concurrency 1 {run['p50_overhead_ms_c1']:.1f} ms, best throughput / in-process "
-              f"1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
+              f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, best throughput / "
+              f"in-process 1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
               f"{run['best_rps_over_in_process_best_batch']:.2f}")
     print(f"wrote {a.out}")
 
