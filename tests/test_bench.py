@@ -14,13 +14,17 @@ from .conftest import REPO
 @pytest.mark.slow
 def test_train_pipeline_bench_quick(tmp_path):
     out = tmp_path / "tp.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_pipeline.py"), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_pipeline.py"), "--quick", "--out", str(out),
+                           "--device", "cpu", "--options", "channels_last,bf16,gpu_decode"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["images_per_s"]) >= {"limit", "plain", "bincounter"}
+    assert set(doc["images_per_s"]) >= {"limit", "plain", "bincounter", "limit+channels_last",
+                                        "bincounter+channels_last", "limit+bf16", "bincounter+bf16"}
     assert all(v > 0 for v in doc["images_per_s"].values())
-    assert "ratio c/a" in proc.stdout.splitlines()[-2]
+    assert set(doc["ratios"]) == {"c/a", "c/b", "c/a+channels_last", "c/a+bf16"}
+    assert "gpu_decode needs --device cuda; skipped" in proc.stderr  # said, not silently dropped
+    assert any(line.startswith("ratio c/a (bincounter / limit)") for line in proc.stdout.splitlines())
 
 
 @pytest.mark.slow
