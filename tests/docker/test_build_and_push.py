@@ -32,6 +32,12 @@ def registry(tmp_path_factory):
     yield host
     proc.terminate()
     proc.wait(10)
+    # the pushes left local tags HOST/repo:tag behind (HOST: this run's port): remove them
+    refs = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                          text=True).stdout.split()
+    mine = [r for r in refs if r.startswith(f"{host}/")]
+    if mine:
+        subprocess.run(["docker", "rmi", "-f", *mine], capture_output=True)
 
 
 def _up(url):
