@@ -209,3 +209,17 @@ def test_best_hyperparameters_of_a_tuning_job():
 ])
 def test_bad_requests_are_one_line(args, needle):
     assert_one_line_error(run_cli("sm", *args, "--dry-run", env=ENV), needle)
+
+
+@pytest.mark.slow
+def test_deploy_waits_for_in_service_through_the_sdk(moto_endpoint):
+    """The default deploy path: ModelBuilder.deploy(wait=True), the SDK polling the endpoint (and its logs)
+    until InService. moto's endpoints are InService at once; the SDK polls every 30 s, hence slow."""
+    proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m2.tar.gz", "--image", IMAGE,
+                   "--name", "bc-moto-wait", "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge",
+                   env=ENV, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    created = json.loads(proc.stdout)  # stdout is our one JSON line; the SDK's progress panel goes to stderr
+    assert created["name"] == "bc-moto-wait" and created["arn"].endswith(":endpoint/bc-moto-wait")
+    assert "InService" in proc.stderr and "Deployment successful" in proc.stderr
+    assert _sm(moto_endpoint).describe_endpoint(EndpointName="bc-moto-wait")["EndpointStatus"] == "InService"

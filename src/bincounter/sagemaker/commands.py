@@ -216,7 +216,7 @@ def cmd_deploy(args) -> int:
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
     sdk_wait = not (args.dry_run or args.no_wait or scaling)
     with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
-        sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=args.role,
+        endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=args.role,
                             instance_type=args.instance_type, instance_count=args.instance_count,
                             capture_s3=args.capture_s3, capture_percent=args.capture_percent, wait=sdk_wait)
     if args.dry_run:
@@ -238,7 +238,9 @@ def cmd_deploy(args) -> int:
         aws.aws_call("PutScalingPolicy", aas.put_scaling_policy, **scaling[1])
         log.info("autoscaling %s: %s..%s instances, target %s invocations/instance", name,
                  scaling[0]["MinCapacity"], scaling[0]["MaxCapacity"], args.invocations_per_instance)
-    _created("endpoint", name, None, jobs.console_link(_region(args), "endpoint", name),
+    arn = getattr(endpoint, "endpoint_arn", None)
+    arn = arn if isinstance(arn, str) else None  # the SDK's Endpoint; None where it has no ARN
+    _created("endpoint", name, arn, jobs.console_link(_region(args), "endpoint", name),
              f"bincounter sm delete --endpoint {name}", f"try: bincounter sm predict --endpoint {name} bin.jpg")
     return 0
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 import tempfile
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 
 from ..errors import UserError
@@ -103,6 +104,8 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
             boto_session.events.register("before-call", answer)
         from sagemaker.core.helper.session_helper import Session
 
+        # the SDK prints progress panels and notices to stdout; ours carries only results (JSON lines)
+        stack.enter_context(redirect_stdout(sys.stderr))
         try:
             yield Session(boto_session=boto_session), captured
         except _Captured:
