@@ -85,7 +85,7 @@ IN_PROCESS = """
 import json, sys, time, torch
 from bincounter.evaluate import Predictor
 torch.set_num_threads(int(sys.argv[1]))
-pred = Predictor("/opt/ml/model", device="cpu")
+pred = Predictor("/opt/ml/model", device="auto")  # the GPU when the container has one (--gpus)
 body = open("/bench/image.jpg", "rb").read()
 for _ in range(5):
     pred.predict([body])
@@ -136,13 +136,15 @@ def paired_c1(host: str, body: bytes, inproc: InProcess, n: int) -> list[float]:
     return diffs
 
 
-def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list) -> dict:
+def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list,
+                 gpu_args: list[str]) -> dict:
     """`docker run ... serve` with one batching configuration; returns its address and cold start."""
     name = f"bench-serve-{uuid.uuid4().hex[:6]}"
     names.append(name)
     t0 = time.perf_counter()
-    subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{model_dir.resolve()}:/opt/ml/model:ro",
-                    "-e", f"BINCOUNTER_BATCH_SIZE={batch}", "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={delay_ms}",
+    subprocess.run(["docker", "run", "-d", "--name", name, *gpu_args,
+                    "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-e", f"BINCOUNTER_BATCH_SIZE={batch}",
+                    "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={delay_ms}",
                     image, "serve"], check=True, capture_output=True)
     # talk to the container's own address: a `-p` mapping would add docker's userland proxy, which
     # SageMaker does not have
@@ -182,6 +184,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="bench/results/serve.json")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians)")
+    p.add_argument("--gpus", action="store_true", help="give every container the GPUs (docker run --gpus all)")
     p.add_argument("--configs", default="1:0,4:1",
                    help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, comma-separated")
     a = p.parse_args()
@@ -200,10 +203,11 @@ def main() -> None:
         try:
             # all servers stay up (idle ones cost next to nothing) and the measurements are interleaved in
             # rounds, so a noisy minute on a shared machine hits every configuration alike
-            runs = [start_server(a.image, model_dir, body, b, d, names) for b, d in configs]
+            gpu_args = ["--gpus", "all"] if a.gpus else []
+            runs = [start_server(a.image, model_dir, body, b, d, names, gpu_args) for b, d in configs]
             inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
             names.append(inproc_name)
-            subprocess.run(["docker", "run", "-d", "--name", inproc_name, "--entrypoint", "sleep",
+            subprocess.run(["docker", "run", "-d", "--name", inproc_name, *gpu_args, "--entrypoint", "sleep",
                             "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v", f"{body_file.parent}:/bench:ro",
                             a.image, "infinity"], check=True, capture_output=True)
             reference = InProcess(inproc_name, a.threads)
@@ -232,7 +236,8 @@ def main() -> None:
         run["overhead_pairs"] = len(d)
         run["best_rps_over_in_process_b1"] = best["rps"] / inproc[1]["rps"]
         run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in inproc.values())
-    out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus", "device": "cpu",
+    out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+           "device": "gpu (--gpus all)" if a.gpus else "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
            "containers": runs, "in_process": {str(k): v for k, v in inproc.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
