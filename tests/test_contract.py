@@ -171,3 +171,31 @@ def test_a_batch_of_only_bad_requests_runs_no_forward_pass(trained_model):
     pred = Predictor(trained_model, device="cpu")
     pred.forward = lambda batch: pytest.fail("forward on a batch with no good image")
     assert [s for s, _ in answer_batch(pred, [(b"", "image/jpeg"), (b"x", "text/plain")])] == [400, 415]
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("BINCOUNTER_BATCH_SIZE", "many", "BINCOUNTER_BATCH_SIZE='many' is not a number"),
+    ("BINCOUNTER_BATCH_SIZE", "0", "must be at least 1"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "2.5", "is not a number"),
+])
+def test_server_settings_that_are_not_numbers_stop_it_with_one_line(monkeypatch, caplog, name, value, needle):
+    from bincounter.serving import server
+
+    monkeypatch.setenv(name, value)
+    assert server.main() == 2  # before any port is bound or process started
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and needle in errors[0]
+
+
+def test_payload_limit_from_the_environment(monkeypatch):
+    from bincounter.serving.server import payload_limit_bytes
+
+    monkeypatch.delenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", raising=False)
+    assert payload_limit_bytes() == 6 * 2**20
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "20")
+    assert payload_limit_bytes() == 20 * 2**20
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "0")  # batch transform's "no limit"
+    assert payload_limit_bytes() == 100 * 2**20
+    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "-1")
+    with pytest.raises(ValueError, match="must be at least 0"):
+        payload_limit_bytes()

@@ -217,8 +217,9 @@ def cmd_deploy(args) -> int:
     sdk_wait = not (args.dry_run or args.no_wait or scaling)
     with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=args.role,
-                            instance_type=args.instance_type, instance_count=args.instance_count,
-                            capture_s3=args.capture_s3, capture_percent=args.capture_percent, wait=sdk_wait)
+                                       instance_type=args.instance_type, instance_count=args.instance_count,
+                                       capture_s3=args.capture_s3, capture_percent=args.capture_percent,
+                                       wait=sdk_wait)
     if args.dry_run:
         _print_captured(captured, "CreateEndpoint")
         if scaling:

@@ -165,15 +165,13 @@ def tuner(trainer, *, lr, batch_sizes, epochs, archs, image_sizes, max_jobs: int
 
 
 def deploy_endpoint(session, *, name: str, image: str, model_data: str, role: str, instance_type: str,
-                    instance_count: int, capture_s3: str | None, capture_percent: int = 100,
-                    workers: int | None = None, wait: bool = True):
+                    instance_count: int, capture_s3: str | None, capture_percent: int = 100, wait: bool = True):
     """Model + endpoint config + endpoint, all named `name`, through ModelBuilder (a passthrough build: our own
     image and a model.tar.gz). With wait, the SDK shows the deployment's progress and the endpoint's logs."""
     from sagemaker.serve import ModelBuilder
     from sagemaker.serve.mode.function_pointers import Mode
 
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(workers)} if workers else {}
-    builder = ModelBuilder(image_uri=image, s3_model_data_url=model_data, role_arn=role, env_vars=env,
+    builder = ModelBuilder(image_uri=image, s3_model_data_url=model_data, role_arn=role,
                            mode=Mode.SAGEMAKER_ENDPOINT, sagemaker_session=session, instance_type=instance_type)
     builder.build(model_name=name)
     extra = {}

@@ -14,8 +14,8 @@ Environment (SageMaker's usual names):
   SAGEMAKER_BIND_TO_PORT (8080)           SAGEMAKER_MODEL_SERVER_WORKERS (GPUs, else 1)
   SAGEMAKER_MAX_PAYLOAD_IN_MB (6)         SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s)
   SM_MODEL_DIR / SAGEMAKER_BASE_DIR (/opt/ml/model)
-  BINCOUNTER_BATCH_SIZE (8 on a GPU, else 4)   BINCOUNTER_MAX_BATCH_DELAY_MS (1): dynamic batching, see
-                                                 register_query (1 = off)
+  BINCOUNTER_BATCH_SIZE (8 on a GPU, else 4; 1 = no batching)
+  BINCOUNTER_MAX_BATCH_DELAY_MS (1)       dynamic batching, see register_query
 """
 
 from __future__ import annotations
@@ -295,21 +295,45 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     proc.wait()
 
 
+def _env_number(name: str, default, cast=int, minimum=1):
+    """An environment setting, or default when unset/empty; ValueError with one clear line when malformed."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def payload_limit_bytes() -> int:
+    """SAGEMAKER_MAX_PAYLOAD_IN_MB (default 6); 0 is batch transform's "no limit", taken as SageMaker's largest
+    explicit value, 100 MB."""
+    return int((_env_number("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, float, minimum=0) or 100) * 2**20)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     import torch
 
-    port = int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
-    mms_port = int(os.environ.get("BINCOUNTER_MMS_PORT", str(port + 1)))
-    gpus = torch.cuda.device_count()
-    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or max(1, gpus))
+    try:
+        port = _env_number("SAGEMAKER_BIND_TO_PORT", 8080)
+        mms_port = _env_number("BINCOUNTER_MMS_PORT", port + 1)
+        gpus = torch.cuda.device_count()
+        workers = _env_number("SAGEMAKER_MODEL_SERVER_WORKERS", max(1, gpus))
+        max_bytes = payload_limit_bytes()
+        timeout_s = _env_number("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60)
+        # measured on 2 CPU cores (bench/serve.py, docs/PERFORMANCE.md): batches of 4 within 1 ms raise
+        # throughput at concurrency >= 4 and cost < 1 ms alone; 8 is no better there. The GPU default is a guess.
+        batch_size = _env_number("BINCOUNTER_BATCH_SIZE", 8 if gpus else 4)
+        max_delay_ms = _env_number("BINCOUNTER_MAX_BATCH_DELAY_MS", 1, minimum=0)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
-    max_bytes = int(float(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "6")) * 2**20)
-    timeout_s = int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", "60"))
-    # measured on 2 CPU cores (bench/serve.py, docs/PERFORMANCE.md): batches of 4 within 1 ms raise throughput
-    # by a third at concurrency >= 4 and cost < 1 ms alone; 8 is slower there. The GPU default is a guess.
-    batch_size = int(os.environ.get("BINCOUNTER_BATCH_SIZE") or (8 if gpus else 4))
-    max_delay_ms = int(os.environ.get("BINCOUNTER_MAX_BATCH_DELAY_MS") or 1)
     mdir = model_dir()
 
     health = Health(mms_port, register_query(mdir, workers, batch_size, max_delay_ms))
