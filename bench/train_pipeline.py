@@ -39,7 +39,7 @@ from bincounter.data.dataset import ChannelDataset
 from bincounter.data.split import split_dataset
 from bincounter.data.synth import synth_dataset
 from bincounter.model import create_model
-from bincounter.preprocess import Preprocess
+from bincounter.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 
 def make_data(root: Path, per_class: int, size: int) -> Path:
@@ -90,8 +90,8 @@ def gpu_decoded(loader, image_size: int, device: torch.device):
     """(x, y) batches decoded by nvJPEG on the GPU, resized, randomly flipped and normalised there."""
     from torchvision.io import decode_jpeg
 
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
     for data, labels in loader:
         images = decode_jpeg(list(data), device=device)
         x = torch.stack([F.interpolate(im[None].float(), size=(image_size, image_size), mode="bilinear",
@@ -136,7 +136,7 @@ def run(a) -> dict:
 
         plain = torchvision.datasets.ImageFolder(str(train_dir), transform=T.Compose([
             T.Resize((a.image_size, a.image_size)), T.RandomHorizontalFlip(), T.ToTensor(),
-            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]))
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
         # (c) bincounter
         ds = ChannelDataset(train_dir, Preprocess(a.image_size), train=True)
 
