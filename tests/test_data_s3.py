@@ -250,3 +250,31 @@ def test_split_balance_modes(abid_root, tmp_path):
     per = [sum(1 for b in over["train"] if b.count == c) for c in range(1, 6)]
     assert len(set(per)) == 1 and per[0] == max(per)
     assert any("_dup" in p.name for p in (tmp_path / "over" / "train").rglob("*.jpg"))
+
+
+def test_sample_never_writes_outside_out(moto_endpoint, aws_env, tmp_path):
+    """Ids from the bucket's listing become file names: a key like metadata/../../x.json is skipped, counted."""
+    import boto3
+
+    src = tmp_path / "src"
+    synth_dataset(src, per_class=2, seed=5, size=64)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = "evil-abid"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
+    for p in sorted((src / "metadata").iterdir()) + sorted((src / "bin-images").iterdir()):
+        s3.upload_file(str(p), bucket, f"{p.parent.name}/{p.name}")
+    meta = next((src / "metadata").iterdir())
+    img = next((src / "bin-images").iterdir())
+    s3.upload_file(str(meta), bucket, "metadata/../../escaped.json")
+    s3.upload_file(str(img), bucket, "bin-images/../../escaped.jpg")
+    assert "metadata/../../escaped.json" in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    out = tmp_path / "deep" / "er" / "abid"
+    proc = _fetch(moto_endpoint, out, "--sample", "100", "--bucket", bucket)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(tmp_path.rglob("escaped*")), list(tmp_path.rglob("escaped*"))
+    assert "skipped 1 metadata keys that are not ABID bin ids" in proc.stderr
+    assert len(list((out / "bin-images").iterdir())) == 10

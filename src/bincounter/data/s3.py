@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import COUNTS
 from ..errors import DataError, UserError
-from .abid import count_from_metadata, read_file_list
+from .abid import _ID_RE, count_from_metadata, read_file_list
 
 log = logging.getLogger(__name__)
 ABID_BUCKET = "aft-vbi-pds"
@@ -227,9 +227,18 @@ def sample_ids(client, bucket: str, n: int, counts: tuple[int, ...], seed: int,
                workers: int = 16) -> dict[int, list[str]]:
     """A file list made on the fly: list metadata/, shuffle (seeded), read metadata until `n` bins with a
     count in `counts` are found."""
-    ids = []
+    ids, odd = [], []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="metadata/"):
-        ids += [o["Key"][len("metadata/"):-5] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+        for o in page.get("Contents", []):
+            if not o["Key"].endswith(".json"):
+                continue
+            bid = o["Key"][len("metadata/"):-5]
+            # the id becomes a local file name: only plain ABID ids (digits), as with --file-list, so a key
+            # like metadata/../../x.json can never write outside --out
+            (ids if _ID_RE.match(bid) else odd).append(bid)
+    if odd:
+        log.warning("skipped %d metadata keys that are not ABID bin ids (e.g. %s)", len(odd),
+                    ", ".join(repr(k) for k in odd[:3]))
     if not ids:
         raise DataError(f"s3://{bucket}/metadata/ holds no metadata files")
     ids.sort()
