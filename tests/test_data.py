@@ -201,3 +201,44 @@ def test_augmentation_is_seeded_per_epoch(channels):
     assert torch.equal(a, ds[0][0])
     ds.set_epoch(1)
     assert not torch.equal(a, ds[0][0]) or not torch.equal(a, ds[1][0])
+
+
+def test_augmentation_changes_per_epoch_inside_persistent_workers(channels):
+    """set_epoch must reach DataLoader workers that outlive the epoch (persistent_workers=True, as the trainer
+    uses whenever it has workers, i.e. on every GPU job)."""
+    from torch.utils.data import DataLoader
+
+    ds = ChannelDataset(channels / "train", Preprocess(64), train=True, seed=1)
+    dl = DataLoader(ds, batch_size=len(ds), num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in (1, 2, 3):
+        ds.set_epoch(epoch)
+        epochs.append(next(iter(dl))[0])
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    # and each epoch's images are exactly what the main process computes for that epoch
+    ds.set_epoch(2)
+    assert torch.equal(epochs[1], torch.stack([ds[i][0] for i in range(len(ds))]))
+
+
+def test_channel_with_loose_images_says_they_belong_in_count_folders(channels, tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i, f in enumerate(sorted((channels / "train").rglob("*.jpg"))[:3]):
+        (loose / f"{i}.jpg").write_bytes(f.read_bytes())
+    with pytest.raises(DataError, match="holds 3 images at its top level; they must be in count folders"):
+        list_channel(loose)
+
+
+def test_16_bit_png_is_scaled_not_clipped_to_white():
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    png16, png8 = io.BytesIO(), io.BytesIO()
+    Image.fromarray(ramp).save(png16, format="PNG")  # 16-bit greyscale, as scanners and depth cameras write
+    Image.fromarray((ramp / 257).round().astype(np.uint8)).save(png8, format="PNG")  # the same picture in 8 bits
+    img16 = np.asarray(Preprocess(64).load(png16.getvalue())).astype(int)
+    img8 = np.asarray(Preprocess(64).load(png8.getvalue())).astype(int)
+    assert (img16 == 255).mean() < 0.05, "clipped to white"
+    assert np.abs(img16 - img8).max() <= 1

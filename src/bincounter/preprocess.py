@@ -67,13 +67,31 @@ def decode(source: str | bytes, target: int) -> Image.Image:
         if img.format == "JPEG":
             img.draft("RGB", (target, target))
         img = ImageOps.exif_transpose(img) if "exif" in img.info else img
-        img = img.convert("RGB")
+        img = _to_rgb(img)
         img.load()
         return img
     except DataError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise DataError(f"cannot decode image: {e}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with images of more than 8 bits per channel scaled down first: PIL's own convert("RGB") clips a
+    16-bit PNG ("I;16") or a 32-bit one ("I", "F") at 255, which makes almost every pixel white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16"):
+            arr8 = (arr.astype(np.float32) / 257.0)  # 0..65535 -> 0..255
+        else:  # 32-bit int or float: no fixed range, so stretch what is there
+            arr = arr.astype(np.float64)
+            finite = np.isfinite(arr)
+            lo, hi = (arr[finite].min(), arr[finite].max()) if finite.any() else (0.0, 1.0)
+            if img.mode == "I" and lo >= 0 and hi <= 65535:
+                lo, hi = 0.0, (255.0 if hi <= 255 else 65535.0)
+            arr8 = (np.nan_to_num(arr, nan=lo) - lo) * (255.0 / max(hi - lo, 1e-12))
+        img = Image.fromarray(np.clip(np.rint(arr8), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:

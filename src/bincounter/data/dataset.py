@@ -1,5 +1,9 @@
 """A prepared channel (`<channel>/<count>/<id>.jpg`) as a torch Dataset.
 
+Augmentation is seeded by (seed, epoch, index). The epoch lives in a shared-memory tensor, so
+`set_epoch` reaches DataLoader workers too, persistent ones included (a plain attribute would stay at the
+value each worker copied when it started: one fixed augmentation for the whole run).
+
 The dataset never raises on a bad image inside a DataLoader worker: `__getitem__` returns
 (tensor, class index, ok) and a sample that cannot be decoded comes back as zeros with ok=False.
 The training loop masks those samples out and the trainer logs how many it skipped, per epoch.
@@ -41,6 +45,10 @@ def list_channel(root: str | Path, counts: tuple[int, ...] = COUNTS) -> list[tup
             if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
                 samples.append((f, counts.index(count)))
     if not samples:
+        loose = sum(1 for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if loose:
+            raise DataError(f"channel {root} holds {loose} images at its top level; they must be in count "
+                            f"folders ({root}/<count>/<id>.jpg, e.g. bincounter data split)")
         raise DataError(f"channel {root} holds no images (expected {root}/<count>/<id>.jpg)")
     return samples
 
@@ -51,7 +59,7 @@ class ChannelDataset(Dataset):
         self.pre = pre
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -59,8 +67,12 @@ class ChannelDataset(Dataset):
     def class_counts(self) -> list[int]:
         return np.bincount([c for _, c in self.samples], minlength=len(COUNTS)).tolist()
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
