@@ -74,13 +74,14 @@ def test_metric_regexes_extract_the_logged_numbers(channels, tmp_path):
 
 def test_epoch_line_format_is_one_source():
     line = format_epoch_line({"epoch": 3, "train_loss": 0.5, "val_loss": 0.25, "val_acc": 0.75,
-                              "val_rmse": 1.5e-5, "lr": 1e-4, "epoch_time_s": 12.0})
-    assert line.startswith("epoch=3 train_loss=0.5 val_loss=0.25 val_acc=0.75 ")
+                              "val_rmse": 1.5e-5, "best_val_acc": 0.8, "lr": 1e-4, "epoch_time_s": 12.0})
+    assert line.startswith("epoch=3 train_loss=0.5 val_loss=0.25 val_acc=0.75 val_rmse=1.5e-05 best_val_acc=0.8 ")
     assert EPOCH_LINE_RE.match(line)
     for key in EPOCH_KEYS:  # no key's regex matches inside another key
         others = [k for k in EPOCH_KEYS if k != key]
         assert not any(re.search(rf" {key}=", f" {o}=1") for o in others)
     assert re.search(metric_regex("val_acc"), line).group(1) == "0.75"
+    assert re.search(metric_regex("best_val_acc"), line).group(1) == "0.8"
     assert not re.search(metric_regex("val_acc"), "best epoch 3: val_acc=0.9")
     with pytest.raises(KeyError):
         format_epoch_line({"epoch": 1})
@@ -96,23 +97,84 @@ def test_summarize_accuracy_rmse_recall():
 
 
 # ------------------------------------------------------------------------------------- behaviour
-def test_resume_from_checkpoint_continues_the_epoch_count(channels, tmp_path):
+class _Crash(Exception):
+    pass
+
+
+def _crash_at_epoch(monkeypatch, n):
+    import bincounter.train as tr
+
+    real = tr.train_one_epoch
+
+    def wrapped(*a, **kw):
+        if kw["epoch"] == n:
+            raise _Crash(f"killed at epoch {n}")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tr, "train_one_epoch", wrapped)
+
+
+def _numbers(history):
+    return [{k: v for k, v in h.items() if k != "epoch_time_s"} for h in history]
+
+
+def test_resume_after_a_crash_is_exact(channels, tmp_path, monkeypatch):
+    """An interrupted run resumed from its checkpoint prints the numbers an uninterrupted one prints: model,
+    optimizer, schedule, sampler order, augmentation and dropout RNG all come back."""
+    kw = dict(epochs=3, drop_rate=0.5, batch_size=8)
+    straight = train(_cfg(channels, tmp_path / "a", **kw))
+    ck = tmp_path / "ck"
+    with monkeypatch.context() as m:
+        _crash_at_epoch(m, 3)
+        with pytest.raises(_Crash):
+            train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    assert torch.load(ck / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    resumed = train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert _numbers(resumed["history"]) == _numbers(straight["history"])
+    assert load_file(str(tmp_path / "a" / "model.safetensors")).keys() == \
+        load_file(str(tmp_path / "b" / "model.safetensors")).keys()
+
+
+def test_a_longer_run_continues_from_the_checkpoint(channels, tmp_path):
     ck = tmp_path / "ck"
     r1 = train(_cfg(channels, tmp_path / "m", epochs=2, checkpoint_dir=str(ck)))
-    assert [h["epoch"] for h in r1["history"]] == [1, 2]
     r2 = train(_cfg(channels, tmp_path / "m", epochs=3, checkpoint_dir=str(ck)))
     assert [h["epoch"] for h in r2["history"]] == [1, 2, 3]
     assert r2["history"][:2] == r1["history"]  # epochs 1-2 came from the checkpoint, not retrained
-    state = torch.load(ck / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 3
+
+
+@pytest.mark.parametrize("change, needle", [({"image_size": 96}, "image_size=64"), ({"lr": 0.01}, "lr=0.001"),
+                                            ({"arch": "mobilenetv3_small_050"}, "arch='efficientnet_b0'")])
+def test_a_checkpoint_made_with_other_settings_stops_the_run(channels, tmp_path, change, needle):
+    from bincounter.errors import UserError
+
+    ck = tmp_path / "ck"
+    train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
+    with pytest.raises(UserError, match=re.escape(needle)) as e:
+        train(_cfg(channels, tmp_path / "m2", checkpoint_dir=str(ck), **change))
+    assert "\n" not in str(e.value) and "--checkpoint-dir" in str(e.value)
+    assert not (tmp_path / "m2" / "config.json").exists()  # no artifact claiming the new settings
+
+
+def test_a_checkpoint_of_other_data_stops_the_run(channels, channels_copy, tmp_path):
+    from bincounter.errors import UserError
+
+    ck = tmp_path / "ck"
+    train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
+    next((channels_copy / "train" / "2").iterdir()).unlink()
+    with pytest.raises(UserError, match="a different data set"):
+        train(_cfg(channels_copy, tmp_path / "m2", checkpoint_dir=str(ck)))
 
 
 def test_a_torn_checkpoint_is_ignored_with_a_warning(channels, tmp_path, caplog):
     ck = tmp_path / "ck"
     ck.mkdir()
     (ck / "checkpoint.pt").write_bytes(b"torn")
-    r = train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
+    with caplog.at_level("WARNING"):
+        r = train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
     assert [h["epoch"] for h in r["history"]] == [1]
+    assert "ignoring unreadable checkpoint" in caplog.text
 
 
 def test_corrupt_training_image_is_skipped_and_counted(channels_copy, tmp_path, caplog):
@@ -237,4 +299,4 @@ def test_profile_writes_a_trace_and_a_system_report(channels, tmp_path):
     assert trace["traceEvents"]  # a real Chrome trace
     assert "Self CPU" in (prof / "top_ops.txt").read_text()
     rep = json.loads((prof / "system_report.json").read_text())
-    assert 0 <= rep["input_wait_fraction"] <= 1 and rep["samples"] >= 0
+    assert 0 <= rep["input_wait_fraction"] <= 1 and rep["samples"] >= 1 and rep["rss_mb"]["max"] > 50

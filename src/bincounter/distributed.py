@@ -7,6 +7,7 @@ SageMaker local mode, for one, names an interface (`ethwe`) that does not exist 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -35,14 +36,25 @@ class DistInfo:
 
 
 def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    """"cpu", "auto" (GPU `local_rank` when CUDA is there), "cuda" (GPU `local_rank`) or "cuda:N" (GPU N,
+    e.g. a serving worker's own GPU: the explicit index wins over local_rank)."""
+    from .errors import UserError
+
     if pref == "cpu" or (pref == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    try:
+        wanted = torch.device("cuda" if pref == "auto" else pref)
+    except RuntimeError:
+        raise UserError(f"--device {pref!r}: expected auto, cpu, cuda or cuda:N") from None
+    if wanted.type != "cuda":
+        raise UserError(f"--device {pref!r}: expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        from .errors import UserError
-
         raise UserError(f"--device {pref} asked for CUDA but no GPU is visible")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    index = local_rank if wanted.index is None else wanted.index
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--device {pref}: GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def list_interfaces() -> list[str]:
@@ -79,12 +91,43 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
                 log.warning("%s=%s does not exist here (interfaces: %s); using %s",
                             var, wanted, ", ".join(list_interfaces()), chosen)
             os.environ[var] = chosen
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    # a frozen peer (dead host, network split) must not hold the others for gloo's default 30 min
+    timeout_s = dist_timeout_s()
+    dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
     info = DistInfo(rank, world, local_rank, device)
-    log.info("process group up: rank %d/%d (local %d) backend=%s interface=%s master=%s:%s",
+    log.info("process group up: rank %d/%d (local %d) backend=%s interface=%s master=%s:%s timeout=%.0fs",
              rank, world, local_rank, backend, os.environ.get("GLOO_SOCKET_IFNAME"),
-             os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+             os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), timeout_s)
     return info
+
+
+DEFAULT_DIST_TIMEOUT_S = 300
+
+
+def dist_timeout_s() -> float:
+    """BINCOUNTER_DIST_TIMEOUT_S (default 300): how long a collective waits for a silent peer before the run
+    fails. Every rank meets the others at least once per training step, so minutes are plenty; raise it only
+    when one rank does long work alone (it never does in this trainer: rank 0's saves take seconds)."""
+    from .errors import UserError
+
+    raw = os.environ.get("BINCOUNTER_DIST_TIMEOUT_S", "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_DIST_TIMEOUT_S
+    except ValueError:
+        raise UserError(f"BINCOUNTER_DIST_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise UserError(f"BINCOUNTER_DIST_TIMEOUT_S={raw!r} must be positive")
+    return value
+
+
+def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at the start of
+    each training forward, so after an epoch each rank holds the statistics of its own last batch: without
+    this, ranks would validate different models and the reported val_acc would not be the saved model's."""
+    if info.enabled:
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

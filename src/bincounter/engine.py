@@ -15,9 +15,19 @@ from .distributed import DistInfo, all_reduce_sum
 from .progress import progress
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `device`: bf16 on GPUs with native bf16 (compute capability >= 8: A10G, A100,
+    L4, H100), fp16 (with a GradScaler) on older ones (T4 on g4dn, V100 on p3), None on CPU.
+    `torch.cuda.is_bf16_supported()` is not the test: it is True on a T4 through slow emulation."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
@@ -80,11 +90,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, info: DistInfo, *, amp: bool = False,
-             channels_last: bool = False, desc: str = "eval", show_progress: bool = True,
-             return_probs: bool = False) -> dict:
+def evaluate(model: nn.Module, loader, device, info: DistInfo, *, channels_last: bool = False,
+             desc: str = "eval", show_progress: bool = True, return_probs: bool = False) -> dict:
     """Confusion matrix, summed loss and skipped-image count, summed over ranks (each rank holds a
-    disjoint shard, so nothing is counted twice). With `return_probs`, this rank's softmax outputs too."""
+    disjoint shard, so nothing is counted twice). With `return_probs`, this rank's softmax outputs too.
+    Always fp32, like the server: the val/test numbers are the served model's, on GPU as on CPU."""
     model.eval()
     n = len(COUNTS)
     cm = torch.zeros(n * n, dtype=torch.float64, device=device)
@@ -93,9 +103,7 @@ def evaluate(model: nn.Module, loader, device, info: DistInfo, *, amp: bool = Fa
     with progress(len(loader), desc, enabled=info.is_main and show_progress) as bar:
         for x, y, ok in loader:
             x, y, ok = _to_device(x, y, ok, device, channels_last)
-            with autocast(device, amp):
-                logits = model(x)
-            logits = logits.float()
+            logits = model(x).float()
             if return_probs:
                 probs.append(torch.softmax(logits, dim=1).cpu())
             keep = ok.bool()

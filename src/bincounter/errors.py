@@ -12,3 +12,20 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data file (metadata JSON, file list, image, channel) is missing or malformed."""
+
+
+def write_failure_file(message: str) -> None:
+    """Inside a SageMaker container the first failing process records the reason (one line) in the file named
+    by BINCOUNTER_FAILURE_FILE (train_entry sets it to /opt/ml/output/failure); later writers leave it."""
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("BINCOUNTER_FAILURE_FILE")
+    if not path:
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "x") as f:  # exclusive create: the first failing rank wins
+            f.write((message.strip().splitlines() or ["unknown error"])[0] + "\n")
+    except OSError:
+        pass

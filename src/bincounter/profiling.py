@@ -66,21 +66,25 @@ class SystemSampler:
         self.thread.start()
         return self
 
+    def _sample(self) -> None:
+        s = {"t": time.time(), "cpu_percent": self.psutil.cpu_percent(None),
+             "rss_mb": self.proc.memory_info().rss / 2**20}
+        if torch.cuda.is_available():
+            try:
+                s["gpu_util"] = torch.cuda.utilization()
+            except Exception:  # noqa: BLE001 - needs pynvml; memory works without
+                pass
+            s["gpu_mem_mb"] = torch.cuda.memory_allocated() / 2**20
+        self.samples.append(s)
+
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval):
-            s = {"t": time.time(), "cpu_percent": self.psutil.cpu_percent(None),
-                 "rss_mb": self.proc.memory_info().rss / 2**20}
-            if torch.cuda.is_available():
-                try:
-                    s["gpu_util"] = torch.cuda.utilization()
-                except Exception:  # noqa: BLE001 - needs pynvml; memory works without
-                    pass
-                s["gpu_mem_mb"] = torch.cuda.memory_allocated() / 2**20
-            self.samples.append(s)
+            self._sample()
 
     def report(self, out_dir: Path, data_wait_s: float, step_s: float) -> dict:
         self.stop_event.set()
         self.thread.join(timeout=5)
+        self._sample()  # one at the end too: a run shorter than the interval still gets numbers
 
         def stats(key):
             vals = [s[key] for s in self.samples if key in s]

@@ -3,9 +3,15 @@
 The same function runs from the CLI (`bincounter train ...`), under torchrun, and in the container
 (`container/train.py` parses the SageMaker contract into a `TrainConfig` at the edge).
 
-Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only), keeps the best epoch by
-val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
+Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only; `best_val_acc` is the tuning
+objective, so the tuner ranks a trial by the epoch whose weights become the artifact), keeps the best epoch
+by val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
 `checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
+
+Checkpoints resume exactly: the sampler order is a function of (seed, epoch), and the checkpoint holds the
+RNG states and the fp16 grad scaler, so an interrupted run continues with the same numbers an uninterrupted
+one prints. A checkpoint records what made it (`MADE_WITH` settings, world size, a fingerprint of the
+data); a run whose settings differ stops with one line instead of silently reusing it.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import COUNTS
 from .data.dataset import ChannelDataset
-from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed
-from .engine import evaluate, train_one_epoch
-from .errors import UserError
+from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, sync_buffers
+from .engine import amp_dtype, evaluate, train_one_epoch
+from .errors import UserError, write_failure_file
 from .metrics import format_epoch_line, format_summary, summarize, write_report
 from .model import classifier, create_model, model_mean_std, save_artifact
 from .preprocess import Preprocess
 
 log = logging.getLogger("bincounter")
 CHECKPOINT = "checkpoint.pt"
+#: TrainConfig fields a checkpoint must agree on to be resumed (epochs and patience may grow: a longer run).
+MADE_WITH = ("arch", "backend", "pretrained", "image_size", "batch_size", "lr", "weight_decay", "warmup_epochs",
+             "label_smoothing", "drop_rate", "freeze_backbone_epochs", "seed")
 
 
 @dataclass
@@ -110,9 +119,10 @@ def _seed_all(seed: int) -> None:
 
 def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
     if train:
+        # the order is a function of (seed, epoch) via set_epoch, on one process too: resume is exact
         sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=False) if info.enabled else None
-        shuffle = sampler is None
+                                     seed=cfg.seed, drop_last=False)
+        shuffle = False
     else:
         # exact shard, no padding (DistributedSampler would repeat samples and skew the metrics)
         ds = Subset(ds, list(range(info.rank, len(ds), info.world_size))) if info.enabled else ds
@@ -144,18 +154,72 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(cfg: TrainConfig, info: DistInfo) -> dict | None:
-    """Rank 0 reads the newest checkpoint and broadcasts it, so every host resumes from the same one."""
-    state = None
+def data_fingerprint(*datasets) -> str:
+    """sha256 over the (relative path, size) of every sample: the same channels give the same value on any
+    host; a changed, added or removed image changes it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for ds in datasets:
+        root = Path(ds.root)
+        for path, label in ds.samples:
+            h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0{label}\n".encode())
+        h.update(b"--\n")
+    return h.hexdigest()
+
+
+def made_with(cfg: TrainConfig, info: DistInfo, fingerprint: str) -> dict:
+    return {**{k: getattr(cfg, k) for k in MADE_WITH}, "world_size": info.world_size, "data": fingerprint}
+
+
+def _check_made_with(saved: dict | None, now: dict, path: Path) -> str | None:
+    if saved is None:
+        return (f"checkpoint {path} does not record what made it (written by an older bincounter); delete it or "
+                "point --checkpoint-dir at an empty folder")
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if not diff:
+        return None
+    show = lambda d, k: "a different data set" if k == "data" else f"{k}={d.get(k)!r}"  # noqa: E731
+    return (f"checkpoint {path} was made with {', '.join(show(saved, k) for k in diff)}; this run has "
+            f"{', '.join(show(now, k) for k in diff)}. Resume with the same settings, or point --checkpoint-dir at "
+            "an empty folder (or delete the checkpoint) to start afresh")
+
+
+def _load_checkpoint(cfg: TrainConfig, info: DistInfo, now: dict) -> dict | None:
+    """Rank 0 reads the newest checkpoint and broadcasts it (or the reason it cannot be used, so that every
+    rank stops with the same line), so every host resumes from the same one."""
+    state = problem = None
     if info.is_main and cfg.checkpoint_dir:
         p = Path(cfg.checkpoint_dir) / CHECKPOINT
         if p.is_file():
             try:
                 state = torch.load(p, map_location="cpu", weights_only=True)
-                log.info("resuming from %s (epoch %d done)", p, state["epoch"])
             except Exception as e:  # a torn file from a killed job: start over, say so
                 log.warning("ignoring unreadable checkpoint %s (%s)", p, e)
-    return broadcast_object(state, info)
+            if state is not None:
+                problem = _check_made_with(state.get("made_with"), now, p)
+                if problem is None:
+                    log.info("resuming from %s (epoch %d done)", p, state["epoch"])
+    state, problem = broadcast_object((None, problem) if problem else (state, None), info)
+    if problem:
+        raise UserError(problem)
+    return state
+
+
+def _rng_state(device: torch.device) -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: the checkpoint loads weights_only
+    return {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(st: dict, device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    name, keys, pos, has_gauss, gauss = st["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(st["python"])
+    if st.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(st["cuda"], device)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -164,8 +228,29 @@ def train(cfg: TrainConfig) -> dict:
     info = init_distributed(cfg.device)
     try:
         return _train(cfg, info)
+    except Exception as e:
+        if info.enabled and not isinstance(e, UserError):
+            # under torchrun on SageMaker: say which rank/host failed and why, in /opt/ml/output/failure
+            write_failure_file(_distributed_failure(e, info))
+        raise
     finally:
         cleanup(info)
+
+
+def _distributed_failure(e: Exception, info: DistInfo) -> str:
+    import socket
+
+    from .distributed import dist_timeout_s
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    where = f"rank {info.rank} of {info.world_size} on {socket.gethostname()}"
+    low = first.lower()
+    if "timed out" in low or "timeout" in low:
+        return (f"{where}: a peer stopped answering for {dist_timeout_s():.0f} s (BINCOUNTER_DIST_TIMEOUT_S): "
+                f"{type(e).__name__}: {first}")
+    if "closed by peer" in low or "connection reset" in low or "broken pipe" in low:
+        return f"{where}: lost the connection to another rank (its host died or left): {type(e).__name__}: {first}"
+    return f"{where}: {type(e).__name__}: {first}"
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
@@ -174,6 +259,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     device = info.device
     cuda = device.type == "cuda"
     amp, channels_last = cfg.amp and cuda, cfg.channels_last
+    if amp:
+        log.info("mixed precision: %s autocast", str(amp_dtype(device)).replace("torch.", ""))
 
     model = create_model(cfg.arch, cfg.backend, len(COUNTS), pretrained=cfg.pretrained,
                          pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate)
@@ -210,16 +297,20 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None
 
     start_epoch, history, best, best_state, bad_epochs = 1, [], None, None, 0
-    state = _load_checkpoint(cfg, info)
+    now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir else {}
+    state = _load_checkpoint(cfg, info, now)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         best_state, bad_epochs = state["best_model"], state["bad_epochs"]
+        _set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0], device)
 
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
@@ -245,12 +336,15 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                              frozen_params=frozen, scaler=scaler, show_progress=cfg.show_progress,
                              on_step=profiler.step if profiler else None)
         wait_total, step_total = wait_total + tr["data_wait_s"], step_total + tr["step_s"]
-        ev = evaluate(model, val_dl, device, info, amp=amp, channels_last=channels_last,
+        sync_buffers(model, info)  # every rank validates rank 0's model: the one that is saved
+        ev = evaluate(model, val_dl, device, info, channels_last=channels_last,
                       desc=f"epoch {epoch} val", show_progress=cfg.show_progress)
         val = summarize(ev["confusion_matrix"], ev["loss_sum"])
         row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["accuracy"],
                "val_rmse": val["rmse"], "lr": optimizer.param_groups[0]["lr"],
-               "epoch_time_s": round(time.monotonic() - t0, 1)}
+               "epoch_time_s": round(time.monotonic() - t0, 1), "val_n": val["n"]}
+        improved = best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+        row["best_val_acc"] = row["val_acc"] if improved else best["val_acc"]
         history.append(row)
         if info.is_main:
             print(format_epoch_line(row), flush=True)
@@ -261,7 +355,6 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             if tr["skipped"] or ev["skipped"]:
                 log.warning("epoch %d: skipped %d unreadable train images, %d val images", epoch,
                             tr["skipped"], ev["skipped"])
-        improved = best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
         if improved:
             best, bad_epochs = dict(row), 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -270,11 +363,17 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                               extra={"best_epoch": epoch, "val_acc": row["val_acc"]})
         else:
             bad_epochs += 1
-        if info.is_main and cfg.checkpoint_dir:
-            _save_checkpoint(Path(cfg.checkpoint_dir) / CHECKPOINT, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "best": best,
-                "best_model": best_state, "bad_epochs": bad_epochs})
+        if cfg.checkpoint_dir:
+            rng = [_rng_state(device)]
+            if info.enabled:  # each rank's dropout stream, so that a resumed run matches on every rank
+                rng = [None] * info.world_size
+                torch.distributed.all_gather_object(rng, _rng_state(device))
+            if info.is_main:
+                _save_checkpoint(Path(cfg.checkpoint_dir) / CHECKPOINT, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                    "epoch": epoch, "history": history, "best": best, "best_model": best_state,
+                    "bad_epochs": bad_epochs, "rng": rng, "made_with": now})
         if cfg.patience and bad_epochs >= cfg.patience:
             if info.is_main:
                 log.info("early stop: val_acc has not improved for %d epochs (best epoch %d)",
@@ -295,7 +394,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                           extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"]})
     if test_ds is not None:
         test_dl = _loader(test_ds, cfg, info, False, workers)
-        ev = evaluate(model, test_dl, device, info, amp=amp, channels_last=channels_last, desc="test",
+        ev = evaluate(model, test_dl, device, info, channels_last=channels_last, desc="test",
                       show_progress=cfg.show_progress)
         test = summarize(ev["confusion_matrix"], ev["loss_sum"])
         test["skipped"] = ev["skipped"]

@@ -55,6 +55,7 @@ def list_channel(root: str | Path, counts: tuple[int, ...] = COUNTS) -> list[tup
 
 class ChannelDataset(Dataset):
     def __init__(self, root: str | Path, pre: Preprocess, train: bool = False, seed: int = 0):
+        self.root = Path(root)
         self.samples = list_channel(root)
         self.pre = pre
         self.train = train
