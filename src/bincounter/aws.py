@@ -5,6 +5,8 @@ endpoints (moto). boto3 is imported lazily: the trainer and the image never need
 from __future__ import annotations
 
 import os
+import re
+from contextlib import contextmanager
 
 from .errors import UserError
 
@@ -44,8 +46,23 @@ def client(service: str, region: str | None = None, profile: str | None = None, 
                                         read_timeout=60))
 
 
-def aws_call(what: str, fn, *args, **kw):
-    """Run a boto3 call; turn credential, endpoint and API errors into one UserError line."""
+_HINTS = {
+    "AccessDenied": "the credentials in use lack this permission (check the IAM policy of the caller)",
+    "AccessDeniedException": "the credentials in use lack this permission (check the IAM policy of the caller)",
+    "UnrecognizedClientException": "the access key is not valid (aws configure, or AWS_PROFILE)",
+    "InvalidClientTokenId": "the access key is not valid (aws configure, or AWS_PROFILE)",
+    "ExpiredToken": "the session has expired: refresh it (aws sso login, or new temporary credentials)",
+    "ExpiredTokenException": "the session has expired: refresh it (aws sso login, or new temporary credentials)",
+    "ResourceLimitExceeded": "an account quota is reached: stop other jobs/endpoints or request an increase in "
+                             "Service Quotas",
+    "ThrottlingException": "AWS is throttling the calls: wait a minute and run it again",
+}
+
+
+@contextmanager
+def user_errors(what: str):
+    """Turn credential, region, endpoint and API errors raised inside into one UserError line that says what
+    to do. Used around boto3 calls (`aws_call`) and around whole SDK flows (`sagemaker.sdk.sdk_session`)."""
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -53,22 +70,60 @@ def aws_call(what: str, fn, *args, **kw):
         NoCredentialsError,
         NoRegionError,
         PartialCredentialsError,
+        ProfileNotFound,
     )
 
     try:
-        return fn(*args, **kw)
+        yield
     except (NoCredentialsError, PartialCredentialsError):
         raise UserError(f"{what}: no AWS credentials found (aws configure, AWS_PROFILE, or "
-                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
+                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; --dry-run needs none)") from None
     except NoRegionError:
         raise UserError(f"{what}: no AWS region (pass --region or set AWS_REGION)") from None
+    except ProfileNotFound as e:
+        raise UserError(f"{what}: {e} (see aws configure list-profiles)") from None
     except EndpointConnectionError as e:
-        raise UserError(f"{what}: cannot reach {e.kwargs.get('endpoint_url', 'the endpoint')}") from None
+        raise UserError(f"{what}: cannot reach {e.kwargs.get('endpoint_url', 'the endpoint')} (network, "
+                        "--region or --endpoint-url)") from None
     except ClientError as e:
         err = e.response.get("Error", {})
-        raise UserError(f"{what}: {err.get('Code', 'error')}: {err.get('Message', str(e))}") from None
+        code = err.get("Code", "error")
+        hint = _HINTS.get(code)
+        msg = " ".join(str(err.get("Message", e)).split())
+        raise UserError(f"{what}: {code}: {msg}" + (f" ({hint})" if hint else "")) from None
     except BotoCoreError as e:
-        raise UserError(f"{what}: {e}") from None
+        raise UserError(f"{what}: {' '.join(str(e).split())}") from None
+
+
+def aws_call(what: str, fn, *args, **kw):
+    """Run a boto3 call; turn credential, endpoint and API errors into one UserError line."""
+    with user_errors(what):
+        return fn(*args, **kw)
+
+
+def partition(region: str) -> str:
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_ROLE_NAME = re.compile(r"^(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
+
+
+def role_arn(role: str, account: str | None, region: str) -> str:
+    """An execution role ARN as given, or a role name (optionally with its path, e.g.
+    `service-role/AmazonSageMaker-ExecutionRole-...`) expanded with `account`. `account` may be None when the
+    role is already an ARN."""
+    role = role.strip()
+    if role.startswith("arn:"):
+        if not _ROLE_ARN.match(role):
+            raise UserError(f"--role {role!r}: not an IAM role ARN (expected arn:aws:iam::<12-digit account>:role/"
+                            "<name>, or just the role name)")
+        return role
+    if not _ROLE_NAME.match(role.removeprefix("role/")):
+        raise UserError(f"--role {role!r}: neither a role ARN nor a role name (letters, digits and +=,.@_- only)")
+    if account is None:
+        raise ValueError("account needed to expand a role name")
+    return f"arn:{partition(region)}:iam::{account}:role/{role.removeprefix('role/')}"
 
 
 # ----------------------------------------------------------------------------------------------- ECR

@@ -1,6 +1,15 @@
 """`bincounter sm ...`: a thin CLI over `sdk` (training, tuning, endpoints, batch transform through the SageMaker
-SDK v3) and boto3 (autoscaling, invocations, clean-up). Each command prints its request(s) with --dry-run, or
-sends them and prints what it created, where to look and how to undo it."""
+SDK v3) and boto3 (autoscaling, invocations, clean-up). Each command checks its inputs locally first (the
+hyperparameters with the trainer's own rules, the tuning ranges, the role), prints an estimated cost line,
+then prints its request(s) with --dry-run (no network call, no credentials) or sends them and prints what it
+created, where to look and how to undo it.
+
+Instances, batch size and learning rate, one rule for `sm train` and `sm tune`: `batch_size` is per training
+process (one process per GPU on every instance, one per instance without GPUs) and `lr` is used as given,
+never scaled with the number of processes. So a job on more instances trains with a proportionally larger
+global batch at the same lr. `sm train --from-tuning-job` therefore runs on the trials' instance type and count
+unless told otherwise, and says so when told otherwise.
+"""
 
 from __future__ import annotations
 
@@ -8,68 +17,111 @@ import argparse
 import base64
 import json
 import logging
+import sys
 from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from . import jobs, sdk
+from . import cost, hyperparameters, jobs, sdk
 
 log = logging.getLogger("bincounter")
+TRAIN_INSTANCE_COUNT = 2
+DEFAULT_INSTANCE = "ml.g5.xlarge"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one: no "(default: None)" on required options or unset ones."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_arguments(sub) -> None:
+    from .hyperparameters import flag_names
+
+    priced = ", ".join(cost.instance_types())
+
     def common(p, needs_role=False):
         p.add_argument("--region")
         p.add_argument("--profile")
         p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
-        p.add_argument("--dry-run", action="store_true", help="print the request(s) and call nothing")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the estimated cost and the request(s); no network call, no credentials needed "
+                            "(values that would come from AWS are placeholders)")
         if needs_role:
-            p.add_argument("--role", required=True, help="SageMaker execution role ARN")
+            p.add_argument("--role", required=True, help="SageMaker execution role: an ARN, or a role name (expanded "
+                           "with your account from STS)")
 
-    def training(p):
+    def price(p):
+        p.add_argument("--price-per-hour", type=float, metavar="USD",
+                       help=f"price of one instance-hour for the cost line (default: the table of "
+                            f"{cost.table()['as_of']}, {cost.table()['region']}, which has: {priced})")
+
+    def training(p, type_help="billed per instance-hour"):
         p.add_argument("--image", required=True, help="image URI (from ./build_and_push.sh)")
         p.add_argument("--train", required=True, help="s3:// train channel")
         p.add_argument("--val", required=True, help="s3:// val channel")
         p.add_argument("--test", help="s3:// test channel (evaluated after training)")
         p.add_argument("--pretrained", help="s3:// channel with ImageNet weights (offline pretraining)")
         p.add_argument("--output", required=True, help="s3:// output path (model.tar.gz, reports)")
-        p.add_argument("--instance-type", default="ml.g5.xlarge")
-        p.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3)")
-        p.add_argument("--checkpoint-s3", help="s3:// checkpoint prefix (resume after spot interruption)")
-        p.add_argument("--max-runtime", type=int, default=4 * 3600, help="seconds")
-        p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="hyperparameter (repeatable)")
+        p.add_argument("--instance-type", default=DEFAULT_INSTANCE, help=type_help)
+        p.add_argument("--spot", action="store_true", help="managed spot training (cheaper, may be interrupted)")
+        p.add_argument("--max-runtime", type=int, default=4 * 3600, help="seconds per job; bounds the cost")
+        p.add_argument("--hp", action="append", metavar="NAME=VALUE",
+                       help="trainer hyperparameter, repeatable, checked with the trainer's own rules; names: "
+                            + ", ".join(flag_names()))
+        price(p)
 
-    F = argparse.ArgumentDefaultsHelpFormatter
-    t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective val_acc)", formatter_class=F)
+    rule = ("batch_size is per training process (one per GPU, or one per instance without GPUs); lr is used as "
+            "given, not scaled: more instances train with a larger global batch at the same lr.")
+    t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective val_acc)", formatter_class=_Help,
+                       description="Start a SageMaker hyperparameter tuning job: a Bayesian search over lr (log "
+                       "scale), batch size and epochs (optionally model and image size), maximising val_acc, "
+                       "with early stopping.\nCost: up to --max-jobs x --instance-count x --max-runtime of "
+                       f"--instance-type (by default 12 jobs x 1 {DEFAULT_INSTANCE} x 4 h).\n{rule}\n"
+                       "No checkpoints: SageMaker would give every trial the same checkpoint URI.")
     common(t, True)
     training(t)
+    t.add_argument("--checkpoint-s3", help="refused: SageMaker would give every trial this one URI")
     t.add_argument("--name", help="tuning job name (<= 32 characters; default bc-hpo-<time>)")
-    t.add_argument("--max-jobs", type=int, default=12)
+    t.add_argument("--instance-count", type=int, default=1, help="instances per trial")
+    t.add_argument("--max-jobs", type=int, default=12, help="trials in all (each billed up to --max-runtime)")
     t.add_argument("--max-parallel", type=int, default=3)
-    t.add_argument("--lr-range", default="1e-4,3e-3", help="log-scaled")
-    t.add_argument("--batch-sizes", default="32,64,128")
-    t.add_argument("--epochs-range", default="5,20")
+    t.add_argument("--lr-range", default="1e-4,3e-3", help="MIN,MAX, log-scaled")
+    t.add_argument("--batch-sizes", default="32,64,128", help="per process")
+    t.add_argument("--epochs-range", default="5,20", help="MIN,MAX")
     t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
-    t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes to search")
+    t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes (>= 32) to search")
     t.add_argument("--no-early-stopping", action="store_true")
     t.set_defaults(func=cmd_tune)
 
-    tr = sub.add_parser("train", help="training job (torch.distributed over instances)", formatter_class=F)
+    tr = sub.add_parser("train", help="training job (torch.distributed over instances)", formatter_class=_Help,
+                        description="Start a SageMaker training job with the image: torch.distributed across the "
+                        "instances, one process per GPU.\nCost: up to --instance-count x --max-runtime of "
+                        f"--instance-type (by default {TRAIN_INSTANCE_COUNT} x {DEFAULT_INSTANCE} x 4 h).\n{rule}")
     common(tr, True)
-    training(tr)
+    training(tr, f"billed per instance-hour; default {DEFAULT_INSTANCE}, with --from-tuning-job the trials' type")
+    tr.set_defaults(instance_type=None)
+    tr.add_argument("--checkpoint-s3", help="s3:// checkpoint prefix, one per job (resumes after a spot "
+                    "interruption; needed with --spot)")
     tr.add_argument("--name", help="job name prefix (the SDK appends a timestamp)")
-    tr.add_argument("--instance-count", type=int, default=2)
+    tr.add_argument("--instance-count", type=int,
+                    help=f"default {TRAIN_INSTANCE_COUNT}; with --from-tuning-job, the trials' count and type")
     tr.add_argument("--from-tuning-job", help="use the best hyperparameters of this tuning job")
     tr.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=F)
+    d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=_Help,
+                       description="Model + endpoint config + endpoint (all named --name). Billed per "
+                       "instance-hour until `sm delete`.")
     common(d, True)
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--training-job")
     src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
     d.add_argument("--image")
     d.add_argument("--name", help="endpoint name (also the model and config name)")
-    d.add_argument("--instance-type", default="ml.g5.xlarge")
+    d.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
     d.add_argument("--instance-count", type=int, default=1)
     d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
     d.add_argument("--invocations-per-instance", type=int, default=300)
@@ -78,34 +130,36 @@ def add_arguments(sub) -> None:
     d.add_argument("--no-wait", action="store_true",
                    help="return once the endpoint is being created (default: wait for InService, showing the "
                         "deployment's progress and logs; --autoscale always waits)")
+    price(d)
     d.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
-                       formatter_class=F)
+                       formatter_class=_Help)
     common(p)
     p.add_argument("--endpoint", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, RMSE, recall, confusion matrix of an endpoint on a channel",
-                       formatter_class=F)
+                       formatter_class=_Help)
     common(e)
     e.add_argument("--endpoint", required=True)
     e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
     e.add_argument("--out", default=".", help="report directory")
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=F)
+    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=_Help)
     common(b)
     b.add_argument("--model", required=True, help="SageMaker model name (from deploy)")
     b.add_argument("--input", required=True, help="s3:// prefix of images")
     b.add_argument("--output", required=True, help="s3:// output prefix")
-    b.add_argument("--instance-type", default="ml.g5.xlarge")
+    b.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
     b.add_argument("--instance-count", type=int, default=1)
     b.add_argument("--name")
+    price(b)
     b.set_defaults(func=cmd_batch)
 
-    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling", formatter_class=F)
+    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling", formatter_class=_Help)
     common(x)
     x.add_argument("--endpoint", required=True)
     x.set_defaults(func=cmd_delete)
@@ -116,7 +170,33 @@ def _client(args, service="sagemaker"):
 
 
 def _region(args) -> str:
+    if getattr(args, "dry_run", False) and not (args.region or args.profile):
+        try:
+            return aws.resolve_region()
+        except UserError:
+            return "us-east-1"  # a dry run needs no AWS set-up; the request only names the region in ARNs
     return aws.resolve_region(args.region, args.profile)
+
+
+def _role(args, region: str) -> str:
+    """The execution role ARN; a role name is expanded with the account (STS; a placeholder in a dry run)."""
+    if args.role.strip().startswith("arn:"):
+        return aws.role_arn(args.role, None, region)
+    aws.role_arn(args.role, "000000000000", region)  # the name's syntax, before any call
+    if args.dry_run:
+        account = sdk.DRY_ACCOUNT
+        log.warning("dry run: --role %s expanded with the placeholder account %s (a real run reads the account "
+                    "from STS)", args.role, account)
+    else:
+        account = aws.account_id(region, args.profile, args.endpoint_url)
+    arn = aws.role_arn(args.role, account, region)
+    log.info("role: %s", arn)
+    return arn
+
+
+def _cost(line: str) -> None:
+    """Printed before anything is requested, also with -q."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _channels(args) -> dict[str, str]:
@@ -125,11 +205,13 @@ def _channels(args) -> dict[str, str]:
     return channels
 
 
-def _trainer(session, args, hps: dict, instance_count: int, base_name: str):
-    return sdk.model_trainer(session, image=args.image, role=args.role, instance_type=args.instance_type,
-                             instance_count=instance_count, hyperparameters=jobs.hp_strings(hps),
-                             output_path=args.output, spot=args.spot, checkpoint_s3=args.checkpoint_s3,
-                             max_runtime_s=args.max_runtime, base_name=base_name)
+def _check_instances(args) -> None:
+    if args.instance_count is not None and args.instance_count < 1:
+        raise UserError(f"--instance-count {args.instance_count}: must be >= 1")
+    if args.max_runtime < 60:
+        raise UserError(f"--max-runtime {args.max_runtime}: seconds, at least 60")
+    if args.price_per_hour is not None and args.price_per_hour < 0:
+        raise UserError("--price-per-hour must be >= 0")
 
 
 def _pair(text: str, cast) -> tuple:
@@ -148,13 +230,27 @@ def _print_captured(captured: list[dict], want: str) -> None:
 
 
 def cmd_tune(args) -> int:
-    hps = {"progress": False, **jobs.parse_kv(args.hp)}
+    _check_instances(args)
+    if args.checkpoint_s3:
+        raise UserError("--checkpoint-s3 with sm tune: SageMaker gives every trial of a tuning job the same "
+                        "checkpoint URI, and a job resumes from what its URI holds, so trials would resume from "
+                        "one another; tune without it (with --spot an interrupted trial starts over)")
+    user = jobs.parse_kv(args.hp)
+    ranges = hyperparameters.tuning_ranges(lr=args.lr_range, batch_sizes=args.batch_sizes, epochs=args.epochs_range,
+                                           archs=args.archs, image_sizes=args.image_sizes, static=user)
     name = args.name or jobs.job_name("bc-hpo", 32)
-    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
-        tuner = sdk.tuner(_trainer(session, args, hps, 1, "bincounter-hpo"), lr=_pair(args.lr_range, float),
-                          batch_sizes=_pair(args.batch_sizes, int), epochs=_pair(args.epochs_range, int),
-                          archs=_pair(args.archs, str), image_sizes=_pair(args.image_sizes, int),
-                          max_jobs=args.max_jobs, max_parallel=args.max_parallel,
+    region = _region(args)
+    role = _role(args, region)
+    _cost(cost.job_line(instance_type=args.instance_type, instance_count=args.instance_count,
+                        max_runtime_s=args.max_runtime, jobs=args.max_jobs, spot=args.spot,
+                        price_per_hour=args.price_per_hour, region=region))
+    hps = jobs.hp_strings({"progress": False, **user})
+    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=args.instance_type,
+                                    instance_count=args.instance_count, hyperparameters=hps, output_path=args.output,
+                                    spot=args.spot, checkpoint_s3=None, max_runtime_s=args.max_runtime,
+                                    base_name="bincounter-hpo", spot_needs_checkpoint=False)
+        tuner = sdk.tuner(trainer, ranges=ranges, max_jobs=args.max_jobs, max_parallel=args.max_parallel,
                           early_stopping=not args.no_early_stopping, base_name=name)
         tuner.tune(inputs=sdk.inputs(_channels(args)), job_name=name, wait=False)
     if args.dry_run:
@@ -162,28 +258,64 @@ def cmd_tune(args) -> int:
         return 0
     job = tuner.latest_tuning_job
     _created("tuning job", name, getattr(job, "hyper_parameter_tuning_job_arn", None),
-             jobs.console_link(_region(args), "tuning", name),
+             jobs.console_link(region, "tuning", name),
              f"aws sagemaker stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}",
              f"then: bincounter sm train --from-tuning-job {name} ...")
     return 0
 
 
+def _from_tuning_job(args, region: str) -> tuple[dict[str, str], str | None, int | None]:
+    """(best hyperparameters, trials' instance type, trials' instance count). A dry run reads nothing: the tuned
+    values are placeholders."""
+    name = args.from_tuning_job
+    if args.dry_run:
+        log.warning("dry run: the best hyperparameters of tuning job %s are not read (no network call); the "
+                    "request shows placeholders for %s", name, ", ".join(hyperparameters.TUNED[:3]))
+        return {k: f"<best {k} of {name}>" for k in hyperparameters.TUNED[:3]}, None, None
+    desc = jobs.describe_tuning_job(_client(args), name, region)
+    itype, count = jobs.trial_resources(desc)
+    return jobs.best_hyperparameters(None, name, desc), itype, count
+
+
+def _instances_for_training(args, trial_type: str | None, trial_count: int | None) -> tuple[str, int]:
+    """The rule (module docstring): tuned values were found on the trials' resources, so a job from a tuning job
+    runs on them unless told otherwise, and a change of the process count is said out loud."""
+    itype = args.instance_type or trial_type or DEFAULT_INSTANCE
+    count = args.instance_count or trial_count or TRAIN_INSTANCE_COUNT
+    if trial_count:
+        now, then = jobs.processes(itype, count), jobs.processes(trial_type or itype, trial_count)
+        if now and then and now != then:
+            log.warning("the tuning trials trained with %d process(es), this job with %d: the per-process batch "
+                        "and the tuned lr are kept (not scaled), so the global batch is %gx the trials'", then, now,
+                        now / then)
+    return itype, count
+
+
 def cmd_train(args) -> int:
-    hps = {"progress": False}
+    _check_instances(args)
+    region = _region(args)
+    user = jobs.parse_kv(args.hp)
+    tuned, trial_type, trial_count = ({}, None, None)
     if args.from_tuning_job:
-        if args.dry_run:
-            log.warning("--dry-run with --from-tuning-job still reads the tuning job from the SageMaker API")
-        hps.update(jobs.best_hyperparameters(_client(args), args.from_tuning_job))
-    hps.update(jobs.parse_kv(args.hp))
-    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
-        trainer = _trainer(session, args, hps, args.instance_count, args.name or "bincounter-train")
+        tuned, trial_type, trial_count = _from_tuning_job(args, region)
+    hps = {**tuned, **user}
+    hyperparameters.validate({k: v for k, v in hps.items() if not (args.dry_run and k in tuned and k not in user)})
+    itype, count = _instances_for_training(args, trial_type, trial_count)
+    role = _role(args, region)
+    _cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=args.max_runtime, spot=args.spot,
+                        price_per_hour=args.price_per_hour, region=region))
+    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=itype,
+                                    instance_count=count, hyperparameters=jobs.hp_strings({"progress": False, **hps}),
+                                    output_path=args.output, spot=args.spot, checkpoint_s3=args.checkpoint_s3,
+                                    max_runtime_s=args.max_runtime, base_name=args.name or "bincounter-train")
         trainer.train(input_data_config=sdk.inputs(_channels(args)), wait=False)
     if args.dry_run:
         _print_captured(captured, "CreateTrainingJob")
         return 0
     job = trainer._latest_training_job
     name = job.training_job_name
-    _created("training job", name, job.training_job_arn, jobs.console_link(_region(args), "training", name),
+    _created("training job", name, job.training_job_arn, jobs.console_link(region, "training", name),
              f"aws sagemaker stop-training-job --training-job-name {name}",
              f"model: {args.output.rstrip('/')}/{name}/output/model.tar.gz; "
              f"then: bincounter sm deploy --training-job {name} ...")
@@ -192,21 +324,12 @@ def cmd_train(args) -> int:
 
 def cmd_deploy(args) -> int:
     name = args.name or jobs.job_name("bincounter")
+    region = _region(args)
     image, model_data = args.image, args.model_data
-    if args.training_job:
-        if args.dry_run and args.endpoint_url is None:
-            raise UserError("--dry-run with --training-job needs AWS to read the job; pass --model-data and --image")
-        desc = aws.aws_call("DescribeTrainingJob", _client(args).describe_training_job,
-                            TrainingJobName=args.training_job)
-        model_data = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
-        image = image or desc["AlgorithmSpecification"]["TrainingImage"]
-        if not model_data:
-            raise UserError(f"training job {args.training_job} has no model artifacts (status "
-                            f"{desc.get('TrainingJobStatus')})")
-    if not image:
-        raise UserError("--model-data needs --image")
     if args.capture_s3 and not (args.capture_s3.startswith("s3://") and 0 < args.capture_percent <= 100):
         raise UserError("--capture-s3 needs an s3:// URI and --capture-percent in 1..100")
+    if args.instance_count < 1:
+        raise UserError(f"--instance-count {args.instance_count}: must be >= 1")
     scaling = None
     if args.autoscale:
         bounds = _pair(args.autoscale, int)
@@ -214,9 +337,28 @@ def cmd_deploy(args) -> int:
             raise UserError(f"--autoscale {args.autoscale!r}: expected MIN,MAX with 1 <= MIN <= MAX")
         lo, hi = bounds
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
+    if args.model_data and not image:
+        raise UserError("--model-data needs --image")
+    role = _role(args, region)
+    if args.training_job and args.dry_run:
+        log.warning("dry run: training job %s is not read (no network call); its model and image are placeholders",
+                    args.training_job)
+        model_data = f"s3://dry-run-placeholder/{args.training_job}/output/model.tar.gz"
+        image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-{args.training_job}:dry-run"
+    elif args.training_job:
+        desc = aws.aws_call(f"training job {args.training_job}", _client(args).describe_training_job,
+                            TrainingJobName=args.training_job)
+        model_data = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+        image = image or desc["AlgorithmSpecification"]["TrainingImage"]
+        if not model_data:
+            raise UserError(f"training job {args.training_job} has no model artifacts (status "
+                            f"{desc.get('TrainingJobStatus')}; wait until it has Completed)")
+    _cost(cost.hourly_line(what="while the endpoint exists (until sm delete)", instance_type=args.instance_type,
+                           instance_count=args.instance_count, max_count=scaling[0]["MaxCapacity"] if scaling else None,
+                           price_per_hour=args.price_per_hour, region=region))
     sdk_wait = not (args.dry_run or args.no_wait or scaling)
-    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
-        endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=args.role,
+    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=role,
                                        instance_type=args.instance_type, instance_count=args.instance_count,
                                        capture_s3=args.capture_s3, capture_percent=args.capture_percent,
                                        wait=sdk_wait)
@@ -241,7 +383,7 @@ def cmd_deploy(args) -> int:
                  scaling[0]["MinCapacity"], scaling[0]["MaxCapacity"], args.invocations_per_instance)
     arn = getattr(endpoint, "endpoint_arn", None)
     arn = arn if isinstance(arn, str) else None  # the SDK's Endpoint; None where it has no ARN
-    _created("endpoint", name, arn, jobs.console_link(_region(args), "endpoint", name),
+    _created("endpoint", name, arn, jobs.console_link(region, "endpoint", name),
              f"bincounter sm delete --endpoint {name}", f"try: bincounter sm predict --endpoint {name} bin.jpg")
     return 0
 
@@ -263,7 +405,7 @@ def _read_image(ref: str, args) -> bytes:
         from ..data.s3 import parse_s3_uri, s3_client
 
         bucket, key = parse_s3_uri(ref)
-        s3 = s3_client(region=_region(args), profile=args.profile)
+        s3 = s3_client(args.endpoint_url, region=_region(args), profile=args.profile)
         return aws.aws_call(f"GetObject {ref}", s3.get_object, Bucket=bucket, Key=key)["Body"].read()
     try:
         return Path(ref).read_bytes()
@@ -272,10 +414,14 @@ def _read_image(ref: str, args) -> bytes:
 
 
 def cmd_predict(args) -> int:
-    images = [_read_image(r, args) for r in args.images]
-    if args.dry_run:
-        print(json.dumps({"api": "InvokeEndpoint", "endpoint": args.endpoint, "images": len(images)}))
+    if args.dry_run:  # local files are read (a missing one is an error now), S3 objects are not
+        local = [r for r in args.images if not r.startswith("s3://")]
+        for r in local:
+            _read_image(r, args)
+        print(json.dumps({"api": "InvokeEndpoint", "endpoint": args.endpoint, "images": len(args.images),
+                          "s3_images_not_read": len(args.images) - len(local)}))
         return 0
+    images = [_read_image(r, args) for r in args.images]
     for ref, out in zip(args.images, _runtime_invoke(args)(images), strict=True):
         print(json.dumps({"image": ref, **out}))
     return 0
@@ -296,7 +442,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_batch(args) -> int:
     name = args.name or jobs.job_name("bincounter-batch")
-    with sdk.sdk_session(_region(args), args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+    region = _region(args)
+    if args.instance_count < 1:
+        raise UserError(f"--instance-count {args.instance_count}: must be >= 1")
+    _cost(cost.hourly_line(what="while the job runs", instance_type=args.instance_type,
+                           instance_count=args.instance_count, price_per_hour=args.price_per_hour, region=region))
+    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         sdk.batch_transform(session, name=name, model=args.model, input_s3=args.input, output_s3=args.output,
                             instance_type=args.instance_type, instance_count=args.instance_count)
     if args.dry_run:
@@ -304,7 +455,7 @@ def cmd_batch(args) -> int:
         return 0
     desc = aws.aws_call("DescribeTransformJob", _client(args).describe_transform_job, TransformJobName=name)
     _created("batch transform job", name, desc.get("TransformJobArn"),
-             jobs.console_link(_region(args), "transform", name),
+             jobs.console_link(region, "transform", name),
              f"aws sagemaker stop-transform-job --transform-job-name {name}",
              f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image)")
     return 0

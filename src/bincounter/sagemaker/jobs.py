@@ -31,16 +31,45 @@ def hp_strings(hps: dict) -> dict[str, str]:
     return out
 
 
-def best_hyperparameters(sm, tuning_job: str) -> dict[str, str]:
+def describe_tuning_job(sm, tuning_job: str, region: str) -> dict:
+    """DescribeHyperParameterTuningJob; a missing job is one line saying how to list the existing ones."""
+    from .. import aws
+
+    try:
+        return aws.aws_call(f"tuning job {tuning_job}", sm.describe_hyper_parameter_tuning_job,
+                            HyperParameterTuningJobName=tuning_job)
+    except UserError as e:
+        if "ResourceNotFound" in str(e) or "Could not find" in str(e):
+            raise UserError(f"--from-tuning-job {tuning_job}: no such tuning job in {region} (list them: aws "
+                            f"sagemaker list-hyper-parameter-tuning-jobs --region {region})") from None
+        raise
+
+
+def best_hyperparameters(sm, tuning_job: str, desc: dict | None = None) -> dict[str, str]:
     """Static + tuned hyperparameters of the best training job of a tuning job."""
-    desc = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
+    desc = desc or sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
     best = desc.get("BestTrainingJob")
     if not best:
         raise UserError(f"tuning job {tuning_job} has no best training job yet "
-                        f"(status {desc.get('HyperParameterTuningJobStatus')})")
+                        f"(status {desc.get('HyperParameterTuningJobStatus')}; wait for a trial to complete)")
     static = desc.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
     tuned = {k: v.strip('"') for k, v in best.get("TunedHyperParameters", {}).items()}
     return {**{k: v for k, v in static.items() if not k.startswith(("_", "sagemaker_"))}, **tuned}
+
+
+def trial_resources(desc: dict) -> tuple[str | None, int | None]:
+    """(instance type, instance count) every trial of a tuning job ran on."""
+    rc = desc.get("TrainingJobDefinition", {}).get("ResourceConfig", {})
+    return rc.get("InstanceType"), rc.get("InstanceCount")
+
+
+def processes(instance_type: str, instance_count: int) -> int | None:
+    """Training processes of a job: one per GPU on every instance (one per instance without GPUs); None when
+    the instance type is not in the price table."""
+    from .cost import gpus
+
+    g = gpus(instance_type)
+    return None if g is None else instance_count * max(1, g)
 
 
 # ------------------------------------------------------------------------------------------- hosting

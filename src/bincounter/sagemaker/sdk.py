@@ -13,18 +13,55 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import sys
 import tempfile
 from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 
+from .. import aws
 from ..errors import UserError
 from ..metrics import metric_definitions
 
 
 class _Captured(Exception):
     pass
+
+
+class _OnlyOurs(logging.Filter):
+    """In a dry run the SDK's INFO lines ("Model has been created", "Deployment started", ...) describe
+    things that did not happen: only bincounter's own lines and warnings pass."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or record.name.startswith("bincounter")
+
+
+@contextmanager
+def _quiet_sdk():
+    handlers = list(logging.getLogger().handlers)
+    f = _OnlyOurs()
+    for h in handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(f)
+
+
+def _sdk_error_line(e: Exception) -> str | None:
+    """One line for the SDK's own input validation (pydantic) errors; None for anything else."""
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover - the SDK depends on pydantic
+        return None
+    if isinstance(e, ValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return (f"the SageMaker SDK rejected {e.title} {where}: {first.get('msg', str(e))} "
+                f"(got {str(first.get('input'))[:80]!r})")
+    return None
 
 
 DRY_ACCOUNT = "000000000000"
@@ -73,6 +110,7 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
     os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
     with ExitStack() as stack:
         if dry_run:
+            stack.enter_context(_quiet_sdk())
             os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
             if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either
                 from .local import write_offline_config
@@ -107,18 +145,26 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
         # the SDK prints progress panels and notices to stdout; ours carries only results (JSON lines)
         stack.enter_context(redirect_stdout(sys.stderr))
         try:
-            yield Session(boto_session=boto_session), captured
+            with aws.user_errors("SageMaker"):
+                yield Session(boto_session=boto_session), captured
         except _Captured:
             pass
+        except UserError:
+            raise
+        except Exception as e:
+            line = _sdk_error_line(e)
+            if line is None:
+                raise
+            raise UserError(line) from None
 
 
 def model_trainer(session, *, image: str, role: str, instance_type: str, instance_count: int, hyperparameters: dict,
                   output_path: str, spot: bool, checkpoint_s3: str | None, max_runtime_s: int, base_name: str,
-                  volume_gb: int = 50):
+                  volume_gb: int = 50, spot_needs_checkpoint: bool = True):
     from sagemaker.train import ModelTrainer
     from sagemaker.train.configs import CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, StoppingCondition
 
-    if spot and not checkpoint_s3:
+    if spot and not checkpoint_s3 and spot_needs_checkpoint:
         raise UserError("spot training needs --checkpoint-s3 (a spot interruption resumes from it)")
     trainer = ModelTrainer(
         sagemaker_session=session, training_image=image, role=role, base_job_name=base_name,
@@ -142,8 +188,10 @@ def inputs(channels: dict[str, str]):
     return [InputData(channel_name=n, data_source=u) for n, u in channels.items()]
 
 
-def tuner(trainer, *, lr, batch_sizes, epochs, archs, image_sizes, max_jobs: int, max_parallel: int,
-          early_stopping: bool, base_name: str):
+def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stopping: bool, base_name: str):
+    """`ranges`: from `hyperparameters.tuning_ranges` (lr and epochs as (min, max), the rest as value lists).
+    The trainer carries no CheckpointConfig: SageMaker gives every trial of a tuning job the definition's one
+    checkpoint URI and restores what is there into each trial, so trials would resume from each other."""
     from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
     from sagemaker.train.tuner import HyperparameterTuner
 
@@ -151,17 +199,19 @@ def tuner(trainer, *, lr, batch_sizes, epochs, archs, image_sizes, max_jobs: int
         raise UserError(f"tuning job name {base_name!r} is longer than SageMaker's 32 characters")
     if max_parallel > max_jobs:
         raise UserError("--max-parallel cannot exceed --max-jobs")
-    ranges = {"lr": ContinuousParameter(lr[0], lr[1], scaling_type="Logarithmic"),
-              "batch_size": CategoricalParameter([str(b) for b in batch_sizes]),
-              "epochs": IntegerParameter(epochs[0], epochs[1], scaling_type="Linear")}
-    if archs:
-        ranges["arch"] = CategoricalParameter(list(archs))
-    if image_sizes:
-        ranges["image_size"] = CategoricalParameter([str(s) for s in image_sizes])
-    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="val_acc", hyperparameter_ranges=ranges,
-                               metric_definitions=metric_definitions(), strategy="Bayesian", objective_type="Maximize",
-                               max_jobs=max_jobs, max_parallel_jobs=max_parallel,
-                               early_stopping_type="Auto" if early_stopping else "Off")
+    if getattr(trainer, "checkpoint_config", None) is not None:
+        raise ValueError("tuning trials must not share a checkpoint URI")
+    sm_ranges = {"lr": ContinuousParameter(*ranges["lr"], scaling_type="Logarithmic"),
+                 "batch_size": CategoricalParameter([str(b) for b in ranges["batch_size"]]),
+                 "epochs": IntegerParameter(*ranges["epochs"], scaling_type="Linear")}
+    if ranges.get("arch"):
+        sm_ranges["arch"] = CategoricalParameter(list(ranges["arch"]))
+    if ranges.get("image_size"):
+        sm_ranges["image_size"] = CategoricalParameter([str(s) for s in ranges["image_size"]])
+    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="val_acc",
+                               hyperparameter_ranges=sm_ranges, metric_definitions=metric_definitions(),
+                               strategy="Bayesian", objective_type="Maximize", max_jobs=max_jobs,
+                               max_parallel_jobs=max_parallel, early_stopping_type="Auto" if early_stopping else "Off")
 
 
 def deploy_endpoint(session, *, name: str, image: str, model_data: str, role: str, instance_type: str,

@@ -1,0 +1,89 @@
+"""The estimated cost line every job command prints before its request (dry run or real), from the dated
+price table next to this module (`prices.json`, read only here) or `--price-per-hour`.
+
+Training and tuning are bounded by their maximum runtime, so the line is an upper bound ("up to"); endpoints
+and batch transform bill per hour while they exist, so the line is a rate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+_TABLE = Path(__file__).with_name("prices.json")
+
+
+@functools.cache
+def table() -> dict:
+    return json.loads(_TABLE.read_text())
+
+
+def instance_types() -> list[str]:
+    """The instance types the commands offer (priced in the table)."""
+    return list(table()["instances"])
+
+
+def gpus(instance_type: str) -> int | None:
+    """GPUs per instance (None: not in the table)."""
+    entry = table()["instances"].get(instance_type)
+    return None if entry is None else entry["gpus"]
+
+
+def _rate(instance_type: str, override: float | None) -> tuple[float | None, str]:
+    t = table()
+    if override is not None:
+        return override, f"${override:.3f}/h from --price-per-hour"
+    entry = t["instances"].get(instance_type)
+    if entry is None:
+        return None, ""
+    return entry["usd_per_hour"], f"${entry['usd_per_hour']:.3f}/h"
+
+
+def _money(x: float) -> str:
+    return f"${x:,.2f}"
+
+
+def _unknown(instance_type: str) -> str:
+    return (f"estimated cost: unknown ({instance_type} is not in the price table of {table()['as_of']}; "
+            "pass --price-per-hour)")
+
+
+def _where(region: str | None, override: float | None) -> str:
+    t = table()
+    if override is not None:
+        return ""
+    other = f"; {region} may differ" if region and region != t["region"] else ""
+    return f"; {t['region']} prices of {t['as_of']}{other}"
+
+
+def job_line(*, instance_type: str, instance_count: int, max_runtime_s: int, jobs: int = 1, spot: bool = False,
+             price_per_hour: float | None = None, region: str | None = None) -> str:
+    """Training (jobs=1) or tuning (jobs=max jobs): an upper bound from the maximum runtime."""
+    rate, rate_text = _rate(instance_type, price_per_hour)
+    if rate is None:
+        return _unknown(instance_type)
+    hours = max_runtime_s / 3600
+    total = jobs * instance_count * hours * rate
+    parts = ([f"{jobs} jobs"] if jobs > 1 else []) + [f"{instance_count} {instance_type}", f"{hours:g} h", rate_text]
+    line = f"estimated cost: up to {_money(total)} ({' x '.join(parts)}"
+    if spot:
+        lo, hi = table()["spot_saving"]
+        line += (f"; spot: {lo * 100:.0f}-{hi * 100:.0f}% less, about "
+                 f"{_money(total * (1 - hi))}-{_money(total * (1 - lo))}")
+    return line + _where(region, price_per_hour) + ")"
+
+
+def hourly_line(*, what: str, instance_type: str, instance_count: int, max_count: int | None = None,
+                price_per_hour: float | None = None, region: str | None = None) -> str:
+    """Endpoints and batch transform: a rate while they exist/run."""
+    rate, rate_text = _rate(instance_type, price_per_hour)
+    if rate is None:
+        return _unknown(instance_type)
+    per_hour = instance_count * rate
+    line = f"estimated cost: {_money(per_hour)}/h {what} ({instance_count} {instance_type} x {rate_text}"
+    if what.startswith("while the endpoint"):
+        line += f"; {_money(per_hour * 24 * 30)} per 30 days"
+    if max_count and max_count > instance_count:
+        line += f"; up to {_money(max_count * rate)}/h at {max_count} instances"
+    return line + _where(region, price_per_hour) + ")"

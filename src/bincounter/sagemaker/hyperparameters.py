@@ -1,0 +1,169 @@
+"""`--hp NAME=VALUE` and `sm tune`'s ranges, checked on the user's machine with the container's own rules,
+before any request: a job that would fail on its first line in the container is refused here instead.
+
+Nothing is listed twice. The names are the trainer's flags (`cli.add_train_arguments`) whose destination is a
+`train.TrainConfig` field, read at run time; hyperparameter strings are mapped onto those flags by
+`contract.hyperparameters_to_argv` (what the container runs), parsed by the same argparse types, and the
+resulting `TrainConfig` is checked by its own `validate()`. Only the model name is checked beyond that
+(`timm.is_model`), because the container finds an unknown one only after the instances have started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+
+from ..errors import UserError
+
+#: what `sm tune` searches; `sm train --from-tuning-job` takes the best values of these
+TUNED = ("lr", "batch_size", "epochs", "arch", "image_size")
+_PLACEHOLDER_CHANNELS = ["--train", "-", "--val", "-", "--model-dir", "-"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, no exit
+        raise UserError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ..cli import add_train_arguments
+
+    p = _Parser(prog="--hp", add_help=False)
+    add_train_arguments(p)
+    return p
+
+
+def flag_names(parser: argparse.ArgumentParser | None = None, fields=None) -> list[str]:
+    """Hyperparameter names: the trainer's --flags (as snake_case) the container does not set itself; with
+    `fields` (TrainConfig's), only flags whose destination is one of them."""
+    from .contract import RESERVED
+
+    parser = parser or _parser()
+    out = []
+    for a in parser._actions:
+        if fields is not None and a.dest not in fields:
+            continue
+        for opt in a.option_strings:
+            if opt.startswith("--") and not opt.startswith("--no-") and opt not in RESERVED and opt != "--help":
+                out.append(opt[2:].replace("-", "_"))
+    return sorted(out)
+
+
+def names() -> list[str]:
+    """The valid `--hp` names, derived now from TrainConfig's fields and the trainer's flags."""
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    return flag_names(fields={f.name for f in dataclasses.fields(TrainConfig)})
+
+
+def _label(key: str, value, origin: dict[str, str] | None) -> str:
+    return f"{origin[key]} {value}" if origin and key in origin else f"--hp {key}={value}"
+
+
+def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str, str] | None = None) -> None:
+    from .contract import hyperparameters_to_argv
+
+    if key.startswith(("sagemaker_", "_")):
+        raise UserError(f"--hp {key}: names starting with 'sagemaker_' or '_' are SageMaker's own")
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"--hp {key}={value}: unknown hyperparameter ({hint}valid: {', '.join(known)})")
+    try:
+        argv, _ = hyperparameters_to_argv({key: value}, parser)
+        parser.parse_args(_PLACEHOLDER_CHANNELS + argv)
+    except UserError as e:
+        raise UserError(f"{_label(key, value, origin)}: {e}") from None
+
+
+def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
+    """Refuse what the container would refuse: unknown names, values of the wrong type, and values
+    `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...); then the model name. `origin` names
+    the option a value came from, for the message (default `--hp`)."""
+    from ..cli import train_config_from_args
+    from .contract import hyperparameters_to_argv
+
+    parser = _parser()
+    known = names()
+    for k, v in hps.items():
+        _check_one(parser, k, v, known, origin)
+    argv, _ = hyperparameters_to_argv(hps, parser)
+    cfg = train_config_from_args(parser.parse_args(_PLACEHOLDER_CHANNELS + argv))
+    try:
+        cfg.validate()
+    except UserError as e:
+        where = ", ".join(_label(k, v, origin) for k, v in hps.items() if k in str(e))
+        raise UserError(f"{where or '--hp'}: {e}") from None
+    check_arch(cfg.arch, cfg.backend, _label("arch", cfg.arch, origin))
+
+
+def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> None:
+    """An unknown model name fails the job only after the instances start; refuse it here."""
+    if backend == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models()
+        ok = arch in known
+    else:
+        import timm
+
+        ok = timm.is_model(arch)
+        known = timm.list_models() if not ok else []
+    if not ok:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UserError(f"{label or arch}: not a {backend} model name{hint}; list them with "
+                        f"python -c \"import {backend}; print({backend}.{'' if backend == 'timm' else 'models.'}"
+                        "list_models())\"")
+
+
+def _numbers(option: str, text: str, cast) -> tuple:
+    try:
+        return tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        kind = "integers" if cast is int else "numbers"
+        raise UserError(f"{option} {text!r}: expected comma-separated {kind}") from None
+
+
+def _range(option: str, text: str, cast, name: str) -> tuple:
+    vals = _numbers(option, text, cast)
+    if len(vals) != 2:
+        raise UserError(f"{option} {text!r}: expected MIN,MAX (two values); to fix {name} instead of tuning it, "
+                        f"drop the range and pass --hp {name}=VALUE" if len(vals) == 1 else
+                        f"{option} {text!r}: expected MIN,MAX (two values)")
+    lo, hi = vals
+    if lo > hi:
+        raise UserError(f"{option} {text!r}: MIN {lo} is greater than MAX {hi}; write {hi},{lo}")
+    if lo == hi:
+        raise UserError(f"{option} {text!r}: MIN equals MAX; to fix {name}, drop the range and pass "
+                        f"--hp {name}={lo}")
+    return vals
+
+
+def tuning_ranges(*, lr: str, batch_sizes: str, epochs: str, archs: str, image_sizes: str,
+                  static: dict[str, str]) -> dict:
+    """Parse and check `sm tune`'s ranges: MIN < MAX, every end a valid hyperparameter with the trainer's own
+    rules, known model names, no --hp fixing a tuned name. -> {name: tuple of values}."""
+    out = {"lr": _range("--lr-range", lr, float, "lr"),
+           "epochs": _range("--epochs-range", epochs, int, "epochs"),
+           "batch_size": _numbers("--batch-sizes", batch_sizes, int)}
+    if not out["batch_size"]:
+        raise UserError("--batch-sizes: give at least one batch size")
+    if archs.strip():
+        out["arch"] = tuple(a.strip() for a in archs.split(",") if a.strip())
+    if image_sizes.strip():
+        out["image_size"] = _numbers("--image-sizes", image_sizes, int)
+    option = {"lr": "--lr-range", "epochs": "--epochs-range", "batch_size": "--batch-sizes", "arch": "--archs",
+              "image_size": "--image-sizes"}
+    for name in out:
+        if name in static:
+            raise UserError(f"--hp {name}={static[name]}: {name} is tuned by {option[name]}; drop one of them")
+        if len(set(out[name])) != len(out[name]):
+            raise UserError(f"{option[name]}: a value is given twice")
+    # every end of every range with the static hyperparameters, by the container's rules
+    for name, values in out.items():
+        for v in values:
+            validate({**static, name: str(v)}, origin={name: option[name]})
+    return out
