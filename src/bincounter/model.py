@@ -22,6 +22,7 @@ from torch import nn
 from . import COUNTS, __version__
 from .errors import UserError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .weights import check_weights_file, describe
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -30,57 +31,113 @@ FORMAT = "bincounter-model/1"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
-def resolve_weights_file(path: str | Path) -> Path:
-    """A weights file, or a directory (e.g. the SageMaker `pretrained` channel) holding exactly one."""
+def resolve_weights_file(path: str | Path, arch: str | None = None) -> Path:
+    """A weights file, or a directory (e.g. the SageMaker `pretrained` channel) holding exactly one, or one
+    named `<arch>.<suffix>` (what `bincounter weights fetch` writes). Other files (the provenance JSON) are
+    ignored."""
     p = Path(path)
     if p.is_file():
         return p
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _WEIGHT_SUFFIXES)
-        if len(files) == 1:
-            return files[0]
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _WEIGHT_SUFFIXES
+                       and not f.name.startswith("."))
+        named = [f for f in files if arch and f.stem == arch]
+        if len(files) == 1 or len(named) == 1:
+            return (named or files)[0]
         raise UserError(f"pretrained weights directory {p} holds {len(files)} weight files "
-                        f"({', '.join(_WEIGHT_SUFFIXES)}); expected exactly one")
+                        f"({', '.join(_WEIGHT_SUFFIXES)}); expected exactly one"
+                        + (f" or one named {arch}.safetensors" if arch else ""))
     raise UserError(f"pretrained weights {p} not found")
 
 
 def _load_state_dict(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a weights file, pickled objects
+        raise UserError(f"{path}: cannot read weights ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
+    if not isinstance(sd, dict):
+        raise UserError(f"{path}: not a state dict ({type(sd).__name__})")
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def _head_prefix(model: nn.Module) -> str:
+    head = classifier(model)
+    return next(name for name, m in model.named_modules() if m is head) + "."
+
+
+def load_backbone(model: nn.Module, path: str | Path, arch: str, backend: str) -> int:
+    """Load every backbone tensor (all but the head) from a local weights file, or stop with one line.
+    Returns how many loaded. The head keeps its fresh init whatever the file holds."""
+    f = resolve_weights_file(path, arch)
+    prov = check_weights_file(f, arch)
+    sd = _load_state_dict(f)
+    head = _head_prefix(model)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    need = [k for k in own if not k.endswith("num_batches_tracked")]
+    fits = {k: sd[k] for k in own if k in sd and tuple(sd[k].shape) == tuple(own[k].shape)}
+    matched = sum(1 for k in need if k in fits)
+    extra = [k for k in sd if not k.startswith(head) and k not in own]  # e.g. efficientnet_b1 into _b0
+    if matched < len(need) or extra:
+        missing = [k for k in need if k not in sd]
+        other = [k for k in need if k in sd and k not in fits]
+        why = "; ".join(([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) +
+                        ([f"{len(other)} of another shape, e.g. {other[0]} {list(sd[other[0]].shape)} vs "
+                          f"{list(own[other[0]].shape)}"] if other else []) +
+                        ([f"{len(extra)} in the file that the model lacks, e.g. {extra[0]}"] if extra else []))
+        raise UserError(f"pretrained weights {f} fit {matched} of the {len(need)} backbone tensors of {backend} "
+                        f"{arch} ({why}): weights for another architecture or backend? "
+                        f"(`bincounter weights fetch --arch {arch}` writes matching ones)")
+    model.load_state_dict(fits, strict=False)
+    log.info("loaded %d/%d backbone tensors of pretrained weights from %s; new head %s%s", matched, len(need), f,
+             head.rstrip("."), f"; {describe(prov)}" if prov else "")
+    return matched
+
+
+def _neutral_head(model: nn.Module) -> None:
+    """Zero the new classifier's last layer: every class starts at p = 1/num_classes (loss ln K), so the first
+    steps send no large gradients into pretrained features. (timm's EfficientNet init draws it uniform in
+    +-1/sqrt(num_classes), +-0.45 for 5 classes: a first loss of ~11 on ImageNet features.) The weight's
+    gradient is not zero (features x (p - y)), so the head learns from the first step."""
+    layers = [m for m in classifier(model).modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not layers:
+        raise UserError(f"cannot find the classifier layer of {type(model).__name__}")
+    nn.init.zeros_(layers[-1].weight)
+    if layers[-1].bias is not None:
+        nn.init.zeros_(layers[-1].bias)
 
 
 def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_classes: int = len(COUNTS),
                  pretrained: bool = False, pretrained_path: str | Path | None = None,
                  drop_rate: float | None = None) -> nn.Module:
-    """A fresh classifier with a `num_classes` head. Pretrained weights come from `pretrained_path` when
-    given (the head is left out of the load), from the backend's own download when `pretrained`, else
-    random init."""
+    """A fresh classifier with a `num_classes` head that starts neutral (zero-init). Pretrained weights come
+    from `pretrained_path` when given (every backbone tensor must load; the head is left out), from the
+    backend's own download when `pretrained`, else random init."""
     if backend == "timm":
         import timm
 
         if not timm.is_model(arch):
             raise UserError(f"unknown timm architecture {arch!r} (see timm.list_models('efficientnet*'))")
         kw = {} if drop_rate is None else {"drop_rate": drop_rate}
-        if pretrained_path is not None:
-            f = resolve_weights_file(pretrained_path)
-            model = timm.create_model(arch, pretrained=True, num_classes=num_classes,
-                                      pretrained_cfg_overlay={"file": str(f)}, **kw)
-            log.info("loaded pretrained weights from %s", f)
-            return model
         try:
-            return timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **kw)
+            model = timm.create_model(arch, pretrained=pretrained and pretrained_path is None,
+                                      num_classes=num_classes, **kw)
         except Exception as e:  # network, hub, missing weights: one actionable line
             raise UserError(f"could not fetch pretrained weights for {arch} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0].split('. ')[0][:160]}); pass --pretrained-path FILE (or a "
-                            "'pretrained' channel) or --no-pretrained to start from random init") from None
-    if backend == "torchvision":
+                            "'pretrained' channel; `bincounter weights fetch` writes one) or --no-pretrained to "
+                            "start from random init") from None
+    elif backend == "torchvision":
         import torchvision
 
         if arch not in torchvision.models.list_models():
@@ -91,16 +148,13 @@ def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_class
         except Exception as e:
             raise UserError(f"could not fetch pretrained weights for {arch} ({type(e).__name__}); pass "
                             "--pretrained-path FILE or --no-pretrained") from None
-        if pretrained_path is not None:
-            f = resolve_weights_file(pretrained_path)
-            sd = _load_state_dict(f)
-            own = model.state_dict()
-            kept = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-            model.load_state_dict(kept, strict=False)
-            log.info("loaded %d/%d tensors of pretrained weights from %s", len(kept), len(own), f)
         _replace_torchvision_head(model, num_classes)
-        return model
-    raise UserError(f"unknown backend {backend!r} (timm or torchvision)")
+    else:
+        raise UserError(f"unknown backend {backend!r} (timm or torchvision)")
+    if pretrained_path is not None:
+        load_backbone(model, pretrained_path, arch, backend)
+    _neutral_head(model)
+    return model
 
 
 def _replace_torchvision_head(model: nn.Module, num_classes: int) -> None:
