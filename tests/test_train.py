@@ -283,13 +283,92 @@ def test_two_processes_train_one_model_with_gloo(channels, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          "-m", "bincounter", "train", "--train", str(channels / "train"), "--val", str(channels / "val"),
          "--model-dir", str(tmp_path / "m"), "--epochs", "1", "--image-size", "64", "--no-pretrained",
-         "--workers", "0", "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=300)
+         "--workers", "0", "--batch-size", "8", "--lr", "0.05"],  # lr: leave uniform guessing, where BN
+        capture_output=True, text=True, env=env, timeout=300)  # differences would not show in the loss
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0/2" in proc.stderr
     assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]) == 1  # rank 0 only
     assert (tmp_path / "m" / "model.safetensors").is_file()
-    val = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert val["world_size"] == 2
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    # each rank validated a disjoint half: together exactly the split, nothing twice, nothing dropped
+    n_val = len(list((channels / "val").rglob("*.jpg")))
+    assert metrics["history"][0]["val_n"] == n_val
+    # and they validated the model that was saved (rank 0's BatchNorm statistics), not one each
+    from torch.utils.data import DataLoader
+
+    from bincounter.data.dataset import ChannelDataset
+    from bincounter.distributed import DistInfo
+    from bincounter.engine import evaluate
+
+    model, _, pre = load_artifact(tmp_path / "m")
+    ev = evaluate(model, DataLoader(ChannelDataset(channels / "val", pre), batch_size=8), torch.device("cpu"),
+                  DistInfo(), channels_last=True, show_progress=False)
+    assert ev["loss_sum"] / n_val == pytest.approx(metrics["history"][0]["val_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_frozen_peer_fails_the_run_within_the_timeout_and_says_so(channels, tmp_path):
+    """A host that stops answering (SIGSTOP: no reset, like a dead host or a network split) fails the other
+    rank after BINCOUNTER_DIST_TIMEOUT_S, with the cause in the failure file, instead of gloo's 30 minutes."""
+    import signal
+    import time
+
+    failure = tmp_path / "failure"
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29541", "BINCOUNTER_DIST_TIMEOUT_S": "8",
+            "BINCOUNTER_FAILURE_FILE": str(failure), "LOCAL_WORLD_SIZE": "2"}
+    cmd = [sys.executable, "-m", "bincounter", "train", "--train", str(channels / "train"), "--val",
+           str(channels / "val"), "--model-dir", str(tmp_path / "m"), "--epochs", "50", "--image-size", "64",
+           "--no-pretrained", "--workers", "0", "--batch-size", "4", "--no-progress"]
+    procs = [subprocess.Popen(cmd, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    try:
+        for line in procs[0].stdout:  # wait until both are training
+            if line.startswith("epoch=1 "):
+                break
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        rest = procs[0].communicate(timeout=120)[0]
+        waited = time.monotonic() - t0
+    finally:
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL) if p.poll() is None else None
+    assert procs[0].returncode != 0, rest[-2000:]
+    assert waited < 60, waited  # the 8 s timeout, not gloo's 30 minutes
+    reason = failure.read_text()
+    assert reason.startswith("rank 0 of 2 on ") and "BINCOUNTER_DIST_TIMEOUT_S" in reason, reason
+    assert reason.count("\n") == 1
+
+
+def test_pick_device_honours_an_explicit_gpu_index(monkeypatch):
+    """A serving worker asks for its own GPU ("cuda:2"); that index must not collapse to GPU 0."""
+    from bincounter.distributed import pick_device
+    from bincounter.errors import UserError
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert pick_device("cuda:2") == torch.device("cuda", 2) and chosen == [2]
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert pick_device("auto", local_rank=1) == torch.device("cuda", 1)
+    with pytest.raises(UserError, match="GPU 7 does not exist"):
+        pick_device("cuda:7")
+    with pytest.raises(UserError, match="expected auto, cpu, cuda or cuda:N"):
+        pick_device("tpu")
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((7, 0), torch.float16),
+                                               ((8, 6), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_mixed_precision_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, dtype):
+    """T4 (7.5) and V100 (7.0) report is_bf16_supported() True through emulation; they must get fp16."""
+    from bincounter.engine import amp_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert amp_dtype(torch.device("cuda", 0)) == dtype
+    assert amp_dtype(torch.device("cpu")) is None
 
 
 def test_profile_writes_a_trace_and_a_system_report(channels, tmp_path):
