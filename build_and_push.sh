@@ -5,7 +5,10 @@
 #
 #   --region R            AWS region (else AWS_REGION, AWS_DEFAULT_REGION, the profile's region)
 #   --profile P           AWS CLI profile
-#   --tag T               image tag (default: git short SHA, plus -dirty-<hash> for uncommitted changes)
+#   --tag T               image tag (default: git short SHA, plus -dirty-<hash> when what goes into the image
+#                         (src/, container/, Dockerfile, pyproject.toml, README.md) has uncommitted or
+#                         untracked files)
+#   --print-tag           print the tag that would be used and exit (no Docker, no AWS)
 #   --no-latest           do not also tag and push :latest
 #   --base-image IMG      BASE_IMAGE build argument (default: the Dockerfile's, debian:bookworm-slim)
 #   --build-arg K=V       extra docker build argument (repeatable)
@@ -33,6 +36,9 @@ REGION="" PROFILE="" REGISTRY="" ENDPOINT="" BASE_IMAGE="" CA_BUNDLE=""
 DOCKERFILE="$ROOT/Dockerfile"
 CONTEXT="$ROOT"
 BUILD_ARGS=()
+PRINT_TAG=0
+# what the Dockerfile copies into the image: a change here (untracked files too) makes the default tag dirty
+IMAGE_PATHS=(src container Dockerfile pyproject.toml README.md)
 
 log() { echo "build_and_push: $*" >&2; }
 die() { echo "build_and_push: error: $*" >&2; exit 1; }
@@ -45,6 +51,7 @@ while [ $# -gt 0 ]; do
     --profile) need_value "$@"; PROFILE="$2"; shift 2 ;;
     --tag) need_value "$@"; TAG="$2"; shift 2 ;;
     --no-latest) LATEST=0; shift ;;
+    --print-tag) PRINT_TAG=1; shift ;;
     --base-image) need_value "$@"; BASE_IMAGE="$2"; shift 2 ;;
     --build-arg) need_value "$@"; BUILD_ARGS+=(--build-arg "$2"); shift 2 ;;
     --platform) need_value "$@"; PLATFORM="$2"; shift 2 ;;
@@ -65,6 +72,24 @@ done
 case "$MUTABILITY" in MUTABLE|IMMUTABLE) ;; *) die "--tag-mutability must be MUTABLE or IMMUTABLE" ;; esac
 [ -f "$DOCKERFILE" ] || die "Dockerfile $DOCKERFILE not found"
 
+# --- the tag -----------------------------------------------------------------------------------------
+if [ -z "$TAG" ]; then
+  if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
+    TAG="$(git -C "$ROOT" rev-parse --short=12 HEAD)"
+    if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=all -- "${IMAGE_PATHS[@]}")" ]; then
+      # the hash covers tracked changes and the untracked files' names and contents
+      state="$( { git -C "$ROOT" diff HEAD -- "${IMAGE_PATHS[@]}"
+                  git -C "$ROOT" ls-files --others --exclude-standard -z -- "${IMAGE_PATHS[@]}" \
+                    | (cd "$ROOT" && xargs -0 -r sha256sum); } | sha256sum | cut -c1-8)"
+      TAG="$TAG-dirty-$state"
+    fi
+  else
+    die "not a git checkout: pass --tag"
+  fi
+fi
+[[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "tag '$TAG' is not a valid Docker tag"
+if [ "$PRINT_TAG" = 1 ]; then echo "$TAG"; exit 0; fi
+
 # --- tools -------------------------------------------------------------------------------------------
 command -v docker >/dev/null 2>&1 || die "docker is not installed"
 docker info >/dev/null 2>&1 || die "the Docker daemon is not reachable (${DOCKER_HOST:-unix:///var/run/docker.sock}); start dockerd"
@@ -83,18 +108,6 @@ set_aws_opts() {
 set_aws_opts
 ecr() { "${BINCOUNTER[@]}" -q ecr "$1" "${aws_opts[@]}" "${@:2}"; }
 
-# --- the tag -----------------------------------------------------------------------------------------
-if [ -z "$TAG" ]; then
-  if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
-    TAG="$(git -C "$ROOT" rev-parse --short=12 HEAD)"
-    if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ]; then
-      TAG="$TAG-dirty-$(git -C "$ROOT" diff HEAD | sha256sum | cut -c1-8)"
-    fi
-  else
-    die "not a git checkout: pass --tag"
-  fi
-fi
-[[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "tag '$TAG' is not a valid Docker tag"
 
 # --- AWS: account, registry, repository, login -------------------------------------------------------
 if [ "$PUSH" = 1 ]; then
