@@ -6,8 +6,6 @@ import logging
 import sys
 import time
 
-from tqdm import tqdm
-
 log = logging.getLogger("bincounter")
 
 
@@ -43,6 +41,8 @@ def progress(total: int | None, desc: str, enabled: bool = True, unit: str = "it
     if not enabled:
         return _Silent()
     if sys.stderr.isatty():
+        from tqdm import tqdm  # here, not at the top: the trainer runs where tqdm is not installed
+
         return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
     return _PlainProgress(total, desc)
 
