@@ -68,6 +68,9 @@ def test_two_hosts_train_one_model_with_gloo(image, channels, tmp_path, names):
     assert len(epoch_lines[0]) == 2 and epoch_lines[1] == []  # rank 0 alone logs the epochs
     m = json.loads((dirs["algo-1"] / "model" / "metrics.json").read_text())
     assert m["world_size"] == 2
+    # the two hosts validated and tested disjoint halves: together exactly each split, nothing twice
+    assert [h["val_n"] for h in m["history"]] == [len(list((channels / "val").rglob("*.jpg")))] * 2
+    assert m["test"]["n"] == len(list((channels / "test").rglob("*.jpg")))
 
 
 def test_killed_job_resumes_from_its_checkpoint(image, abid_root, tmp_path, names):
