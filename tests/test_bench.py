@@ -35,3 +35,16 @@ def test_fetch_bench_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["workers"] for r in rows] == [1, 8] and all(r["failed"] == 0 and r["files"] == 50 for r in rows)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
+    """bench/gpu_check.py is run on a lent GPU machine with no second try: its code is exercised here."""
+    out = tmp_path / "gc.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["check"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "env": "ok", "train": "ok", "torchrun": "ok", "gpu_decode": "skipped", "predictor": "ok", "pinning": "skipped"}
+    assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
