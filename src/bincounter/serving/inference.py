@@ -1,8 +1,11 @@
 """What MMS workers run (through sagemaker-inference's handler service).
 
 model_fn loads the artifact with `Predictor` (the same decode/resize/normalisation as evaluation), pinned
-to the worker's own GPU (`gpu_id` from MMS) when there is one. The requests of one MMS batch (dynamic
-batching, `BINCOUNTER_BATCH_SIZE`) are answered with one forward pass; errors become JSON with a 4xx status.
+to the worker's own GPU when there is one: MMS gives worker k `gpu_id` k, `worker_device` maps it onto the
+visible GPUs ("cuda:2"), and that device is both the current CUDA device of the worker process and the one
+`Predictor` puts the model on (`distributed.pick_device` honours the index), so N workers use N GPUs. The
+requests of one MMS batch (dynamic batching, `BINCOUNTER_BATCH_SIZE`) are answered with one forward pass;
+errors become JSON {"error", "status"} (4xx for the request's own fault).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ log = logging.getLogger("bincounter.serving")
 
 
 def worker_device(context) -> str:
+    """"cuda:<gpu_id mod visible GPUs>" for an MMS worker on a GPU host, else "cpu"."""
     gpu_id = None
     if context is not None:
         gpu_id = (context.system_properties or {}).get("gpu_id")
@@ -37,7 +41,12 @@ class InferenceHandler(DefaultInferenceHandler):
         if device == "cpu":
             workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1") or 1)
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        else:
+            # CUDA work that names no device (cuDNN/cuBLAS handles, caches) lands on this worker's GPU too
+            torch.cuda.set_device(torch.device(device))
         pred = Predictor(model_dir, device=device)
+        if str(pred.device) != device:
+            log.error("worker pinned to %s but the model is on %s", device, pred.device)
         log.info("model %s (%s, %d px) loaded on %s", pred.config["model_version"], pred.config["arch"],
                  pred.pre.image_size, device)
         return pred

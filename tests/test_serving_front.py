@@ -1,0 +1,360 @@
+"""The serving front (serving/server.py) in-process against a fake multi-model-server on loopback: HTTP framing
+(Content-Length, chunked, 411/413, keep-alive after an error), the request path to MMS (no re-send on a timeout,
+MMS's errors in the contract shape), the health gate noticing a dead worker, graceful shutdown, idle clients and
+the connection cap. Nothing here measures time: waits are bounded conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+from bincounter.serving import server  # noqa: E402
+
+from .helpers import wait_for  # noqa: E402
+
+WARMUP = server._warmup_image()
+MMS_WORKER_DIED = b'{"code": 500, "type": "InternalServerException", "message": "Worker died."}'
+
+
+class FakeMMS:
+    """The parts of MMS the front uses: the management API (one READY worker) and /predictions/model.
+    `mode` decides how predictions are answered; the health gate's test image is told apart from requests."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests: list[bytes] = []  # bodies of /predictions calls other than the test image
+        self.probes = 0
+        self.received = threading.Event()
+        self.hang = asyncio.Event()  # never set: "dead" requests wait on it
+
+    async def models(self, request):
+        return web.json_response([{"modelName": "model", "workers": [{"id": "9000", "status": "READY"}]}])
+
+    async def predict(self, request):
+        body = await request.read()
+        if body == WARMUP:
+            self.probes += 1
+        else:
+            self.requests.append(body)
+            self.received.set()
+        if self.mode == "dead":
+            await self.hang.wait()
+        if body != WARMUP and self.mode == "slow":
+            await asyncio.sleep(1.5)
+        if body != WARMUP and self.mode == "died":
+            return web.Response(status=500, body=MMS_WORKER_DIED, content_type="application/json")
+        if body != WARMUP and self.mode == "text":
+            return web.Response(status=503, text="Service Unavailable\nqueue full", content_type="text/plain")
+        return web.json_response({"count": 3, "n": len(body)})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/models/model", self.models)
+        app.router.add_post("/predictions/model", self.predict)
+        return app
+
+
+class Running:
+    """A front + fake MMS on an event loop in a background thread."""
+
+    def __init__(self, **settings):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fake = FakeMMS()
+        self.call(self._start(settings))
+
+    def call(self, coro, timeout=30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self, settings):
+        self.mms_runner = web.AppRunner(self.fake.app(), access_log=None)
+        await self.mms_runner.setup()
+        site = web.TCPSite(self.mms_runner, "127.0.0.1", 0)
+        await site.start()
+        mms_port = site._server.sockets[0].getsockname()[1]
+        defaults = dict(port=0, mms_port=mms_port, max_bytes=2**20, timeout_s=1.0, health_interval_s=0.2,
+                        probe_timeout_s=0.5, recover_s=60.0, idle_timeout_s=60.0)
+        self.s = server.Settings(**{**defaults, **settings})
+        self.session = aiohttp.ClientSession()
+        url = f"http://127.0.0.1:{mms_port}"
+        self.health = server.Health(url, self.s)
+        self.front = server.Front(self.s, self.health, self.session, url)
+        self.port = await self.front.start("127.0.0.1")
+        self.checker = asyncio.create_task(self.health.run(self.session))
+
+    async def _stop(self):
+        await self.front.stop(0)
+        self.checker.cancel()
+        self.fake.hang.set()
+        await self.session.close()
+        await self.mms_runner.cleanup()
+
+    def close(self):
+        self.call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def request(self, method, path, body=None, ctype="image/jpeg", timeout=30):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": ctype} if body is not None else {})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def ping(self) -> int:
+        return self.request("GET", "/ping")[0]
+
+
+@pytest.fixture()
+def front():
+    made = []
+
+    def start(**settings) -> Running:
+        run = Running(**settings)
+        made.append(run)
+        wait_for(lambda: run.ping() == 200, 20, 0.05, "the front's /ping 200")
+        return run
+
+    yield start
+    for run in made:
+        run.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, read until the server closes (or `timeout` passes); everything it answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out
+
+
+def responses(raw: bytes) -> list[tuple[int, dict]]:
+    """(status, JSON body) of every HTTP response in a raw byte stream (bodies with Content-Length)."""
+    out = []
+    while raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = int(headers.get("content-length", 0))
+        body, raw = rest[:n], rest[n:]
+        out.append((int(lines[0].split()[1]), json.loads(body) if body else {}))
+    return out
+
+
+def contract(doc: dict, status: int) -> bool:
+    return set(doc) == {"error", "status"} and doc["status"] == status and isinstance(doc["error"], str)
+
+
+# --------------------------------------------------------------------------------------------- framing
+@pytest.mark.parametrize("length", ["-1", "abc", "1, 2"])
+def test_a_malformed_content_length_is_400_and_the_body_is_never_read(front, length):
+    """Issue 12, item 3: `Content-Length: -1` once meant "read until the client closes", past the limit."""
+    run = front()
+    head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    raw = raw_exchange(run.port, head + b"\xff" * (2 * 2**20))  # twice the 1 MB limit
+    answers = responses(raw)
+    assert len(answers) == 1 and answers[0][0] == 400 and contract(answers[0][1], 400), raw[:500]
+    assert run.fake.requests == []
+
+
+def test_a_post_without_length_is_411_and_the_connection_closes(front):
+    run = front()
+    raw = raw_exchange(run.port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n\r\n"
+                                 b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    answers = responses(raw)
+    assert [s for s, _ in answers] == [411] and contract(answers[0][1], 411), raw[:500]
+
+
+def _chunked(body: bytes, size: int = 4096) -> bytes:
+    parts = [b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+def test_a_chunked_upload_is_served_within_the_same_limit(front):
+    """Issue 12, item 13: chunked bodies were a 400 and their chunks were parsed as the next request."""
+    run = front()
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n"
+    body = b"\xff\xd8" + b"j" * 100_000
+    raw = raw_exchange(run.port, head + b"Connection: close\r\n\r\n" + _chunked(body))
+    answers = responses(raw)
+    assert [s for s, _ in answers] == [200] and answers[0][1]["n"] == len(body), raw[:500]
+    assert run.fake.requests == [body]
+    raw = raw_exchange(run.port, head + b"\r\n" + _chunked(b"x" * (2**20 + 1)))
+    answers = responses(raw)
+    assert [s for s, _ in answers] == [413] and contract(answers[0][1], 413), raw[:500]
+    assert len(run.fake.requests) == 1
+
+
+def test_an_error_answered_before_the_body_does_not_desync_keep_alive(front):
+    """Minor item: a 404 answered without reading the body made the body the connection's next request."""
+    run = front()
+    hidden = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = raw_exchange(run.port, b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                                 b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (len(hidden), hidden))
+    answers = responses(raw)
+    assert [s for s, _ in answers] in ([404, 200], [404]), raw[:800]  # never a second /ping answer
+    assert contract(answers[0][1], 404)
+
+
+def test_a_body_over_the_limit_is_413_in_the_contract_shape(front):
+    run = front()
+    status, body = run.request("POST", "/invocations", b"\0" * (2**20 + 10))
+    assert status == 413 and contract(json.loads(body), 413)
+    assert run.fake.requests == []
+
+
+# ------------------------------------------------------------------------------------------- MMS path
+def test_a_request_mms_does_not_answer_in_time_is_sent_once(front):
+    """Issue 12, item 4: a read timeout counted as a stale keep-alive connection and the request ran twice."""
+    run = front()
+    run.fake.mode = "slow"  # 1.5 s against the front's 1 s
+    status, body = run.request("POST", "/invocations", b"\xff\xd8slow")
+    time.sleep(2)  # a re-sent request would have reached the fake MMS by now
+    assert run.fake.requests == [b"\xff\xd8slow"]
+    assert status == 504 and contract(json.loads(body), 504), body
+
+
+@pytest.mark.parametrize("mode, status, message", [("died", 500, "Worker died."),
+                                                   ("text", 503, "Service Unavailable")])
+def test_mms_errors_leave_in_the_contract_shape(front, mode, status, message):
+    """Issue 12, item 10: MMS's own {"code", "type", "message"} (a dying worker) reached the client."""
+    run = front()
+    run.fake.mode = mode
+    got, body = run.request("POST", "/invocations", b"\xff\xd8x")
+    assert got == status and json.loads(body) == {"error": message, "status": status}
+
+
+def test_a_dead_worker_turns_ping_503_and_is_given_up_after_the_bound(front):
+    """Issue 12, item 9: MMS keeps calling a killed worker READY; only a test prediction shows it is gone.
+    A failed request makes the front re-run it: /ping goes 503, and after recover_s the front gives up (`lost`,
+    which makes `serve` stop MMS and exit 1)."""
+    run = front(recover_s=1.0, health_interval_s=30.0)  # no periodic probe: the failed request must trigger it
+    probes = run.fake.probes
+    run.fake.mode = "dead"
+    status, body = run.request("POST", "/invocations", b"\xff\xd8x")
+    assert status == 504 and contract(json.loads(body), 504)
+    wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503")
+    assert run.fake.probes > probes
+    wait_for(lambda: run.health.lost, 20, 0.1, "the front to give the worker up")
+    status, body = run.request("GET", "/ping")
+    assert status == 503 and "replaces this container" in json.loads(body)["reason"]
+    status, body = run.request("POST", "/invocations", b"\xff\xd8x")
+    assert status == 503 and contract(json.loads(body), 503)
+
+
+def test_an_idle_worker_is_probed_periodically(front):
+    run = front(health_interval_s=0.2)
+    run.fake.mode = "dead"
+    wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503 without any request")
+    assert run.fake.requests == []
+    assert run.health.lost is None  # recover_s=60: not given up yet
+
+
+def test_a_worker_that_comes_back_makes_ping_200_again(front):
+    run = front(health_interval_s=0.2)
+    run.fake.mode = "dead"
+    wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503")
+    run.fake.mode = "ok"
+    run.call(_set(run.fake.hang))
+    wait_for(lambda: run.ping() == 200, 10, 0.05, "/ping 200 again")
+    assert run.health.failing_since is None
+
+
+async def _set(event):
+    event.set()
+
+
+# ----------------------------------------------------------------------------------- connections, stop
+def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(front):
+    """Issue 12, item 12: on SIGTERM the front kept taking requests while MMS was killed under them."""
+    run = front(timeout_s=10.0)
+    run.fake.mode = "slow"
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=run.request("POST", "/invocations", b"\xff\xd8inflight")))
+    t.start()
+    assert run.fake.received.wait(10)
+    run.call(run.front.stop(10.0))
+    t.join(10)
+    assert result["r"][0] == 200, result
+    with pytest.raises(OSError):
+        run.request("GET", "/ping", timeout=5)
+
+
+def test_a_client_that_sends_nothing_is_disconnected(front):
+    """Minor item: idle or slow clients held a thread each, forever."""
+    run = front(idle_timeout_s=0.5)
+    with socket.create_connection(("127.0.0.1", run.port), timeout=15) as stalled:
+        stalled.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+        with socket.create_connection(("127.0.0.1", run.port), timeout=15) as idle:
+            assert idle.recv(100) == b""  # closed by the server, not by our 15 s timeout
+        try:
+            assert stalled.recv(100) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_connections_are_capped(front):
+    run = front(max_connections=2)
+    count = lambda: len(run.front._server.connections)  # noqa: E731
+    wait_for(lambda: count() == 0, 10, 0.05, "the fixture's connections to go")
+    a = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    wait_for(lambda: count() == 1, 10, 0.05, "one connection")
+    b = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+    try:
+        wait_for(lambda: count() == 2, 10, 0.05, "two connections")
+        raw = raw_exchange(run.port, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = responses(raw)
+        assert [s for s, _ in answers] == [503] and "too many connections" in answers[0][1]["error"], raw
+    finally:
+        a.close()
+        b.close()
+    wait_for(lambda: run.ping() == 200, 10, 0.05, "a free slot again")
+
+
+def test_expect_100_continue(front):
+    run = front()
+    body = b"\xff\xd8" + b"e" * 1000
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\n"
+                     b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    assert [s for s, _ in responses(raw)] == [200]
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("BINCOUNTER_RECOVER_S", "30")
+    monkeypatch.setenv("BINCOUNTER_MAX_CONNECTIONS", "5")
+    s = server.settings_from_env(gpus=0)
+    assert (s.recover_s, s.max_connections, s.batch_size, s.workers) == (30.0, 5, 4, 1)
+    monkeypatch.setenv("BINCOUNTER_DRAIN_S", "soon")
+    with pytest.raises(ValueError, match="BINCOUNTER_DRAIN_S='soon' is not a number"):
+        server.settings_from_env(gpus=0)
+
+
+def test_java_heap_follows_the_container_memory_limit():
+    assert "-UseContainerSupport" not in server.JAVA_VMARGS and "MaxRAMPercentage" in server.JAVA_VMARGS
