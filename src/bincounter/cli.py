@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import COUNTS, __version__
-from .errors import UserError
+from .errors import UserError, write_failure_file
 
 log = logging.getLogger("bincounter")
 
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter,
                        description="Train on channel folders and write model.safetensors, config.json and "
                        "metrics.json to --model-dir. One line per epoch on stdout:\n"
-                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X lr=X epoch_time_s=X\n"
+                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X best_val_acc=X lr=X epoch_time_s=X\n"
                        "Runs on CPU or GPU; under torchrun it trains with torch.distributed.")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
@@ -427,19 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_failure_file(message: str) -> None:
-    """Inside a SageMaker container the first failing process records the reason (one line)."""
-    import os
-
-    path = os.environ.get("BINCOUNTER_FAILURE_FILE")
-    if path and not os.path.exists(path):
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(message.splitlines()[0] + "\n")
-        except OSError:
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -450,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"bincounter: error: {e}", file=sys.stderr)
-        _write_failure_file(str(e))
+        write_failure_file(str(e))
         return 2
     except KeyboardInterrupt:
         print("bincounter: interrupted", file=sys.stderr)
