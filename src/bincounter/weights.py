@@ -126,13 +126,14 @@ def map_state_dict(src: dict, template: dict, what: str = "source") -> dict:
     running_mean, ...)."""
     if len(src) != len(template):
         raise UserError(f"cannot map {what}: {len(src)} entries onto {len(template)}; refusing")
-    bad = [(sk, tuple(sv.shape), tk, tuple(tv.shape)) for (sk, sv), (tk, tv) in zip(src.items(), template.items())
+    pairs = list(zip(src.items(), template.items(), strict=True))
+    bad = [(sk, tuple(sv.shape), tk, tuple(tv.shape)) for (sk, sv), (tk, tv) in pairs
            if tuple(sv.shape) != tuple(tv.shape) or _kind(sk) != _kind(tk)]
     if bad:
         sk, ss, tk, ts = bad[0]
         raise UserError(f"cannot map {what}: {len(bad)} of {len(src)} entries differ, first {sk} {list(ss)} -> "
                         f"{tk} {list(ts)}; refusing")
-    return {tk: sv.detach().clone().contiguous() for (_, sv), tk in zip(src.items(), template)}
+    return {tk: sv.detach().clone().contiguous() for (_, sv), (tk, _) in pairs}
 
 
 # ------------------------------------------------------------------------------------ package files
@@ -185,7 +186,7 @@ def top1_check(model: torch.nn.Module, mean, std, workdir: Path) -> dict:
     with torch.no_grad():
         p = model(x).float().softmax(1)
     out = []
-    for (f, cls, label), row in zip(photos, p):
+    for (f, cls, label), row in zip(photos, p, strict=True):
         top = int(row.argmax())
         out.append({"photo": f"skimage/data/{f.name}", "expected": cls, "expected_label": label, "top1": top,
                     "probability": round(float(row[top]), 4), "p_expected": round(float(row[cls]), 4)})
