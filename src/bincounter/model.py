@@ -10,6 +10,7 @@ Backends: timm (default; any `timm.list_models()` name) or torchvision (`torchvi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -22,7 +23,7 @@ from torch import nn
 from . import COUNTS, __version__
 from .errors import UserError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .weights import check_weights_file, describe
+from .weights import check_weights_file, describe, hub_offline_if_unreachable
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -117,26 +118,67 @@ def _neutral_head(model: nn.Module) -> None:
         nn.init.zeros_(layers[-1].bias)
 
 
+HEADS = ("linear", "ordinal")
+
+
+class OrdinalHead(nn.Module):
+    """An ordinal head for counts (CORN's conditional formulation): K-1 logits l_k = logit P(y > k | y >= k).
+    It returns class log-probabilities, log p_y = sum_{j<y} log s_j + log(1 - s_y) with s = sigmoid(l), so that
+    cross-entropy on its output is exactly the CORN loss, the probabilities respect the order of the counts by
+    construction, and everything downstream (softmax, argmax, evaluation, serving, export) is unchanged.
+    It starts at the uniform distribution (zero weights, biases logit((K-1-k)/(K-k)))."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, num_classes
+        self.fc = nn.Linear(in_features, num_classes - 1)
+        nn.init.zeros_(self.fc.weight)
+        k = torch.arange(num_classes - 1, dtype=torch.float32)
+        s = (num_classes - 1 - k) / (num_classes - k)
+        with torch.no_grad():
+            self.fc.bias.copy_(torch.log(s / (1 - s)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x)
+        zero = logits.new_zeros(logits.shape[0], 1)
+        before = torch.cat([zero, torch.cumsum(nn.functional.logsigmoid(logits), 1)], 1)
+        return before + torch.cat([nn.functional.logsigmoid(-logits), zero], 1)
+
+
+def _use_ordinal_head(model: nn.Module) -> None:
+    head = classifier(model)
+    prefix = _head_prefix(model).rstrip(".")
+    last = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)][-1]
+    name = ".".join(filter(None, [prefix, last[0]]))
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, OrdinalHead(last[1].in_features, last[1].out_features))
+
+
 def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_classes: int = len(COUNTS),
                  pretrained: bool = False, pretrained_path: str | Path | None = None,
-                 drop_rate: float | None = None) -> nn.Module:
-    """A fresh classifier with a `num_classes` head that starts neutral (zero-init). Pretrained weights come
-    from `pretrained_path` when given (every backbone tensor must load; the head is left out), from the
-    backend's own download when `pretrained`, else random init."""
+                 drop_rate: float | None = None, head: str = "linear") -> nn.Module:
+    """A fresh classifier with a `num_classes` head that starts neutral (zero-init; `head="ordinal"`: an
+    `OrdinalHead` that starts uniform). Pretrained weights come from `pretrained_path` when given (every
+    backbone tensor must load; the head is left out), from the backend's own download when `pretrained`, else
+    random init."""
+    if head not in HEADS:
+        raise UserError(f"unknown head {head!r} ({' or '.join(HEADS)})")
     if backend == "timm":
         import timm
 
         if not timm.is_model(arch):
             raise UserError(f"unknown timm architecture {arch!r} (see timm.list_models('efficientnet*'))")
         kw = {} if drop_rate is None else {"drop_rate": drop_rate}
-        try:
-            model = timm.create_model(arch, pretrained=pretrained and pretrained_path is None,
-                                      num_classes=num_classes, **kw)
-        except Exception as e:  # network, hub, missing weights: one actionable line
-            raise UserError(f"could not fetch pretrained weights for {arch} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0].split('. ')[0][:160]}); pass --pretrained-path FILE (or a "
-                            "'pretrained' channel; `bincounter weights fetch` writes one) or --no-pretrained to "
-                            "start from random init") from None
+        download = pretrained and pretrained_path is None
+        with hub_offline_if_unreachable() if download else contextlib.nullcontext() as why:
+            try:
+                model = timm.create_model(arch, pretrained=download, num_classes=num_classes, **kw)
+            except Exception as e:  # network, hub, missing weights: one actionable line
+                raise UserError(f"could not fetch pretrained weights for {arch} ({why or type(e).__name__ + ': '}"
+                                f"{'' if why else str(e).splitlines()[0].split('. ')[0][:160]}); pass "
+                                "--pretrained-path FILE (or a 'pretrained' channel; `bincounter weights fetch` "
+                                "writes one) or --no-pretrained to start from random init") from None
     elif backend == "torchvision":
         import torchvision
 
@@ -154,6 +196,8 @@ def create_model(arch: str = "efficientnet_b0", backend: str = "timm", num_class
     if pretrained_path is not None:
         load_backbone(model, pretrained_path, arch, backend)
     _neutral_head(model)
+    if head == "ordinal":
+        _use_ordinal_head(model)
     return model
 
 
@@ -237,7 +281,8 @@ def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> 
     config = read_config(model_dir)
     p = config["preprocess"]
     pre = Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
-    model = create_model(config["arch"], config["backend"], config["num_classes"], pretrained=False)
+    model = create_model(config["arch"], config["backend"], config["num_classes"], pretrained=False,
+                         head=config.get("head", "linear"))
     try:
         sd = load_file(str(model_dir / WEIGHTS))
         model.load_state_dict(sd)

