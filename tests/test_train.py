@@ -379,3 +379,87 @@ def test_profile_writes_a_trace_and_a_system_report(channels, tmp_path):
     assert "Self CPU" in (prof / "top_ops.txt").read_text()
     rep = json.loads((prof / "system_report.json").read_text())
     assert 0 <= rep["input_wait_fraction"] <= 1 and rep["samples"] >= 1 and rep["rss_mb"]["max"] > 50
+
+
+# ------------------------------------------------------------------------------------ counting
+def test_ordinal_head_starts_uniform_and_its_cross_entropy_is_the_corn_loss():
+    import math
+
+    import torch.nn.functional as F
+
+    from bincounter.model import OrdinalHead
+
+    head = OrdinalHead(16, 5)
+    x = torch.randn(64, 16)
+    y = torch.randint(0, 5, (64,))
+    assert F.cross_entropy(head(x), y).item() == pytest.approx(math.log(5), abs=1e-6)  # neutral start
+    torch.nn.init.normal_(head.fc.weight)
+    logp = head(x)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(64), atol=1e-5)
+    # CORN: for each k, a binary task "count > k" on the samples with count >= k
+    logits = head.fc(x)
+    corn = sum(F.binary_cross_entropy_with_logits(logits[y >= k, k], (y[y >= k] > k).float(), reduction="sum")
+               for k in range(4)) / len(y)
+    assert F.cross_entropy(logp, y).item() == pytest.approx(corn.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["timm", "torchvision"])
+def test_ordinal_model_round_trips_through_the_artifact(backend, tmp_path):
+    from bincounter.model import OrdinalHead, classifier, save_artifact
+    from bincounter.preprocess import Preprocess
+
+    m = create_model("efficientnet_b0", backend=backend, head="ordinal").eval()
+    heads = [mod for mod in classifier(m).modules() if isinstance(mod, OrdinalHead)]
+    assert len(heads) == 1
+    torch.nn.init.normal_(heads[0].fc.weight)
+    save_artifact(tmp_path, m, "efficientnet_b0", backend, Preprocess(64), extra={"head": "ordinal"})
+    back, config, _ = load_artifact(tmp_path)
+    x = torch.randn(2, 3, 64, 64)
+    assert config["head"] == "ordinal" and torch.allclose(back(x), m(x), atol=1e-5)
+
+
+def test_ordinal_training_reports_both_decodings_and_serves_expected_count(channels, tmp_path):
+    train(_cfg(channels, tmp_path / "m", loss="ordinal", test_dir=str(channels / "test"), epochs=2))
+    test = json.loads((tmp_path / "m" / "test_metrics.json").read_text())
+    exp = test["expected_count"]
+    assert exp["confusion_matrix"] and sum(map(sum, exp["confusion_matrix"])) == test["n"]
+    assert 0 <= exp["accuracy"] <= 1 and exp["rmse_unrounded"] >= 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["head"] == "ordinal"
+    img = next((channels / "test" / "4").iterdir()).read_bytes()
+    row = Predictor(tmp_path / "m", device="cpu").predict([img])[0]
+    probs = row["probabilities"]
+    assert row["expected_count"] == pytest.approx(sum(int(c) * p for c, p in probs.items()), abs=1e-3)
+    assert (tmp_path / "m" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_expected_count_decoding_is_the_rounded_mean_count():
+    from torch.utils.data import TensorDataset
+
+    from bincounter.distributed import DistInfo
+    from bincounter.engine import evaluate
+
+    class Fixed(torch.nn.Module):  # outputs the given log-probabilities whatever the input
+        def __init__(self, logp):
+            super().__init__()
+            self.logp = logp
+
+        def forward(self, x):
+            return self.logp[x[:, 0, 0, 0].long()]
+
+    # p = (0.4, 0, 0, 0, 0.6): argmax says 5, the expected count 1 + 0.6 * 4 = 3.4 says 3
+    logp = torch.log(torch.tensor([[0.4, 1e-9, 1e-9, 1e-9, 0.6]]))
+    ds = TensorDataset(torch.zeros(1, 1, 1, 1), torch.tensor([2]), torch.tensor([True]))
+    ev = evaluate(Fixed(logp), torch.utils.data.DataLoader(ds), torch.device("cpu"), DistInfo(), show_progress=False)
+    assert ev["confusion_matrix"][2].tolist() == [0, 0, 0, 0, 1]
+    assert ev["confusion_matrix_expected"][2].tolist() == [0, 0, 1, 0, 0]
+    assert ev["expected_sse"] == pytest.approx(0.4 ** 2, abs=1e-4)
+
+
+def test_an_empty_count_and_a_collapsed_model_are_warned_about(channels_copy, tmp_path, caplog):
+    import shutil
+
+    shutil.rmtree(channels_copy / "train" / "3")
+    with caplog.at_level("WARNING"):
+        train(_cfg(channels_copy, tmp_path / "m", lr=1e-9, warmup_epochs=0))  # nothing learnt: one answer
+    assert "the train channel has no images of count 3" in caplog.text
+    assert "has collapsed onto one count" in caplog.text

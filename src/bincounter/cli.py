@@ -55,6 +55,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--weight-decay", type=float, default=0.01)
     h.add_argument("--warmup-epochs", type=float, default=0.5)
     h.add_argument("--label-smoothing", type=float, default=0.1)
+    h.add_argument("--loss", choices=["ce", "ordinal"], default="ce",
+                   help="ce: softmax head + cross-entropy; ordinal: an ordinal head (CORN: P(count > k | count >= k)) "
+                   "trained on its likelihood. Both report argmax and expected-count accuracy/RMSE "
+                   "(docs/QUALITY.md compares them)")
     h.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier (timm)")
     h.add_argument("--freeze-backbone-epochs", type=int, default=0,
                    help="train only the new head for the first N epochs")

@@ -92,31 +92,40 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device, info: DistInfo, *, channels_last: bool = False,
              desc: str = "eval", show_progress: bool = True, return_probs: bool = False) -> dict:
-    """Confusion matrix, summed loss and skipped-image count, summed over ranks (each rank holds a
-    disjoint shard, so nothing is counted twice). With `return_probs`, this rank's softmax outputs too.
+    """Confusion matrices, summed loss and skipped-image count, summed over ranks (each rank holds a
+    disjoint shard, so nothing is counted twice). Two decodings of the same probabilities: argmax (the most
+    likely count) and the expected count rounded (what minimises squared error: RMSE is the count metric),
+    with the squared error of the unrounded expected count. With `return_probs`, this rank's softmax outputs.
     Always fp32, like the server: the val/test numbers are the served model's, on GPU as on CPU."""
     model.eval()
     n = len(COUNTS)
     cm = torch.zeros(n * n, dtype=torch.float64, device=device)
-    extra = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, skipped
+    cm_exp = torch.zeros(n * n, dtype=torch.float64, device=device)
+    extra = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, skipped, sse of the expected count
+    idx = torch.arange(n, dtype=torch.float32, device=device)
     probs = []
     with progress(len(loader), desc, enabled=info.is_main and show_progress) as bar:
         for x, y, ok in loader:
             x, y, ok = _to_device(x, y, ok, device, channels_last)
             logits = model(x).float()
+            p = torch.softmax(logits, dim=1)
             if return_probs:
-                probs.append(torch.softmax(logits, dim=1).cpu())
+                probs.append(p.cpu())
             keep = ok.bool()
             loss = F.cross_entropy(logits[keep], y[keep], reduction="sum") if keep.any() else logits.sum() * 0
-            pred = logits.argmax(1)
-            cm.index_add_(0, (y[keep] * n + pred[keep]),
-                          torch.ones(int(keep.sum()), dtype=torch.float64, device=device))
-            extra += torch.stack([loss.double(), (~keep).sum().double()])
+            ones = torch.ones(int(keep.sum()), dtype=torch.float64, device=device)
+            cm.index_add_(0, y[keep] * n + logits.argmax(1)[keep], ones)
+            expected = (p * idx).sum(1)  # in class-index units = items, the counts being consecutive
+            cm_exp.index_add_(0, y[keep] * n + expected.round().long().clamp(0, n - 1)[keep], ones)
+            sse = ((expected - y.float()) ** 2)[keep].sum()
+            extra += torch.stack([loss.double(), (~keep).sum().double(), sse.double()])
             bar.update(1)
     all_reduce_sum(cm, info)
+    all_reduce_sum(cm_exp, info)
     all_reduce_sum(extra, info)
     out = {"confusion_matrix": cm.view(n, n).round().long().cpu().numpy(),
-           "loss_sum": extra[0].item(), "skipped": int(extra[1].item())}
+           "confusion_matrix_expected": cm_exp.view(n, n).round().long().cpu().numpy(),
+           "loss_sum": extra[0].item(), "skipped": int(extra[1].item()), "expected_sse": extra[2].item()}
     if return_probs:
         out["probs"] = torch.cat(probs).numpy() if probs else np.zeros((0, n))
     return out

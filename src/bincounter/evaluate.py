@@ -12,7 +12,7 @@ from . import COUNTS
 from .data.dataset import ChannelDataset
 from .distributed import DistInfo, pick_device
 from .engine import evaluate
-from .metrics import summarize, write_report
+from .metrics import summarize, summarize_eval, write_report
 from .model import load_artifact
 
 
@@ -39,7 +39,9 @@ class Predictor:
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({"count": self.counts[best],
+            # the probability-weighted count: the answer that minimises squared error (round it for a count)
+            expected = sum(p * c for p, c in zip(row, self.counts, strict=True))
+            out.append({"count": self.counts[best], "expected_count": round(expected, 4),
                         "probabilities": {str(c): round(p, 6) for c, p in zip(self.counts, row, strict=True)},
                         "model_version": self.config["model_version"]})
         return out
@@ -56,7 +58,7 @@ def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Pa
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     model.to(memory_format=torch.channels_last)
     ev = evaluate(model, dl, dev, DistInfo(device=dev), channels_last=True, desc="evaluate", return_probs=True)
-    summary = summarize(ev["confusion_matrix"], ev["loss_sum"], tuple(config.get("counts", COUNTS)))
+    summary = summarize_eval(ev, tuple(config.get("counts", COUNTS)))
     summary["skipped"] = ev["skipped"]
     summary["model_version"] = config["model_version"]
     paths = write_report(summary, out_dir or model_dir, stem)

@@ -65,6 +65,18 @@ def confusion_matrix(labels, preds, n: int = len(COUNTS)) -> np.ndarray:
     return cm
 
 
+def summarize_eval(ev: dict, counts=COUNTS) -> dict:
+    """`summarize` of what engine.evaluate returns: the argmax decoding at the top level (accuracy, rmse,
+    per-class recall, confusion matrix, loss) and the expected-count decoding under "expected_count" (the same
+    numbers for the rounded expected count, plus the RMSE of the unrounded one)."""
+    out = summarize(ev["confusion_matrix"], ev["loss_sum"], counts)
+    exp = summarize(ev["confusion_matrix_expected"], None, counts)
+    exp["rmse_unrounded"] = float(math.sqrt(ev["expected_sse"] / exp["n"])) if exp["n"] else float("nan")
+    out["expected_count"] = {k: exp[k] for k in ("accuracy", "rmse", "rmse_unrounded", "per_class_recall",
+                                                 "confusion_matrix")}
+    return out
+
+
 def summarize(cm: np.ndarray, loss_sum: float | None = None, counts=COUNTS) -> dict:
     """accuracy, count RMSE over the whole set, per-class recall (rows = truth, columns = prediction)."""
     cm = np.asarray(cm, dtype=np.int64)
@@ -127,5 +139,46 @@ def write_report(summary: dict, out_dir: str | Path, stem: str) -> tuple[Path, P
 def format_summary(summary: dict) -> str:
     recall = " ".join(f"{c}:{r:.2f}" if r is not None else f"{c}:-"
                       for c, r in summary["per_class_recall"].items())
-    return (f"accuracy={summary['accuracy']:.4f} rmse={summary['rmse']:.4f} n={summary['n']} "
+    line = (f"accuracy={summary['accuracy']:.4f} rmse={summary['rmse']:.4f} n={summary['n']} "
             f"recall[{recall}]")
+    exp = summary.get("expected_count")
+    if exp:
+        line += (f"; expected count: accuracy={exp['accuracy']:.4f} rmse={exp['rmse']:.4f} "
+                 f"(unrounded {exp['rmse_unrounded']:.4f})")
+    return line
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "training") -> Path:
+    """Training curves: train/val loss, val accuracy (with the best epoch marked) and val RMSE per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    axes[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    axes[1].plot(ep, [h["val_acc"] for h in history], "o-", color="C2")
+    best = max(history, key=lambda h: (h["val_acc"], -h["val_loss"]))
+    axes[1].plot([best["epoch"]], [best["val_acc"]], "*", ms=14, color="C3", label=f"best (epoch {best['epoch']})")
+    axes[1].axhline(1 / len(COUNTS), ls=":", color="grey", label="chance")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("val accuracy")
+    axes[1].legend()
+    axes[2].plot(ep, [h["val_rmse"] for h in history], "o-", color="C4")
+    axes[2].set_title("val RMSE (items)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -35,7 +35,7 @@ from .data.dataset import ChannelDataset
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, sync_buffers
 from .engine import amp_dtype, evaluate, train_one_epoch
 from .errors import UserError, write_failure_file
-from .metrics import format_epoch_line, format_summary, summarize, write_report
+from .metrics import format_epoch_line, format_summary, plot_history, summarize_eval, write_report
 from .model import classifier, create_model, model_mean_std, save_artifact
 from .preprocess import Preprocess
 
@@ -43,7 +43,9 @@ log = logging.getLogger("bincounter")
 CHECKPOINT = "checkpoint.pt"
 #: TrainConfig fields a checkpoint must agree on to be resumed (epochs and patience may grow: a longer run).
 MADE_WITH = ("arch", "backend", "pretrained", "image_size", "batch_size", "lr", "weight_decay", "warmup_epochs",
-             "label_smoothing", "drop_rate", "freeze_backbone_epochs", "seed")
+             "label_smoothing", "drop_rate", "freeze_backbone_epochs", "seed", "loss")
+#: A model that answers one count for more than this share of the validation images has collapsed.
+COLLAPSE_SHARE = 0.9
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
+    loss: str = "ce"  # ce: softmax head + cross-entropy; ordinal: model.OrdinalHead (CORN) + its likelihood
     drop_rate: float = 0.2  # dropout before the classifier (timm models)
     freeze_backbone_epochs: int = 0
     patience: int = 0  # early stopping: epochs without val_acc improvement; 0 = off
@@ -88,6 +91,8 @@ class TrainConfig:
             raise UserError(f"image_size must be >= 32 (got {self.image_size})")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.loss not in ("ce", "ordinal"):
+            raise UserError(f"loss must be ce or ordinal (got {self.loss!r})")
 
 
 def setup_logging(info: DistInfo | None = None, level: int = logging.INFO) -> None:
@@ -237,6 +242,24 @@ def train(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
+def _head(cfg: TrainConfig) -> str:
+    return "ordinal" if cfg.loss == "ordinal" else "linear"
+
+
+def _warn_if_collapsed(cm, epoch: int) -> None:
+    cm = np.asarray(cm)
+    n = cm.sum()
+    if not n:
+        return
+    share = cm.sum(axis=0) / n
+    top = int(share.argmax())
+    if share[top] > COLLAPSE_SHARE:
+        log.warning("the model (best epoch %d) answers count %d for %.0f%% of the validation images: it has "
+                    "collapsed onto one count. Try a lower --lr, more epochs, ImageNet weights (--pretrained-path), "
+                    "or check the train channel's class balance (bincounter data eda)", epoch, COUNTS[top],
+                    100 * share[top])
+
+
 def _distributed_failure(e: Exception, info: DistInfo) -> str:
     import socket
 
@@ -263,13 +286,19 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         log.info("mixed precision: %s autocast", str(amp_dtype(device)).replace("torch.", ""))
 
     model = create_model(cfg.arch, cfg.backend, len(COUNTS), pretrained=cfg.pretrained,
-                         pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate)
+                         pretrained_path=cfg.pretrained_path, drop_rate=cfg.drop_rate,
+                         head="ordinal" if cfg.loss == "ordinal" else "linear")
     if not cfg.pretrained and cfg.pretrained_path is None:
         log.warning("training %s from random init (--no-pretrained)", cfg.arch)
     pre = Preprocess(cfg.image_size, *model_mean_std(model))
     train_ds = ChannelDataset(cfg.train_dir, pre, train=True, seed=cfg.seed)
     val_ds = ChannelDataset(cfg.val_dir, pre)
     test_ds = ChannelDataset(cfg.test_dir, pre) if cfg.test_dir else None
+    empty = [str(c) for c, k in zip(COUNTS, train_ds.class_counts(), strict=True) if k == 0]
+    if empty and info.is_main:
+        log.warning("the train channel has no images of count %s (folder %s missing or empty): the model can "
+                    "never learn to predict %s", ", ".join(empty), "/".join(f"{cfg.train_dir}/{c}" for c in empty),
+                    "that count" if len(empty) == 1 else "those counts")
     workers = _workers(cfg, info)
     train_dl = _loader(train_ds, cfg, info, True, workers)
     val_dl = _loader(val_ds, cfg, info, False, workers)
@@ -299,7 +328,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None
 
-    start_epoch, history, best, best_state, bad_epochs = 1, [], None, None, 0
+    start_epoch, history, best, best_state, bad_epochs, best_val_cm = 1, [], None, None, 0, None
     now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir else {}
     state = _load_checkpoint(cfg, info, now)
     if state is not None:
@@ -339,7 +368,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         sync_buffers(model, info)  # every rank validates rank 0's model: the one that is saved
         ev = evaluate(model, val_dl, device, info, channels_last=channels_last,
                       desc=f"epoch {epoch} val", show_progress=cfg.show_progress)
-        val = summarize(ev["confusion_matrix"], ev["loss_sum"])
+        val = summarize_eval(ev)
         row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": val["loss"], "val_acc": val["accuracy"],
                "val_rmse": val["rmse"], "lr": optimizer.param_groups[0]["lr"],
                "epoch_time_s": round(time.monotonic() - t0, 1), "val_n": val["n"]}
@@ -357,10 +386,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                             tr["skipped"], ev["skipped"])
         if improved:
             best, bad_epochs = dict(row), 0
+            best_val_cm = val["confusion_matrix"]
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if info.is_main:
                 save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                              extra={"best_epoch": epoch, "val_acc": row["val_acc"]})
+                              extra={"best_epoch": epoch, "val_acc": row["val_acc"], "head": _head(cfg)})
         else:
             bad_epochs += 1
         if cfg.checkpoint_dir:
@@ -391,18 +421,24 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         model.load_state_dict(best_state)
         if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
             save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                          extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"]})
+                          extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})
     if test_ds is not None:
         test_dl = _loader(test_ds, cfg, info, False, workers)
         ev = evaluate(model, test_dl, device, info, channels_last=channels_last, desc="test",
                       show_progress=cfg.show_progress)
-        test = summarize(ev["confusion_matrix"], ev["loss_sum"])
+        test = summarize_eval(ev)
         test["skipped"] = ev["skipped"]
         result["test"] = test
         if info.is_main:
             j, png = write_report(test, out_dir, "test")
             log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
                      format_summary(test), j, png)
+    if info.is_main and best_val_cm is not None:
+        _warn_if_collapsed(best_val_cm, best["epoch"])
+    if info.is_main and history:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = plot_history(history, out_dir / "training_curves.png", title=f"{cfg.arch} ({cfg.loss})")
+        log.info("training curves -> %s", png)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
