@@ -82,8 +82,10 @@ def check_image(image: str) -> None:
 
 
 def local_train(image: str, channels: Path, workdir: Path, hyperparameters: dict, instance_count: int = 2,
-                job_name: str | None = None) -> Path:
-    """Train in SageMaker local mode on `instance_count` local "instances" (containers). -> model.tar.gz"""
+                job_name: str | None = None, pretrained: Path | None = None) -> Path:
+    """Train in SageMaker local mode on `instance_count` local "instances" (containers). -> model.tar.gz
+    `pretrained`: a weights directory (`bincounter weights fetch`) given to the job as its `pretrained` channel,
+    as a network-isolated SageMaker job gets its ImageNet weights."""
     check_image(image)
     channels = Path(channels).resolve()
     present = [c for c in ("train", "val", "test") if (channels / c).is_dir()]
@@ -103,8 +105,10 @@ def local_train(image: str, channels: Path, workdir: Path, hyperparameters: dict
                                base_job_name="bincounter-local")
         log.info("local training: %d instance(s) of %s, channels %s, hyperparameters %s", instance_count, image,
                  present, json.dumps(hyperparameters))
-        trainer.train(input_data_config=[InputData(channel_name=c, data_source=str(channels / c))
-                                         for c in present])
+        inputs = [InputData(channel_name=c, data_source=str(channels / c)) for c in present]
+        if pretrained is not None:
+            inputs.append(InputData(channel_name="pretrained", data_source=str(Path(pretrained).resolve())))
+        trainer.train(input_data_config=inputs)
         tarball = root / "compressed_artifacts" / "model.tar.gz"
         if not tarball.is_file():
             raise UserError(f"local training produced no model.tar.gz in {root}")
