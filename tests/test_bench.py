@@ -48,3 +48,17 @@ def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
     assert {k: r["status"] for k, r in rows.items()} == {
         "env": "ok", "train": "ok", "torchrun": "ok", "gpu_decode": "skipped", "predictor": "ok", "pinning": "skipped"}
     assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
+
+
+@pytest.mark.slow
+def test_quality_bench_quick(tmp_path):
+    out = tmp_path / "q.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--quick", "--losses", "ce,ordinal",
+                           "--inits", "random", "--vary", "lr=1e-3,3e-3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert [(s["variant"]["lr"], s["loss"]) for s in doc["summary"]] == [
+        (1e-3, "ce"), (1e-3, "ordinal"), (3e-3, "ce"), (3e-3, "ordinal")]
+    assert all(0 <= s["test_acc"]["mean"] <= 1 and s["test_rmse_expected"]["mean"] >= 0 for s in doc["summary"])
+    assert "E[count] RMSE" in proc.stdout
