@@ -6,13 +6,16 @@
 * in-process: `Predictor.predict` (decode + preprocess + forward) inside the same image (same torch build)
   with the same threads, on 1 image and on batches of each configured batch size;
 * p50 overhead at concurrency 1, paired: server requests alternate with in-process predictions and the
-  median of the per-pair differences is reported (robust to the slow drifts of a shared machine).
+  median of the per-pair differences is reported (robust to the slow drifts of a shared machine);
+* --images A,B: the same configurations for several builds of the image (e.g. the previous front against the
+  current one), all up at once and measured in the same interleaved rounds.
 
 All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
 the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
 (bench/results/serve.json). Needs Docker and the image.
 
-    python bench/serve.py [--image bincounter:local] [--configs 1:0,4:1] [--requests 192] [--quick]
+    python bench/serve.py [--image bincounter:local | --images OLD,NEW] [--configs 1:0,4:1] [--requests 192]
+                          [--quick]
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms:
     while time.perf_counter() - t0 < 180:
         try:
             if post(http.client.HTTPConnection(host, 8080, timeout=5), body) == 200:
-                return {"batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
+                return {"image": image, "batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
                         "cold_start_s": time.perf_counter() - t0}
         except OSError:
             pass
@@ -176,6 +179,8 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", default="bincounter:local")
+    p.add_argument("--images", help="several images to compare, comma-separated (the first also runs the "
+                                    "in-process reference); default: --image")
     p.add_argument("--model-dir", type=Path, help="default: train a 1-epoch model on synthetic data")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--requests", type=int, default=192)
@@ -191,6 +196,7 @@ def main() -> None:
     if a.quick:
         a.requests, a.image_size, a.warmup, a.configs, a.rounds = 32, 64, 8, "1:0,4:1", 1
     configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]
+    images = a.images.split(",") if a.images else [a.image]
     batches = sorted({1} | {b for b, _ in configs})
     names: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,12 +210,12 @@ def main() -> None:
             # all servers stay up (idle ones cost next to nothing) and the measurements are interleaved in
             # rounds, so a noisy minute on a shared machine hits every configuration alike
             gpu_args = ["--gpus", "all"] if a.gpus else []
-            runs = [start_server(a.image, model_dir, body, b, d, names, gpu_args) for b, d in configs]
+            runs = [start_server(img, model_dir, body, b, d, names, gpu_args) for img in images for b, d in configs]
             inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
             names.append(inproc_name)
             subprocess.run(["docker", "run", "-d", "--name", inproc_name, *gpu_args, "--entrypoint", "sleep",
                             "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v", f"{body_file.parent}:/bench:ro",
-                            a.image, "infinity"], check=True, capture_output=True)
+                            images[0], "infinity"], check=True, capture_output=True)
             reference = InProcess(inproc_name, a.threads)
             for run in runs:
                 load(run["host"], 8080, body, 2, a.warmup)  # the JVM compiles its hot paths on these
@@ -243,16 +249,20 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
     print(f"\nserving {a.image_size}px efficientnet_b0 on {out['machine']}, {a.threads} torch threads")
-    print(f"{'':<26}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
+    def label(run) -> str:
+        where = f"{run['image']} " if len(images) > 1 else ""
+        return f"{where}batch {run['batch_size']}/{run['max_batch_delay_ms']}ms"
+
+    width = max(26, max(len(label(run)) for run in runs) + 10)
+    print(f"{'':<{width}}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
     for run in runs:
-        label = f"batch {run['batch_size']}/{run['max_batch_delay_ms']}ms"
         for r in run["rows"]:
-            print(f"{label + ', conc ' + str(r['concurrency']):<26}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            print(f"{label(run) + ', conc ' + str(r['concurrency']):<{width}}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{r['rps']:>8.1f}{r['errors']:>8}")
     for bs, v in inproc.items():
-        print(f"{'in-process, ' + str(bs) + ' image(s)':<26}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
+        print(f"{'in-process, ' + str(bs) + ' image(s)':<{width}}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
     for run in runs:
-        print(f"batch {run['batch_size']}/{run['max_batch_delay_ms']}ms: cold start {run['cold_start_s']:.1f} s, "
+        print(f"{label(run)}: cold start {run['cold_start_s']:.1f} s, "
               f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, best throughput / "
               f"in-process 1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
               f"{run['best_rps_over_in_process_best_batch']:.2f}")
