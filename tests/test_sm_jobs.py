@@ -12,10 +12,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from bincounter.errors import UserError
 from bincounter.metrics import metric_definitions
 from bincounter.sagemaker import jobs
 
-from .conftest import assert_one_line_error, run_cli
+from .conftest import BIN, REPO, assert_one_line_error, run_cli
 
 ROLE = "arn:aws:iam::123456789012:role/bincounter-sm"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/bincounter:abc123"
@@ -23,6 +24,9 @@ TRAIN = ["--role", ROLE, "--image", IMAGE, "--train", "s3://bkt/ch/train/", "--v
          "--test", "s3://bkt/ch/test/", "--output", "s3://bkt/out", "--instance-type", "ml.g5.2xlarge"]
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "SAGEMAKER_VALIDATE_ROLE": "false"}
+
+
+PRICES = REPO / "src" / "bincounter" / "sagemaker" / "prices.json"
 
 
 def _sm(endpoint):
@@ -223,3 +227,224 @@ def test_deploy_waits_for_in_service_through_the_sdk(moto_endpoint):
     assert created["name"] == "bc-moto-wait" and created["arn"].endswith(":endpoint/bc-moto-wait")
     assert "InService" in proc.stderr and "Deployment successful" in proc.stderr
     assert _sm(moto_endpoint).describe_endpoint(EndpointName="bc-moto-wait")["EndpointStatus"] == "InService"
+
+
+# ------------------------------------------------------------------ mistakes refused before any request
+NOWHERE = ["--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"]  # a request would fail differently
+
+
+def _main_error(capsys, monkeypatch, *argv) -> str:
+    """Run the CLI in-process (fast: imports are shared); assert exit 2 with one error line; return it."""
+    from bincounter.cli import main
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    rc = main(["sm", *argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("bincounter: error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+TUNE = ["tune", *TRAIN, *NOWHERE]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train", *TRAIN, *NOWHERE, "--hp", "epocs=3"], ["--hp epocs=3: unknown hyperparameter", "did you mean 'epochs'",
+                                                     "batch_size"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "epochs=three"], ["--hp epochs=three", "not an integer"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "image_size=8"], ["--hp image_size=8", "image_size must be >= 32"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "pretrained=maybe"], ["--hp pretrained=maybe", "true or false"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "arch=efficientnet_b9"], ["not a timm model name", "efficientnet_b8"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "model_dir=/x"], ["--hp model_dir=/x: unknown hyperparameter"]),
+    ([*TUNE, "--hp", "epochs=three"], ["--hp epochs=three"]),
+    ([*TUNE, "--lr-range", "3e-3,1e-4"], ["--lr-range '3e-3,1e-4'", "greater than MAX", "write 0.0001,0.003"]),
+    ([*TUNE, "--epochs-range", "20,5"], ["--epochs-range '20,5'", "greater than MAX"]),
+    ([*TUNE, "--lr-range", "0.001"], ["--lr-range '0.001'", "two values", "--hp lr=VALUE"]),
+    ([*TUNE, "--epochs-range", "5,5"], ["MIN equals MAX", "--hp epochs=5"]),
+    ([*TUNE, "--lr-range", "0,1e-3"], ["--lr-range 0.0", "lr must be a positive number"]),
+    ([*TUNE, "--archs", "efficientnet_b0,efficientnet_b9"], ["--archs efficientnet_b9", "not a timm model name"]),
+    ([*TUNE, "--image-sizes", "8,224"], ["--image-sizes 8", "image_size must be >= 32"]),
+    ([*TUNE, "--batch-sizes", "32,0"], ["--batch-sizes 0", "must be >= 1"]),
+    ([*TUNE, "--hp", "lr=0.01"], ["--hp lr=0.01: lr is tuned by --lr-range"]),
+    ([*TUNE, "--checkpoint-s3", "s3://bkt/ckpt"], ["same checkpoint URI", "trials would resume from one another"]),
+    (["train", *[a if a != ROLE else "bad role!" for a in TRAIN], *NOWHERE], ["--role 'bad role!'"]),
+    (["train", *[a if a != ROLE else "arn:aws:iam::123:role/x" for a in TRAIN], *NOWHERE], ["not an IAM role ARN"]),
+    (["train", *TRAIN, *NOWHERE, "--instance-count", "0"], ["--instance-count 0"]),
+], ids=["hp-name", "hp-type", "hp-rule", "hp-bool", "hp-arch", "hp-reserved", "tune-hp", "lr-min-max",
+        "epochs-min-max", "lr-single", "epochs-equal", "lr-zero", "archs", "image-sizes", "batch-sizes",
+        "hp-tuned", "tune-checkpoint", "role-name", "role-arn", "instance-count"])
+def test_mistakes_are_one_line_before_any_request(capsys, monkeypatch, args, needles):
+    """Not even a dry run: the endpoint does not exist, so any request would end in 'cannot reach' instead."""
+    line = _main_error(capsys, monkeypatch, *args)
+    for n in needles:
+        assert n in line, line
+
+
+def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
+    """A TrainConfig field with a trainer flag is a valid --hp name without touching the sm side."""
+    import argparse
+    import dataclasses
+
+    from bincounter import cli, train
+    from bincounter.sagemaker import hyperparameters
+
+    names = hyperparameters.names()
+    assert {"epochs", "lr", "batch_size", "image_size", "arch", "pretrained", "progress"} <= set(names)
+    assert not {"train", "val", "model_dir", "checkpoint_dir", "pretrained_path", "help"} & set(names)
+
+    @dataclasses.dataclass
+    class Wider(train.TrainConfig):
+        mixup: float = 0.0
+
+    original = cli.add_train_arguments
+
+    def with_mixup(p: argparse.ArgumentParser):
+        original(p)
+        p.add_argument("--mixup", type=float, default=0.0)
+
+    monkeypatch.setattr(train, "TrainConfig", Wider)
+    monkeypatch.setattr(cli, "add_train_arguments", with_mixup)
+    assert "mixup" in hyperparameters.names()
+    hyperparameters.validate({"mixup": "0.2"})
+    with pytest.raises(UserError, match="--hp mixup=lots"):
+        hyperparameters.validate({"mixup": "lots"})
+
+
+# ------------------------------------------------------------------ dry runs: offline, no credentials, cost
+GUARD = '''
+import os, socket
+_log = os.environ["NET_GUARD_LOG"]
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+def _record(what):
+    with open(_log, "a") as f:
+        f.write(what + "\\n")
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _record(f"connect {address!r}")
+        raise OSError("network call")
+    return _connect(self, address)
+def getaddrinfo(host, *a, **kw):
+    _record(f"getaddrinfo {host!r}")
+    raise OSError("network call")
+socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+'''
+
+
+@pytest.fixture()
+def offline(tmp_path):
+    """An environment with no AWS credentials, region or config, where every socket connect and name lookup is
+    recorded (and fails): run_cli(..., env=offline) then offline['log'] lists the network calls."""
+    import os
+
+    (tmp_path / "guard").mkdir()
+    (tmp_path / "guard" / "sitecustomize.py").write_text(GUARD)
+    log = tmp_path / "net.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
+    env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(tmp_path / "guard"), NET_GUARD_LOG=str(log),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    return {"env": env, "log": log}
+
+
+def _run_offline(offline, *args):
+    import subprocess
+
+    proc = subprocess.run([str(BIN), "sm", *args], capture_output=True, text=True, timeout=300, env=offline["env"])
+    calls = offline["log"].read_text() if offline["log"].exists() else ""
+    return proc, calls
+
+
+def test_the_offline_guard_catches_a_real_call(offline):
+    proc, calls = _run_offline(offline, "delete", "--endpoint", "x", "--region", "us-east-1")
+    assert proc.returncode == 2 and calls, (proc.stderr, calls)
+
+
+@pytest.mark.parametrize("args, api, cost_line", [
+    (["tune", *TRAIN[:-2], "--role", "SageMakerRole", "--spot"], "CreateHyperParameterTuningJob",
+     "estimated cost: up to $67.58 (12 jobs x 1 ml.g5.xlarge x 4 h x $1.408/h; spot: 30-70% less, about "
+     "$20.28-$47.31; us-east-1 prices of "),
+    (["train", *TRAIN, "--from-tuning-job", "bc-hpo-1", "--hp", "epochs=3", "--price-per-hour", "2"],
+     "CreateTrainingJob", "estimated cost: up to $16.00 (2 ml.g5.2xlarge x 4 h x $2.000/h from --price-per-hour)"),
+    (["deploy", "--role", "bincounter-sm", "--training-job", "bc-train-1", "--name", "bc-ep", "--autoscale", "1,4"],
+     "CreateEndpoint", "estimated cost: $1.41/h while the endpoint exists (until sm delete) (1 ml.g5.xlarge x "
+     "$1.408/h; $1,013.76 per 30 days; up to $5.63/h at 4 instances; us-east-1 prices of "),
+    (["batch", "--model", "m", "--input", "s3://bkt/in/", "--output", "s3://bkt/out/", "--instance-count", "2",
+      "--instance-type", "ml.m5.xlarge"], "CreateTransformJob",
+     "estimated cost: $0.46/h while the job runs (2 ml.m5.xlarge x $0.230/h; us-east-1 prices of "),
+])
+def test_dry_runs_are_offline_need_no_credentials_and_show_the_cost(offline, args, api, cost_line):
+    proc, calls = _run_offline(offline, *args, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == "", calls
+    assert [d["api"] for d in _docs(proc.stdout)].count(api) == 1
+    costs = [ln for ln in proc.stderr.splitlines() if ln.startswith("estimated cost:")]
+    assert len(costs) == 1 and costs[0].startswith(cost_line), proc.stderr
+    assert "Model has been created" not in proc.stderr and "Deployment started" not in proc.stderr
+
+
+def test_dry_run_placeholders_stand_where_aws_would_answer(offline):
+    proc, calls = _run_offline(offline, "train", *TRAIN[:2], "--role", "SageMakerRole", *TRAIN[2:],
+                               "--from-tuning-job", "bc-hpo-1", "--hp", "epochs=3", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    r = json.loads(proc.stdout)["request"]
+    assert r["RoleArn"] == "arn:aws:iam::000000000000:role/SageMakerRole"
+    assert r["HyperParameters"] == {"epochs": "3", "lr": "<best lr of bc-hpo-1>", "progress": "false",
+                                    "batch_size": "<best batch_size of bc-hpo-1>"}
+    assert "placeholder" in proc.stderr
+    proc, calls = _run_offline(offline, "predict", "--endpoint", "ep", "s3://bkt/scans/a.jpg", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    assert json.loads(proc.stdout) == {"api": "InvokeEndpoint", "endpoint": "ep", "images": 1,
+                                       "s3_images_not_read": 1}
+
+
+def test_tuning_trials_share_no_checkpoint():
+    r = _dry("tune", *TRAIN, "--name", "bc-hpo-spot", "--spot")["request"]
+    d = r["TrainingJobDefinition"]
+    assert "CheckpointConfig" not in d and d["EnableManagedSpotTraining"] is True
+    assert d["ResourceConfig"]["InstanceCount"] == 1
+
+
+def test_one_rule_for_instances_and_lr(caplog):
+    """A job from a tuning job runs on the trials' resources; told otherwise, it says the global batch grows
+    while batch_size and lr stay as tuned."""
+    import argparse
+
+    from bincounter.sagemaker import commands
+
+    def args(**kw):
+        return argparse.Namespace(**{"instance_type": None, "instance_count": None, **kw})
+
+    assert commands._instances_for_training(args(), "ml.g5.2xlarge", 1) == ("ml.g5.2xlarge", 1)
+    assert commands._instances_for_training(args(), None, None) == ("ml.g5.xlarge", 2)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert commands._instances_for_training(args(instance_count=2), "ml.g5.xlarge", 1) == ("ml.g5.xlarge", 2)
+    assert "1 process(es), this job with 2" in caplog.text and "2x the trials'" in caplog.text
+    caplog.clear()
+    assert commands._instances_for_training(args(instance_type="ml.g5.12xlarge", instance_count=1),
+                                            "ml.g5.xlarge", 1) == ("ml.g5.12xlarge", 1)
+    assert "with 4: " in caplog.text
+
+
+# ------------------------------------------------------------------ against moto: real requests, real errors
+def test_role_name_tuning_job_and_credentials_errors(moto_endpoint):
+    sm = _sm(moto_endpoint)
+    role_at = TRAIN.index(ROLE)
+    by_name = [*TRAIN[:role_at], "bincounter-sm", *TRAIN[role_at + 1:]]
+    proc = run_cli("sm", "train", *by_name, "--name", "bc-moto-role", "--endpoint-url", moto_endpoint,
+                   "--instance-type", "ml.m5.xlarge", "--instance-count", "1", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    costs = [ln for ln in proc.stderr.splitlines() if ln.startswith("estimated cost:")]
+    assert costs == ["estimated cost: up to $0.92 (1 ml.m5.xlarge x 4 h x $0.230/h; us-east-1 prices of "
+                     f"{json.loads(PRICES.read_text())['as_of']})"]
+    name = json.loads(proc.stdout)["name"]
+    assert sm.describe_training_job(TrainingJobName=name)["RoleArn"] == "arn:aws:iam::123456789012:role/bincounter-sm"
+
+    proc = run_cli("sm", "train", *TRAIN, "--from-tuning-job", "nope", "--endpoint-url", moto_endpoint, env=ENV)
+    assert_one_line_error(proc, "--from-tuning-job nope: no such tuning job in us-east-1",
+                          "list-hyper-parameter-tuning-jobs")
+    proc = run_cli("sm", "deploy", "--role", ROLE, "--training-job", "nope", "--endpoint-url", moto_endpoint, env=ENV)
+    assert_one_line_error(proc, "--training-job nope: no such training job in us-east-1", "list-training-jobs")
+    no_creds = {**ENV, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/none",
+                "AWS_CONFIG_FILE": "/none"}
+    proc = run_cli("sm", "train", *TRAIN, "--endpoint-url", moto_endpoint, env=no_creds)
+    assert_one_line_error(proc, "no AWS credentials found", "--dry-run needs none")

@@ -346,8 +346,7 @@ def cmd_deploy(args) -> int:
         model_data = f"s3://dry-run-placeholder/{args.training_job}/output/model.tar.gz"
         image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-{args.training_job}:dry-run"
     elif args.training_job:
-        desc = aws.aws_call(f"training job {args.training_job}", _client(args).describe_training_job,
-                            TrainingJobName=args.training_job)
+        desc = jobs.describe_training_job(_client(args), args.training_job, region)
         model_data = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
         image = image or desc["AlgorithmSpecification"]["TrainingImage"]
         if not model_data:
