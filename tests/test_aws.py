@@ -70,3 +70,31 @@ def test_build_and_push_help_and_bad_options():
     proc = subprocess.run([str(REPO / "build_and_push.sh"), "--bogus"], capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip() == "build_and_push: error: unknown option --bogus (see --help)"
     assert proc.stdout == ""
+
+
+def test_role_arn_expands_names_and_refuses_the_rest():
+    acct = "123456789012"
+    assert aws.role_arn("SageMakerRole", acct, "us-east-1") == f"arn:aws:iam::{acct}:role/SageMakerRole"
+    assert aws.role_arn("service-role/AmazonSageMaker-ExecutionRole-1", acct, "cn-north-1") == \
+        f"arn:aws-cn:iam::{acct}:role/service-role/AmazonSageMaker-ExecutionRole-1"
+    assert aws.role_arn(f"arn:aws:iam::{acct}:role/x", None, "us-east-1") == f"arn:aws:iam::{acct}:role/x"
+    for bad, needle in (("arn:aws:iam::123:role/x", "not an IAM role ARN"), ("my role", "neither a role ARN"),
+                        (f"arn:aws:iam::{acct}:user/x", "not an IAM role ARN")):
+        with pytest.raises(UserError, match=needle):
+            aws.role_arn(bad, acct, "us-east-1")
+
+
+def test_api_errors_say_what_to_do(moto_endpoint, aws_env):
+    """A ClientError from a real HTTP answer becomes one line with its code and, for known codes, a hint."""
+    import boto3
+
+    ecr = boto3.client("ecr", endpoint_url=moto_endpoint, region_name="us-east-1")
+    with pytest.raises(UserError, match=r"^describe: RepositoryNotFoundException: .*bc-missing"):
+        aws.aws_call("describe", ecr.describe_repositories, repositoryNames=["bc-missing"])
+    from botocore.exceptions import ClientError
+
+    def denied():
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no\nway"}}, "CreateTrainingJob")
+
+    with pytest.raises(UserError, match=r"^x: AccessDeniedException: no way \(the credentials in use lack"):
+        aws.aws_call("x", denied)
