@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from .. import aws
@@ -36,6 +37,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
         if action.required or action.default in (None, False) or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
+
+
+def _text(*paragraphs: str) -> str:
+    return "\n".join(textwrap.fill(p, 100) for p in paragraphs)
 
 
 def add_arguments(sub) -> None:
@@ -77,11 +82,13 @@ def add_arguments(sub) -> None:
     rule = ("batch_size is per training process (one per GPU, or one per instance without GPUs); lr is used as "
             "given, not scaled: more instances train with a larger global batch at the same lr.")
     t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective val_acc)", formatter_class=_Help,
-                       description="Start a SageMaker hyperparameter tuning job: a Bayesian search over lr (log "
-                       "scale), batch size and epochs (optionally model and image size), maximising val_acc, "
-                       "with early stopping.\nCost: up to --max-jobs x --instance-count x --max-runtime of "
-                       f"--instance-type (by default 12 jobs x 1 {DEFAULT_INSTANCE} x 4 h).\n{rule}\n"
-                       "No checkpoints: SageMaker would give every trial the same checkpoint URI.")
+                       description=_text(
+                           "Start a SageMaker hyperparameter tuning job: a Bayesian search over lr (log scale), "
+                           "batch size and epochs (optionally model and image size), maximising val_acc, with early "
+                           "stopping. Every range is checked with the trainer's own rules before any request.",
+                           "Cost: up to --max-jobs x --instance-count x --max-runtime of --instance-type (by "
+                           f"default 12 jobs x 1 {DEFAULT_INSTANCE} x 4 h).", rule,
+                           "No checkpoints: SageMaker would give every trial the same checkpoint URI."))
     common(t, True)
     training(t)
     t.add_argument("--checkpoint-s3", help="refused: SageMaker would give every trial this one URI")
@@ -98,9 +105,11 @@ def add_arguments(sub) -> None:
     t.set_defaults(func=cmd_tune)
 
     tr = sub.add_parser("train", help="training job (torch.distributed over instances)", formatter_class=_Help,
-                        description="Start a SageMaker training job with the image: torch.distributed across the "
-                        "instances, one process per GPU.\nCost: up to --instance-count x --max-runtime of "
-                        f"--instance-type (by default {TRAIN_INSTANCE_COUNT} x {DEFAULT_INSTANCE} x 4 h).\n{rule}")
+                        description=_text(
+                            "Start a SageMaker training job with the image: torch.distributed across the instances, "
+                            "one process per GPU. --hp values are checked with the trainer's own rules before any "
+                            "request.", "Cost: up to --instance-count x --max-runtime of --instance-type (by default "
+                            f"{TRAIN_INSTANCE_COUNT} x {DEFAULT_INSTANCE} x 4 h).", rule))
     common(tr, True)
     training(tr, f"billed per instance-hour; default {DEFAULT_INSTANCE}, with --from-tuning-job the trials' type")
     tr.set_defaults(instance_type=None)
