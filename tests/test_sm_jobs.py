@@ -7,6 +7,7 @@ check is switched off with SAGEMAKER_VALIDATE_ROLE=false for the moto runs.)"""
 from __future__ import annotations
 
 import json
+import time
 
 import boto3
 import pytest
@@ -448,3 +449,47 @@ def test_role_name_tuning_job_and_credentials_errors(moto_endpoint):
                 "AWS_CONFIG_FILE": "/none"}
     proc = run_cli("sm", "train", *TRAIN, "--endpoint-url", moto_endpoint, env=no_creds)
     assert_one_line_error(proc, "no AWS credentials found", "--dry-run needs none")
+
+
+def test_status_and_logs_of_a_job_by_name(moto_endpoint):
+    """A training job started through `sm train`: `sm status` finds its kind and says where it stands, `sm logs`
+    prints its CloudWatch log (every instance's stream, in time order); unknown names are one line."""
+    proc = run_cli("sm", "train", *TRAIN, "--name", "bc-follow", "--endpoint-url", moto_endpoint,
+                   "--instance-type", "ml.m5.xlarge", "--instance-count", "2", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    name = json.loads(proc.stdout)["name"]
+    proc = run_cli("sm", "status", name, "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert (st["kind"], st["name"], st["instances"]) == ("training", name, "2 x ml.m5.xlarge") and st["status"]
+
+    logs = boto3.client("logs", endpoint_url=moto_endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    group = "/aws/sagemaker/TrainingJobs"
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    t0 = int(time.time() * 1000) - 60_000
+    for host, offset, msg in (("algo-2", 1, "epoch=1 from algo-2"), ("algo-1", 0, "epoch=1 from algo-1"),
+                              ("algo-1", 2, "epoch=2 from algo-1")):
+        stream = f"{name}/{host}-1700000000"
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        logs.put_log_events(logGroupName=group, logStreamName=stream,
+                            logEvents=[{"timestamp": t0 + offset * 1000, "message": msg}])
+    logs.create_log_stream(logGroupName=group, logStreamName="other-job/algo-1-1700000000")
+    logs.put_log_events(logGroupName=group, logStreamName="other-job/algo-1-1700000000",
+                        logEvents=[{"timestamp": t0, "message": "not ours"}])
+    proc = run_cli("sm", "logs", name, "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln.split(" ", 1)[1] for ln in proc.stdout.splitlines()] == [
+        "[algo-1-1700000000] epoch=1 from algo-1", "[algo-2-1700000000] epoch=1 from algo-2",
+        "[algo-1-1700000000] epoch=2 from algo-1"]
+    proc = run_cli("sm", "logs", name, "--tail", "1", "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.stdout.splitlines()[-1].endswith("epoch=2 from algo-1") and len(proc.stdout.splitlines()) == 1
+
+    assert_one_line_error(run_cli("sm", "status", "bc-nothing", "--endpoint-url", moto_endpoint, env=ENV),
+                          "bc-nothing: no training job, tuning job, transform job or endpoint of that name")

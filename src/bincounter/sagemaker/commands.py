@@ -173,6 +173,10 @@ def add_arguments(sub) -> None:
     x.add_argument("--endpoint", required=True)
     x.set_defaults(func=cmd_delete)
 
+    from . import follow
+
+    follow.add_arguments(sub, _Help)
+
 
 def _client(args, service="sagemaker"):
     return aws.client(service, args.region, args.profile, args.endpoint_url)
