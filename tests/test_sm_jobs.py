@@ -493,3 +493,13 @@ def test_status_and_logs_of_a_job_by_name(moto_endpoint):
 
     assert_one_line_error(run_cli("sm", "status", "bc-nothing", "--endpoint-url", moto_endpoint, env=ENV),
                           "bc-nothing: no training job, tuning job, transform job or endpoint of that name")
+
+
+def test_wait_follows_the_job_to_its_end(moto_endpoint):
+    """moto's jobs complete at once: --wait reads the status (and the log) and ends with the outcome."""
+    proc = run_cli("sm", "train", *TRAIN, "--name", "bc-wait", "--endpoint-url", moto_endpoint, "--wait",
+                   "--instance-type", "ml.m5.xlarge", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    name = json.loads(proc.stdout.splitlines()[0])["name"]
+    st = _sm(moto_endpoint).describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+    assert st == "Completed" and f"training job {name}: Completed" in proc.stderr, proc.stderr

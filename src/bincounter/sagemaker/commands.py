@@ -74,6 +74,8 @@ def add_arguments(sub) -> None:
         p.add_argument("--instance-type", default=DEFAULT_INSTANCE, help=type_help)
         p.add_argument("--spot", action="store_true", help="managed spot training (cheaper, may be interrupted)")
         p.add_argument("--max-runtime", type=int, default=4 * 3600, help="seconds per job; bounds the cost")
+        p.add_argument("--wait", action="store_true", help="stay until the job ends, printing its log (tune: its "
+                       "progress); exit non-zero unless it completes")
         p.add_argument("--hp", action="append", metavar="NAME=VALUE",
                        help="trainer hyperparameter, repeatable, checked with the trainer's own rules; names: "
                             + ", ".join(flag_names()))
@@ -165,6 +167,8 @@ def add_arguments(sub) -> None:
     b.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
     b.add_argument("--instance-count", type=int, default=1)
     b.add_argument("--name")
+    b.add_argument("--wait", action="store_true", help="stay until the job ends, printing its log; exit non-zero "
+                   "unless it completes")
     price(b)
     b.set_defaults(func=cmd_batch)
 
@@ -274,7 +278,7 @@ def cmd_tune(args) -> int:
              jobs.console_link(region, "tuning", name),
              f"aws sagemaker stop-hyper-parameter-tuning-job --hyper-parameter-tuning-job-name {name}",
              f"then: bincounter sm train --from-tuning-job {name} ...")
-    return 0
+    return _wait(args, name, "tuning")
 
 
 def _from_tuning_job(args, region: str) -> tuple[dict[str, str], str | None, int | None]:
@@ -332,7 +336,7 @@ def cmd_train(args) -> int:
              f"aws sagemaker stop-training-job --training-job-name {name}",
              f"model: {args.output.rstrip('/')}/{name}/output/model.tar.gz; "
              f"then: bincounter sm deploy --training-job {name} ...")
-    return 0
+    return _wait(args, name, "training")
 
 
 def cmd_deploy(args) -> int:
@@ -470,7 +474,7 @@ def cmd_batch(args) -> int:
              jobs.console_link(region, "transform", name),
              f"aws sagemaker stop-transform-job --transform-job-name {name}",
              f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image)")
-    return 0
+    return _wait(args, name, "transform")
 
 
 def cmd_delete(args) -> int:
@@ -499,6 +503,14 @@ def cmd_delete(args) -> int:
     log.info("deleted endpoint %s, endpoint config %s, model(s) %s%s: nothing left billing", name, config,
              ", ".join(models), ", autoscaling target" if targets else "")
     return 0
+
+
+def _wait(args, name: str, kind: str) -> int:
+    if not args.wait:
+        return 0
+    from . import follow
+
+    return follow.wait(args, name, kind)
 
 
 def _created(kind: str, name: str, arn: str | None, link: str, undo: str, nxt: str) -> None:

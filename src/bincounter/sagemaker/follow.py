@@ -180,6 +180,33 @@ def _print_event(e: dict, prefix: str | None) -> None:
     print(f"{when} [{host}] {e.get('message', '').rstrip()}", flush=True)
 
 
+def wait(args, name: str, kind: str, poll_s: float = 30.0) -> int:
+    """`--wait` of sm train/tune/batch: a job's log until it ends (a tuning job: its progress lines, then its
+    best job), like the SDK's wait=True. A job that does not complete is one error line."""
+    sm, region = _clients(args)
+    if kind == "tuning":
+        last = None
+        while True:
+            st = status(sm, name, kind, region)
+            line = json.dumps({k: st.get(k) for k in ("status", "trials", "best") if st.get(k) is not None})
+            if line != last:
+                log.info("tuning job %s: %s", name, line)
+                last = line
+            if st["status"] in _FINAL:
+                break
+            time.sleep(poll_s)
+    else:
+        logs = aws.client("logs", args.region, args.profile, args.endpoint_url)
+        print_logs(sm, logs, name, kind, region, tail=0, follow=True, poll_s=min(poll_s, 10.0))
+        st = status(sm, name, kind, region)
+    if st["status"] not in ("Completed", "InService"):
+        raise UserError(f"{kind} job {name} ended {st['status']}"
+                        + (f": {st['failure_reason']}" if st.get("failure_reason") else "")
+                        + f" (bincounter sm logs {name})")
+    log.info("%s job %s: Completed", kind, name)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def _common(p) -> None:
     p.add_argument("--region")
