@@ -187,6 +187,18 @@ def cmd_eda(args) -> int:
     return 0
 
 
+def cmd_shard(args) -> int:
+    from .data.shards import parse_size, write_shards
+
+    size = parse_size(args.shard_size)
+    result = write_shards(args.channels, args.out, size, metadata_dir=args.metadata, seed=args.seed)
+    for split, idx in result.items():
+        log.info("%-5s %6d samples per count %s in %d shards (%.1f MB) -> %s", split, idx["samples"], idx["counts"],
+                 len(idx["shards"]), idx["bytes"] / 1e6, Path(args.out) / split)
+    log.info("upload with: bincounter data upload %s s3://BUCKET/PREFIX", args.out)
+    return 0
+
+
 def cmd_upload(args) -> int:
     from .data.s3 import upload
 
@@ -339,6 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("src", help="ABID directory")
     ed.add_argument("--out", required=True, help="report directory")
     ed.set_defaults(func=cmd_eda)
+
+    sh = dsub.add_parser("shard", help="pack channels into WebDataset tar shards + an index (full-dataset scale)",
+                         formatter_class=_Formatter,
+                         description="Pack CHANNELS/{train,val,test}/<count>/<id>.jpg into "
+                         "SHARDS/<split>/<split>-NNNNNN.tar (<id>.jpg + <id>.json with the count and, with --metadata, "
+                         "the bin's ABID metadata) and "
+                         "SHARDS/<split>/index.json (samples per count, bytes and sha256 per shard). Deterministic: "
+                         "the same channels give byte-identical shards. Each SHARDS/<split> is a channel the trainer "
+                         "reads as it is (locally, or uploaded with `data upload` for SageMaker FastFile/File mode).")
+    sh.add_argument("channels", help="channels directory (from `data split`)")
+    sh.add_argument("--out", required=True, help="shards directory to write (its splits must not exist yet)")
+    sh.add_argument("--shard-size", default="256MB", help="target bytes per shard (KB/MB/GB, KiB/MiB/GiB)")
+    sh.add_argument("--metadata", help="ABID directory (or its metadata/ folder): put each bin's metadata JSON "
+                    "into its sample")
+    sh.add_argument("--seed", type=int, default=0, help="the fixed order samples are packed in")
+    sh.set_defaults(func=cmd_shard)
 
     up = dsub.add_parser("upload", help="upload channels to S3 and print their URIs", formatter_class=_Formatter,
                          description="Upload DIR/{train,val,test} and manifest.csv to s3://bucket/prefix; objects "
