@@ -101,10 +101,32 @@ def test_order_changes_per_epoch_and_is_reproducible_for_a_seed(shards):
     assert order(1, 2) != e1 and order(2, 1) != e1
     assert sorted(order(1, 2)) == sorted(e1)
     assert order(1, 3, workers=2) == order(1, 3, workers=2)  # with worker processes too
+    # without a shuffle buffer the shard order alone changes per epoch; shards are still read whole, in order
+    ds = ShardDataset(shards / "train", PRE, train=True, seed=1, shuffle_buffer=1)
+    by_shard = [[k for k, _ in iter_tar(path)] for path, _ in ds.shards]
+    runs = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        flat = [k for b in _keys(ds.loader(4, keys=True)) for k in b]
+        runs.append(flat)
+        assert sorted((flat.index(ks[0]), ks) for ks in by_shard) == \
+            sorted((flat.index(ks[0]), flat[flat.index(ks[0]):flat.index(ks[0]) + len(ks)]) for ks in by_shard)
+    assert runs[0] != runs[1]
     val = ShardDataset(shards / "val", PRE)  # validation: index order, every epoch
     val.set_epoch(7)
     assert [k for b in _keys(val.loader(4, keys=True)) for k in b] == \
         [k for s in val.shards for k, _ in iter_tar(s[0])]
+
+
+def test_the_shuffle_buffer_reorders_within_a_shard_per_epoch(channels, tmp_path):
+    write_shards(channels, tmp_path / "one", shard_size=10 ** 9)  # one shard per split
+    ds = ShardDataset(tmp_path / "one" / "train", PRE, train=True, seed=1)
+    assert len(ds.shards) == 1
+    runs = []
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        runs.append([k for b in _keys(ds.loader(4, keys=True)) for k in b])
+    assert runs[0] != runs[1] and sorted(runs[0]) == sorted(runs[1])
 
 
 def test_a_bad_sample_is_skipped_and_counted_and_a_damaged_shard_keeps_the_step_count(channels_copy, tmp_path):
@@ -157,6 +179,15 @@ def test_fingerprint_follows_the_shards(channels, shards, tmp_path):
     write_shards(channels, tmp_path / "other", shard_size=SMALL, seed=1)  # same images, other packing
     b = data_fingerprint(ShardDataset(tmp_path / "other" / "train", PRE), ShardDataset(shards / "val", PRE))
     assert a != b
+    # same names and sizes, other content: only the index's sha256 tells them apart
+    import shutil
+
+    shutil.copytree(shards / "val", tmp_path / "val2")
+    index = json.loads((tmp_path / "val2" / INDEX).read_text())
+    index["shards"][1]["sha256"] = "0" * 64
+    (tmp_path / "val2" / INDEX).write_text(json.dumps(index))
+    c = data_fingerprint(ShardDataset(shards / "train", PRE), ShardDataset(tmp_path / "val2", PRE))
+    assert c != a
 
 
 def test_metadata_goes_into_the_sample_when_given(abid_root, channels, tmp_path):
@@ -168,9 +199,11 @@ def test_metadata_goes_into_the_sample_when_given(abid_root, channels, tmp_path)
     assert meta["count"] == meta["metadata"]["EXPECTED_QUANTITY"]
 
 
-def test_cli_shard_and_its_one_line_errors(channels, tmp_path):
+def test_cli_shard_and_its_one_line_errors(channels, shards, tmp_path):
     ok = run_cli("data", "shard", channels, "--out", tmp_path / "sh", "--shard-size", "20KB")
     assert ok.returncode == 0, ok.stderr
+    for p in (shards / "train").iterdir():  # another process (another hash seed), byte for byte the same
+        assert (tmp_path / "sh" / "train" / p.name).read_bytes() == p.read_bytes()
     assert "train     20 samples" in ok.stderr and (tmp_path / "sh" / "val" / INDEX).is_file()
     assert_one_line_error(run_cli("data", "shard", channels, "--out", tmp_path / "sh"), "already exists")
     assert_one_line_error(run_cli("data", "shard", tmp_path / "nope", "--out", tmp_path / "x"), "does not exist")
@@ -181,6 +214,10 @@ def test_cli_shard_and_its_one_line_errors(channels, tmp_path):
     bad = run_cli("train", "--train", tmp_path / "sh" / "train", "--val", tmp_path / "sh" / "val", "--model-dir",
                   tmp_path / "m", "--no-pretrained", "--epochs", "1")
     assert_one_line_error(bad, "val-000001.tar", "missing")
+    with open(tmp_path / "sh" / "train" / "train-000002.tar", "r+b") as f:  # a torn upload
+        f.truncate(1024)
+    with pytest.raises(DataError, match="train-000002.tar is 1024 bytes"):
+        open_channel(tmp_path / "sh" / "train", PRE)
     (tmp_path / "sh" / "train" / INDEX).unlink()
     with pytest.raises(DataError, match="no index.json"):
         open_channel(tmp_path / "sh" / "train", PRE)
