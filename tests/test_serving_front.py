@@ -200,7 +200,7 @@ def test_a_chunked_upload_is_served_within_the_same_limit(front):
     answers = responses(raw)
     assert [s for s, _ in answers] == [200] and answers[0][1]["n"] == len(body), raw[:500]
     assert run.fake.requests == [body]
-    raw = raw_exchange(run.port, head + b"\r\n" + _chunked(b"x" * (2**20 + 1)))
+    raw = raw_exchange(run.port, head + b"Connection: close\r\n\r\n" + _chunked(b"x" * (2**20 + 1)))
     answers = responses(raw)
     assert [s for s, _ in answers] == [413] and contract(answers[0][1], 413), raw[:500]
     assert len(run.fake.requests) == 1
