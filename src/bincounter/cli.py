@@ -235,6 +235,14 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import local_report
+
+    path = local_report(args.model_dir, args.output_dir, args.out)
+    print(json.dumps({"report": str(path)}))
+    return 0
+
+
 def cmd_ecr(args) -> int:
     from . import aws
 
@@ -399,7 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="JPEG/PNG files")
     pr.set_defaults(func=cmd_predict)
 
-    ecr = sub.add_parser("ecr", help="ECR helpers used by build_and_push.sh", formatter_class=_Formatter,
+    rp = sub.add_parser("report", help="one self-contained HTML report of a training run", formatter_class=_Formatter,
+                        description="Training curves, the training rules that fired, system utilisation and test "
+                        "metrics (confusion matrix embedded) of a `bincounter train` run, in one HTML file. For a "
+                        "SageMaker job: `bincounter sm report JOB`.")
+    rp.add_argument("model_dir", metavar="MODEL_DIR", help="the run's --model-dir")
+    rp.add_argument("--output-dir", help="the run's --output-dir, if it had one (read first)")
+    rp.add_argument("--out", help="HTML file to write (default: OUTPUT_DIR/report.html, else MODEL_DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
+
+    # internal (build_and_push.sh), hidden from `bincounter --help`: no help= at all, since Python 3.11's argparse
+    # lists help=argparse.SUPPRESS as "==SUPPRESS==" (a sub-command is listed only when it has a help text)
+    ecr = sub.add_parser("ecr", formatter_class=_Formatter,
                          description="Small ECR/STS helpers for build_and_push.sh: every failure is one line.")
     esub = ecr.add_subparsers(dest="ecr_command", required=True, metavar="ACTION")
     for name, text in [("region", "print the resolved region"), ("account", "print the AWS account id (STS)"),

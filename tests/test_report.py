@@ -1,0 +1,78 @@
+"""`bincounter report MODEL_DIR`: one self-contained HTML report of a real (tiny) training run: the training
+rules table, the embedded images (training curves, test confusion matrix) and the test accuracy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+
+from bincounter.report import _num
+
+from .conftest import assert_one_line_error, run_cli
+
+
+def _pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def _rules_rows(text: str) -> list[str]:
+    """The rule names in the rules table (bold first cells of its rows)."""
+    m = re.search(r"<th>rule</th><th>first at</th>.*?</table>", text, re.S)
+    return re.findall(r"<tr><td><b>([^<]+)</b>", m.group(0)) if m else []
+
+
+def test_report_of_a_real_run_embeds_images_rules_and_test_accuracy(trained_model, tmp_path):
+    out = tmp_path / "r.html"
+    proc = run_cli("report", trained_model, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"report": str(out)}
+    text = out.read_text()
+    pngs = _pngs(text)
+    assert len(pngs) == 2 and all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)  # curves + confusion matrix
+    assert pngs[1] == (trained_model / "test_confusion_matrix.png").read_bytes()
+    test = json.loads((trained_model / "test_metrics.json").read_text())
+    assert f"test accuracy <b>{_num(test['accuracy'])}</b>" in text
+    fired = json.loads((trained_model / "rules.json").read_text())["fired"]
+    assert _rules_rows(text) == [f["rule"] for f in fired]
+    if not fired:
+        assert "no training rule fired" in text
+    assert "<script" not in text and not re.search(r'(src|href)="https?:', text)  # self-contained
+
+
+def test_rules_table_of_a_run_with_an_empty_class(channels_copy, tmp_path):
+    """A run whose train channel lacks count 5 fires empty_class: its row, evidence and advice are in the table.
+    The trainer's --output-dir is read first and the report lands there."""
+    from bincounter.train import TrainConfig, train
+
+    shutil.rmtree(channels_copy / "train" / "5")
+    model, reports = tmp_path / "model", tmp_path / "reports"
+    train(TrainConfig(train_dir=str(channels_copy / "train"), val_dir=str(channels_copy / "val"),
+                      model_dir=str(model), output_dir=str(reports), epochs=1, image_size=64, pretrained=False,
+                      workers=0, batch_size=16, show_progress=False))
+    proc = run_cli("report", model, "--output-dir", reports)
+    assert proc.returncode == 0, proc.stderr
+    text = (reports / "report.html").read_text()
+    rows = _rules_rows(text)
+    assert "empty_class" in rows
+    row = re.search(r"<b>empty_class</b>.*?</tr>", text, re.S).group(0)
+    assert "train_per_count = [" in row and "no images of count 5" in row
+    assert "no test metrics" in text  # no --test: said, not an error
+    assert len(_pngs(text)) == 1  # the training curves
+
+
+def test_missing_pieces_are_said_not_raised(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"best": {"epoch": 2, "val_acc": 0.5}, "history": [],
+                                                       "world_size": 4, "config": {"arch": "efficientnet_b0"}}))
+    proc = run_cli("report", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "report.html").read_text()
+    for said in ("no training_curves.png", "no rules.json", "no system report", "no test metrics"):
+        assert said in text
+    assert "efficientnet_b0" in text
+
+
+def test_not_a_run_folder_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("report", tmp_path), "no training output here")
+    assert_one_line_error(run_cli("report", tmp_path / "nope"), "no such directory")
