@@ -199,6 +199,7 @@ def test_metadata_goes_into_the_sample_when_given(abid_root, channels, tmp_path)
     assert meta["count"] == meta["metadata"]["EXPECTED_QUANTITY"]
 
 
+@pytest.mark.slow  # five CLI processes (~20 s on 2 busy cores)
 def test_cli_shard_and_its_one_line_errors(channels, shards, tmp_path):
     ok = run_cli("data", "shard", channels, "--out", tmp_path / "sh", "--shard-size", "20KB")
     assert ok.returncode == 0, ok.stderr
