@@ -503,3 +503,104 @@ def test_wait_follows_the_job_to_its_end(moto_endpoint):
     name = json.loads(proc.stdout.splitlines()[0])["name"]
     st = _sm(moto_endpoint).describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
     assert st == "Completed" and f"training job {name}: Completed" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------- profiler and sm report (issue 17)
+def test_train_sends_the_profiler_and_its_report_rule_unless_told_not_to():
+    r = _dry("train", *TRAIN, "--profiler-interval-ms", "1000", "--region", "eu-west-1")["request"]
+    assert r["ProfilerConfig"] == {"S3OutputPath": "s3://bkt/out", "ProfilingIntervalInMilliseconds": 1000}
+    [rule] = r["ProfilerRuleConfigurations"]
+    assert rule["RuleConfigurationName"] == "ProfilerReport"
+    assert rule["RuleParameters"] == {"rule_to_invoke": "ProfilerReport"}
+    # the region's own Debugger rule image (the SDK's table; eu-west-1's account differs from us-east-1's)
+    assert rule["RuleEvaluatorImage"] == "929884845733.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-debugger-rules:latest"
+    off = _dry("train", *TRAIN, "--no-profiler")["request"]
+    assert "ProfilerConfig" not in off and "ProfilerRuleConfigurations" not in off
+    proc = run_cli("sm", "train", *TRAIN, "--profiler-interval-ms", "300", "--dry-run", env=ENV)
+    assert proc.returncode == 2 and "invalid choice: 300" in proc.stderr
+
+
+def test_tune_says_its_trials_take_no_profiler_config():
+    proc = run_cli("sm", "tune", *TRAIN, "--dry-run", "--endpoint-url", "http://127.0.0.1:9", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "has no ProfilerConfig field" in proc.stderr
+    assert "ProfilerConfig" not in json.loads(proc.stdout)["request"]["TrainingJobDefinition"]
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_sm_report_gathers_a_jobs_reports_from_s3(moto_endpoint, trained_model, tmp_path):
+    """A training job in moto's SageMaker, its output.tar.gz / model.tar.gz and ProfilerReport rule output put in
+    moto's S3 where SageMaker writes them; `sm report JOB` renders them into one HTML file."""
+    import base64
+    import re
+
+    from bincounter.report import _num
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="rep")
+    job = "bc-report-1"
+    _sm(moto_endpoint).create_training_job(
+        TrainingJobName=job, RoleArn=ROLE, AlgorithmSpecification={"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://rep/out"}, StoppingCondition={"MaxRuntimeInSeconds": 600},
+        ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10})
+    rules = {"rules_fired": 1, "fired": [{"rule": "input_bound", "epoch": 2, "evidence": {"input_wait_share": 0.62},
+                                          "advice": "raise --workers"}]}
+    system = {"samples": 40, "cpu_percent": {"mean": 97.5, "max": 100.0}, "rss_mb": {"mean": 2100.0, "max": 2300.0},
+              "gpu_util_percent": {"mean": 31.0, "max": 55.0}, "gpu_mem_mb": None, "input_wait_fraction": 0.62,
+              "hint": "the input pipeline is the bottleneck"}
+    out = {"./rules.json": json.dumps(rules).encode(), "./profile/system_report.json": json.dumps(system).encode(),
+           "./profile/trace.json": b"{}", "../escape.json": b"{}"}
+    for name in ("test_metrics.json", "test_confusion_matrix.png", "training_curves.png"):
+        out[f"./{name}"] = (trained_model / name).read_bytes()
+    s3.put_object(Bucket="rep", Key=f"out/{job}/output/output.tar.gz", Body=_tar_gz(out))
+    s3.put_object(Bucket="rep", Key=f"out/{job}/output/model.tar.gz", Body=_tar_gz({
+        "model.safetensors": b"weights", **{n: (trained_model / n).read_bytes() for n in ("metrics.json",
+                                                                                          "config.json")}}))
+    rule_out = f"out/{job}/rule-output/ProfilerReport/profiler-output"
+    s3.put_object(Bucket="rep", Key=f"{rule_out}/profiler-report.html", Body=b"<html>SageMaker's report</html>")
+    s3.put_object(Bucket="rep", Key=f"{rule_out}/profiler-reports/LowGPUUtilization.json",
+                  Body=json.dumps({"RuleTriggered": 1, "Violations": 12, "Datapoints": 40}).encode())
+    s3.put_object(Bucket="rep", Key=f"{rule_out}/profiler-reports/OverallSystemUsage.json", Body=json.dumps(
+        {"RuleTriggered": 0, "Violations": 0, "Datapoints": 40,
+         "Details": {"GPU": {"algo-1": {"p50": 30.5, "p95": 52.0, "p99": 55.0, "max": 55.0, "min": 1.0}}}}).encode())
+
+    dest = tmp_path / "rep"
+    proc = run_cli("sm", "report", job, "--out", dest, "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["report"] == str(dest / "report.html") and doc["job"] == job
+    assert "model.safetensors" not in doc["found"] and not (dest / "model.safetensors").exists()
+    assert not (dest / "profile" / "trace.json").exists() and not (tmp_path / "escape.json").exists()
+    text = (dest / "report.html").read_text()
+    # the rules table, from output.tar.gz
+    assert re.search(r"<tr><td><b>input_bound</b></td><td>epoch 2</td><td>input_wait_share = 0.62</td>", text)
+    # embedded images: the training curves and the confusion matrix, byte for byte
+    pngs = [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+    assert pngs == [(trained_model / "training_curves.png").read_bytes(),
+                    (trained_model / "test_confusion_matrix.png").read_bytes()]
+    test = json.loads((trained_model / "test_metrics.json").read_text())
+    assert f"test accuracy <b>{_num(test['accuracy'])}</b>" in text
+    # system utilisation: the trainer's sampler and SageMaker's ProfilerReport rule summaries
+    assert "mean 97.5, max 100" in text and "the input pipeline is the bottleneck" in text
+    assert re.search(r"<td>LowGPUUtilization</td><td><b>yes</b></td><td>12</td>", text)
+    assert re.search(r"<td>GPU</td><td>algo-1</td><td>30.5</td><td>52</td>", text)
+    assert (dest / "sagemaker-profiler-report.html").read_bytes() == b"<html>SageMaker's report</html>"
+    # metrics.json came from model.tar.gz (output.tar.gz lacked it): the run's settings are shown
+    assert "best val accuracy" in text
+
+    missing = run_cli("sm", "report", "no-such-job", "--out", tmp_path / "x", "--endpoint-url", moto_endpoint,
+                      env=ENV)
+    assert_one_line_error(missing, "no-such-job", "no training job or tuning job")

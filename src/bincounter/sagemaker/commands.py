@@ -121,6 +121,11 @@ def add_arguments(sub) -> None:
     tr.add_argument("--instance-count", type=int,
                     help=f"default {TRAIN_INSTANCE_COUNT}; with --from-tuning-job, the trials' count and type")
     tr.add_argument("--from-tuning-job", help="use the best hyperparameters of this tuning job")
+    tr.add_argument("--no-profiler", action="store_true", help="leave out SageMaker's system profiler "
+                    "(ProfilerConfig) and its built-in ProfilerReport rule (both on by default; bincounter sm report "
+                    "JOB shows what they found)")
+    tr.add_argument("--profiler-interval-ms", type=int, default=500, choices=sdk.PROFILER_INTERVALS_MS,
+                    help="system monitoring interval")
     tr.set_defaults(func=cmd_train)
 
     d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=_Help,
@@ -177,9 +182,10 @@ def add_arguments(sub) -> None:
     x.add_argument("--endpoint", required=True)
     x.set_defaults(func=cmd_delete)
 
-    from . import follow
+    from . import follow, job_report
 
     follow.add_arguments(sub, _Help)
+    job_report.add_arguments(sub, _Help)
 
 
 def _client(args, service="sagemaker"):
@@ -262,6 +268,9 @@ def cmd_tune(args) -> int:
                         max_runtime_s=args.max_runtime, jobs=args.max_jobs, spot=args.spot,
                         price_per_hour=args.price_per_hour, region=region))
     hps = jobs.hp_strings({"progress": False, **user})
+    log.info("profiler: a tuning job's TrainingJobDefinition has no ProfilerConfig field (CreateHyperParameterTuning"
+             "Job takes none), so trials run with SageMaker's own profiling defaults; bincounter sm report TRIAL "
+             "shows what a trial wrote, and sm train --from-tuning-job %s runs the winner with the profiler", name)
     with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=args.instance_type,
                                     instance_count=args.instance_count, hyperparameters=hps, output_path=args.output,
@@ -325,7 +334,9 @@ def cmd_train(args) -> int:
         trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=itype,
                                     instance_count=count, hyperparameters=jobs.hp_strings({"progress": False, **hps}),
                                     output_path=args.output, spot=args.spot, checkpoint_s3=args.checkpoint_s3,
-                                    max_runtime_s=args.max_runtime, base_name=args.name or "bincounter-train")
+                                    max_runtime_s=args.max_runtime, base_name=args.name or "bincounter-train",
+                                    profiler=None if args.no_profiler else
+                                    sdk.profiler_settings(args.output, region, args.profiler_interval_ms))
         trainer.train(input_data_config=sdk.inputs(_channels(args)), wait=False)
     if args.dry_run:
         _print_captured(captured, "CreateTrainingJob")
@@ -335,7 +346,7 @@ def cmd_train(args) -> int:
     _created("training job", name, job.training_job_arn, jobs.console_link(region, "training", name),
              f"aws sagemaker stop-training-job --training-job-name {name}",
              f"model: {args.output.rstrip('/')}/{name}/output/model.tar.gz; "
-             f"then: bincounter sm deploy --training-job {name} ...")
+             f"then: bincounter sm report {name}; bincounter sm deploy --training-job {name} ...")
     return _wait(args, name, "training")
 
 

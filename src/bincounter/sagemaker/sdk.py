@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 from contextlib import ExitStack, contextmanager, redirect_stdout
+from functools import lru_cache
 from pathlib import Path
 
 from .. import aws
@@ -158,15 +159,76 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
             raise UserError(line) from None
 
 
+# ------------------------------------------------------------------------------------------- profiler
+PROFILER_INTERVALS_MS = (100, 200, 500, 1000, 5000, 60000)  # the values CreateTrainingJob accepts
+PROFILER_RULE = "ProfilerReport"
+
+
+def profiler_settings(output_path: str, region: str, interval_ms: int = 500) -> dict:
+    """SageMaker Debugger's system monitoring (every `interval_ms`, to `output_path`/<job>/profiler-output/) and
+    its built-in ProfilerReport rule (a processing job SageMaker runs next to the training job; it writes
+    profiler-report.html and profiler-reports/*.json under `output_path`/<job>/rule-output/). Both work for any
+    container: they read the instance, not the training script. Built with the SDK's own debugger helpers and
+    returned as the two CreateTrainingJob fields {"ProfilerConfig": ..., "ProfilerRuleConfigurations": [...]}."""
+    from sagemaker.core.debugger import ProfilerConfig, ProfilerRule, get_rule_container_image_uri, rule_configs
+
+    if interval_ms not in PROFILER_INTERVALS_MS:
+        raise UserError(f"--profiler-interval-ms {interval_ms}: SageMaker accepts "
+                        f"{', '.join(map(str, PROFILER_INTERVALS_MS))}")
+    rule = ProfilerRule.sagemaker(rule_configs.ProfilerReport(), name=PROFILER_RULE)
+    try:
+        rule.image_uri = get_rule_container_image_uri(rule.name, region)
+    except ValueError:
+        raise UserError(f"SageMaker Debugger has no rule image in {region}; pass --no-profiler") from None
+    config = ProfilerConfig(s3_output_path=output_path, system_monitor_interval_millis=interval_ms)
+    return {"ProfilerConfig": config._to_request_dict(),
+            "ProfilerRuleConfigurations": [rule.to_profiler_rule_config_dict()]}
+
+
+@lru_cache(maxsize=1)
+def _profiled_trainer_class():
+    """ModelTrainer (SDK v3.27) has no argument for ProfilerConfig / ProfilerRuleConfigurations, although the
+    TrainingJob.create it calls takes both: this subclass adds them to the request ModelTrainer builds
+    (`_create_training_job_args`), so they go out in the same CreateTrainingJob call."""
+    from pydantic import PrivateAttr
+    from sagemaker.core.shapes import ProfilerConfig, ProfilerRuleConfiguration
+    from sagemaker.train import ModelTrainer
+
+    class ProfiledModelTrainer(ModelTrainer):
+        _profiler: dict | None = PrivateAttr(default=None)
+
+        def with_profiler(self, settings: dict | None):
+            self._profiler = settings
+            return self
+
+        def _create_training_job_args(self, *args, **kwargs):
+            request = super()._create_training_job_args(*args, **kwargs)
+            if self._profiler and isinstance(request, dict):
+                cfg, rules = self._profiler["ProfilerConfig"], self._profiler["ProfilerRuleConfigurations"]
+                if "algorithm_specification" in request:  # snake_case keys and shapes, for TrainingJob.create
+                    request["profiler_config"] = ProfilerConfig(
+                        s3_output_path=cfg.get("S3OutputPath"), disable_profiler=cfg.get("DisableProfiler"),
+                        profiling_interval_in_milliseconds=cfg.get("ProfilingIntervalInMilliseconds"))
+                    request["profiler_rule_configurations"] = [ProfilerRuleConfiguration(
+                        rule_configuration_name=r["RuleConfigurationName"], rule_evaluator_image=r["RuleEvaluatorImage"],
+                        rule_parameters=r.get("RuleParameters")) for r in rules]
+                else:  # the serialized (API-shaped) request of a pipeline step
+                    request.update(self._profiler)
+            return request
+
+    return ProfiledModelTrainer
+
+
 def model_trainer(session, *, image: str, role: str, instance_type: str, instance_count: int, hyperparameters: dict,
                   output_path: str, spot: bool, checkpoint_s3: str | None, max_runtime_s: int, base_name: str,
-                  volume_gb: int = 50, spot_needs_checkpoint: bool = True):
-    from sagemaker.train import ModelTrainer
+                  volume_gb: int = 50, spot_needs_checkpoint: bool = True, profiler: dict | None = None):
+    """`profiler`: from `profiler_settings` (training jobs only: a tuning job's TrainingJobDefinition has no field
+    for it)."""
     from sagemaker.train.configs import CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, StoppingCondition
 
     if spot and not checkpoint_s3 and spot_needs_checkpoint:
         raise UserError("spot training needs --checkpoint-s3 (a spot interruption resumes from it)")
-    trainer = ModelTrainer(
+    trainer = _profiled_trainer_class()(
         sagemaker_session=session, training_image=image, role=role, base_job_name=base_name,
         compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_size_in_gb=volume_gb,
                         enable_managed_spot_training=spot),
@@ -175,6 +237,7 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
         if checkpoint_s3 else None,
         stopping_condition=StoppingCondition(max_runtime_in_seconds=max_runtime_s,
                                              max_wait_time_in_seconds=2 * max_runtime_s if spot else None))
+    trainer.with_profiler(profiler)
     return trainer.with_metric_definitions([MetricDefinition(name=d["Name"], regex=d["Regex"])
                                             for d in metric_definitions()])
 
