@@ -604,3 +604,70 @@ def test_sm_report_gathers_a_jobs_reports_from_s3(moto_endpoint, trained_model, 
     missing = run_cli("sm", "report", "no-such-job", "--out", tmp_path / "x", "--endpoint-url", moto_endpoint,
                       env=ENV)
     assert_one_line_error(missing, "no-such-job", "no training job or tuning job")
+
+
+# ------------------------------------------------------------------------- half-finished deploys, batch CSV (issue 13)
+def test_delete_removes_what_a_half_finished_deploy_left(moto_endpoint):
+    """A deploy that stopped after CreateModel (or after the config): delete removes what exists and names
+    what did not; deleting again finds nothing and says so, exit 0."""
+    sm = _sm(moto_endpoint)
+    container = {"Image": IMAGE, "ModelDataUrl": "s3://bkt/m.tar.gz"}
+    sm.create_model(ModelName="bc-half", ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    proc = run_cli("sm", "delete", "--endpoint", "bc-half", "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"deleted": ["model bc-half"],
+                                       "did_not_exist": ["endpoint bc-half", "endpoint config bc-half"]}
+    with pytest.raises(sm.exceptions.ClientError):
+        sm.describe_model(ModelName="bc-half")
+
+    sm.create_model(ModelName="bc-half2", ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    sm.create_endpoint_config(EndpointConfigName="bc-half2", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "bc-half2", "InitialInstanceCount": 1,
+        "InstanceType": "ml.m5.xlarge"}])
+    sm.create_model(ModelName="bc-lone", ExecutionRoleArn=ROLE, PrimaryContainer=container)
+    proc = run_cli("sm", "delete", "--endpoint", "bc-half2", "--model", "bc-lone", "--endpoint-url", moto_endpoint,
+                   env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"deleted": ["endpoint config bc-half2", "model bc-half2", "model bc-lone"],
+                                       "did_not_exist": ["endpoint bc-half2"]}
+    assert "did not exist: endpoint bc-half2" in proc.stderr
+
+    again = run_cli("sm", "delete", "--model", "bc-lone", "--endpoint-url", moto_endpoint, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"deleted": [], "did_not_exist": ["model bc-lone"]}
+    assert "nothing to delete" in again.stderr
+    assert_one_line_error(run_cli("sm", "delete", "--endpoint-url", moto_endpoint, env=ENV),
+                          "--endpoint NAME and/or --model NAME")
+
+
+def test_batch_results_are_collected_into_one_csv(moto_endpoint, tmp_path):
+    import csv
+
+    sm = _sm(moto_endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="bat")
+    sm.create_model(ModelName="bc-bat", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": IMAGE})
+    answer = {"count": 3, "probabilities": {"1": 0.05, "2": 0.1, "3": 0.7, "4": 0.1, "5": 0.05},
+              "expected_count": 2.95, "model_version": "ab12"}
+    s3.put_object(Bucket="bat", Key="counts/day1/b.jpg.out", Body=json.dumps(answer).encode())
+    s3.put_object(Bucket="bat", Key="counts/a.jpg.out", Body=json.dumps({**answer, "count": 1}).encode())
+    s3.put_object(Bucket="bat", Key="counts/bad.jpg.out", Body=b'{"code": 400, "message": "not an image"}')
+    s3.put_object(Bucket="bat", Key="counts/_SUCCESS", Body=b"")
+    out = tmp_path / "results.csv"
+    proc = run_cli("sm", "batch", "--model", "bc-bat", "--input", "s3://bat/scans/", "--output", "s3://bat/counts/",
+                   "--name", "bc-bat-1", "--instance-type", "ml.m5.xlarge", "--collect", out,
+                   "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"csv": str(out), "job": "bc-bat-1", "status": "Completed",
+                                                        "rows": 3, "errors": 1}
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == ["s3://bat/scans/a.jpg", "s3://bat/scans/bad.jpg",
+                                          "s3://bat/scans/day1/b.jpg"]
+    assert (rows[0]["count"], rows[2]["count"], rows[2]["p3"], rows[2]["expected_count"], rows[2]["model_version"]) \
+        == ("1", "3", "0.7", "2.95", "ab12")
+    assert rows[1]["count"] == "" and "not an image" in rows[1]["error"]
+    again = run_cli("sm", "collect", "bc-bat-1", "--csv", tmp_path / "again.csv", "--endpoint-url", moto_endpoint,
+                    env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.csv").read_text() == out.read_text()

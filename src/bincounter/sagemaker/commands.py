@@ -174,18 +174,26 @@ def add_arguments(sub) -> None:
     b.add_argument("--name")
     b.add_argument("--wait", action="store_true", help="stay until the job ends, printing its log; exit non-zero "
                    "unless it completes")
+    b.add_argument("--collect", metavar="CSV", help="wait for the job, then write its results as one CSV (image, "
+                   "count, p1..p5, ...; later: bincounter sm collect JOB --csv FILE)")
     price(b)
     b.set_defaults(func=cmd_batch)
 
-    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling", formatter_class=_Help)
+    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling", formatter_class=_Help,
+                       description="Delete what a deploy created, also when it stopped half-way: --endpoint NAME "
+                       "removes its autoscaling target, the endpoint, its endpoint config and its model(s) (found by "
+                       "NAME when the endpoint or config is gone); --model NAME removes that model. What did not "
+                       "exist is said, not an error.")
     common(x)
-    x.add_argument("--endpoint", required=True)
+    x.add_argument("--endpoint", help="endpoint name (also the config and model name sm deploy gave them)")
+    x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
 
-    from . import follow, job_report
+    from . import batch_collect, follow, job_report
 
     follow.add_arguments(sub, _Help)
     job_report.add_arguments(sub, _Help)
+    batch_collect.add_arguments(sub, _Help)
 
 
 def _client(args, service="sagemaker"):
@@ -484,35 +492,92 @@ def cmd_batch(args) -> int:
     _created("batch transform job", name, desc.get("TransformJobArn"),
              jobs.console_link(region, "transform", name),
              f"aws sagemaker stop-transform-job --transform-job-name {name}",
-             f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image)")
-    return _wait(args, name, "transform")
+             f"results: {args.output.rstrip('/')}/<image>.out (one JSON per image); "
+             f"one CSV: bincounter sm collect {name} --csv results.csv")
+    if args.collect:
+        args.wait = True
+    rc = _wait(args, name, "transform")
+    if args.collect:
+        from . import batch_collect
+
+        got = batch_collect.collect(_client(args), aws.client("s3", args.region, args.profile, args.endpoint_url),
+                                    name, region, args.collect)
+        print(json.dumps(got))
+    return rc
+
+
+def _absent(e: UserError) -> bool:
+    text = str(e)
+    return "Could not find" in text or "does not exist" in text.lower() or "not found" in text.lower()
 
 
 def cmd_delete(args) -> int:
-    name = args.endpoint
+    """Everything a deploy may have left, each step on its own: what is missing is listed, not fatal."""
+    if not (args.endpoint or args.model):
+        raise UserError("sm delete needs --endpoint NAME and/or --model NAME")
     if args.dry_run:
-        for api, req in (("DeleteEndpoint", {"EndpointName": name}),
-                         ("DeleteEndpointConfig", {"EndpointConfigName": name}), ("DeleteModel", {"ModelName": name})):
-            jobs.print_request(api, req)
+        if args.endpoint:
+            for api, req in (("DeleteEndpoint", {"EndpointName": args.endpoint}),
+                             ("DeleteEndpointConfig", {"EndpointConfigName": args.endpoint}),
+                             ("DeleteModel", {"ModelName": args.endpoint})):
+                jobs.print_request(api, req)
+        if args.model and args.model != args.endpoint:
+            jobs.print_request("DeleteModel", {"ModelName": args.model})
         return 0
     sm = _client(args)
-    aas = aws.client("application-autoscaling", args.region, args.profile, args.endpoint_url)
-    resource = f"endpoint/{name}/variant/{jobs.VARIANT}"
-    targets = aws.aws_call("DescribeScalableTargets", aas.describe_scalable_targets, ServiceNamespace="sagemaker",
-                           ResourceIds=[resource])["ScalableTargets"]
-    for t in targets:
-        aws.aws_call("DeregisterScalableTarget", aas.deregister_scalable_target, ServiceNamespace="sagemaker",
-                     ResourceId=resource, ScalableDimension=t["ScalableDimension"])
-    desc = aws.aws_call("DescribeEndpoint", sm.describe_endpoint, EndpointName=name)
-    config = desc["EndpointConfigName"]
-    cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config, EndpointConfigName=config)
-    models = [v["ModelName"] for v in cfg["ProductionVariants"]]
-    aws.aws_call("DeleteEndpoint", sm.delete_endpoint, EndpointName=name)
-    aws.aws_call("DeleteEndpointConfig", sm.delete_endpoint_config, EndpointConfigName=config)
+    deleted, absent = [], []
+
+    def attempt(what: str, call, **kw) -> bool:
+        try:
+            aws.aws_call(what, call, **kw)
+        except UserError as e:
+            if not _absent(e):
+                raise
+            absent.append(what)
+            return False
+        deleted.append(what)
+        return True
+
+    models: list[str] = []
+    if args.endpoint:
+        name = args.endpoint
+        aas = aws.client("application-autoscaling", args.region, args.profile, args.endpoint_url)
+        resource = f"endpoint/{name}/variant/{jobs.VARIANT}"
+        targets = aws.aws_call("DescribeScalableTargets", aas.describe_scalable_targets, ServiceNamespace="sagemaker",
+                               ResourceIds=[resource])["ScalableTargets"]
+        for t in targets:
+            aws.aws_call("DeregisterScalableTarget", aas.deregister_scalable_target, ServiceNamespace="sagemaker",
+                         ResourceId=resource, ScalableDimension=t["ScalableDimension"])
+            deleted.append(f"autoscaling target {resource}")
+        config = name  # sm deploy names the config after the endpoint; the endpoint says which it really uses
+        try:
+            config = aws.aws_call("DescribeEndpoint", sm.describe_endpoint, EndpointName=name)["EndpointConfigName"]
+        except UserError as e:
+            if not _absent(e):
+                raise
+        try:
+            cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config, EndpointConfigName=config)
+            models = [v["ModelName"] for v in cfg["ProductionVariants"]]
+        except UserError as e:
+            if not _absent(e):
+                raise
+            models = [name]
+        attempt(f"endpoint {name}", sm.delete_endpoint, EndpointName=name)
+        attempt(f"endpoint config {config}", sm.delete_endpoint_config, EndpointConfigName=config)
+    if args.model and args.model not in models:
+        models.append(args.model)
     for m in models:
-        aws.aws_call("DeleteModel", sm.delete_model, ModelName=m)
-    log.info("deleted endpoint %s, endpoint config %s, model(s) %s%s: nothing left billing", name, config,
-             ", ".join(models), ", autoscaling target" if targets else "")
+        attempt(f"model {m}", sm.delete_model, ModelName=m)
+    print(json.dumps({"deleted": deleted, "did_not_exist": absent}))
+    if deleted:
+        log.info("deleted: %s", ", ".join(deleted))
+    if absent:
+        log.info("did not exist: %s", ", ".join(absent))
+    if args.endpoint and deleted:
+        log.info("nothing left billing for endpoint %s", args.endpoint)
+    if not deleted:
+        log.warning("nothing to delete: %s (names are case-sensitive; aws sagemaker list-endpoints / list-models)",
+                    ", ".join(absent))
     return 0
 
 
