@@ -671,3 +671,10 @@ def test_batch_results_are_collected_into_one_csv(moto_endpoint, tmp_path):
                     env=ENV)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "again.csv").read_text() == out.read_text()
+
+
+def test_the_internal_ecr_helper_is_hidden_from_help():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "report" in top.stdout
+    assert "ecr" not in top.stdout and "SUPPRESS" not in top.stdout
+    assert run_cli("ecr", "--help").returncode == 0  # still there for build_and_push.sh
