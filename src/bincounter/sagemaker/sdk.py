@@ -210,8 +210,9 @@ def _profiled_trainer_class():
                         s3_output_path=cfg.get("S3OutputPath"), disable_profiler=cfg.get("DisableProfiler"),
                         profiling_interval_in_milliseconds=cfg.get("ProfilingIntervalInMilliseconds"))
                     request["profiler_rule_configurations"] = [ProfilerRuleConfiguration(
-                        rule_configuration_name=r["RuleConfigurationName"], rule_evaluator_image=r["RuleEvaluatorImage"],
-                        rule_parameters=r.get("RuleParameters")) for r in rules]
+                        rule_configuration_name=r["RuleConfigurationName"],
+                        rule_evaluator_image=r["RuleEvaluatorImage"], rule_parameters=r.get("RuleParameters"))
+                        for r in rules]
                 else:  # the serialized (API-shaped) request of a pipeline step
                     request.update(self._profiler)
             return request
