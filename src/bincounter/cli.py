@@ -76,6 +76,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="progress bars (a bar on a terminal, periodic lines otherwise)")
     r.add_argument("--profile-steps", type=int, default=0, help="torch.profiler trace of N training steps and a "
                    "system-utilisation report in OUTPUT_DIR/profile/")
+    r.add_argument("--rules", action=argparse.BooleanOptionalAction, default=True,
+                   help="training rules: poor init, NaN/Inf (stops the run), exploding/vanishing gradients, loss "
+                   "not decreasing, overfitting, input-bound, empty/never-predicted/collapsed counts; one WARNING "
+                   "each, OUTPUT_DIR/rules.json, rules_fired on the epoch line")
 
 
 def train_config_from_args(args: argparse.Namespace):

@@ -42,16 +42,17 @@ def _to_device(x, y, ok, device, channels_last):
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info: DistInfo, *,
                     epoch: int, label_smoothing: float, amp: bool, channels_last: bool,
                     frozen_params: list | None = None, scaler=None, show_progress: bool = True,
-                    on_step=None) -> dict:
+                    on_step=None, rules=None) -> dict:
     """Returns {"loss": mean over ranks, "skipped": bad images, "data_wait_s", "step_s"} (this rank's time
     spent waiting for the next batch vs. in the step: the input pipeline's share); `frozen_params` get no
-    update; `on_step()` runs after every step (the profiler's hook)."""
+    update; `on_step()` runs after every step (the profiler's hook); `rules` (rules.Rules) sees every step's
+    loss, global gradient norm (after DDP's all-reduce: the same on every rank) and logits."""
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, n, skipped
     wait_s = step_s = 0.0
     with progress(len(loader), f"epoch {epoch} train", enabled=info.is_main and show_progress) as bar:
         t_ready = time.perf_counter()
-        for x, y, ok in loader:
+        for i, (x, y, ok) in enumerate(loader):
             t_got = time.perf_counter()
             wait_s += t_got - t_ready
             x, y, ok = _to_device(x, y, ok, device, channels_last)
@@ -69,6 +70,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, device, info
             if frozen_params:
                 for p in frozen_params:
                     p.grad = None
+            if rules is not None and rules.enabled:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # the true gradients; scaler.step knows they are unscaled
+                grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(grads, float("inf")) if grads else None
+                rules.step(epoch, i, loss.detach(), norm, logits, scaled=scaler is not None)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -2,7 +2,7 @@
 
 The trainer prints one line per epoch, e.g.::
 
-    epoch=3 train_loss=0.8123 val_loss=0.7011 val_acc=0.64 val_rmse=0.7483 best_val_acc=0.66 lr=0.000812 epoch_time_s=41
+    epoch=3 train_loss=0.8123 val_loss=0.7011 val_acc=0.64 val_rmse=0.7483 best_val_acc=0.66 rules_fired=0 lr=0.0008 ...
 
 `metric_definitions()` builds the SageMaker tuner/training-job regexes from the same key list, so the log
 format and the regexes cannot drift apart. Each value matches `NUMBER`.
@@ -19,7 +19,8 @@ import numpy as np
 
 from . import COUNTS
 
-EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_acc", "val_rmse", "best_val_acc", "lr", "epoch_time_s")
+EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_acc", "val_rmse", "best_val_acc", "rules_fired", "lr",
+              "epoch_time_s")
 #: What the tuner maximises: the val_acc of the best epoch so far, i.e. of the weights the artifact holds
 #: (the last epoch's val_acc would rank a trial by a model it did not keep).
 OBJECTIVE = "best_val_acc"
@@ -54,7 +55,7 @@ def metric_regex(key: str) -> str:
     return rf"epoch=\d+.* {key}=({NUMBER})"
 
 
-def metric_definitions(keys=("train_loss", "val_loss", "val_acc", "val_rmse", OBJECTIVE)) -> list[dict]:
+def metric_definitions(keys=("train_loss", "val_loss", "val_acc", "val_rmse", OBJECTIVE, "rules_fired")) -> list[dict]:
     """SageMaker `MetricDefinitions` for the epoch line."""
     return [{"Name": k, "Regex": metric_regex(k)} for k in keys]
 

@@ -38,14 +38,13 @@ from .errors import UserError, write_failure_file
 from .metrics import format_epoch_line, format_summary, plot_history, summarize_eval, write_report
 from .model import classifier, create_model, model_mean_std, save_artifact
 from .preprocess import Preprocess
+from .rules import Rules
 
 log = logging.getLogger("bincounter")
 CHECKPOINT = "checkpoint.pt"
 #: TrainConfig fields a checkpoint must agree on to be resumed (epochs and patience may grow: a longer run).
 MADE_WITH = ("arch", "backend", "pretrained", "image_size", "batch_size", "lr", "weight_decay", "warmup_epochs",
              "label_smoothing", "drop_rate", "freeze_backbone_epochs", "seed", "loss")
-#: A model that answers one count for more than this share of the validation images has collapsed.
-COLLAPSE_SHARE = 0.9
 
 
 @dataclass
@@ -78,6 +77,7 @@ class TrainConfig:
     channels_last: bool = True  # CPU and CUDA (measured on CPU: 1.4-1.5x training throughput, docs/PERFORMANCE.md)
     show_progress: bool = True
     profile_steps: int = 0  # >0: torch.profiler trace of that many steps + system report in output_dir/profile
+    rules: bool = True  # training rules (bincounter.rules): warnings, rules.json, stop on NaN
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -249,20 +249,6 @@ def _head(cfg: TrainConfig) -> str:
     return "ordinal" if cfg.loss == "ordinal" else "linear"
 
 
-def _warn_if_collapsed(cm, epoch: int) -> None:
-    cm = np.asarray(cm)
-    n = cm.sum()
-    if not n:
-        return
-    share = cm.sum(axis=0) / n
-    top = int(share.argmax())
-    if share[top] > COLLAPSE_SHARE:
-        log.warning("the model (best epoch %d) answers count %d for %.0f%% of the validation images: it has "
-                    "collapsed onto one count. Try a lower --lr, more epochs, ImageNet weights (--pretrained-path), "
-                    "or check the train channel's class balance (bincounter data eda)", epoch, COUNTS[top],
-                    100 * share[top])
-
-
 def _distributed_failure(e: Exception, info: DistInfo) -> str:
     import socket
 
@@ -297,11 +283,6 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_ds = open_channel(cfg.train_dir, pre, train=True, seed=cfg.seed)  # per-image or sharded
     val_ds = open_channel(cfg.val_dir, pre)
     test_ds = open_channel(cfg.test_dir, pre) if cfg.test_dir else None
-    empty = [str(c) for c, k in zip(COUNTS, train_ds.class_counts(), strict=True) if k == 0]
-    if empty and info.is_main:
-        log.warning("the train channel has no images of count %s (folder %s missing or empty): the model can "
-                    "never learn to predict %s", ", ".join(empty), "/".join(f"{cfg.train_dir}/{c}" for c in empty),
-                    "that count" if len(empty) == 1 else "those counts")
     workers = _workers(cfg, info)
     train_dl = _loader(train_ds, cfg, info, True, workers)
     val_dl = _loader(val_ds, cfg, info, False, workers)
@@ -347,6 +328,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
     out_dir = Path(cfg.output_dir or cfg.model_dir)
+    rules = Rules(info, out_dir, cfg.lr, enabled=cfg.rules)
+    rules.start(train_ds.class_counts(), cfg.train_dir)
     profiler = sampler = None
     if cfg.profile_steps > 0 and info.is_main:
         from .profiling import StepProfiler, SystemSampler
@@ -366,7 +349,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         tr = train_one_epoch(ddp, train_dl, optimizer, scheduler, device, info, epoch=epoch,
                              label_smoothing=cfg.label_smoothing, amp=amp, channels_last=channels_last,
                              frozen_params=frozen, scaler=scaler, show_progress=cfg.show_progress,
-                             on_step=profiler.step if profiler else None)
+                             on_step=profiler.step if profiler else None, rules=rules)
         wait_total, step_total = wait_total + tr["data_wait_s"], step_total + tr["step_s"]
         sync_buffers(model, info)  # every rank validates rank 0's model: the one that is saved
         ev = evaluate(model, val_dl, device, info, channels_last=channels_last,
@@ -378,9 +361,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         improved = best is None or (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
         row["best_val_acc"] = row["val_acc"] if improved else best["val_acc"]
         history.append(row)
+        busy = tr["data_wait_s"] + tr["step_s"]
+        rules.epoch_end(epoch, history, tr["data_wait_s"] / busy if busy else None)
+        row["rules_fired"] = rules.count
         if info.is_main:
             print(format_epoch_line(row), flush=True)
-            busy = tr["data_wait_s"] + tr["step_s"]
             if busy:
                 log.info("epoch %d: input pipeline %.0f%% of train time (%.1f s waiting for batches)", epoch,
                          100 * tr["data_wait_s"] / busy, tr["data_wait_s"])
@@ -436,8 +421,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             j, png = write_report(test, out_dir, "test")
             log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
                      format_summary(test), j, png)
-    if info.is_main and best_val_cm is not None:
-        _warn_if_collapsed(best_val_cm, best["epoch"])
+    rules.train_end(best["epoch"] if best else None, best_val_cm)
+    if info.is_main and rules.enabled:
+        log.info("training rules: %d fired -> %s", rules.count, rules.write())
     if info.is_main and history:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot_history(history, out_dir / "training_curves.png", title=f"{cfg.arch} ({cfg.loss})")
