@@ -66,7 +66,7 @@ def test_tune_dry_run_ranges_and_objective():
              "--archs", "efficientnet_b0,efficientnet_b2", "--hp", "image_size=224")["request"]
     cfg = r["HyperParameterTuningJobConfig"]
     assert cfg["Strategy"] == "Bayesian" and cfg["TrainingJobEarlyStoppingType"] == "Auto"
-    assert cfg["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "val_acc"}
+    assert cfg["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "best_val_acc"}
     assert cfg["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2}
     ranges = cfg["ParameterRanges"]
     assert ranges["ContinuousParameterRanges"] == [{"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.003",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from ..metrics import metric_definitions
+from ..metrics import OBJECTIVE, metric_definitions
 
 
 class _Captured(Exception):
@@ -272,7 +272,7 @@ def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stop
         sm_ranges["arch"] = CategoricalParameter(list(ranges["arch"]))
     if ranges.get("image_size"):
         sm_ranges["image_size"] = CategoricalParameter([str(s) for s in ranges["image_size"]])
-    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="val_acc",
+    return HyperparameterTuner(model_trainer=trainer, objective_metric_name=OBJECTIVE,
                                hyperparameter_ranges=sm_ranges, metric_definitions=metric_definitions(),
                                strategy="Bayesian", objective_type="Maximize", max_jobs=max_jobs,
                                max_parallel_jobs=max_parallel, early_stopping_type="Auto" if early_stopping else "Off")
