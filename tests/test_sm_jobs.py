@@ -30,6 +30,23 @@ ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 PRICES = REPO / "src" / "bincounter" / "sagemaker" / "prices.json"
 
 
+def _s3(endpoint):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(moto_endpoint):
+    """conftest's moto server with TRAIN's per-image channels in it: a real run reads each channel (index.json,
+    else a listing) before it sends the request."""
+    s3 = _s3(moto_endpoint)
+    s3.create_bucket(Bucket="bkt")
+    for split in ("train", "val", "test"):
+        for count in (1, 2):
+            s3.put_object(Bucket="bkt", Key=f"ch/{split}/{count}/bin-{count}.jpg", Body=b"\xff\xd8" + bytes(500))
+    return moto_endpoint
+
+
 def _sm(endpoint):
     return boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -678,3 +695,114 @@ def test_the_internal_ecr_helper_is_hidden_from_help():
     assert top.returncode == 0 and "report" in top.stdout
     assert "ecr" not in top.stdout and "SUPPRESS" not in top.stdout
     assert run_cli("ecr", "--help").returncode == 0  # still there for build_and_push.sh
+
+
+# ------------------------------------------------------------------ input modes and volume (issue 16)
+def _input_line(stderr: str) -> str:
+    [line] = [ln for ln in stderr.splitlines() if ln.startswith("input: ")]
+    return line
+
+
+def _sharded_channel(s3, prefix: str, claimed_bytes: int) -> None:
+    """index.json + one small .tar under `prefix`; the index's `bytes` (what the client reads) is `claimed_bytes`,
+    so the volume rule can be seen at tens of GB without uploading them."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("a.jpg", b"\xff\xd8" + bytes(100)), ("a.json", b'{"count": 1}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = buf.getvalue()
+    index = {"format": "bincounter-shards/1", "split": "train", "samples": 1, "bytes": claimed_bytes,
+             "shards": [{"name": "train-000000.tar", "samples": 1, "bytes": claimed_bytes}]}
+    s3.put_object(Bucket="bkt", Key=f"{prefix}/train-000000.tar", Body=tar_bytes)
+    s3.put_object(Bucket="bkt", Key=f"{prefix}/index.json", Body=json.dumps(index).encode())
+
+
+def _modes(config: list[dict]) -> dict:
+    assert all(c["DataSource"]["S3DataSource"]["S3DataDistributionType"] == "FullyReplicated" for c in config)
+    return {c["ChannelName"]: c["InputMode"] for c in config}
+
+
+def test_input_modes_and_volume_follow_the_channels(moto_endpoint):
+    """Against moto (real HTTP): a sharded channel (index.json under its prefix) goes FastFile, a per-image one
+    File, and the volume holds the File-mode data only; --input-mode File sizes it from the index's bytes."""
+    s3, sm = _s3(moto_endpoint), _sm(moto_endpoint)
+    _sharded_channel(s3, "shards/train", 39 * 10 ** 9)
+    args = [a if a != "s3://bkt/ch/train/" else "s3://bkt/shards/train/" for a in TRAIN]
+    proc = run_cli("sm", "train", *args, "--name", "bc-modes", "--endpoint-url", moto_endpoint,
+                   "--instance-type", "ml.m5.xlarge", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    d = sm.describe_training_job(TrainingJobName=json.loads(proc.stdout)["name"])
+    assert _modes(d["InputDataConfig"]) == {"train": "FastFile", "val": "File", "test": "File"}
+    assert d["ResourceConfig"]["VolumeSizeInGB"] == 30  # the 39 GB of shards stream; val/test are 1 KB
+    line = _input_line(proc.stderr)
+    assert line.startswith("input: train FastFile (sharded, 39 GB), val File (per-image, ") and "volume 30 GB" in line
+    assert proc.stderr.index("estimated cost:") < proc.stderr.index("input: ") < proc.stderr.index("undo:")
+
+    proc = run_cli("sm", "train", *args, "--name", "bc-modes-file", "--input-mode", "File",
+                   "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    d = sm.describe_training_job(TrainingJobName=json.loads(proc.stdout)["name"])
+    assert _modes(d["InputDataConfig"]) == {"train": "File", "val": "File", "test": "File"}
+    assert d["ResourceConfig"]["VolumeSizeInGB"] == 57  # ceil(1.2 x 39.000002) + 10
+
+    proc = run_cli("sm", "tune", *args, "--name", "bc-modes-hpo", "--volume-size", "80",
+                   "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    t = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bc-modes-hpo")["TrainingJobDefinition"]
+    assert _modes([c for c in t["InputDataConfig"] if c["ChannelName"] in ("train", "val", "test")]) == \
+        {"train": "FastFile", "val": "File", "test": "File"}
+    assert t["ResourceConfig"]["VolumeSizeInGB"] == 80
+    assert "volume 80 GB (from --volume-size)" in _input_line(proc.stderr)
+
+
+def test_a_missing_channel_is_one_line_before_any_request(moto_endpoint):
+    args = [a if a != "s3://bkt/ch/val/" else "s3://bkt/nothing-here/" for a in TRAIN]
+    proc = run_cli("sm", "train", *args, "--name", "bc-missing", "--endpoint-url", moto_endpoint, env=ENV)
+    assert_one_line_error(proc, "s3://bkt/nothing-here/: no objects under it")
+    assert not [j for j in _sm(moto_endpoint).list_training_jobs()["TrainingJobSummaries"]
+                if j["TrainingJobName"].startswith("bc-missing")]
+
+
+@pytest.mark.parametrize("cmd", ["train", "tune"])
+def test_pipe_mode_is_refused_in_one_line(cmd):
+    proc = run_cli("sm", cmd, *TRAIN, "--input-mode", "Pipe", "--dry-run", env=ENV)
+    assert_one_line_error(proc, "--input-mode Pipe", "index.json", "random access", "ranks", "FastFile")
+    assert proc.stdout == ""
+
+
+def test_volume_rule():
+    from bincounter.sagemaker.channels import file_volume_gb
+
+    assert [file_volume_gb(gb * 1e9) for gb in (0, 0.6, 16.6, 29.4, 33)] == [30, 30, 30, 46, 50]
+
+
+def test_input_modes_in_a_dry_run_are_offline(offline):
+    """No channel is read in a dry run: File mode and a placeholder volume, said on stderr, unless the flags or
+    --data-size-gb say otherwise."""
+    proc, calls = _run_offline(offline, "train", *TRAIN, "--region", "us-east-1", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    r = json.loads(proc.stdout)["request"]
+    assert _modes(r["InputDataConfig"]) == {"train": "File", "val": "File", "test": "File"}
+    assert r["ResourceConfig"]["VolumeSizeInGB"] == 50
+    assert "unknown in a dry run" in _input_line(proc.stderr) and "whether each is sharded is unknown" in proc.stderr
+
+    proc, calls = _run_offline(offline, "tune", *TRAIN, "--region", "us-east-1", "--data-size-gb", "29.4",
+                               "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    d = json.loads(proc.stdout)["request"]["TrainingJobDefinition"]
+    assert d["ResourceConfig"]["VolumeSizeInGB"] == 46 and d["AlgorithmSpecification"]["TrainingInputMode"] == "File"
+    costs = [ln for ln in proc.stderr.splitlines() if ln.startswith(("estimated cost:", "input: "))]
+    assert [c.split(":")[0] for c in costs] == ["estimated cost", "input"], proc.stderr
+
+    proc, calls = _run_offline(offline, "train", *TRAIN, "--region", "us-east-1", "--input-mode", "FastFile",
+                               "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    r = json.loads(proc.stdout)["request"]
+    assert _modes(r["InputDataConfig"]) == {"train": "FastFile", "val": "FastFile", "test": "FastFile"}
+    assert r["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile" and r["ResourceConfig"]["VolumeSizeInGB"] == 30
+    assert "placeholder" not in _input_line(proc.stderr)

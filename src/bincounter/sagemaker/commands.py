@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from . import cost, hyperparameters, jobs, sdk
+from . import channels, cost, hyperparameters, jobs, sdk
 
 log = logging.getLogger("bincounter")
 TRAIN_INSTANCE_COUNT = 2
@@ -79,6 +79,12 @@ def add_arguments(sub) -> None:
         p.add_argument("--hp", action="append", metavar="NAME=VALUE",
                        help="trainer hyperparameter, repeatable, checked with the trainer's own rules; names: "
                             + ", ".join(flag_names()))
+        p.add_argument("--input-mode", choices=channels.MODES, help="for every channel (default: FastFile for a "
+                       "sharded channel, one holding index.json; File for a per-image one); Pipe is refused")
+        p.add_argument("--volume-size", type=int, metavar="GB", help="EBS volume per instance (default: File mode "
+                       "max(30, ceil(1.2 x data GB) + 10) from the channels' size in S3; FastFile only: 30)")
+        p.add_argument("--data-size-gb", type=float, metavar="GB", help="the File-mode channels' size, instead of "
+                       "reading it from S3 (a dry run reads nothing)")
         price(p)
 
     rule = ("batch_size is per training process (one per GPU, or one per instance without GPUs); lr is used as "
@@ -236,7 +242,20 @@ def _channels(args) -> dict[str, str]:
     return channels
 
 
+def _input_plan(args) -> tuple[list, int]:
+    """(channels with their input modes, volume GB): `channels.plan`; its line is printed next to the cost line."""
+    s3 = None if args.dry_run else _client(args, "s3")
+    chans, volume, line, notes = channels.plan(_channels(args), input_mode=args.input_mode,
+                                               volume_gb=args.volume_size, data_size_gb=args.data_size_gb, s3=s3)
+    _cost(line)
+    for n in notes:
+        log.warning("%s", n)
+    return chans, volume
+
+
 def _check_instances(args) -> None:
+    channels.check(_channels(args), input_mode=args.input_mode, volume_gb=args.volume_size,
+                   data_size_gb=args.data_size_gb)
     if args.instance_count is not None and args.instance_count < 1:
         raise UserError(f"--instance-count {args.instance_count}: must be >= 1")
     if args.max_runtime < 60:
@@ -275,6 +294,7 @@ def cmd_tune(args) -> int:
     _cost(cost.job_line(instance_type=args.instance_type, instance_count=args.instance_count,
                         max_runtime_s=args.max_runtime, jobs=args.max_jobs, spot=args.spot,
                         price_per_hour=args.price_per_hour, region=region))
+    chans, volume = _input_plan(args)
     hps = jobs.hp_strings({"progress": False, **user})
     log.info("profiler: a tuning job's TrainingJobDefinition has no ProfilerConfig field (CreateHyperParameterTuning"
              "Job takes none), so trials run with SageMaker's own profiling defaults; bincounter sm report TRIAL "
@@ -283,10 +303,11 @@ def cmd_tune(args) -> int:
         trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=args.instance_type,
                                     instance_count=args.instance_count, hyperparameters=hps, output_path=args.output,
                                     spot=args.spot, checkpoint_s3=None, max_runtime_s=args.max_runtime,
-                                    base_name="bincounter-hpo", spot_needs_checkpoint=False)
+                                    base_name="bincounter-hpo", spot_needs_checkpoint=False, volume_gb=volume,
+                                    input_mode=chans[0].mode)
         tuner = sdk.tuner(trainer, ranges=ranges, max_jobs=args.max_jobs, max_parallel=args.max_parallel,
                           early_stopping=not args.no_early_stopping, base_name=name)
-        tuner.tune(inputs=sdk.inputs(_channels(args)), job_name=name, wait=False)
+        tuner.tune(inputs=sdk.inputs(chans), job_name=name, wait=False)
     if args.dry_run:
         _print_captured(captured, "CreateHyperParameterTuningJob")
         return 0
@@ -338,14 +359,16 @@ def cmd_train(args) -> int:
     role = _role(args, region)
     _cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=args.max_runtime, spot=args.spot,
                         price_per_hour=args.price_per_hour, region=region))
+    chans, volume = _input_plan(args)
     with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         trainer = sdk.model_trainer(session, image=args.image, role=role, instance_type=itype,
                                     instance_count=count, hyperparameters=jobs.hp_strings({"progress": False, **hps}),
                                     output_path=args.output, spot=args.spot, checkpoint_s3=args.checkpoint_s3,
                                     max_runtime_s=args.max_runtime, base_name=args.name or "bincounter-train",
+                                    volume_gb=volume, input_mode=chans[0].mode,
                                     profiler=None if args.no_profiler else
                                     sdk.profiler_settings(args.output, region, args.profiler_interval_ms))
-        trainer.train(input_data_config=sdk.inputs(_channels(args)), wait=False)
+        trainer.train(input_data_config=sdk.inputs(chans), wait=False)
     if args.dry_run:
         _print_captured(captured, "CreateTrainingJob")
         return 0

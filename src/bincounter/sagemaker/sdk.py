@@ -222,8 +222,10 @@ def _profiled_trainer_class():
 
 def model_trainer(session, *, image: str, role: str, instance_type: str, instance_count: int, hyperparameters: dict,
                   output_path: str, spot: bool, checkpoint_s3: str | None, max_runtime_s: int, base_name: str,
-                  volume_gb: int = 50, spot_needs_checkpoint: bool = True, profiler: dict | None = None):
-    """`profiler`: from `profiler_settings` (training jobs only: a tuning job's TrainingJobDefinition has no field
+                  volume_gb: int = 50, input_mode: str = "File", spot_needs_checkpoint: bool = True,
+                  profiler: dict | None = None):
+    """`volume_gb`, `input_mode` (the job's default; each channel carries its own): from `channels.plan`.
+    `profiler`: from `profiler_settings` (training jobs only: a tuning job's TrainingJobDefinition has no field
     for it)."""
     from sagemaker.train.configs import CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, StoppingCondition
 
@@ -234,7 +236,7 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
         compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_size_in_gb=volume_gb,
                         enable_managed_spot_training=spot),
         hyperparameters=hyperparameters, output_data_config=OutputDataConfig(s3_output_path=output_path),
-        checkpoint_config=CheckpointConfig(s3_uri=checkpoint_s3, local_path="/opt/ml/checkpoints")
+        training_input_mode=input_mode, checkpoint_config=CheckpointConfig(s3_uri=checkpoint_s3, local_path="/opt/ml/checkpoints")
         if checkpoint_s3 else None,
         stopping_condition=StoppingCondition(max_runtime_in_seconds=max_runtime_s,
                                              max_wait_time_in_seconds=2 * max_runtime_s if spot else None))
@@ -243,13 +245,18 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
                                             for d in metric_definitions()])
 
 
-def inputs(channels: dict[str, str]):
-    from sagemaker.train.configs import InputData
+def inputs(channels) -> list:
+    """`channels`: from `channels.plan` (name, uri, mode). Each goes out with its own InputMode, S3Prefix and
+    FullyReplicated (every instance sees the whole channel; the trainer splits samples per rank itself).
+    Channel objects, not InputData: the SDK turns InputData into File mode for training and drops the mode
+    for tuning."""
+    from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
-    for name, uri in channels.items():
-        if not uri.startswith("s3://"):
-            raise UserError(f"channel {name}: {uri!r} is not an S3 URI (upload with `bincounter data upload`)")
-    return [InputData(channel_name=n, data_source=u) for n, u in channels.items()]
+    for c in channels:
+        if not c.uri.startswith("s3://"):
+            raise UserError(f"channel {c.name}: {c.uri!r} is not an S3 URI (upload with `bincounter data upload`)")
+    return [Channel(channel_name=c.name, input_mode=c.mode, data_source=DataSource(s3_data_source=S3DataSource(
+        s3_data_type="S3Prefix", s3_uri=c.uri, s3_data_distribution_type="FullyReplicated"))) for c in channels]
 
 
 def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stopping: bool, base_name: str):
