@@ -804,5 +804,6 @@ def test_input_modes_in_a_dry_run_are_offline(offline):
     assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
     r = json.loads(proc.stdout)["request"]
     assert _modes(r["InputDataConfig"]) == {"train": "FastFile", "val": "FastFile", "test": "FastFile"}
-    assert r["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile" and r["ResourceConfig"]["VolumeSizeInGB"] == 30
+    assert r["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
+    assert r["ResourceConfig"]["VolumeSizeInGB"] == 30
     assert "placeholder" not in _input_line(proc.stderr)

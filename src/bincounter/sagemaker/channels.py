@@ -113,9 +113,10 @@ def check(channels: dict[str, str], *, input_mode: str | None, volume_gb: int | 
 
 def plan(channels: dict[str, str], *, input_mode: str | None, volume_gb: int | None, data_size_gb: float | None,
          s3=None) -> tuple[list[Channel], int, str, list[str]]:
-    """(channels with their modes, volume GB, the `input:` line printed next to the cost line, warnings). `s3`: a boto3 S3 client; None in a dry run
-    (nothing is read). Only what the answer needs is read: nothing when --input-mode and --volume-size are both
-    given, index.json per channel for the default mode, a listing only to size a File-mode volume."""
+    """(channels with their modes, volume GB, the `input:` line printed next to the cost line, warnings).
+    `s3`: a boto3 S3 client; None in a dry run (nothing is read). Only what the answer needs is read: index.json
+    per channel for the default mode, a listing only to size a File-mode volume; nothing when --input-mode is
+    given and FastFile, --volume-size or --data-size-gb settles the volume."""
     check(channels, input_mode=input_mode, volume_gb=volume_gb, data_size_gb=data_size_gb)
     notes: list[str] = []
     out: list[Channel] = []

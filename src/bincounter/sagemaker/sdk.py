@@ -236,7 +236,8 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
         compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_size_in_gb=volume_gb,
                         enable_managed_spot_training=spot),
         hyperparameters=hyperparameters, output_data_config=OutputDataConfig(s3_output_path=output_path),
-        training_input_mode=input_mode, checkpoint_config=CheckpointConfig(s3_uri=checkpoint_s3, local_path="/opt/ml/checkpoints")
+        training_input_mode=input_mode,
+        checkpoint_config=CheckpointConfig(s3_uri=checkpoint_s3, local_path="/opt/ml/checkpoints")
         if checkpoint_s3 else None,
         stopping_condition=StoppingCondition(max_runtime_in_seconds=max_runtime_s,
                                              max_wait_time_in_seconds=2 * max_runtime_s if spot else None))
