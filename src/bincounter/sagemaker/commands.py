@@ -89,7 +89,8 @@ def add_arguments(sub) -> None:
 
     rule = ("batch_size is per training process (one per GPU, or one per instance without GPUs); lr is used as "
             "given, not scaled: more instances train with a larger global batch at the same lr.")
-    t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective best_val_acc)", formatter_class=_Help,
+    t = sub.add_parser("tune", help="hyperparameter tuning job (Bayesian, objective best_val_acc)",
+                       formatter_class=_Help,
                        description=_text(
                            "Start a SageMaker hyperparameter tuning job: a Bayesian search over lr (log scale), "
                            "batch size and epochs (optionally model and image size), maximising val_acc, with early "
