@@ -133,6 +133,7 @@ def test_resume_after_a_crash_is_exact(channels, tmp_path, monkeypatch):
     resumed = train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert _numbers(resumed["history"]) == _numbers(straight["history"])
+    assert _rules(tmp_path / "b") == _rules(tmp_path / "a")  # rules fired before the crash are still reported
     assert load_file(str(tmp_path / "a" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "b" / "model.safetensors")).keys()
 

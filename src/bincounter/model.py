@@ -124,9 +124,10 @@ HEADS = ("linear", "ordinal")
 class OrdinalHead(nn.Module):
     """An ordinal head for counts (CORN's conditional formulation): K-1 logits l_k = logit P(y > k | y >= k).
     It returns class log-probabilities, log p_y = sum_{j<y} log s_j + log(1 - s_y) with s = sigmoid(l), so that
-    cross-entropy on its output is exactly the CORN loss, the probabilities respect the order of the counts by
-    construction, and everything downstream (softmax, argmax, evaluation, serving, export) is unchanged.
-    It starts at the uniform distribution (zero weights, biases logit((K-1-k)/(K-k)))."""
+    cross-entropy on its output is the CORN loss (its tasks summed, averaged per sample rather than per task),
+    the probabilities respect the order of the counts by construction, and everything downstream (softmax,
+    argmax, evaluation, serving, export) is unchanged. It starts at the uniform distribution (zero weights,
+    biases logit((K-1-k)/(K-k)))."""
 
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()

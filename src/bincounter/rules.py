@@ -17,7 +17,8 @@ Thresholds (module constants, in docs/QUALITY.md too):
                         consecutive steps, since the scaler skips the odd overflow by design) -> stop
   exploding_gradients   gradient norm > EXPLODE_FACTOR x the median of the first NORM_STEPS steps
   vanishing_gradients   gradient norm < VANISH_NORM for VANISH_STEPS consecutive steps
-  loss_not_decreasing   no epoch among the last PLATEAU_EPOCHS lowered the best earlier train loss by 1%
+  loss_not_decreasing   no epoch among the last PLATEAU_EPOCHS lowered the best earlier train loss by 1%, while
+                        the lr is above PLATEAU_MIN_LR_FRACTION of its peak (the end of the schedule may flatten)
   overfitting           val loss rose and train loss fell for OVERFIT_EPOCHS epochs in a row
   input_bound           the input pipeline held INPUT_WAIT_SHARE or more of an epoch's train time (from epoch 2)
   empty_class           a count with no train images (it can never be predicted)
@@ -45,7 +46,7 @@ INIT_STEPS, INIT_LOSS_FACTOR, INIT_LOGIT_STD = 10, 1.5, 3.0
 NONFINITE_STEPS = 20
 NORM_STEPS, EXPLODE_FACTOR = 20, 50.0
 VANISH_NORM, VANISH_STEPS = 1e-7, 20
-PLATEAU_EPOCHS = 2
+PLATEAU_EPOCHS, PLATEAU_MIN_LR_FRACTION = 2, 0.25
 OVERFIT_EPOCHS = 2
 INPUT_WAIT_SHARE = 0.3
 COLLAPSE_SHARE = 0.9
@@ -73,7 +74,8 @@ class Rules:
         if rule in self._names:
             return
         self._names.add(rule)
-        entry = {"rule": rule, **where, "evidence": evidence, "advice": advice}
+        entry = json.loads(json.dumps({"rule": rule, **where, "evidence": evidence, "advice": advice},
+                                      default=lambda o: o.item() if hasattr(o, "item") else str(o)))  # plain types
         self.fired.append(entry)
         if self.info.is_main:
             at = " ".join(f"{k} {v}" for k, v in where.items())
@@ -93,6 +95,19 @@ class Rules:
     def count(self) -> int:
         return len(self.fired)
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run reports the rules fired before the interruption."""
+        return {"fired": self.fired, "first_losses": self._first_losses, "norms": self._norms, "small": self._small,
+                "nonfinite": self._nonfinite, "logit_std": self._logit_std}
+
+    def load_state_dict(self, st: dict) -> None:
+        if not st:
+            return
+        self.fired = list(st["fired"])
+        self._names = {f["rule"] for f in self.fired}
+        self._first_losses, self._norms = list(st["first_losses"]), list(st["norms"])
+        self._small, self._nonfinite, self._logit_std = st["small"], st["nonfinite"], st["logit_std"]
+
     # ------------------------------------------------------------------------------------------- checks
     def start(self, class_counts: list[int], train_dir: str) -> None:
         if not self.enabled:
@@ -106,14 +121,15 @@ class Rules:
 
     def step(self, epoch: int, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None,
              logits: torch.Tensor, scaled: bool) -> None:
-        """After backward, before the optimizer step; on every rank (the decisions that stop a run use numbers
-        that are identical on every rank, so every rank stops together)."""
+        """After backward, before the optimizer step; on every rank. The decisions that stop a run use the global
+        gradient norm, which DDP's all-reduce makes identical on every rank (a NaN loss on any rank makes it NaN
+        everywhere), so every rank stops at the same step; this rank's own loss decides only on one process."""
         if not self.enabled:
             return
         where = {"epoch": epoch, "step": step}
         loss_v = float(loss)
         norm_v = float(grad_norm) if grad_norm is not None else float("nan")
-        if not math.isfinite(loss_v):
+        if not math.isfinite(loss_v) and (not self.info.enabled or grad_norm is None):
             self._stop("nonfinite", where, {"loss": loss_v, "grad_norm": norm_v},
                        f"the loss is {loss_v} at epoch {epoch} step {step}")
         if grad_norm is not None:
@@ -167,19 +183,21 @@ class Rules:
         self.fire(rule, where, evidence, advice)
         raise TrainingStopped(f"training stopped: {what} (rule {rule}); {advice}")
 
-    def epoch_end(self, epoch: int, history: list[dict], wait_share: float | None) -> None:
+    def epoch_end(self, epoch: int, history: list[dict], wait_share: float | None, lr_fraction: float = 1.0) -> None:
+        """`lr_fraction`: the lr now over the peak lr; a plateau is only news while the lr is still high (at
+        the end of a cosine schedule the loss is meant to flatten)."""
         if not self.enabled or not self.info.is_main:
             return
         where = {"epoch": epoch}
         tl = [h["train_loss"] for h in history]
         vl = [h["val_loss"] for h in history]
-        if len(tl) > PLATEAU_EPOCHS:
+        if len(tl) > PLATEAU_EPOCHS and lr_fraction > PLATEAU_MIN_LR_FRACTION:
             earlier, recent = min(tl[:-PLATEAU_EPOCHS]), min(tl[-PLATEAU_EPOCHS:])
             if recent > 0.99 * earlier:
                 self.fire("loss_not_decreasing", where, {"best_train_loss_before": earlier,
                                                          f"best_of_last_{PLATEAU_EPOCHS}": recent},
-                          f"the train loss stopped falling: try another --lr (now {self.lr:g}); if it is already "
-                          "near zero, the run is done (--patience stops early)")
+                          f"the train loss stopped falling while the lr is still high: try another --lr (now "
+                          f"{self.lr:g}) or check the labels (bincounter data eda)")
         if len(tl) > OVERFIT_EPOCHS:
             v, t = vl[-OVERFIT_EPOCHS - 1:], tl[-OVERFIT_EPOCHS - 1:]
             rising = all(b > a for a, b in zip(v, v[1:], strict=False))

@@ -312,8 +312,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     scaler = torch.amp.GradScaler("cuda") if amp and amp_dtype(device) == torch.float16 else None
 
+    out_dir = Path(cfg.output_dir or cfg.model_dir)
+    rules = Rules(info, out_dir, cfg.lr, enabled=cfg.rules)
     start_epoch, history, best, best_state, bad_epochs, best_val_cm = 1, [], None, None, 0, None
-    now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir else {}
+    # rank 0 alone compares and saves it (a fingerprint stats every file: not on every rank of a big job)
+    now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir and info.is_main else {}
     state = _load_checkpoint(cfg, info, now)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -322,14 +325,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        best_val_cm = state.get("best_val_cm")
+        rules.load_state_dict(state.get("rules") or {})
         best_state, bad_epochs = state["best_model"], state["bad_epochs"]
         _set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0], device)
 
+    rules.start(train_ds.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
-    out_dir = Path(cfg.output_dir or cfg.model_dir)
-    rules = Rules(info, out_dir, cfg.lr, enabled=cfg.rules)
-    rules.start(train_ds.class_counts(), cfg.train_dir)
     profiler = sampler = None
     if cfg.profile_steps > 0 and info.is_main:
         from .profiling import StepProfiler, SystemSampler
@@ -362,7 +365,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         row["best_val_acc"] = row["val_acc"] if improved else best["val_acc"]
         history.append(row)
         busy = tr["data_wait_s"] + tr["step_s"]
-        rules.epoch_end(epoch, history, tr["data_wait_s"] / busy if busy else None)
+        rules.epoch_end(epoch, history, tr["data_wait_s"] / busy if busy else None,
+                        lr_fraction=optimizer.param_groups[0]["lr"] / cfg.lr)
         row["rules_fired"] = rules.count
         if info.is_main:
             print(format_epoch_line(row), flush=True)
@@ -391,7 +395,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                     "epoch": epoch, "history": history, "best": best, "best_model": best_state,
-                    "bad_epochs": bad_epochs, "rng": rng, "made_with": now})
+                    "bad_epochs": bad_epochs, "rng": rng, "made_with": now, "best_val_cm": best_val_cm,
+                    "rules": rules.state_dict()})
         if cfg.patience and bad_epochs >= cfg.patience:
             if info.is_main:
                 log.info("early stop: val_acc has not improved for %d epochs (best epoch %d)",

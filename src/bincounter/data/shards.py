@@ -305,8 +305,12 @@ class ShardDataset:
 
     def loader(self, batch_size: int, rank: int = 0, world_size: int = 1, workers: int = 0,
                pin_memory: bool = False, shuffle: bool | None = None, keys: bool = False) -> DataLoader:
+        # a seeded generator: the workers' base seed must not come from (and advance) the global torch RNG, or a
+        # resumed run's dropout stream would differ from an uninterrupted one's
+        g = torch.Generator()
+        g.manual_seed(self.seed)
         return DataLoader(self.stream(rank, world_size, batch_size, shuffle, keys), batch_size=None,
-                          num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+                          num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0, generator=g)
 
 
 class ShardStream(IterableDataset):
@@ -320,7 +324,7 @@ class ShardStream(IterableDataset):
         mine = self.hi - self.lo
         if shuffle:  # training: every rank the same number of steps
             batches = math.ceil(math.ceil(n / world_size) / batch_size)
-            if mine < batches:
+            if n // world_size < batches:  # the smallest rank's share: the same answer on every rank
                 raise DataError(f"sharded channel {ds.root}: {n} samples cannot give each of {world_size} ranks "
                                 f"{batches} batches of at most {batch_size} without repeating samples; use a "
                                 "larger batch size or fewer processes")
