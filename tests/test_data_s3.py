@@ -28,21 +28,26 @@ def _sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def abid_bucket(tmp_path_factory, moto_endpoint):
     """A bucket laid out exactly like aft-vbi-pds, seeded from 200 synthetic bins."""
-    import boto3
 
     src = tmp_path_factory.mktemp("abid-src")
     synth_dataset(src, per_class=40, seed=11, size=96)
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+    return src, "aft-vbi-pds", _public_abid_bucket(moto_endpoint, "aft-vbi-pds", src)
+
+
+def _public_abid_bucket(endpoint, bucket, src):
+    """A bucket laid out like aft-vbi-pds (metadata/, bin-images/) holding `src`'s bins, public like the real one:
+    anonymous (unsigned) list and get. -> the S3 client."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    bucket = "aft-vbi-pds"
     s3.create_bucket(Bucket=bucket)
-    # public like the real one: anonymous (unsigned) list and get
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
          "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
     for p in sorted((src / "metadata").iterdir()) + sorted((src / "bin-images").iterdir()):
         s3.upload_file(str(p), bucket, f"{p.parent.name}/{p.name}")
-    return src, bucket, s3
+    return s3
 
 
 class FaultProxy:
@@ -254,19 +259,10 @@ def test_split_balance_modes(abid_root, tmp_path):
 
 def test_sample_never_writes_outside_out(moto_endpoint, aws_env, tmp_path):
     """Ids from the bucket's listing become file names: a key like metadata/../../x.json is skipped, counted."""
-    import boto3
-
     src = tmp_path / "src"
     synth_dataset(src, per_class=2, seed=5, size=64)
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
     bucket = "evil-abid"
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
-         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
-    for p in sorted((src / "metadata").iterdir()) + sorted((src / "bin-images").iterdir()):
-        s3.upload_file(str(p), bucket, f"{p.parent.name}/{p.name}")
+    s3 = _public_abid_bucket(moto_endpoint, bucket, src)
     meta = next((src / "metadata").iterdir())
     img = next((src / "bin-images").iterdir())
     s3.upload_file(str(meta), bucket, "metadata/../../escaped.json")
