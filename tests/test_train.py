@@ -165,8 +165,20 @@ def test_a_checkpoint_of_other_data_stops_the_run(channels, channels_copy, tmp_p
     ck = tmp_path / "ck"
     train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
     next((channels_copy / "train" / "2").iterdir()).unlink()
-    with pytest.raises(UserError, match="a different data set"):
+    with pytest.raises(UserError, match="was made from other train/val data"):
         train(_cfg(channels_copy, tmp_path / "m2", checkpoint_dir=str(ck)))
+
+
+@pytest.mark.parametrize("flag", ["--model-dir", "--output-dir", "--checkpoint-dir"])
+def test_an_output_folder_that_is_a_file_stops_before_training(channels, tmp_path, flag):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    dirs = {"--model-dir": tmp_path / "m", flag: afile}
+    args = [a for k, v in dirs.items() for a in (k, v)]
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", *args, "--epochs", "1",
+                   "--image-size", "64", "--no-pretrained", "--workers", "0")
+    assert_one_line_error(proc, f"{flag} {afile} is a file, not a folder")
+    assert "epoch=" not in proc.stdout
 
 
 def test_a_torn_checkpoint_is_ignored_with_a_warning(channels, tmp_path, caplog):

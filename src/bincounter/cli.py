@@ -392,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter,
                        description="Train on channel folders and write model.safetensors, config.json and "
                        "metrics.json to --model-dir. One line per epoch on stdout:\n"
-                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X best_val_acc=X lr=X epoch_time_s=X\n"
+                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X best_val_acc=X rules_fired=X lr=X "
+                       "epoch_time_s=X\n"
                        "Runs on CPU or GPU; under torchrun it trains with torch.distributed.")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)

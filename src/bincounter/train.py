@@ -93,6 +93,11 @@ class TrainConfig:
             raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.loss not in ("ce", "ordinal"):
             raise UserError(f"loss must be ce or ordinal (got {self.loss!r})")
+        # output folders are checked before the first epoch, not when the first artifact is written
+        for flag, d in (("--model-dir", self.model_dir), ("--output-dir", self.output_dir),
+                        ("--checkpoint-dir", self.checkpoint_dir)):
+            if d and Path(d).exists() and not Path(d).is_dir():
+                raise UserError(f"{flag} {d} is a file, not a folder")
 
 
 def setup_logging(info: DistInfo | None = None, level: int = logging.INFO) -> None:
@@ -187,10 +192,15 @@ def _check_made_with(saved: dict | None, now: dict, path: Path) -> str | None:
     diff = [k for k in now if saved.get(k) != now[k]]
     if not diff:
         return None
-    show = lambda d, k: "a different data set" if k == "data" else f"{k}={d.get(k)!r}"  # noqa: E731
-    return (f"checkpoint {path} was made with {', '.join(show(saved, k) for k in diff)}; this run has "
-            f"{', '.join(show(now, k) for k in diff)}. Resume with the same settings, or point --checkpoint-dir at "
-            "an empty folder (or delete the checkpoint) to start afresh")
+    settings = [k for k in diff if k != "data"]
+    parts = []
+    if settings:
+        parts.append(f"was made with {', '.join(f'{k}={saved.get(k)!r}' for k in settings)}; this run has "
+                     f"{', '.join(f'{k}={now[k]!r}' for k in settings)}")
+    if "data" in diff:
+        parts.append("was made from other train/val data (images added, removed or changed since)")
+    return (f"checkpoint {path} {'; and it '.join(parts)}. Resume with the same settings and data, or point "
+            "--checkpoint-dir at an empty folder (or delete the checkpoint) to start afresh")
 
 
 def _load_checkpoint(cfg: TrainConfig, info: DistInfo, now: dict) -> dict | None:
