@@ -32,6 +32,8 @@ def test_local_train_two_instances_then_local_endpoint(image, channels, tmp_path
     assert (work / "model.tar.gz").is_file()
     # both ranks joined one process group, over the real interface (local mode names a missing 'ethwe')
     assert "rank 0/2" in out and "rank 1/2" in out and "interface=eth0" in out
+    # ImageNet weights reached the job through its `pretrained` channel, as on a network-isolated job
+    assert "loaded 245/245 backbone tensors" in out
     epoch_lines = [ln for ln in out.splitlines() if "epoch=1 train_loss=" in ln]
     assert len(epoch_lines) == 1 and "algo-1" in epoch_lines[0]  # rank 1 (algo-2) logs and writes nothing
     import tarfile
@@ -49,7 +51,7 @@ def test_local_train_two_instances_then_local_endpoint(image, channels, tmp_path
     assert _leftovers(work) == []
     if "sagemaker-local" not in net_before:
         assert "sagemaker-local" not in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
-    assert sorted(p.name for p in work.iterdir() if p.is_dir()) == []
+    assert sorted(p.name for p in work.iterdir() if p.is_dir()) == ["weights"]  # the ImageNet weights cache only
     assert not (work / "model.safetensors").exists()
 
 
