@@ -96,6 +96,16 @@ def test_tune_dry_run_ranges_and_objective():
     assert "val_acc" in [m["Name"] for m in d["AlgorithmSpecification"]["MetricDefinitions"]]
 
 
+def test_tune_with_a_fixed_lr_and_epochs_tunes_the_rest():
+    """A default range yields to --hp: `--hp lr=0.01` fixes lr instead of contradicting the default --lr-range."""
+    r = _dry("tune", *TRAIN, "--name", "bc-hpo-fixed", "--hp", "lr=0.01", "--hp", "epochs=3")["request"]
+    ranges = r["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    assert not ranges.get("ContinuousParameterRanges") and not ranges.get("IntegerParameterRanges")
+    assert ranges["CategoricalParameterRanges"] == [{"Name": "batch_size", "Values": ["32", "64", "128"]}]
+    static = r["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert static["lr"] == "0.01" and static["epochs"] == "3"
+
+
 def _docs(stdout: str) -> list[dict]:
     return [json.loads(d) for d in stdout.replace("}\n{", "}\x00{").split("\x00")]
 
@@ -284,7 +294,7 @@ TUNE = ["tune", *TRAIN, *NOWHERE]
     ([*TUNE, "--archs", "efficientnet_b0,efficientnet_b9"], ["--archs efficientnet_b9", "not a timm model name"]),
     ([*TUNE, "--image-sizes", "8,224"], ["--image-sizes 8", "image_size must be >= 32"]),
     ([*TUNE, "--batch-sizes", "32,0"], ["--batch-sizes 0", "must be >= 1"]),
-    ([*TUNE, "--hp", "lr=0.01"], ["--hp lr=0.01: lr is tuned by --lr-range"]),
+    ([*TUNE, "--lr-range", "1e-4,1e-3", "--hp", "lr=0.01"], ["--hp lr=0.01: lr is tuned by --lr-range"]),
     ([*TUNE, "--checkpoint-s3", "s3://bkt/ckpt"], ["same checkpoint URI", "trials would resume from one another"]),
     (["train", *[a if a != ROLE else "bad role!" for a in TRAIN], *NOWHERE], ["--role 'bad role!'"]),
     (["train", *[a if a != ROLE else "arn:aws:iam::123:role/x" for a in TRAIN], *NOWHERE], ["not an IAM role ARN"]),

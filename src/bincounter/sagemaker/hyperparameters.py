@@ -131,26 +131,37 @@ def _range(option: str, text: str, cast, name: str) -> tuple:
     vals = _numbers(option, text, cast)
     if len(vals) != 2:
         raise UserError(f"{option} {text!r}: expected MIN,MAX (two values); to fix {name} instead of tuning it, "
-                        f"drop the range and pass --hp {name}=VALUE" if len(vals) == 1 else
+                        f"leave out {option} and pass --hp {name}=VALUE" if len(vals) == 1 else
                         f"{option} {text!r}: expected MIN,MAX (two values)")
     lo, hi = vals
     if lo > hi:
         raise UserError(f"{option} {text!r}: MIN {lo} is greater than MAX {hi}; write {hi},{lo}")
     if lo == hi:
-        raise UserError(f"{option} {text!r}: MIN equals MAX; to fix {name}, drop the range and pass "
+        raise UserError(f"{option} {text!r}: MIN equals MAX; to fix {name}, leave out {option} and pass "
                         f"--hp {name}={lo}")
     return vals
 
 
-def tuning_ranges(*, lr: str, batch_sizes: str, epochs: str, archs: str, image_sizes: str,
+#: `sm tune`'s ranges when none is given; a name fixed with --hp is then not tuned.
+DEFAULT_RANGES = {"lr": "1e-4,3e-3", "batch_size": "32,64,128", "epochs": "5,20"}
+
+
+def tuning_ranges(*, lr: str | None, batch_sizes: str | None, epochs: str | None, archs: str, image_sizes: str,
                   static: dict[str, str]) -> dict:
     """Parse and check `sm tune`'s ranges: MIN < MAX, every end a valid hyperparameter with the trainer's own
-    rules, known model names, no --hp fixing a tuned name. -> {name: tuple of values}."""
-    out = {"lr": _range("--lr-range", lr, float, "lr"),
-           "epochs": _range("--epochs-range", epochs, int, "epochs"),
-           "batch_size": _numbers("--batch-sizes", batch_sizes, int)}
-    if not out["batch_size"]:
-        raise UserError("--batch-sizes: give at least one batch size")
+    rules, known model names, no --hp fixing a name whose range was given. A range left out takes its default
+    (DEFAULT_RANGES) unless --hp fixes that name. -> {name: tuple of values}."""
+    given = {"lr": lr, "batch_size": batch_sizes, "epochs": epochs}
+    text = {k: (v if v is not None else None if k in static else DEFAULT_RANGES[k]) for k, v in given.items()}
+    out = {}
+    if text["lr"] is not None:
+        out["lr"] = _range("--lr-range", text["lr"], float, "lr")
+    if text["epochs"] is not None:
+        out["epochs"] = _range("--epochs-range", text["epochs"], int, "epochs")
+    if text["batch_size"] is not None:
+        out["batch_size"] = _numbers("--batch-sizes", text["batch_size"], int)
+        if not out["batch_size"]:
+            raise UserError("--batch-sizes: give at least one batch size")
     if archs.strip():
         out["arch"] = tuple(a.strip() for a in archs.split(",") if a.strip())
     if image_sizes.strip():
@@ -159,7 +170,7 @@ def tuning_ranges(*, lr: str, batch_sizes: str, epochs: str, archs: str, image_s
               "image_size": "--image-sizes"}
     for name in out:
         if name in static:
-            raise UserError(f"--hp {name}={static[name]}: {name} is tuned by {option[name]}; drop one of them")
+            raise UserError(f"--hp {name}={static[name]}: {name} is tuned by {option[name]}; leave out one of them")
         if len(set(out[name])) != len(out[name]):
             raise UserError(f"{option[name]}: a value is given twice")
     # every end of every range with the static hyperparameters, by the container's rules

@@ -273,9 +273,13 @@ def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stop
         raise UserError("--max-parallel cannot exceed --max-jobs")
     if getattr(trainer, "checkpoint_config", None) is not None:
         raise ValueError("tuning trials must not share a checkpoint URI")
-    sm_ranges = {"lr": ContinuousParameter(*ranges["lr"], scaling_type="Logarithmic"),
-                 "batch_size": CategoricalParameter([str(b) for b in ranges["batch_size"]]),
-                 "epochs": IntegerParameter(*ranges["epochs"], scaling_type="Linear")}
+    sm_ranges = {}
+    if "lr" in ranges:
+        sm_ranges["lr"] = ContinuousParameter(*ranges["lr"], scaling_type="Logarithmic")
+    if "batch_size" in ranges:
+        sm_ranges["batch_size"] = CategoricalParameter([str(b) for b in ranges["batch_size"]])
+    if "epochs" in ranges:
+        sm_ranges["epochs"] = IntegerParameter(*ranges["epochs"], scaling_type="Linear")
     if ranges.get("arch"):
         sm_ranges["arch"] = CategoricalParameter(list(ranges["arch"]))
     if ranges.get("image_size"):
