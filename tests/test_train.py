@@ -288,6 +288,21 @@ def test_cli_evaluate_and_predict(trained_model, channels, tmp_path):
     assert row["count"] in (1, 2, 3, 4, 5) and abs(sum(row["probabilities"].values()) - 1) < 1e-4
 
 
+def test_predict_takes_folders_names_a_bad_image_and_goes_on(trained_model, channels, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(channels / "test" / "2", folder / "2")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    n_good = len(list((channels / "test" / "2").iterdir()))
+    proc = run_cli("predict", "--model-dir", trained_model, folder)
+    rows = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert len(rows) == n_good and all(r["count"] in (1, 2, 3, 4, 5) for r in rows)
+    assert proc.returncode == 2 and "broken.jpg: cannot decode image" in proc.stderr
+    assert "BytesIO" not in proc.stderr and "Traceback" not in proc.stderr
+    assert f"1 of {n_good + 1} images could not be read or decoded" in proc.stderr
+
+
 # ---------------------------------------------------------------------------------- distributed
 @pytest.mark.slow
 def test_two_processes_train_one_model_with_gloo(channels, tmp_path):

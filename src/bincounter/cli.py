@@ -226,16 +226,38 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .data.dataset import IMAGE_SUFFIXES
+    from .errors import DataError
     from .evaluate import Predictor
+    from .serving.protocol import clean_message
 
     pred = Predictor(args.model_dir)
-    for path in args.images:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            raise UserError(f"{path}: {e.strerror}") from None
-        out = pred.predict([data])[0]
-        print(json.dumps({"image": str(path), **out}))
+    paths = []
+    for p in map(Path, args.images):  # a folder means the images in it, recursively
+        paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    failed = 0
+    try:
+        for path in paths:
+            try:
+                out = pred.predict([path.read_bytes()])[0]
+            except OSError as e:
+                failed += 1
+                log.error("%s: %s", path, e.strerror)
+                continue
+            except DataError as e:  # named, counted, and the other images still get their answer
+                failed += 1
+                log.error("%s: %s", path, clean_message(str(e)))
+                continue
+            print(json.dumps({"image": str(path), **out}), flush=True)
+    except BrokenPipeError:  # `bincounter predict ... | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if failed:
+        raise UserError(f"{failed} of {len(paths)} images could not be read or decoded (named above)")
+    if not paths:
+        raise UserError("no images to predict (give image files or folders holding .jpg/.jpeg/.png)")
     return 0
 
 
@@ -409,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="count the items in image files with a saved model",
                         formatter_class=_Formatter)
     pr.add_argument("--model-dir", required=True)
-    pr.add_argument("images", nargs="+", help="JPEG/PNG files")
+    pr.add_argument("images", nargs="+", help="JPEG/PNG files, or folders (their images, recursively); one JSON line "
+                    "per image; an unreadable image is named on stderr and the others still get their answer")
     pr.set_defaults(func=cmd_predict)
 
     rp = sub.add_parser("report", help="one self-contained HTML report of a training run", formatter_class=_Formatter,
