@@ -240,13 +240,12 @@ def cmd_predict(args) -> int:
         for path in paths:
             try:
                 out = pred.predict([path.read_bytes()])[0]
-            except OSError as e:
+            except (OSError, DataError) as e:  # named, counted, and the other images still get their answer
+                why = f"{path}: {e.strerror if isinstance(e, OSError) else clean_message(str(e))}"
+                if len(paths) == 1:
+                    raise UserError(why) from None
                 failed += 1
-                log.error("%s: %s", path, e.strerror)
-                continue
-            except DataError as e:  # named, counted, and the other images still get their answer
-                failed += 1
-                log.error("%s: %s", path, clean_message(str(e)))
+                log.error("%s", why)
                 continue
             print(json.dumps({"image": str(path), **out}), flush=True)
     except BrokenPipeError:  # `bincounter predict ... | head`: stop quietly
