@@ -60,3 +60,22 @@ def wait_for(pred, timeout: float, interval: float = 0.5, what: str = "condition
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def raw_exchange(host: str, port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes to an HTTP server, read until it closes the connection (or `timeout` passes): everything
+    it answered. For framing tests that an HTTP client library would refuse to send."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out

@@ -19,6 +19,7 @@ from aiohttp import web  # noqa: E402
 
 from bincounter.serving import server  # noqa: E402
 
+from . import helpers  # noqa: E402
 from .helpers import wait_for  # noqa: E402
 
 WARMUP = server._warmup_image()
@@ -133,19 +134,7 @@ def front():
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
-    """Send raw bytes, read until the server closes (or `timeout` passes); everything it answered."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass
-        out = b""
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
+    return helpers.raw_exchange("127.0.0.1", port, data, timeout)
 
 
 def responses(raw: bytes) -> list[tuple[int, dict]]:

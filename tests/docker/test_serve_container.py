@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ..conftest import free_port
-from ..helpers import docker, http, wait_for
+from ..helpers import docker, http, raw_exchange, wait_for
 
 PING_WITHIN_S = 90  # documented in the README: /ping 200 within this from `docker run` on 2 CPU cores
 MEMORY_LIMIT = 3 * 2**30  # the module's container runs under this limit (the JVM must size its heap from it)
@@ -170,22 +170,10 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(served, channels
 
 def _raw(url: str, data: bytes, timeout: float = 30) -> bytes:
     """Send raw bytes to the front, read until it closes the connection."""
-    import socket
     from urllib.parse import urlparse
 
     u = urlparse(url)
-    with socket.create_connection((u.hostname, u.port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass
-        out = b""
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return out
+    return raw_exchange(u.hostname, u.port, data, timeout)
 
 
 def _status_and_json(raw: bytes) -> tuple[int, dict]:
