@@ -225,6 +225,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .artifact import ONNX
+    from .model import export_onnx
+
+    config = export_onnx(args.model_dir, opset=args.opset)
+    meta = config["onnx"]
+    path = Path(args.model_dir) / ONNX
+    if args.check:
+        import numpy as np
+
+        from .evaluate import Predictor
+        from .serving.onnx_runtime import OnnxPredictor
+
+        x = np.random.default_rng(0).normal(size=(4, 3, *(2 * [config["preprocess"]["image_size"]])))
+        x = x.astype(np.float32)
+        diff = float(np.abs(Predictor(args.model_dir, device="cpu").forward(x)
+                            - OnnxPredictor(args.model_dir).forward(x)).max())
+        log.info("ONNX Runtime vs PyTorch on 4 random inputs: max |probability difference| %.2e", diff)
+        if diff > 1e-4:
+            raise UserError(f"{path}: ONNX Runtime and PyTorch disagree by {diff:.2e} (> 1e-4)")
+    print(f"{path}  opset {meta['opset']}  {path.stat().st_size / 1e6:.1f} MB  sha256 {meta['sha256'][:12]}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .data.dataset import IMAGE_SUFFIXES
     from .errors import DataError
@@ -426,6 +450,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="report directory (default: --model-dir)")
     e.add_argument("--batch-size", type=_positive_int, default=32)
     e.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="add model.onnx (for the CPU serving image) to a saved model",
+                        formatter_class=_Formatter,
+                        description="Export a model directory's weights to ONNX beside them (model.onnx: input "
+                                    "`image` float32 N x 3 x S x S, preprocessed as config.json says; output "
+                                    "`probabilities`; N dynamic) and record its sha256 in config.json. `bincounter "
+                                    "train` does this itself; use it for models trained before, or after copying "
+                                    "in other weights. The CPU image (`make image-cpu`) serves model.onnx.")
+    ex.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
+                                                      "an unpacked model.tar.gz")
+    ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (17: see artifact.ONNX_OPSET)")
+    ex.add_argument("--check", action="store_true",
+                    help="also run ONNX Runtime against PyTorch and fail beyond 1e-4 (needs onnxruntime)")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="count the items in image files with a saved model",
                         formatter_class=_Formatter)

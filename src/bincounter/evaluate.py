@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from . import COUNTS
+from .artifact import format_predictions
 from .data.dataset import ChannelDataset
 from .distributed import DistInfo, pick_device
 from .engine import evaluate
@@ -17,7 +19,12 @@ from .model import load_artifact
 
 
 class Predictor:
-    """Decode + preprocess exactly like the evaluation loader, then one batched forward pass."""
+    """The PyTorch runtime: decode + preprocess exactly like the evaluation loader, then one batched forward
+    pass. `serving.onnx_runtime.OnnxPredictor` is the same interface on ONNX Runtime (the CPU image):
+    preprocess(bytes) -> float32 (3, S, S) array, forward(N x 3 x S x S array) -> (N, classes) probabilities,
+    format(probabilities) -> answers."""
+
+    runtime = "torch"
 
     def __init__(self, model_dir: str | Path, device: str = "auto"):
         self.device = pick_device(device)
@@ -27,27 +34,20 @@ class Predictor:
         self.model.to(memory_format=torch.channels_last)
         self.counts = tuple(self.config["counts"])
 
-    def preprocess(self, data: bytes) -> torch.Tensor:
+    def preprocess(self, data: bytes) -> np.ndarray:
         return self.pre(data)
 
     @torch.no_grad()
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        return torch.softmax(self.model(batch).float(), dim=1).cpu()
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
 
-    def format(self, probs: torch.Tensor) -> list[dict]:
-        out = []
-        for row in probs.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            # the probability-weighted count: the answer that minimises squared error (round it for a count)
-            expected = sum(p * c for p, c in zip(row, self.counts, strict=True))
-            out.append({"count": self.counts[best], "expected_count": round(expected, 4),
-                        "probabilities": {str(c): round(p, 6) for c, p in zip(self.counts, row, strict=True)},
-                        "model_version": self.config["model_version"]})
-        return out
+    def format(self, probs: np.ndarray) -> list[dict]:
+        return format_predictions(probs, self.counts, self.config["model_version"])
 
     def predict(self, images: list[bytes]) -> list[dict]:
-        return self.format(self.forward(torch.stack([self.preprocess(b) for b in images])))
+        return self.format(self.forward(np.stack([self.preprocess(b) for b in images])))
 
 
 def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Path | None = None,

@@ -1,9 +1,5 @@
-"""Model factory and the model artifact layout (one place for both).
-
-Artifact (what `model.tar.gz` holds, what the server loads)::
-
-    model.safetensors   the weights (no pickle)
-    config.json         arch, backend, counts (class index -> item count), preprocessing, version
+"""Model factory, and the PyTorch side of the artifact (layout and torch-free reading: `artifact.py`):
+`save_artifact` / `load_artifact` for model.safetensors, `export_onnx` for model.onnx.
 
 Backends: timm (default; any `timm.list_models()` name) or torchvision (`torchvision.models` names).
 """
@@ -13,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -21,14 +16,23 @@ import torch
 from torch import nn
 
 from . import COUNTS, __version__
+from .artifact import (
+    FORMAT,
+    ONNX,
+    ONNX_INPUT,
+    ONNX_OPSET,
+    ONNX_OUTPUT,
+    WEIGHTS,
+    preprocess_of,
+    read_config,
+    sha256_file,
+    write_config,
+)
 from .errors import UserError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .weights import check_weights_file, describe, hub_offline_if_unreachable
 
 log = logging.getLogger(__name__)
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-FORMAT = "bincounter-model/1"
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
@@ -245,6 +249,7 @@ def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: s
     save_file(sd, str(tmp), metadata={"format": "pt"})
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     tmp.replace(model_dir / WEIGHTS)
+    (model_dir / ONNX).unlink(missing_ok=True)  # made from other weights: export_onnx writes the new one
     config = {
         "format": FORMAT, "arch": arch, "backend": backend, "num_classes": len(COUNTS),
         "counts": list(COUNTS), "preprocess": pre.to_dict(),
@@ -252,24 +257,7 @@ def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: s
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "bincounter_version": __version__, **(extra or {}),
     }
-    tmpc = model_dir / (CONFIG + ".tmp")
-    tmpc.write_text(json.dumps(config, indent=2))
-    tmpc.replace(model_dir / CONFIG)
-    return config
-
-
-def read_config(model_dir: str | Path) -> dict:
-    """config.json of a model directory, checked to be ours; any problem is a one-line UserError."""
-    model_dir = Path(model_dir)
-    try:
-        config = json.loads((model_dir / CONFIG).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{model_dir}: no {CONFIG} (not a bincounter model directory)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{model_dir}/{CONFIG}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        fmt = config.get("format") if isinstance(config, dict) else None
-        raise UserError(f"{model_dir}/{CONFIG}: format {fmt!r}, expected {FORMAT!r} (not a bincounter model)")
+    write_config(model_dir, config)
     return config
 
 
@@ -280,8 +268,7 @@ def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> 
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    p = config["preprocess"]
-    pre = Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
+    pre = preprocess_of(config)
     model = create_model(config["arch"], config["backend"], config["num_classes"], pretrained=False,
                          head=config.get("head", "linear"))
     try:
@@ -293,3 +280,54 @@ def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> 
         raise UserError(f"{model_dir}/{WEIGHTS}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
     model.eval().to(device)
     return model, config, pre
+
+
+class _WithSoftmax(nn.Module):
+    """What model.onnx computes: the network and the softmax the PyTorch runtime applies after it (fp32)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)
+
+
+def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: int = ONNX_OPSET) -> dict:
+    """Write model.onnx beside model.safetensors (from `model`, else from the saved weights): input `image`
+    float32 (N, 3, S, S) preprocessed as config.json says, output `probabilities` (N, classes), N dynamic.
+    Records the file's sha256 and the opset in config.json; returns the updated config. Needs the `onnx`
+    package (the TorchScript exporter builds its graph with it)."""
+    import io
+    import warnings
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    if model is None:
+        model, config, _ = load_artifact(model_dir, "cpu")
+    size = int(config["preprocess"]["image_size"])
+    wrapped = _WithSoftmax(model).to("cpu").float().eval()  # the exporter restores the wrapper's mode after
+    x = torch.zeros(2, 3, size, size)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            # "legacy TorchScript-based exporter": chosen on purpose (see artifact.ONNX_OPSET)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=opset,
+                              input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_axes={ONNX_INPUT: {0: "n"}, ONNX_OUTPUT: {0: "n"}})
+    except Exception as e:  # noqa: BLE001 - the exporter's errors have no common type
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "onnx is not installed" in reason.lower():
+            reason = "the `onnx` package is not installed (pip install onnx)"
+        raise UserError(f"cannot export {model_dir} to ONNX: {reason}") from None
+    finally:
+        model.train(False)
+    tmp = model_dir / (ONNX + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(model_dir / ONNX)
+    config["onnx"] = {"file": ONNX, "sha256": sha256_file(model_dir / ONNX), "opset": opset,
+                      "input": ONNX_INPUT, "output": ONNX_OUTPUT, "weights_sha256": config["weights_sha256"]}
+    write_config(model_dir, config)
+    log.info("wrote %s (opset %d, %.1f MB)", model_dir / ONNX, opset, (model_dir / ONNX).stat().st_size / 1e6)
+    return config

@@ -3,7 +3,8 @@
 decode (PIL, JPEG draft mode) -> RGB -> resize to a square `image_size` (bilinear; the whole bin stays in
 view, since cropping could cut items off and change the count) -> float tensor -> normalise with the
 model's mean/std. Training adds random flips and mild colour jitter on top (`augment`).
-The server calls `decode` + `to_tensor` exactly like the evaluation loader does: train/serve parity.
+The server calls `decode` + `to_array` exactly like the evaluation loader does: train/serve parity. This
+module needs numpy and PIL only (the CPU serving image has no PyTorch); `to_tensor` wraps `to_array`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from .errors import DataError
@@ -41,15 +41,21 @@ class Preprocess:
             img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
         return img
 
-    def to_tensor(self, img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(img, dtype=np.uint8)
-        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return t.sub_(mean).div_(std)
+    def to_array(self, img: Image.Image) -> np.ndarray:
+        """float32 (3, H, W), normalised with the model's mean/std: what both runtimes are fed."""
+        arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return np.ascontiguousarray((arr - mean) / std)
 
-    def __call__(self, source: str | bytes) -> torch.Tensor:
-        return self.to_tensor(self.load(source))
+    def to_tensor(self, img: Image.Image):
+        import torch
+
+        return torch.from_numpy(self.to_array(img))
+
+    def __call__(self, source: str | bytes) -> np.ndarray:
+        """Decode + resize + normalise: float32 (3, H, W)."""
+        return self.to_array(self.load(source))
 
 
 def decode(source: str | bytes, target: int) -> Image.Image:

@@ -36,7 +36,7 @@ from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_dist
 from .engine import amp_dtype, evaluate, train_one_epoch
 from .errors import UserError, write_failure_file
 from .metrics import format_epoch_line, format_summary, plot_history, summarize_eval, write_report
-from .model import classifier, create_model, model_mean_std, save_artifact
+from .model import classifier, create_model, export_onnx, model_mean_std, save_artifact
 from .preprocess import Preprocess
 from .rules import Rules
 
@@ -425,6 +425,11 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
             save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
                           extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})
+        if info.is_main:  # model.onnx for the CPU serving image, from the same best weights
+            try:
+                export_onnx(cfg.model_dir, model)
+            except UserError as e:  # the trained weights are saved: no reason to fail the job here
+                log.warning("%s; model.safetensors is saved, add model.onnx later with `bincounter export`", e)
     if test_ds is not None:
         test_dl = _loader(test_ds, cfg, info, False, workers)
         ev = evaluate(model, test_dl, device, info, channels_last=channels_last, desc="test",

@@ -182,7 +182,7 @@ def top1_check(model: torch.nn.Module, mean, std, workdir: Path) -> dict:
     pre = Preprocess(CHECK_SIZE, tuple(mean), tuple(std))
     photos = [(package_file("scikit-image", "skimage", f"data/{name}", None, workdir), cls, label)
               for name, cls, label in CHECK_PHOTOS]
-    x = torch.stack([pre(str(f)) for f, _, _ in photos])
+    x = torch.stack([torch.from_numpy(pre(str(f))) for f, _, _ in photos])
     model.eval()
     with torch.no_grad():
         p = model(x).float().softmax(1)

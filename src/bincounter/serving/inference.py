@@ -1,6 +1,8 @@
 """What MMS workers run (through sagemaker-inference's handler service).
 
-model_fn loads the artifact with `Predictor` (the same decode/resize/normalisation as evaluation), pinned
+The runtime is ONNX Runtime in the CPU image (BINCOUNTER_RUNTIME=onnx: `onnx_runtime.OnnxPredictor`, no
+PyTorch) and PyTorch elsewhere; request parsing, preprocessing and answers are the same code for both.
+With PyTorch, model_fn loads the artifact with `Predictor` (the same decode/resize/normalisation as evaluation), pinned
 to the worker's own GPU when there is one: MMS gives worker k `gpu_id` k, `worker_device` maps it onto the
 visible GPUs ("cuda:2"), and that device is both the current CUDA device of the worker process and the one
 `Predictor` puts the model on (`distributed.pick_device` honours the index), so N workers use N GPUs. The
@@ -14,12 +16,11 @@ import logging
 import os
 import traceback
 
-import torch
 from sagemaker_inference import utils
 from sagemaker_inference.default_inference_handler import DefaultInferenceHandler
 from sagemaker_inference.transformer import Transformer
 
-from ..evaluate import Predictor
+from .onnx_runtime import OnnxPredictor, runtime_name
 from .protocol import answer_batch, error_body
 
 log = logging.getLogger("bincounter.serving")
@@ -27,6 +28,8 @@ log = logging.getLogger("bincounter.serving")
 
 def worker_device(context) -> str:
     """"cuda:<gpu_id mod visible GPUs>" for an MMS worker on a GPU host, else "cpu"."""
+    import torch
+
     gpu_id = None
     if context is not None:
         gpu_id = (context.system_properties or {}).get("gpu_id")
@@ -37,6 +40,15 @@ def worker_device(context) -> str:
 
 class InferenceHandler(DefaultInferenceHandler):
     def default_model_fn(self, model_dir, context=None):
+        if runtime_name() == "onnx":
+            pred = OnnxPredictor(model_dir)
+            log.info("model %s (%s, %d px) loaded on ONNX Runtime, %d threads", pred.config["model_version"],
+                     pred.config["arch"], pred.pre.image_size, pred.session.get_session_options().intra_op_num_threads)
+            return pred
+        import torch
+
+        from ..evaluate import Predictor
+
         device = worker_device(context)
         if device == "cpu":
             workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1") or 1)

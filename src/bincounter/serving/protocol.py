@@ -141,7 +141,8 @@ def format_response(predictions: list[dict], is_batch: bool) -> bytes:
 def answer_batch(model, requests: list[tuple[bytes | str | None, str | None]]) -> list[tuple[int, bytes]]:
     """Answer several /invocations requests with ONE forward pass over all their images.
 
-    `model` is a `Predictor` (preprocess / forward / format). Each request is (body, content type); each
+    `model` is a `Predictor` or an `OnnxPredictor` (preprocess / forward / format: the runtime is the only
+    difference). Each request is (body, content type); each
     answer is (HTTP status, JSON body), in order. A bad request (malformed, undecodable image, too many
     pixels) gets its own 4xx and does not affect the others; the pixel bounds are checked on every image of a
     request before any of them is decoded."""
@@ -167,9 +168,9 @@ def answer_batch(model, requests: list[tuple[bytes | str | None, str | None]]) -
         tensors += mine
         owners.append((r, is_batch, len(mine)))
     if tensors:
-        import torch
+        import numpy as np
 
-        predictions = model.format(model.forward(torch.stack(tensors)))
+        predictions = model.format(model.forward(np.stack(tensors)))
         start = 0
         for r, is_batch, n in owners:
             answers[r] = (200, format_response(predictions[start:start + n], is_batch))

@@ -63,26 +63,35 @@ def model_dir() -> Path:
     return Path(os.environ.get("SM_MODEL_DIR", base / "model"))
 
 
-def check_artifact(path: Path) -> str | None:
-    """A cheap check before MMS starts: config.json is ours (model.read_config) and the weights file has a
-    valid safetensors header with tensors in it. Returns the problem, or None."""
-    from safetensors import safe_open
+def check_artifact(path: Path, runtime: str = "torch") -> str | None:
+    """A cheap check before MMS starts: config.json is ours (artifact.read_config) and the file the runtime
+    loads is usable: for torch, a safetensors header with tensors in it; for onnx, model.onnx present, exported
+    from these weights and intact (onnx_runtime.check_onnx). Returns the problem, or None."""
+    import struct
 
+    from ..artifact import WEIGHTS, read_config
     from ..errors import UserError
-    from ..model import WEIGHTS, read_config
+    from .onnx_runtime import check_onnx
 
     try:
+        if runtime == "onnx":
+            check_onnx(path)
+            return None
         read_config(path)
-        with safe_open(str(path / WEIGHTS), framework="pt") as f:
-            keys = list(f.keys())
-        if not keys:
+        # the safetensors layout: u64 header length, then a JSON header naming the tensors (read without torch)
+        with open(path / WEIGHTS, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if 0 < n < 100 * 2**20 else None
+        if not isinstance(header, dict):
+            return f"{path}/{WEIGHTS}: not a safetensors file"
+        if not [k for k in header if k != "__metadata__"]:
             return f"{path}/{WEIGHTS}: holds no tensors"
     except UserError as e:
         return str(e)
     except FileNotFoundError as e:
         return f"model file missing: {e.filename}"
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types; any of them = unusable
-        return f"cannot read the model in {path}: {str(e).splitlines()[0][:200]}"
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: any error = unusable
+        return f"cannot read the model in {path}: {str(e).splitlines()[0][:200] or type(e).__name__}"
     return None
 
 
@@ -108,6 +117,7 @@ class Settings:
     drain_s: float = 5.0
     health_interval_s: float = 5.0
     probe_timeout_s: float = 20.0
+    runtime: str = "torch"  # or "onnx" (the CPU image): onnx_runtime.runtime_name
     recover_s: float = 120.0
     idle_timeout_s: float = 120.0
     max_connections: int = 1000
@@ -541,10 +551,11 @@ async def serve(s: Settings, mdir: Path, gpus: int) -> int:
     health = Health(mms_url, s, register_query(mdir, s.workers, s.batch_size, s.max_delay_ms))
     front = Front(s, health, session, mms_url)
     await front.start()
-    log.info("front listening on :%d (model %s, %d worker(s), %d GPU(s), batches of up to %d within %d ms, "
-             "payload limit %g MB)", s.port, mdir, s.workers, gpus, s.batch_size, s.max_delay_ms, s.max_bytes / 2**20)
+    log.info("front listening on :%d (model %s, %s runtime, %d worker(s), %d GPU(s), batches of up to %d within "
+             "%d ms, payload limit %g MB)", s.port, mdir, s.runtime, s.workers, gpus, s.batch_size, s.max_delay_ms,
+             s.max_bytes / 2**20)
 
-    problem = check_artifact(mdir)
+    problem = check_artifact(mdir, s.runtime)
     proc, checker = None, None
     if problem:
         health.fatal = problem
@@ -586,11 +597,22 @@ async def serve(s: Settings, mdir: Path, gpus: int) -> int:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    import torch
+    from ..errors import UserError
+    from .onnx_runtime import runtime_name
 
-    gpus = torch.cuda.device_count()
+    try:
+        runtime = runtime_name()
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    gpus = 0
+    if runtime == "torch":
+        import torch
+
+        gpus = torch.cuda.device_count()
     try:
         s = settings_from_env(gpus)
+        s.runtime = runtime
     except ValueError as e:
         log.error("%s", e)
         return 2
