@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 # The dev/test environment's torch. The image pins its own (Dockerfile: torch 2.9.1, CUDA 12.8).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 IMAGE ?= bincounter:local
+CPU_IMAGE ?= bincounter:cpu
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo demo-cpu image system-deps test test-fast lint bench clean
+.PHONY: help venv demo demo-cpu image image-cpu system-deps test test-fast lint bench clean
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
@@ -31,6 +32,9 @@ demo-cpu: venv  ## the same loop without Docker: in-process training and evaluat
 image:  ## build the image locally (mmdebstrap base; starts dockerd if needed)
 	bash container/build_local.sh --tag $(IMAGE)
 
+image-cpu:  ## build the CPU serving image (ONNX Runtime, no torch) locally
+	bash container/build_local.sh --target serve-cpu --tag $(CPU_IMAGE)
+
 # Debian packages the Docker tier, local mode and the lint need (docker.io + mmdebstrap come with `make image`).
 SYSTEM_TOOLS := shellcheck:shellcheck docker-registry:docker-registry docker-compose:docker-compose
 system-deps:
@@ -38,8 +42,8 @@ system-deps:
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-test: venv system-deps image  ## everything: fast tier + Docker tier (what CI runs)
-	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: venv system-deps image image-cpu  ## everything: fast tier + Docker tier (what CI runs)
+	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_CPU_IMAGE=$(CPU_IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: venv  ## the fast tier only (no Docker)
 	$(BIN)/python -m pytest -m "not docker" $(PYTEST_ARGS)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Build the bincounter image and push it to Amazon ECR (or another registry).
 #
-# Usage: ./build_and_push.sh [options] [IMAGE_NAME]          (IMAGE_NAME default: bincounter)
+# Usage: ./build_and_push.sh [options] [IMAGE_NAME]   (IMAGE_NAME default: bincounter; bincounter-cpu with
+#                                                      --target serve-cpu, its own ECR repository)
 #
+#   --target T            Dockerfile target: gpu (default: trains and serves, PyTorch + CUDA) or serve-cpu
+#                         (serving only, ONNX Runtime, no torch: CPU instances and serverless endpoints)
 #   --region R            AWS region (else AWS_REGION, AWS_DEFAULT_REGION, the profile's region)
 #   --profile P           AWS CLI profile
 #   --tag T               image tag (default: git short SHA, plus -dirty-<hash> when what goes into the image
@@ -26,7 +29,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-NAME=bincounter
+NAME=""
+STAGE=gpu
 TAG=""
 LATEST=1
 PUSH=1
@@ -50,6 +54,7 @@ while [ $# -gt 0 ]; do
     --region) need_value "$@"; REGION="$2"; shift 2 ;;
     --profile) need_value "$@"; PROFILE="$2"; shift 2 ;;
     --tag) need_value "$@"; TAG="$2"; shift 2 ;;
+    --target) need_value "$@"; STAGE="$2"; shift 2 ;;
     --no-latest) LATEST=0; shift ;;
     --print-tag) PRINT_TAG=1; shift ;;
     --base-image) need_value "$@"; BASE_IMAGE="$2"; shift 2 ;;
@@ -68,6 +73,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$STAGE" in
+  gpu) NAME="${NAME:-bincounter}" ;;
+  serve-cpu) NAME="${NAME:-bincounter-cpu}" ;;
+  *) die "--target must be gpu or serve-cpu (got '$STAGE')" ;;
+esac
 [[ "$NAME" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "image name '$NAME' is not a valid repository name"
 case "$MUTABILITY" in MUTABLE|IMMUTABLE) ;; *) die "--tag-mutability must be MUTABLE or IMMUTABLE" ;; esac
 [ -f "$DOCKERFILE" ] || die "Dockerfile $DOCKERFILE not found"
@@ -142,9 +152,9 @@ fi
 if [ -n "$BASE_IMAGE" ]; then BUILD_ARGS+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
 tags=(-t "$TARGET:$TAG")
 if [ "$LATEST" = 1 ]; then tags+=(-t "$TARGET:latest"); fi
-log "building $TARGET:$TAG ($PLATFORM) from $DOCKERFILE"
+log "building $TARGET:$TAG ($PLATFORM, target $STAGE) from $DOCKERFILE"
 start=$(date +%s)
-docker build --platform "$PLATFORM" "${BUILD_ARGS[@]}" "${tags[@]}" -f "$DOCKERFILE" "$CONTEXT" >&2 \
+docker build --platform "$PLATFORM" --target "$STAGE" "${BUILD_ARGS[@]}" "${tags[@]}" -f "$DOCKERFILE" "$CONTEXT" >&2 \
   || die "docker build failed (see the output above)"
 size=$(docker image inspect "$TARGET:$TAG" --format '{{.Size}}')
 log "built in $(( $(date +%s) - start )) s; image size $(( size / 1000000 )) MB"

@@ -2,23 +2,26 @@
 # Build the production Dockerfile where Docker Hub is out of reach: make a Debian bookworm base locally
 # (mmdebstrap -> docker import) and pass it as BASE_IMAGE. Nothing else differs from a production build.
 #
-#   container/build_local.sh [--tag bincounter:local] [--ca-bundle FILE | --no-ca-bundle] [--base-tag NAME]
-#                            [--rebuild-base]
+#   container/build_local.sh [--tag bincounter:local] [--target gpu|serve-cpu] [--ca-bundle FILE | --no-ca-bundle]
+#                            [--base-tag NAME] [--rebuild-base]
+#   (--target serve-cpu: the CPU serving image, default tag bincounter:cpu)
 #
 # Starts dockerd when no daemon answers (installing docker.io when missing). Prints the image name last.
 set -euo pipefail
 
-TAG=bincounter:local
+TAG=""
+STAGE=gpu
 BASE_TAG=bincounter-base:bookworm
 # pip in the builder trusts the host's CAs: $PIP_CERT, else the system bundle (which carries a proxy's CA
 # wherever the host's own pip works); builder stage only, never in the final image
 CA_BUNDLE="${PIP_CERT:-}"
 if [ -z "$CA_BUNDLE" ] && [ -r /etc/ssl/certs/ca-certificates.crt ]; then CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt; fi
 REBUILD_BASE=0
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) TAG="$2"; shift 2 ;;
+    --target) STAGE="$2"; shift 2 ;;
     --base-tag) BASE_TAG="$2"; shift 2 ;;
     --ca-bundle) CA_BUNDLE="$2"; shift 2 ;;
     --no-ca-bundle) CA_BUNDLE=""; shift ;;
@@ -28,6 +31,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$STAGE" in
+  gpu) TAG="${TAG:-bincounter:local}" ;;
+  serve-cpu) TAG="${TAG:-bincounter:cpu}" ;;
+  *) echo "build_local.sh: --target must be gpu or serve-cpu" >&2; exit 2 ;;
+esac
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 log() { echo "build_local: $*" >&2; }
 need_root() { [ "$(id -u)" = 0 ] || { log "needs root to install $1 (run as root or install it yourself)"; exit 1; }; }
@@ -66,7 +74,7 @@ ensure_base
 
 # --- the build: the same script and Dockerfile as production, with the local base -------------------
 [[ "$TAG" == *:* ]] || TAG="$TAG:latest"
-args=(--no-push --no-latest --base-image "$BASE_TAG" --tag "${TAG##*:}")
+args=(--no-push --no-latest --target "$STAGE" --base-image "$BASE_TAG" --tag "${TAG##*:}")
 if [ -n "$CA_BUNDLE" ]; then args+=(--ca-bundle "$CA_BUNDLE"); fi
 "$ROOT/build_and_push.sh" "${args[@]}" "${TAG%:*}" >/dev/null
 echo "$TAG"

@@ -6,6 +6,11 @@ cmd="${1:-train}"
 [ "$#" -gt 0 ] && shift
 case "$cmd" in
   train)
+    if [ "${BINCOUNTER_RUNTIME:-}" = onnx ]; then
+      echo "bincounter: this is the CPU serving image (ONNX Runtime, no PyTorch): it serves, it does not train;" \
+           "train with the GPU image (the Dockerfile's default target)" >&2
+      exit 2
+    fi
     # sagemaker-training's `train` sets up the contract (/opt/ml, logging, failure file) and calls
     # $SAGEMAKER_TRAINING_MODULE = bincounter.sagemaker.train_entry:main, which launches torchrun.
     exec train "$@" ;;

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 IMAGE = os.environ.get("BINCOUNTER_IMAGE", "bincounter:local")
+CPU_IMAGE = os.environ.get("BINCOUNTER_CPU_IMAGE", "bincounter:cpu")
 
 
 def pytest_collection_modifyitems(items):
@@ -21,15 +22,26 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
 
 
-@pytest.fixture(scope="session")
-def image() -> str:
-    ok = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
+def _require(image: str, build: str) -> str:
+    ok = subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
     if not ok:
-        msg = f"Docker image {IMAGE} not available (build it: container/build_local.sh)"
+        msg = f"Docker image {image} not available (build it: {build})"
         if os.environ.get("BINCOUNTER_REQUIRE_DOCKER") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
-    return IMAGE
+    return image
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The default image (target gpu): trains and serves with PyTorch."""
+    return _require(IMAGE, "make image")
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> str:
+    """The CPU serving image (target serve-cpu): ONNX Runtime, no PyTorch."""
+    return _require(CPU_IMAGE, "make image-cpu")
 
 
 @pytest.fixture()

@@ -28,13 +28,16 @@ def _start(image, model_dir, name, *extra) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture(scope="module")
-def served(image, trained_model, tmp_path_factory):
-    """One serving container for the module's request tests."""
+@pytest.fixture(scope="module", params=["gpu", "cpu"])
+def served(request, trained_model, tmp_path_factory):
+    """One serving container for the module's request tests, from each image: the default one (PyTorch) and
+    the CPU one (ONNX Runtime). Every request test runs against both: the same front, health gate, protocol,
+    error contract and dynamic batching, only the runtime differs."""
     import subprocess
     import uuid
 
-    name = f"bct-serve-{uuid.uuid4().hex[:6]}"
+    image = request.getfixturevalue("image" if request.param == "gpu" else "cpu_image")
+    name = f"bct-serve-{request.param}-{uuid.uuid4().hex[:6]}"
     t0 = time.monotonic()
     url = _start(image, trained_model, name, "--memory", str(MEMORY_LIMIT))
     try:
