@@ -3,19 +3,21 @@
 * cold start: `docker run IMAGE serve` -> first 200 from /invocations;
 * single-image JPEG requests at concurrency 1, 4, 16: p50/p99 latency, requests/s, errors, for each
   server configuration in --configs (MMS batch size : max batch delay in ms; 1:0 = no dynamic batching);
-* in-process: `Predictor.predict` (decode + preprocess + forward) inside the same image (same torch build)
-  with the same threads, on 1 image and on batches of each configured batch size;
+* in-process: the image's own runtime called directly (`predict`: decode + preprocess + forward) inside that
+  image with the same threads, on 1 image and on batches of each configured batch size: PyTorch
+  (`Predictor`) in the default image, ONNX Runtime (`OnnxPredictor`) in the CPU image;
 * p50 overhead at concurrency 1, paired: server requests alternate with in-process predictions and the
   median of the per-pair differences is reported (robust to the slow drifts of a shared machine);
-* --images A,B: the same configurations for several builds of the image (e.g. the previous front against the
-  current one), all up at once and measured in the same interleaved rounds.
+* --images A,B: the same configurations for several images (the default image against the CPU one, or the
+  previous front against the current one), all up at once and measured in the same interleaved rounds;
+  the image sizes and each image's throughput relative to the first are in the summary.
 
 All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
 the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
 (bench/results/serve.json). Needs Docker and the image.
 
-    python bench/serve.py [--image bincounter:local | --images OLD,NEW] [--configs 1:0,4:1] [--requests 192]
-                          [--quick]
+    python bench/serve.py [--image bincounter:local | --images bincounter:local,bincounter:cpu]
+                          [--configs 1:0,4:1] [--requests 192] [--quick]
 """
 
 from __future__ import annotations
@@ -85,10 +87,17 @@ def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dic
 
 
 IN_PROCESS = """
-import json, sys, time, torch
-from bincounter.evaluate import Predictor
-torch.set_num_threads(int(sys.argv[1]))
-pred = Predictor("/opt/ml/model", device="auto")  # the GPU when the container has one (--gpus)
+import json, sys, time
+from bincounter.serving.onnx_runtime import OnnxPredictor, runtime_name
+threads = int(sys.argv[1])
+if runtime_name() == "onnx":  # the CPU image
+    pred = OnnxPredictor("/opt/ml/model", threads=threads)
+else:
+    import torch
+    from bincounter.evaluate import Predictor
+    torch.set_num_threads(threads)
+    pred = Predictor("/opt/ml/model", device="auto")  # the GPU when the container has one (--gpus)
+print(pred.runtime, flush=True)
 body = open("/bench/image.jpg", "rb").read()
 for _ in range(5):
     pred.predict([body])
@@ -105,12 +114,13 @@ for line in sys.stdin:  # "BATCH N": N timed predictions of BATCH images -> thei
 
 
 class InProcess:
-    """Predictor.predict inside the image itself (a container of its own, the same torch build and libraries
-    as the server), kept running so single predictions can alternate with server requests."""
+    """The runtime's predict inside the image itself (a container of its own, the same libraries as the
+    server), kept running so single predictions can alternate with server requests."""
 
     def __init__(self, name: str, threads: int):
         self.proc = subprocess.Popen(["docker", "exec", "-i", name, "/opt/venv/bin/python", "-c", IN_PROCESS,
                                       str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.runtime = self.proc.stdout.readline().strip()
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("the in-process reference did not start")
 
@@ -211,44 +221,59 @@ def main() -> None:
             # rounds, so a noisy minute on a shared machine hits every configuration alike
             gpu_args = ["--gpus", "all"] if a.gpus else []
             runs = [start_server(img, model_dir, body, b, d, names, gpu_args) for img in images for b, d in configs]
-            inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
-            names.append(inproc_name)
-            subprocess.run(["docker", "run", "-d", "--name", inproc_name, *gpu_args, "--entrypoint", "sleep",
-                            "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v", f"{body_file.parent}:/bench:ro",
-                            images[0], "infinity"], check=True, capture_output=True)
-            reference = InProcess(inproc_name, a.threads)
+            references = {}
+            for img in images:
+                inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
+                names.append(inproc_name)
+                subprocess.run(["docker", "run", "-d", "--name", inproc_name, *gpu_args, "--entrypoint", "sleep",
+                                "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v",
+                                f"{body_file.parent}:/bench:ro", img, "infinity"], check=True, capture_output=True)
+                references[img] = InProcess(inproc_name, a.threads)
             for run in runs:
                 load(run["host"], 8080, body, 2, a.warmup)  # the JVM compiles its hot paths on these
-            per_round, diffs, inproc_lat = [[] for _ in runs], [[] for _ in runs], {bs: [] for bs in batches}
+            per_round, diffs = [[] for _ in runs], [[] for _ in runs]
+            inproc_lat = {img: {bs: [] for bs in batches} for img in images}
             n = a.requests // a.rounds
             for r in range(a.rounds):
                 print(f"round {r + 1}/{a.rounds}", flush=True)
                 for i, run in enumerate(runs):
-                    diffs[i] += paired_c1(run["host"], body, reference, n)
+                    diffs[i] += paired_c1(run["host"], body, references[run["image"]], n)
                     per_round[i].append([load(run["host"], 8080, body, c, n) for c in (1, 4, 16)])
-                for bs in batches:
-                    inproc_lat[bs] += reference.run(bs, max(4, n // bs))
-            reference.close()
+                for img in images:
+                    for bs in batches:
+                        inproc_lat[img][bs] += references[img].run(bs, max(4, n // bs))
+            runtimes = {img: ref.runtime for img, ref in references.items()}
+            for ref in references.values():
+                ref.close()
         finally:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
     for run, rows in zip(runs, per_round, strict=True):
         run["rows"] = median_rows(rows)
         del run["host"]
-    inproc = {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
-              for bs, lat in inproc_lat.items()}
+    inproc = {img: {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
+                    for bs, lat in per_bs.items()} for img, per_bs in inproc_lat.items()}
+    sizes = {img: int(subprocess.run(["docker", "image", "inspect", img, "--format", "{{.Size}}"], check=True,
+                                     capture_output=True, text=True).stdout) for img in images}
+    best_rps = {}
     for run, d in zip(runs, diffs, strict=True):
         best = max(run["rows"], key=lambda r: r["rps"])
+        ref = inproc[run["image"]]
+        run["runtime"] = runtimes[run["image"]]
+        run["image_size_mb"] = sizes[run["image"]] / 1e6
         run["p50_overhead_ms_c1"] = statistics.median(d)
         run["overhead_pairs"] = len(d)
-        run["best_rps_over_in_process_b1"] = best["rps"] / inproc[1]["rps"]
-        run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in inproc.values())
+        run["best_rps_over_in_process_b1"] = best["rps"] / ref[1]["rps"]
+        run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in ref.values())
+        best_rps[run["image"]] = max(best_rps.get(run["image"], 0), best["rps"])
     out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
            "device": "gpu (--gpus all)" if a.gpus else "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
-           "containers": runs, "in_process": {str(k): v for k, v in inproc.items()}}
+           "containers": runs, "cpus_per_container": a.threads,
+           "in_process": {img: {str(k): v for k, v in per.items()} for img, per in inproc.items()},
+           "best_rps_over_first_image": {img: v / best_rps[images[0]] for img, v in best_rps.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
-    print(f"\nserving {a.image_size}px efficientnet_b0 on {out['machine']}, {a.threads} torch threads")
+    print(f"\nserving {a.image_size}px on {out['machine']}, {a.threads} runtime threads")
     def label(run) -> str:
         where = f"{run['image']} " if len(images) > 1 else ""
         return f"{where}batch {run['batch_size']}/{run['max_batch_delay_ms']}ms"
@@ -259,13 +284,20 @@ def main() -> None:
         for r in run["rows"]:
             print(f"{label(run) + ', conc ' + str(r['concurrency']):<{width}}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{r['rps']:>8.1f}{r['errors']:>8}")
-    for bs, v in inproc.items():
-        print(f"{'in-process, ' + str(bs) + ' image(s)':<{width}}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
+    for img, per in inproc.items():
+        for bs, v in per.items():
+            what = f"in-process {runtimes[img]}, {bs} image(s)"
+            print(f"{what:<{width}}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
     for run in runs:
-        print(f"{label(run)}: cold start {run['cold_start_s']:.1f} s, "
+        print(f"{label(run)} ({run['runtime']}, {run['image_size_mb'] / 1000:.2f} GB): "
+              f"cold start {run['cold_start_s']:.1f} s, "
               f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, best throughput / "
               f"in-process 1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
               f"{run['best_rps_over_in_process_best_batch']:.2f}")
+    if len(images) > 1:
+        for img in images[1:]:
+            print(f"best req/s of {img} / {images[0]}: {out['best_rps_over_first_image'][img]:.2f} "
+                  f"({a.threads} CPUs each)")
     print(f"wrote {a.out}")
 
 

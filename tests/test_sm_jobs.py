@@ -228,8 +228,33 @@ def test_best_hyperparameters_of_a_tuning_job():
     assert best == {"image_size": "224", "lr": "0.00123", "batch_size": "64", "epochs": "11"}
 
 
+def test_deploy_serverless_with_the_cpu_image():
+    """Issue 14: --cpu-image serves with the CPU image, --serverless makes a ServerlessConfig variant (no
+    instance type or count)."""
+    cpu = IMAGE.replace("bincounter:", "bincounter-cpu:")
+    out = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--cpu-image", cpu,
+                  "--serverless", "3072,10", "--name", "bc-sl", "--dry-run", "--endpoint-url", "http://127.0.0.1:9",
+                  env=ENV)
+    assert out.returncode == 0, out.stderr
+    docs = _docs(out.stdout)
+    assert [d["api"] for d in docs] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+    assert docs[0]["request"]["PrimaryContainer"]["Image"] == cpu
+    (variant,) = docs[1]["request"]["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 10}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    assert "serverless, 3072 MB" in out.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", *TRAIN, "--spot"], "spot training needs --checkpoint-s3"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "3000"],
+     "memory must be 1024, 2048"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "2048,500"],
+     "max concurrency must be in 1..200"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "big"],
+     "expected MEMORY_MB[,MAX_CONCURRENCY]"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "2048",
+      "--autoscale", "1,2"], "leave out --autoscale"),
     (["train", *[a if a != "s3://bkt/ch/val/" else "/local/val" for a in TRAIN]], "not an S3 URI"),
     (["tune", *TRAIN, "--name", "x" * 40], "longer than SageMaker's 32 characters"),
     (["train", *TRAIN, "--hp", "oops"], "expected NAME=VALUE"),

@@ -402,19 +402,25 @@ def test_docker_stop_takes_under_10_s(image, trained_model, names):
     assert took < 10 and code == "0", (took, code)
 
 
-def test_serve_benchmark_quick(image, tmp_path):
-    """bench/serve.py runs against a real container and writes its JSON (smoke; no timing asserted)."""
+def test_serve_benchmark_quick(image, cpu_image, tmp_path):
+    """bench/serve.py runs against real containers of both images and writes its JSON (smoke; no timing
+    asserted): each image's rows, its own runtime as the in-process reference, the size ratio."""
     import subprocess
     import sys
 
     from ..conftest import REPO
 
     out = tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--quick", "--image", image,
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--quick", "--images",
+                           f"{image},{cpu_image}", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert [(c["batch_size"], [r["concurrency"] for r in c["rows"]]) for c in doc["containers"]] == \
-        [(1, [1, 4, 16]), (4, [1, 4, 16])]
+    assert [(c["image"], c["runtime"], c["batch_size"], [r["concurrency"] for r in c["rows"]])
+            for c in doc["containers"]] == [(image, "torch", 1, [1, 4, 16]), (image, "torch", 4, [1, 4, 16]),
+                                            (cpu_image, "onnx", 1, [1, 4, 16]), (cpu_image, "onnx", 4, [1, 4, 16])]
     assert all(r["errors"] == 0 for c in doc["containers"] for r in c["rows"])
-    assert all(c["cold_start_s"] > 0 for c in doc["containers"]) and set(doc["in_process"]) == {"1", "4"}
+    assert all(c["cold_start_s"] > 0 for c in doc["containers"])
+    assert {img: set(v) for img, v in doc["in_process"].items()} == {image: {"1", "4"}, cpu_image: {"1", "4"}}
+    assert doc["best_rps_over_first_image"][image] == 1.0 and doc["best_rps_over_first_image"][cpu_image] > 0
+    sizes = {c["image"]: c["image_size_mb"] for c in doc["containers"]}
+    assert sizes[cpu_image] < sizes[image]

@@ -137,13 +137,24 @@ def add_arguments(sub) -> None:
 
     d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz", formatter_class=_Help,
                        description="Model + endpoint config + endpoint (all named --name). Billed per "
-                       "instance-hour until `sm delete`.")
+                       "instance-hour until `sm delete` (serverless: per request and compute time). Which image: "
+                       "the training image (PyTorch, CUDA) for GPU instances; the CPU serving image (make image-cpu, "
+                       "./build_and_push.sh --target serve-cpu; ONNX Runtime, 0.9 GB) for CPU instances and "
+                       "serverless, with --cpu-image (see docs/PERFORMANCE.md for the measured difference).")
     common(d, True)
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--training-job")
     src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
-    d.add_argument("--image")
+    img = d.add_mutually_exclusive_group()
+    img.add_argument("--image", help="serving image URI (default: the training job's image)")
+    img.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (target serve-cpu) to serve with: "
+                     "for CPU instances and --serverless; the model must hold model.onnx (bincounter train writes "
+                     "it; older models: bincounter export)")
     d.add_argument("--name", help="endpoint name (also the model and config name)")
+    d.add_argument("--serverless", metavar="MEMORY_MB[,MAX_CONCURRENCY]",
+                   help="a serverless endpoint instead of instances: memory 1024..6144 in steps of 1024, max "
+                        "concurrency 1..200 (default 5); no idle cost, cold starts after idle periods. Images over "
+                        "10 GiB are refused by SageMaker: use --cpu-image")
     d.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
     d.add_argument("--instance-count", type=int, default=1)
     d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
@@ -382,10 +393,30 @@ def cmd_train(args) -> int:
     return _wait(args, name, "training")
 
 
+def _serverless(text: str) -> tuple[int, int]:
+    """--serverless MEMORY_MB[,MAX_CONCURRENCY] -> (memory, concurrency), in SageMaker's accepted ranges."""
+    parts = text.split(",")
+    try:
+        memory, concurrency = int(parts[0]), int(parts[1]) if len(parts) > 1 else 5
+    except ValueError:
+        raise UserError(f"--serverless {text!r}: expected MEMORY_MB[,MAX_CONCURRENCY], e.g. 3072,10") from None
+    if len(parts) > 2 or memory not in range(1024, 6145, 1024):
+        raise UserError(f"--serverless {text!r}: memory must be 1024, 2048, 3072, 4096, 5120 or 6144 MB")
+    if not 1 <= concurrency <= 200:
+        raise UserError(f"--serverless {text!r}: max concurrency must be in 1..200")
+    return memory, concurrency
+
+
 def cmd_deploy(args) -> int:
     name = args.name or jobs.job_name("bincounter")
     region = _region(args)
-    image, model_data = args.image, args.model_data
+    image, model_data = args.image or args.cpu_image, args.model_data
+    serverless = _serverless(args.serverless) if args.serverless else None
+    if serverless and args.autoscale:
+        raise UserError("--serverless scales by itself: leave out --autoscale (use MAX_CONCURRENCY instead)")
+    if args.cpu_image and not serverless and args.instance_type.split(".")[1][:1] in ("g", "p", "i"):
+        log.warning("--cpu-image on %s: the CPU image does not use GPUs or Inferentia; pick a CPU instance "
+                    "(ml.c6i/ml.m6i) or serve with the training image", args.instance_type)
     if args.capture_s3 and not (args.capture_s3.startswith("s3://") and 0 < args.capture_percent <= 100):
         raise UserError("--capture-s3 needs an s3:// URI and --capture-percent in 1..100")
     if args.instance_count < 1:
@@ -398,7 +429,7 @@ def cmd_deploy(args) -> int:
         lo, hi = bounds
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
     if args.model_data and not image:
-        raise UserError("--model-data needs --image")
+        raise UserError("--model-data needs --image (or --cpu-image)")
     role = _role(args, region)
     if args.training_job and args.dry_run:
         log.warning("dry run: training job %s is not read (no network call); its model and image are placeholders",
@@ -412,15 +443,23 @@ def cmd_deploy(args) -> int:
         if not model_data:
             raise UserError(f"training job {args.training_job} has no model artifacts (status "
                             f"{desc.get('TrainingJobStatus')}; wait until it has Completed)")
-    _cost(cost.hourly_line(what="while the endpoint exists (until sm delete)", instance_type=args.instance_type,
-                           instance_count=args.instance_count, max_count=scaling[0]["MaxCapacity"] if scaling else None,
-                           price_per_hour=args.price_per_hour, region=region))
+    if serverless:
+        log.info("cost: serverless, %d MB, up to %d concurrent requests: billed per request and per GB-second of "
+                 "inference time, nothing while idle", *serverless)
+        if not args.cpu_image:
+            log.info("serverless with %s: cold starts pull the image; the CPU image (--cpu-image) is ~9x smaller",
+                     image)
+    else:
+        _cost(cost.hourly_line(what="while the endpoint exists (until sm delete)", instance_type=args.instance_type,
+                               instance_count=args.instance_count,
+                               max_count=scaling[0]["MaxCapacity"] if scaling else None,
+                               price_per_hour=args.price_per_hour, region=region))
     sdk_wait = not (args.dry_run or args.no_wait or scaling)
     with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=role,
                                        instance_type=args.instance_type, instance_count=args.instance_count,
                                        capture_s3=args.capture_s3, capture_percent=args.capture_percent,
-                                       wait=sdk_wait)
+                                       wait=sdk_wait, serverless=serverless)
     if args.dry_run:
         _print_captured(captured, "CreateEndpoint")
         if scaling:

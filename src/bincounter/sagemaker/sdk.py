@@ -291,9 +291,11 @@ def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stop
 
 
 def deploy_endpoint(session, *, name: str, image: str, model_data: str, role: str, instance_type: str,
-                    instance_count: int, capture_s3: str | None, capture_percent: int = 100, wait: bool = True):
+                    instance_count: int, capture_s3: str | None, capture_percent: int = 100, wait: bool = True,
+                    serverless: tuple[int, int] | None = None):
     """Model + endpoint config + endpoint, all named `name`, through ModelBuilder (a passthrough build: our own
-    image and a model.tar.gz). With wait, the SDK shows the deployment's progress and the endpoint's logs."""
+    image and a model.tar.gz). With wait, the SDK shows the deployment's progress and the endpoint's logs.
+    `serverless` = (memory MB, max concurrency): a serverless endpoint (ServerlessConfig) instead of instances."""
     from sagemaker.serve import ModelBuilder
     from sagemaker.serve.mode.function_pointers import Mode
 
@@ -306,6 +308,12 @@ def deploy_endpoint(session, *, name: str, image: str, model_data: str, role: st
 
         extra["data_capture_config"] = DataCaptureConfig(enable_capture=True, sampling_percentage=capture_percent,
                                                          destination_s3_uri=capture_s3, sagemaker_session=session)
+    if serverless:
+        from sagemaker.core.inference_config import ServerlessInferenceConfig
+
+        extra["inference_config"] = ServerlessInferenceConfig(memory_size_in_mb=serverless[0],
+                                                              max_concurrency=serverless[1])
+        return builder.deploy(endpoint_name=name, wait=wait, **extra)
     return builder.deploy(endpoint_name=name, initial_instance_count=instance_count, instance_type=instance_type,
                           wait=wait, **extra)
 
