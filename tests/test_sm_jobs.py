@@ -263,6 +263,18 @@ def test_deploy_serverless_with_the_cpu_image():
     (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--capture-s3", "/tmp/c"],
      "--capture-s3 needs an s3:// URI"),
     (["batch", "--model", "m", "--input", "/data/scans", "--output", "s3://b/o/"], "is not an s3:// URI"),
+    (["train", *[a if a != "s3://bkt/out" else "/tmp/out" for a in TRAIN]], "--output '/tmp/out': must be an s3://"),
+    (["tune", *[a if a != "s3://bkt/out" else "out/" for a in TRAIN]], "--output 'out/': must be an s3://"),
+    (["train", *TRAIN, "--checkpoint-s3", "/tmp/ckpt"], "--checkpoint-s3 '/tmp/ckpt': must be an s3://"),
+    (["train", *[a if a != "ml.g5.2xlarge" else "g5.2xlarge" for a in TRAIN]],
+     "--instance-type 'g5.2xlarge': SageMaker instance types start with 'ml.' (did you mean 'ml.g5.2xlarge'?)"),
+    (["tune", *[a if a != "ml.g5.2xlarge" else "g5.2xlarge" for a in TRAIN]], "did you mean 'ml.g5.2xlarge'?"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--instance-type", "g5.xlarge"],
+     "did you mean 'ml.g5.xlarge'?"),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--cpu-image", IMAGE, "--instance-type",
+      "c6ilarge"], "did you mean 'ml.c6ilarge'?"),
+    (["batch", "--model", "m", "--input", "s3://b/in/", "--output", "s3://b/o/", "--instance-type", "m5.xlarge"],
+     "did you mean 'ml.m5.xlarge'?"),
 ])
 def test_bad_requests_are_one_line(args, needle):
     assert_one_line_error(run_cli("sm", *args, "--dry-run", env=ENV), needle)

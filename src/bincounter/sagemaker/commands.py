@@ -265,7 +265,22 @@ def _input_plan(args) -> tuple[list, int]:
     return chans, volume
 
 
+def _s3_uri(flag: str, uri: str | None) -> None:
+    if uri is not None and not (uri.startswith("s3://") and len(uri) > 5):
+        raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
+
+
+def _instance_type(itype: str | None) -> None:
+    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one."""
+    if itype is not None and not itype.startswith("ml."):
+        fix = "ml." + (itype[3:] if itype.lower().startswith("ml.") else itype)
+        raise UserError(f"--instance-type {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
+                        f"{fix!r}?)")
+
+
 def _check_instances(args) -> None:
+    _s3_uri("--output", args.output)
+    _instance_type(args.instance_type)
     channels.check(_channels(args), input_mode=args.input_mode, volume_gb=args.volume_size,
                    data_size_gb=args.data_size_gb)
     if args.instance_count is not None and args.instance_count < 1:
@@ -360,6 +375,7 @@ def _instances_for_training(args, trial_type: str | None, trial_count: int | Non
 
 def cmd_train(args) -> int:
     _check_instances(args)
+    _s3_uri("--checkpoint-s3", args.checkpoint_s3)
     region = _region(args)
     user = jobs.parse_kv(args.hp)
     tuned, trial_type, trial_count = ({}, None, None)
@@ -412,6 +428,8 @@ def cmd_deploy(args) -> int:
     region = _region(args)
     image, model_data = args.image or args.cpu_image, args.model_data
     serverless = _serverless(args.serverless) if args.serverless else None
+    if not serverless:  # a serverless endpoint has no instance type
+        _instance_type(args.instance_type)
     if serverless and args.autoscale:
         raise UserError("--serverless scales by itself: leave out --autoscale (use MAX_CONCURRENCY instead)")
     if args.cpu_image and not serverless and args.instance_type.split(".")[1][:1] in ("g", "p", "i"):
@@ -539,6 +557,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_batch(args) -> int:
+    _instance_type(args.instance_type)
     name = args.name or jobs.job_name("bincounter-batch")
     region = _region(args)
     if args.instance_count < 1:
