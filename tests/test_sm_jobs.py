@@ -317,6 +317,9 @@ TUNE = ["tune", *TRAIN, *NOWHERE]
 @pytest.mark.parametrize("args, needles", [
     (["train", *TRAIN, *NOWHERE, "--hp", "epocs=3"], ["--hp epocs=3: unknown hyperparameter", "did you mean 'epochs'",
                                                      "batch_size"]),
+    (["train", *TRAIN, *NOWHERE, "--hp", "batch-size=64"], ["--hp batch-size=64: hyperparameter names are spelled "
+                                                          "with '_'", "did you mean --hp batch_size=64?"]),
+    ([*TUNE, "--hp", "image-size=224"], ["--hp image-size=224", "did you mean --hp image_size=224?"]),
     (["train", *TRAIN, *NOWHERE, "--hp", "epochs=three"], ["--hp epochs=three", "not an integer"]),
     (["train", *TRAIN, *NOWHERE, "--hp", "image_size=8"], ["--hp image_size=8", "image_size must be >= 32"]),
     (["train", *TRAIN, *NOWHERE, "--hp", "pretrained=maybe"], ["--hp pretrained=maybe", "true or false"]),
@@ -336,8 +339,8 @@ TUNE = ["tune", *TRAIN, *NOWHERE]
     (["train", *[a if a != ROLE else "bad role!" for a in TRAIN], *NOWHERE], ["--role 'bad role!'"]),
     (["train", *[a if a != ROLE else "arn:aws:iam::123:role/x" for a in TRAIN], *NOWHERE], ["not an IAM role ARN"]),
     (["train", *TRAIN, *NOWHERE, "--instance-count", "0"], ["--instance-count 0"]),
-], ids=["hp-name", "hp-type", "hp-rule", "hp-bool", "hp-arch", "hp-reserved", "tune-hp", "lr-min-max",
-        "epochs-min-max", "lr-single", "epochs-equal", "lr-zero", "archs", "image-sizes", "batch-sizes",
+], ids=["hp-name", "hp-dash", "tune-hp-dash", "hp-type", "hp-rule", "hp-bool", "hp-arch", "hp-reserved", "tune-hp",
+        "lr-min-max", "epochs-min-max", "lr-single", "epochs-equal", "lr-zero", "archs", "image-sizes", "batch-sizes",
         "hp-tuned", "tune-checkpoint", "role-name", "role-arn", "instance-count"])
 def test_mistakes_are_one_line_before_any_request(capsys, monkeypatch, args, needles):
     """Not even a dry run: the endpoint does not exist, so any request would end in 'cannot reach' instead."""

@@ -67,6 +67,9 @@ def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str,
 
     if key.startswith(("sagemaker_", "_")):
         raise UserError(f"--hp {key}: names starting with 'sagemaker_' or '_' are SageMaker's own")
+    if key not in known and key.replace("-", "_") in known:
+        raise UserError(f"--hp {key}={value}: hyperparameter names are spelled with '_', not '-' (did you mean "
+                        f"--hp {key.replace('-', '_')}={value}?)")
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""

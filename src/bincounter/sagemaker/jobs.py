@@ -114,7 +114,7 @@ def console_link(region: str, kind: str, name: str) -> str:
 def parse_kv(pairs: list[str]) -> dict:
     out = {}
     for p in pairs or []:
-        if "=" not in p or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", p):
+        if "=" not in p or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*=", p):  # a-b: hyperparameters says a_b
             raise UserError(f"--hp {p!r}: expected NAME=VALUE")
         k, v = p.split("=", 1)
         out[k] = v
