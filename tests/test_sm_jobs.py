@@ -450,6 +450,25 @@ def test_dry_runs_are_offline_need_no_credentials_and_show_the_cost(offline, arg
     assert "Model has been created" not in proc.stderr and "Deployment started" not in proc.stderr
 
 
+def test_from_tuning_job_dry_run_says_what_is_a_placeholder():
+    """A dry run reads neither the best hyperparameters nor the trials' instances: stderr says both, and that the
+    instances shown are the defaults; given instances are not called defaults."""
+    proc = run_cli("sm", "train", *TRAIN[:-2], "--from-tuning-job", "bc-hpo-7", "--dry-run",
+                   "--endpoint-url", "http://127.0.0.1:9", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)["request"]
+    assert r["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge" and r["ResourceConfig"]["InstanceCount"] == 2
+    assert r["HyperParameters"]["lr"] == "<best lr of bc-hpo-7>"
+    [line] = [ln for ln in proc.stderr.splitlines() if "tuning job bc-hpo-7 is not read" in ln]
+    assert "best lr, batch_size, epochs are placeholders" in line
+    assert "show the default instance type ml.g5.xlarge and count 2, not the trials'" in line
+    proc = run_cli("sm", "train", *TRAIN, "--instance-count", "1", "--from-tuning-job", "bc-hpo-7", "--dry-run",
+                   "--endpoint-url", "http://127.0.0.1:9", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "tuning job bc-hpo-7 is not read" in ln]
+    assert "placeholders" in line and "default instance" not in line
+
+
 def test_dry_run_placeholders_stand_where_aws_would_answer(offline):
     proc, calls = _run_offline(offline, "train", *TRAIN[:2], "--role", "SageMakerRole", *TRAIN[2:],
                                "--from-tuning-job", "bc-hpo-1", "--hp", "epochs=3", "--dry-run")

@@ -351,8 +351,14 @@ def _from_tuning_job(args, region: str) -> tuple[dict[str, str], str | None, int
     values are placeholders."""
     name = args.from_tuning_job
     if args.dry_run:
-        log.warning("dry run: the best hyperparameters of tuning job %s are not read (no network call); the "
-                    "request shows placeholders for %s", name, ", ".join(hyperparameters.TUNED[:3]))
+        defaults = [f"{what} {default}" for what, given, default in (
+            ("type", args.instance_type, DEFAULT_INSTANCE), ("count", args.instance_count, TRAIN_INSTANCE_COUNT))
+            if given is None]
+        log.warning("dry run: tuning job %s is not read (no network call): its best %s are placeholders in the "
+                    "request%s", name, ", ".join(hyperparameters.TUNED[:3]),
+                    f"; the request and the cost line show the default instance {' and '.join(defaults)}, not the "
+                    "trials' (a real run takes the trials' unless --instance-type/--instance-count say otherwise)"
+                    if defaults else "")
         return {k: f"<best {k} of {name}>" for k in hyperparameters.TUNED[:3]}, None, None
     desc = jobs.describe_tuning_job(_client(args), name, region)
     itype, count = jobs.trial_resources(desc)
