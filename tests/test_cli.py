@@ -66,3 +66,76 @@ def test_predict_on_a_file_that_is_not_an_image(trained_model, tmp_path):
     f = tmp_path / "x.jpg"
     f.write_text("hello")
     assert_one_line_error(run_cli("predict", "--model-dir", trained_model, f), "cannot decode image")
+
+
+# ------------------------------------------------------------------ data fetch/upload: AWS mistakes in one line
+def _without_credentials(tmp_path) -> dict:
+    """This environment less every AWS setting: no credentials, no config files, no instance metadata."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path / "home"), AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+def _run_env(env, *args):
+    import subprocess
+
+    from .conftest import BIN
+
+    return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def _one_channel(tmp_path):
+    img = tmp_path / "ch" / "train" / "1" / "a.jpg"
+    img.parent.mkdir(parents=True)
+    img.write_bytes(b"\xff\xd8" + bytes(100))
+    return tmp_path / "ch"
+
+
+NOWHERE = ["--endpoint-url", "http://127.0.0.1:9"]  # nothing listens: no request may get that far
+
+
+def test_data_upload_without_credentials_says_how_to_configure_them(tmp_path):
+    proc = _run_env(_without_credentials(tmp_path), "data", "upload", _one_channel(tmp_path), "s3://bkt/p", *NOWHERE)
+    assert_one_line_error(proc, "no AWS credentials found", "uploading needs them", "aws configure", "AWS_PROFILE")
+    assert "--unsigned" not in proc.stderr
+
+
+@pytest.mark.parametrize("cmd", [["upload", "CHANNELS", "s3://bkt/p"], ["fetch", "--out", "OUT", "--sample", "2"]])
+def test_data_commands_with_an_unknown_profile_are_one_line(tmp_path, cmd):
+    args = [_one_channel(tmp_path) if a == "CHANNELS" else tmp_path / "o" if a == "OUT" else a for a in cmd]
+    proc = _run_env(_without_credentials(tmp_path), "data", *args, "--profile", "nope", *NOWHERE)
+    assert_one_line_error(proc, f"data {cmd[0]} ", "The config profile (nope) could not be found")
+
+
+def test_data_fetch_signed_without_credentials_names_the_way_out(tmp_path):
+    proc = _run_env(_without_credentials(tmp_path), "data", "fetch", "--out", tmp_path / "o", "--sample", "2",
+                    "--no-unsigned", *NOWHERE)
+    assert_one_line_error(proc, "no AWS credentials found", "leave out --no-unsigned", "aws configure")
+
+
+def test_data_upload_refused_per_object_is_reported_not_a_traceback(tmp_path, monkeypatch, capsys, caplog):
+    """PutObject denied while listing works: each file is a failed transfer (exit 1), as with fetch."""
+    from boto3.exceptions import S3UploadFailedError
+
+    from bincounter.cli import main
+    from bincounter.data import s3
+
+    class Denied:
+        def list_objects_v2(self, **kw):
+            return {}
+
+        def get_paginator(self, name):
+            return type("P", (), {"paginate": lambda self, **kw: [{}]})()
+
+        def upload_file(self, path, bucket, key):
+            raise S3UploadFailedError(f"Failed to upload {path} to {bucket}/{key}: An error occurred "
+                                      "(AccessDenied) when calling the PutObject operation: Access Denied")
+
+    monkeypatch.setattr(s3, "s3_client", lambda *a, **kw: Denied())
+    rc = main(["data", "upload", str(_one_channel(tmp_path)), "s3://bkt/p"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    assert "p/train/1/a.jpg: Failed to upload" in caplog.text and "AccessDenied" in caplog.text

@@ -60,9 +60,10 @@ _HINTS = {
 
 
 @contextmanager
-def user_errors(what: str):
+def user_errors(what: str, no_credentials: str = "--dry-run needs none"):
     """Turn credential, region, endpoint and API errors raised inside into one UserError line that says what
-    to do. Used around boto3 calls (`aws_call`) and around whole SDK flows (`sagemaker.sdk.sdk_session`)."""
+    to do. Used around boto3 calls (`aws_call`) and around whole SDK flows (`sagemaker.sdk.sdk_session`).
+    `no_credentials`: what the missing-credentials line adds to how to configure them."""
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -77,7 +78,8 @@ def user_errors(what: str):
         yield
     except (NoCredentialsError, PartialCredentialsError):
         raise UserError(f"{what}: no AWS credentials found (aws configure, AWS_PROFILE, or "
-                        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; --dry-run needs none)") from None
+                        f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY{'; ' + no_credentials if no_credentials else ''})"
+                        ) from None
     except NoRegionError:
         raise UserError(f"{what}: no AWS region (pass --region or set AWS_REGION)") from None
     except ProfileNotFound as e:

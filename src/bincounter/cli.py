@@ -140,6 +140,14 @@ def _s3(args):
 
 
 def cmd_fetch(args) -> int:
+    from .aws import user_errors
+
+    with user_errors(f"data fetch from s3://{args.bucket}", "the public ABID bucket needs none: leave out "
+                     "--no-unsigned"):  # no AWS tracebacks
+        return _fetch(args)
+
+
+def _fetch(args) -> int:
     from .data.s3 import _check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
 
     client = _s3(args)
@@ -206,9 +214,11 @@ def cmd_shard(args) -> int:
 
 
 def cmd_upload(args) -> int:
+    from .aws import user_errors
     from .data.s3 import upload
 
-    report, uris = upload(args.src, args.dest, _s3(args), workers=args.workers)
+    with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
+        report, uris = upload(args.src, args.dest, _s3(args), workers=args.workers)
     log.info(report.summary("uploaded"))
     for key, reason in report.failed.items():
         log.warning("  %s: %s", key, reason)

@@ -57,8 +57,14 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def _check_endpoint(client, bucket: str) -> None:
-    """One cheap call up front, so an unreachable endpoint or a missing bucket is one clear line."""
+#: how to get credentials, for the missing-credentials line
+CONFIGURE = "aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+FETCH_NO_CREDENTIALS = f"the public ABID bucket needs none: leave out --no-unsigned; other buckets: {CONFIGURE}"
+
+
+def _check_endpoint(client, bucket: str, no_credentials: str = FETCH_NO_CREDENTIALS) -> None:
+    """One cheap call up front, so an unreachable endpoint, missing credentials (`no_credentials` says how to get
+    them) or a missing bucket is one clear line."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     try:
@@ -66,7 +72,7 @@ def _check_endpoint(client, bucket: str) -> None:
     except EndpointConnectionError as e:
         raise UserError(f"cannot reach the S3 endpoint {e.kwargs.get('endpoint_url', '')}") from None
     except NoCredentialsError:
-        raise UserError("no AWS credentials found (for the public ABID bucket use --unsigned)") from None
+        raise UserError(f"no AWS credentials found ({no_credentials})") from None
     except ClientError as e:
         err = e.response.get("Error", {})
         raise UserError(f"bucket {bucket!r}: {err.get('Code')}: {err.get('Message')}") from None
@@ -288,12 +294,14 @@ def _md5(path: Path) -> str:
 def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[TransferReport, dict[str, str]]:
     """Upload the channels under `src` (train/, val/, test/, manifest.csv) to s3://bucket/prefix.
     Objects whose size and ETag (MD5, single-part) already match are skipped. -> (report, channel URIs)."""
+    from boto3.exceptions import S3UploadFailedError
+
     src = Path(src)
     bucket, prefix = parse_s3_uri(uri)
     channels = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name in ("train", "val", "test")]
     if not channels:
         raise DataError(f"{src}: no channels (train/, val/, test/) to upload; run `bincounter data split` first")
-    _check_endpoint(client, bucket)
+    _check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
     files = [p for c in channels for p in sorted((src / c).rglob("*")) if p.is_file()]
     if (src / "manifest.csv").is_file():
         files.append(src / "manifest.csv")
@@ -309,7 +317,10 @@ def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[Transf
         key, path = job
         if stop.is_set():
             raise KeyboardInterrupt
-        client.upload_file(str(path), bucket, key)
+        try:
+            client.upload_file(str(path), bucket, key)
+        except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
+            raise OSError(" ".join(str(e).split())) from None
         return path.stat().st_size
 
     report = transfer(todo, work, workers, "upload")
