@@ -57,6 +57,17 @@ def test_train_with_a_bad_channel(channels_copy, tmp_path, damage, needle):
     assert_one_line_error(proc, needle)
 
 
+@pytest.mark.parametrize("flag", ["--train", "--val"])
+def test_train_on_the_channels_directory_names_its_channels(channels, tmp_path, flag):
+    """`data split`'s output (train/, val/, test/) given as a channel: the line says which flags to pass."""
+    chans = {"--train": channels / "train", "--val": channels / "val", flag: channels}
+    proc = run_cli("train", "--train", chans["--train"], "--val", chans["--val"], "--model-dir", tmp_path / "m",
+                   "--no-pretrained", "--epochs", "1", "--image-size", "64")
+    assert_one_line_error(proc, f"{flag} {channels}: {channels} holds train/, val/, test/: pass --train "
+                          f"{channels / 'train'} --val {channels / 'val'} (and --test {channels / 'test'})")
+    assert not (tmp_path / "m").exists()
+
+
 def test_bad_flag_values_are_argparse_errors(tmp_path):
     proc = run_cli("train", "--train", "a", "--val", "b", "--model-dir", "c", "--epochs", "zero")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--epochs" in proc.stderr

@@ -93,6 +93,14 @@ class TrainConfig:
             raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.loss not in ("ce", "ordinal"):
             raise UserError(f"loss must be ce or ordinal (got {self.loss!r})")
+        # a channels directory (data split's, or data shard's) given for a channel: name its channels
+        for flag, d in (("--train", self.train_dir), ("--val", self.val_dir), ("--test", self.test_dir)):
+            splits = [s for s in ("train", "val", "test") if d and (Path(d) / s).is_dir()]
+            if splits and not (Path(d) / "index.json").is_file():
+                root = Path(d)
+                raise UserError(f"{flag} {d}: {d} holds {', '.join(s + '/' for s in splits)}: pass --train "
+                                f"{root / 'train'} --val {root / 'val'}"
+                                + (f" (and --test {root / 'test'})" if "test" in splits else ""))
         # output folders are checked before the first epoch, not when the first artifact is written
         for flag, d in (("--model-dir", self.model_dir), ("--output-dir", self.output_dir),
                         ("--checkpoint-dir", self.checkpoint_dir)):
