@@ -73,6 +73,19 @@ def test_bad_flag_values_are_argparse_errors(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--epochs" in proc.stderr
 
 
+def test_evaluate_prints_the_expected_count_metrics(trained_model, channels, tmp_path):
+    import json
+
+    proc = run_cli("evaluate", "--model-dir", trained_model, "--data", channels / "test", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    report = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert {k: out[k] for k in ("n", "accuracy", "rmse", "per_class_recall")} == \
+        {k: report[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
+    exp = report["expected_count"]
+    assert out["expected_count"] == {k: exp[k] for k in ("accuracy", "rmse", "rmse_unrounded", "per_class_recall")}
+
+
 def test_predict_on_a_file_that_is_not_an_image(trained_model, tmp_path):
     f = tmp_path / "x.jpg"
     f.write_text("hello")

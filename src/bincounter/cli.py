@@ -232,7 +232,10 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_model
 
     summary, paths = evaluate_model(args.model_dir, args.data, args.out, batch_size=args.batch_size)
-    print(json.dumps({k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}))
+    out = {k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
+    if "expected_count" in summary:  # the expected-count decoding; its confusion matrix is in the report
+        out["expected_count"] = {k: v for k, v in summary["expected_count"].items() if k != "confusion_matrix"}
+    print(json.dumps(out))
     log.info("report: %s", ", ".join(map(str, paths)))
     return 0
 
