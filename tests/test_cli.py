@@ -154,7 +154,7 @@ def test_data_upload_refused_per_object_is_reported_not_a_traceback(tmp_path, mo
         def get_paginator(self, name):
             return type("P", (), {"paginate": lambda self, **kw: [{}]})()
 
-        def upload_file(self, path, bucket, key):
+        def upload_file(self, path, bucket, key, **kw):  # Config=... (transfer settings)
             raise S3UploadFailedError(f"Failed to upload {path} to {bucket}/{key}: An error occurred "
                                       "(AccessDenied) when calling the PutObject operation: Access Denied")
 
