@@ -152,6 +152,30 @@ def test_round_trip_fetch_eda_split_upload(abid_bucket, moto_endpoint, aws_env, 
     assert "uploaded 0 files (0.0 MB" in again.stderr and f"skipped {len(local)}" in again.stderr
 
 
+def test_a_second_upload_skips_multipart_files_too(abid_bucket, moto_endpoint, aws_env, tmp_path):
+    """Issue 16: a shard over the multipart threshold has an MD5-of-parts ETag ("...-2"), not its MD5; a second
+    upload re-sent it every time. Now its ETag is computed the way S3 does, and a changed file is still sent."""
+    from bincounter.data.s3 import PART_SIZE
+
+    _, _, s3 = abid_bucket
+    ch = tmp_path / "ch"
+    big = ch / "train" / "shard-000000.tar"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(PART_SIZE + 12345))
+    (ch / "train" / "small.tar").write_bytes(b"x" * 1000)
+    s3.create_bucket(Bucket="shards")
+    args = ("data", "upload", ch, "s3://shards/v1", "--endpoint-url", moto_endpoint)
+    assert run_cli(*args).returncode == 0
+    assert s3.head_object(Bucket="shards", Key="v1/train/shard-000000.tar")["ETag"].strip('"').endswith("-2")
+    again = run_cli(*args)
+    assert "uploaded 0 files" in again.stderr and "skipped 2" in again.stderr, again.stderr
+    with open(big, "r+b") as f:  # same size, one byte different in the second part
+        f.seek(PART_SIZE + 10)
+        f.write(b"\0" if f.read(1) != b"\0" else b"\1")
+    third = run_cli(*args)
+    assert "uploaded 1 files" in third.stderr and "skipped 1" in third.stderr, third.stderr
+
+
 def test_missing_keys_are_reported_not_fatal(abid_bucket, moto_endpoint, aws_env, tmp_path):
     src, bucket, s3 = abid_bucket
     fl = tmp_path / "fl.json"

@@ -283,18 +283,30 @@ def ids_from_file_list(path: str | Path, counts: tuple[int, ...] = COUNTS) -> li
 
 
 # -------------------------------------------------------------------------------------------- upload
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+#: multipart threshold and part size of our uploads (boto3's default, set explicitly so that `_etag` computes
+#: what S3 will report for a file: the MD5 below it, the MD5 of the parts' MD5s plus "-<parts>" at or above it)
+PART_SIZE = 8 * 2**20
+
+
+def _etag(path: Path, part_size: int = PART_SIZE) -> str:
+    """The ETag S3 gives `path` uploaded by `upload` (shards are often over PART_SIZE, i.e. multipart)."""
+    parts = []
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        for chunk in iter(lambda: f.read(part_size), b""):
+            parts.append(hashlib.md5(chunk).digest())
+    if len(parts) <= 1 and path.stat().st_size < part_size:
+        return (parts[0] if parts else hashlib.md5(b"").digest()).hex()
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
 
 def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[TransferReport, dict[str, str]]:
     """Upload the channels under `src` (train/, val/, test/, manifest.csv) to s3://bucket/prefix.
-    Objects whose size and ETag (MD5, single-part) already match are skipped. -> (report, channel URIs)."""
+    Objects whose size and ETag (single-part MD5, or the multipart MD5-of-MD5s over PART_SIZE) already match are
+    skipped. -> (report, channel URIs)."""
     from boto3.exceptions import S3UploadFailedError
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
 
     src = Path(src)
     bucket, prefix = parse_s3_uri(uri)
@@ -311,14 +323,14 @@ def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[Transf
         for o in page.get("Contents", []):
             remote[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
     todo = [(key_of[p], p) for p in files
-            if remote.get(key_of[p]) != (p.stat().st_size, _md5(p))]
+            if remote.get(key_of[p]) != (p.stat().st_size, _etag(p))]
 
     def work(job, stop):
         key, path = job
         if stop.is_set():
             raise KeyboardInterrupt
         try:
-            client.upload_file(str(path), bucket, key)
+            client.upload_file(str(path), bucket, key, Config=config)
         except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
             raise OSError(" ".join(str(e).split())) from None
         return path.stat().st_size
