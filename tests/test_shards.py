@@ -254,3 +254,14 @@ def test_two_processes_train_from_shards_with_gloo(shards, channels, tmp_path):
     assert metrics["world_size"] == 2
     assert metrics["history"][0]["val_n"] == len(list((channels / "val").rglob("*.jpg")))
     assert metrics["test"]["n"] == len(list((channels / "test").rglob("*.jpg")))
+
+
+def test_evaluate_reads_a_sharded_channel(trained_model, channels, shards, tmp_path):
+    """`bincounter evaluate --data` on the shards gives the per-image channel's numbers."""
+    from bincounter.evaluate import evaluate_model
+
+    per_image, _ = evaluate_model(trained_model, channels / "test", tmp_path / "img", device="cpu")
+    from_shards, _ = evaluate_model(trained_model, shards / "test", tmp_path / "shards", device="cpu")
+    assert from_shards["n"] == per_image["n"] > 0
+    assert from_shards["confusion_matrix"] == per_image["confusion_matrix"]
+    assert abs(from_shards["rmse"] - per_image["rmse"]) < 1e-9

@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a saved model on a channel", formatter_class=_Formatter,
                        description="Accuracy, count RMSE, per-class recall and confusion matrix (JSON + PNG).")
     e.add_argument("--model-dir", required=True)
-    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg")
+    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard)")
     e.add_argument("--out", help="report directory (default: --model-dir)")
     e.add_argument("--batch-size", type=_positive_int, default=32)
     e.set_defaults(func=cmd_evaluate)

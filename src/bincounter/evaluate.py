@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from . import COUNTS
 from .artifact import format_predictions
-from .data.dataset import ChannelDataset
+from .data.shards import ShardDataset, open_channel
 from .distributed import DistInfo, pick_device
 from .engine import evaluate
 from .metrics import summarize, summarize_eval, write_report
@@ -54,8 +54,11 @@ def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Pa
                    batch_size: int = 32, device: str = "auto", stem: str = "eval") -> tuple[dict, tuple]:
     dev = pick_device(device)
     model, config, pre = load_artifact(model_dir, dev)
-    ds = ChannelDataset(channel, pre)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    ds = open_channel(channel, pre)  # per-image or sharded (bincounter data shard)
+    if isinstance(ds, ShardDataset):  # batches itself (every sample once, in index order)
+        dl = ds.loader(batch_size, 0, 1, 0, shuffle=False)
+    else:
+        dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     model.to(memory_format=torch.channels_last)
     ev = evaluate(model, dl, dev, DistInfo(device=dev), channels_last=True, desc="evaluate", return_probs=True)
     summary = summarize_eval(ev, tuple(config.get("counts", COUNTS)))
