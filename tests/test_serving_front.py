@@ -345,5 +345,19 @@ def test_settings_come_from_the_environment(monkeypatch):
         server.settings_from_env(gpus=0)
 
 
+def test_default_workers_per_runtime(monkeypatch):
+    """PyTorch: one worker per GPU, one on CPUs (it uses every core); ONNX Runtime: one single-threaded worker
+    per core; SAGEMAKER_MODEL_SERVER_WORKERS wins over both."""
+    from bincounter.serving.onnx_runtime import session_threads
+
+    monkeypatch.setattr(server.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)
+    assert [server.settings_from_env(g, r).workers for g, r in [(0, "torch"), (4, "torch"), (0, "onnx")]] == [1, 4, 4]
+    assert server.settings_from_env(0, "onnx").runtime == "onnx"
+    assert session_threads(4) == 1 and session_threads(1) == 4
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
+    assert server.settings_from_env(0, "onnx").workers == 2
+
+
 def test_java_heap_follows_the_container_memory_limit():
     assert "-UseContainerSupport" not in server.JAVA_VMARGS and "MaxRAMPercentage" in server.JAVA_VMARGS

@@ -143,13 +143,23 @@ def payload_limit_bytes() -> int:
     return int((_env_number("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, float, minimum=0) or 100) * 2**20)
 
 
-def settings_from_env(gpus: int) -> Settings:
+def default_workers(gpus: int, runtime: str) -> int:
+    """One worker per GPU (PyTorch); on CPUs, one PyTorch worker using every core, but one ONNX Runtime worker
+    per core, each single-threaded: on 2 cores that served 164-175 req/s against 138-154 for one worker with
+    2 threads (bench/serve.py settings, 2026-11-27), at the price of a slower single request."""
+    if runtime == "onnx":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, gpus)
+
+
+def settings_from_env(gpus: int, runtime: str = "torch") -> Settings:
     """Every number the server takes from its environment, checked once; ValueError names the bad one."""
     port = _env_number("SAGEMAKER_BIND_TO_PORT", 8080)
     return Settings(
         port=port,
         mms_port=_env_number("BINCOUNTER_MMS_PORT", port + 1),
-        workers=_env_number("SAGEMAKER_MODEL_SERVER_WORKERS", max(1, gpus)),
+        workers=_env_number("SAGEMAKER_MODEL_SERVER_WORKERS", default_workers(gpus, runtime)),
+        runtime=runtime,
         max_bytes=payload_limit_bytes(),
         timeout_s=_env_number("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
         # measured on 2 CPU cores (bench/serve.py, docs/PERFORMANCE.md): batches of 4 within 1 ms raise
@@ -611,8 +621,7 @@ def main() -> int:
 
         gpus = torch.cuda.device_count()
     try:
-        s = settings_from_env(gpus)
-        s.runtime = runtime
+        s = settings_from_env(gpus, runtime)
     except ValueError as e:
         log.error("%s", e)
         return 2
