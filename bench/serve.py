@@ -56,23 +56,24 @@ def post(conn: http.client.HTTPConnection, body: bytes) -> int:
 
 
 def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dict:
-    lat, errors, lock = [], 0, threading.Lock()
+    lat, kinds, lock = [], {}, threading.Lock()
     per = total // concurrency
 
     def worker():
-        nonlocal errors
         conn = http.client.HTTPConnection(host, port, timeout=60)
         for _ in range(per):
             t0 = time.perf_counter()
             try:
-                ok = post(conn, body) == 200
-            except OSError:
-                ok = False
+                status = post(conn, body)
+                kind = None if status == 200 else str(status)
+            except OSError as e:
+                kind = type(e).__name__
                 conn = http.client.HTTPConnection(host, port, timeout=60)
             dt = time.perf_counter() - t0
             with lock:
                 lat.append(dt)
-                errors += 0 if ok else 1
+                if kind:
+                    kinds[kind] = kinds.get(kind, 0) + 1
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     t0 = time.perf_counter()
@@ -82,22 +83,25 @@ def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dic
         t.join()
     wall = time.perf_counter() - t0
     lat.sort()
-    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "rps": len(lat) / wall,
-            "p50_ms": 1000 * statistics.median(lat), "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+    return {"concurrency": concurrency, "requests": len(lat), "errors": sum(kinds.values()), "error_kinds": kinds,
+            "rps": len(lat) / wall, "p50_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
 IN_PROCESS = """
 import json, sys, time
-from bincounter.serving.onnx_runtime import OnnxPredictor, runtime_name
+from bincounter.serving.onnx_runtime import OnnxPredictor, runtime_name, session_threads
+from bincounter.serving.server import default_workers
 threads = int(sys.argv[1])
-if runtime_name() == "onnx":  # the CPU image
+if runtime_name() == "onnx":  # the CPU image: the threads one of its workers has (one worker per core)
+    threads = session_threads(default_workers(0, "onnx"))
     pred = OnnxPredictor("/opt/ml/model", threads=threads)
 else:
     import torch
     from bincounter.evaluate import Predictor
     torch.set_num_threads(threads)
     pred = Predictor("/opt/ml/model", device="auto")  # the GPU when the container has one (--gpus)
-print(pred.runtime, flush=True)
+print(pred.runtime, threads, flush=True)
 body = open("/bench/image.jpg", "rb").read()
 for _ in range(5):
     pred.predict([body])
@@ -120,7 +124,7 @@ class InProcess:
     def __init__(self, name: str, threads: int):
         self.proc = subprocess.Popen(["docker", "exec", "-i", name, "/opt/venv/bin/python", "-c", IN_PROCESS,
                                       str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.runtime = self.proc.stdout.readline().strip()
+        self.runtime, self.threads = self.proc.stdout.readline().split()
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("the in-process reference did not start")
 
@@ -179,7 +183,10 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
     out = []
     for per_c in zip(*rounds, strict=True):
         row = {"concurrency": per_c[0]["concurrency"], "requests": sum(r["requests"] for r in per_c),
-               "errors": sum(r["errors"] for r in per_c)}
+               "errors": sum(r["errors"] for r in per_c), "error_kinds": {}}
+        for r in per_c:
+            for k, v in r["error_kinds"].items():
+                row["error_kinds"][k] = row["error_kinds"].get(k, 0) + v
         for k in ("p50_ms", "p99_ms", "rps"):
             row[k] = statistics.median(r[k] for r in per_c)
         out.append(row)
@@ -243,6 +250,7 @@ def main() -> None:
                     for bs in batches:
                         inproc_lat[img][bs] += references[img].run(bs, max(4, n // bs))
             runtimes = {img: ref.runtime for img, ref in references.items()}
+            references_threads = {img: ref.threads for img, ref in references.items()}
             for ref in references.values():
                 ref.close()
         finally:
@@ -270,6 +278,7 @@ def main() -> None:
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
            "containers": runs, "cpus_per_container": a.threads,
            "in_process": {img: {str(k): v for k, v in per.items()} for img, per in inproc.items()},
+           "in_process_threads": references_threads,
            "best_rps_over_first_image": {img: v / best_rps[images[0]] for img, v in best_rps.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
@@ -286,8 +295,12 @@ def main() -> None:
                   f"{r['rps']:>8.1f}{r['errors']:>8}")
     for img, per in inproc.items():
         for bs, v in per.items():
-            what = f"in-process {runtimes[img]}, {bs} image(s)"
+            what = f"in-process {runtimes[img]} ({references_threads[img]} thr), {bs} image(s)"
             print(f"{what:<{width}}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
+    for run in runs:
+        for r in run["rows"]:
+            if r["errors"]:
+                print(f"{label(run)}, conc {r['concurrency']}: errors {r['error_kinds']}")
     for run in runs:
         print(f"{label(run)} ({run['runtime']}, {run['image_size_mb'] / 1000:.2f} GB): "
               f"cold start {run['cold_start_s']:.1f} s, "
