@@ -1,6 +1,6 @@
 #!/bin/sh
-# The image's dispatcher. SageMaker runs `IMAGE train` or `IMAGE serve`; SageMaker local mode (SDK v3)
-# runs the image with no argument for training. Anything else is executed as given (e.g. `bash`).
+# The image's dispatcher. SageMaker runs `IMAGE train` or `IMAGE serve`, a pipeline's processing steps
+# `IMAGE process prepare|evaluate`; SageMaker local mode (SDK v3) runs the image with no argument for training. Anything else is executed as given (e.g. `bash`).
 set -e
 cmd="${1:-train}"
 [ "$#" -gt 0 ] && shift
@@ -14,6 +14,9 @@ case "$cmd" in
     # sagemaker-training's `train` sets up the contract (/opt/ml, logging, failure file) and calls
     # $SAGEMAKER_TRAINING_MODULE = bincounter.sagemaker.train_entry:main, which launches torchrun.
     exec train "$@" ;;
+  process)
+    # SageMaker Processing (the pipeline's prepare / evaluate steps): a failure's one line -> ExitMessage
+    BINCOUNTER_FAILURE_FILE=/opt/ml/output/message exec bincounter process "$@" ;;
   serve)
     # multi-model-server (sagemaker-inference) behind bincounter's health-gated front on :8080
     exec python -m bincounter.serving.server "$@" ;;

@@ -1,0 +1,100 @@
+"""`docker run IMAGE process prepare|evaluate`: the image as a SageMaker Processing job (the pipeline's
+Prepare and Evaluate steps; `bincounter process ...` runs the same code on any machine).
+
+Processing contract: inputs are copied under /opt/ml/processing/<name>, outputs are uploaded from the
+directories the job definition names, a failure's reason goes to /opt/ml/output/message (ExitMessage).
+
+    prepare   raw ABID (bin-images/ + metadata/)  -> OUT/channels/{train,val,test} + manifest.csv, OUT/eda/
+    evaluate  a model (dir, or model.tar.gz from a training job) + a test channel
+              -> OUT/evaluation.json (SageMaker model-metrics layout + bincounter's full report), confusion PNG
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tarfile
+import tempfile
+from pathlib import Path
+
+from .. import COUNTS
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+BASE = Path("/opt/ml/processing")
+EVALUATION = "evaluation.json"
+
+
+def prepare(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict:
+    """EDA report + stratified split of a raw ABID directory. -> {"channels": {split: dir}, "eda": dir}."""
+    from ..data.eda import analyse, write_report
+    from ..data.split import SPLITS, split_dataset
+    from ..progress import progress
+
+    raw, out = Path(raw), Path(out)
+    with progress(None, "eda", unit="bin") as bar:
+        stats = analyse(raw, progress=bar)
+    index = write_report(stats, out / "eda")
+    for w in stats["warnings"]:
+        log.warning(w)
+    with progress(None, "checking images", unit="img") as bar:
+        splits, skips = split_dataset(raw, out / "channels", val=val, test=test, seed=seed, progress=bar)
+    log.info(skips.summary())
+    for s in SPLITS:
+        per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
+        log.info("%-5s %5d bins  per count %s", s, len(splits[s]), per)
+        if not splits[s]:
+            raise UserError(f"{raw}: the {s} split is empty ({sum(len(v) for v in splits.values())} usable bins); "
+                            "prepare needs more bins per count")
+    log.info("eda report: %s", index)
+    return {"channels": {s: str(out / "channels" / s) for s in SPLITS}, "eda": str(out / "eda")}
+
+
+def _model_dir(path: Path, scratch: Path) -> Path:
+    """A model directory, or the one a model.tar.gz (a training job's artifact) unpacks to."""
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    tars = [path] if path.is_file() else sorted(path.glob("*.tar.gz")) if path.is_dir() else []
+    if len(tars) != 1:
+        raise UserError(f"{path}: expected a model directory (config.json + weights) or one model.tar.gz")
+    with tarfile.open(tars[0]) as tar:
+        tar.extractall(scratch, filter="data")
+    return scratch
+
+
+def model_metrics(summary: dict) -> dict:
+    """SageMaker's model-quality layout (what the Model Registry shows, and what a pipeline's JsonGet reads:
+    multiclass_classification_metrics.accuracy.value), plus bincounter's own report under "bincounter"."""
+    def metric(v):
+        return {"value": v, "standard_deviation": "NaN"}
+
+    cm = summary["confusion_matrix"]
+    counts = [str(c) for c in COUNTS]
+    recall = summary["per_class_recall"]
+    return {
+        "multiclass_classification_metrics": {
+            "accuracy": metric(summary["accuracy"]),
+            "weighted_recall": metric(summary["accuracy"]),  # recall weighted by support = accuracy
+            "confusion_matrix": {t: {p: cm[i][j] for j, p in enumerate(counts)} for i, t in enumerate(counts)},
+            **{f"recall_count_{c}": metric(recall[c] if recall[c] is not None else math.nan) for c in counts},
+        },
+        "regression_metrics": {"rmse": metric(summary["rmse"])},
+        "bincounter": summary,
+    }
+
+
+def evaluate(model: str | Path, data: str | Path, out: str | Path, batch_size: int = 32) -> dict:
+    """Evaluate a model on a channel (per-image or sharded) -> OUT/evaluation.json (+ eval.json/PNG)."""
+    from ..evaluate import evaluate_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = _model_dir(Path(model), Path(scratch))
+        summary, paths = evaluate_model(model_dir, data, out, batch_size=batch_size)
+    doc = model_metrics(summary)
+    (out / EVALUATION).write_text(json.dumps(doc, indent=2))
+    log.info("accuracy %.4f, RMSE %.4f on %d images -> %s (%s)", summary["accuracy"], summary["rmse"],
+             summary["n"], out / EVALUATION, ", ".join(str(p) for p in paths))
+    return doc
