@@ -59,7 +59,12 @@ def _model_dir(path: Path, scratch: Path) -> Path:
     if len(tars) != 1:
         raise UserError(f"{path}: expected a model directory (config.json + weights) or one model.tar.gz")
     with tarfile.open(tars[0]) as tar:
-        tar.extractall(scratch, filter="data")
+        # only plain files and folders inside `scratch` (Debian bookworm's Python 3.11.2 has no extraction filters)
+        members = tar.getmembers()
+        for m in members:
+            if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in Path(m.name).parts:
+                raise UserError(f"{tars[0]}: unexpected member {m.name!r} (not a model.tar.gz from bincounter)")
+        tar.extractall(scratch, members=members)
     return scratch
 
 
