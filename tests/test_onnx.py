@@ -159,3 +159,43 @@ print(answer_batch(model, [(Path({str(img)!r}).read_bytes(), "image/jpeg")])[0][
     assert answer["count"] in (1, 2, 3, 4, 5) and set(answer["probabilities"]) == {"1", "2", "3", "4", "5"}
     assert answer == Predictor(trained_model, device="cpu").predict([img.read_bytes()])[0] | {
         "probabilities": answer["probabilities"], "expected_count": answer["expected_count"]}
+
+
+def test_export_leaves_the_callers_model_alone(trained_model, tmp_path):
+    """The trainer exports its own model and then evaluates it on its device: the export must not move it to
+    the CPU, change its dtype or its train/eval mode (nn.Module.to works in place)."""
+    import torch
+
+    from bincounter.model import export_onnx, load_artifact
+
+    model, _, _ = load_artifact(trained_model)
+    shutil.copytree(trained_model, tmp_path / "m")
+    model.double().train()
+    export_onnx(tmp_path / "m", model)
+    assert model.training and next(model.parameters()).dtype == torch.float64
+
+
+def test_other_weights_copied_in_are_caught(model_copy, trained_model, tmp_path):
+    """config.json says nothing about it: model.safetensors replaced by another model's file is found by hashing
+    the file itself."""
+    from bincounter.model import load_artifact, save_artifact
+
+    model, config, pre = load_artifact(trained_model)
+    for p in model.parameters():
+        p.data.add_(0.01)
+    save_artifact(tmp_path / "other", model, config["arch"], config["backend"], pre)
+    shutil.copy(tmp_path / "other" / "model.safetensors", model_copy / "model.safetensors")
+    with pytest.raises(UserError, match="other weights"):
+        check_onnx(model_copy)
+
+
+def test_truncated_weights_are_refused_before_mms_starts(model_copy):
+    data = (model_copy / "model.safetensors").read_bytes()
+    (model_copy / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "partial copy" in check_artifact(model_copy, "torch")
+
+
+def test_export_refuses_an_unsupported_opset_in_one_line(model_copy):
+    from .conftest import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("export", "--model-dir", model_copy, "--opset", "99"), "supported 13..20")

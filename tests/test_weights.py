@@ -258,7 +258,8 @@ def _bins(channels: Path, mean, std, n=10):
     files = sorted(channels.glob("train/*/*.jpg"))
     files = files[:: max(1, len(files) // n)][:n]  # every count
     pre = Preprocess(128, tuple(mean), tuple(std))
-    return torch.stack([pre(str(f)) for f in files]), torch.tensor([int(f.parent.name) - 1 for f in files])
+    x = torch.stack([torch.from_numpy(pre(str(f))) for f in files])
+    return x, torch.tensor([int(f.parent.name) - 1 for f in files])
 
 
 @pytest.fixture(scope="module")

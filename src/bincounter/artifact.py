@@ -28,6 +28,9 @@ FORMAT = "bincounter-model/1"
 #: has, new enough for LayerNormalization should a transformer backbone come. The dynamo exporter (the default
 #: from torch 2.9) needs onnxscript and gave no gain for these convolutions.
 ONNX_OPSET = 17
+#: what `bincounter export --opset` accepts: 13 (the oldest with the ops these backbones export to) to 20 (the
+#: newest the TorchScript exporter writes); ONNX Runtime 1.32 runs all of them
+ONNX_OPSETS = (13, 20)
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "probabilities"
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import COUNTS, __version__
+from .artifact import ONNX_OPSET, ONNX_OPSETS
 from .errors import UserError, write_failure_file
 
 log = logging.getLogger("bincounter")
@@ -248,11 +249,15 @@ def cmd_export(args) -> int:
     meta = config["onnx"]
     path = Path(args.model_dir) / ONNX
     if args.check:
+        import importlib.util
+
         import numpy as np
 
         from .evaluate import Predictor
         from .serving.onnx_runtime import OnnxPredictor
 
+        if not importlib.util.find_spec("onnxruntime"):
+            raise UserError("--check needs ONNX Runtime: pip install onnxruntime (model.onnx is written)")
         x = np.random.default_rng(0).normal(size=(4, 3, *(2 * [config["preprocess"]["image_size"]])))
         x = x.astype(np.float32)
         diff = float(np.abs(Predictor(args.model_dir, device="cpu").forward(x)
@@ -492,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "in other weights. The CPU image (`make image-cpu`) serves model.onnx.")
     ex.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
                                                       "an unpacked model.tar.gz")
-    ex.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (17: see artifact.ONNX_OPSET)")
+    ex.add_argument("--opset", type=_positive_int, default=ONNX_OPSET,
+                    help=f"ONNX opset, {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (why {ONNX_OPSET}: artifact.ONNX_OPSET)")
     ex.add_argument("--check", action="store_true",
                     help="also run ONNX Runtime against PyTorch and fail beyond 1e-4 (needs onnxruntime)")
     ex.set_defaults(func=cmd_export)

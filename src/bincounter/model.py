@@ -21,6 +21,7 @@ from .artifact import (
     ONNX,
     ONNX_INPUT,
     ONNX_OPSET,
+    ONNX_OPSETS,
     ONNX_OUTPUT,
     WEIGHTS,
     preprocess_of,
@@ -305,8 +306,14 @@ def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: in
     config = read_config(model_dir)
     if model is None:
         model, config, _ = load_artifact(model_dir, "cpu")
+    if not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]:
+        raise UserError(f"--opset {opset}: supported {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (the exporter and ONNX "
+                        f"Runtime 1.32 both handle these; default {ONNX_OPSET})")
     size = int(config["preprocess"]["image_size"])
-    wrapped = _WithSoftmax(model).to("cpu").float().eval()  # the exporter restores the wrapper's mode after
+    # a copy: nn.Module.to() moves a module in place, and the trainer's model must stay on its GPU, in its dtype
+    import copy
+
+    wrapped = _WithSoftmax(copy.deepcopy(model)).to("cpu").float().eval()
     x = torch.zeros(2, 3, size, size)
     buf = io.BytesIO()
     try:
@@ -321,13 +328,19 @@ def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: in
         if "onnx is not installed" in reason.lower():
             reason = "the `onnx` package is not installed (pip install onnx)"
         raise UserError(f"cannot export {model_dir} to ONNX: {reason}") from None
-    finally:
-        model.train(False)
     tmp = model_dir / (ONNX + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(model_dir / ONNX)
-    config["onnx"] = {"file": ONNX, "sha256": sha256_file(model_dir / ONNX), "opset": opset,
-                      "input": ONNX_INPUT, "output": ONNX_OUTPUT, "weights_sha256": config["weights_sha256"]}
-    write_config(model_dir, config)
+    try:
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(model_dir / ONNX)
+        weights = model_dir / WEIGHTS
+        config["onnx"] = {"file": ONNX, "sha256": sha256_file(model_dir / ONNX), "opset": opset,
+                          "input": ONNX_INPUT, "output": ONNX_OUTPUT,
+                          # the file it was exported from, hashed (not copied from config.json): the CPU image
+                          # refuses model.onnx beside other weights
+                          "weights_sha256": sha256_file(weights) if weights.is_file() else config["weights_sha256"]}
+        write_config(model_dir, config)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {model_dir / ONNX}: {e.strerror or e}") from None
     log.info("wrote %s (opset %d, %.1f MB)", model_dir / ONNX, opset, (model_dir / ONNX).stat().st_size / 1e6)
     return config

@@ -207,8 +207,9 @@ def add_arguments(sub) -> None:
     x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
 
-    from . import batch_collect, follow, job_report
+    from . import batch_collect, follow, job_report, pipeline
 
+    pipeline.add_arguments(sub, _Help)
     follow.add_arguments(sub, _Help)
     job_report.add_arguments(sub, _Help)
     batch_collect.add_arguments(sub, _Help)
@@ -418,11 +419,13 @@ def cmd_train(args) -> int:
 def _serverless(text: str) -> tuple[int, int]:
     """--serverless MEMORY_MB[,MAX_CONCURRENCY] -> (memory, concurrency), in SageMaker's accepted ranges."""
     parts = text.split(",")
+    if len(parts) > 2:
+        raise UserError(f"--serverless {text!r}: expected MEMORY_MB[,MAX_CONCURRENCY], e.g. 3072,10")
     try:
         memory, concurrency = int(parts[0]), int(parts[1]) if len(parts) > 1 else 5
     except ValueError:
         raise UserError(f"--serverless {text!r}: expected MEMORY_MB[,MAX_CONCURRENCY], e.g. 3072,10") from None
-    if len(parts) > 2 or memory not in range(1024, 6145, 1024):
+    if memory not in range(1024, 6145, 1024):
         raise UserError(f"--serverless {text!r}: memory must be 1024, 2048, 3072, 4096, 5120 or 6144 MB")
     if not 1 <= concurrency <= 200:
         raise UserError(f"--serverless {text!r}: max concurrency must be in 1..200")
@@ -438,6 +441,8 @@ def cmd_deploy(args) -> int:
         _instance_type(args.instance_type)
     if serverless and args.autoscale:
         raise UserError("--serverless scales by itself: leave out --autoscale (use MAX_CONCURRENCY instead)")
+    if serverless and args.capture_s3:
+        raise UserError("--capture-s3 with --serverless: SageMaker has no data capture on serverless endpoints")
     if args.cpu_image and not serverless and args.instance_type.split(".")[1][:1] in ("g", "p", "i"):
         log.warning("--cpu-image on %s: the CPU image does not use GPUs or Inferentia; pick a CPU instance "
                     "(ml.c6i/ml.m6i) or serve with the training image", args.instance_type)

@@ -149,6 +149,11 @@ def _range(option: str, text: str, cast, name: str) -> tuple:
 DEFAULT_RANGES = {"lr": "1e-4,3e-3", "batch_size": "32,64,128", "epochs": "5,20"}
 
 
+def lr_range(text: str | None) -> tuple[float, float]:
+    """--lr-range MIN,MAX (default DEFAULT_RANGES["lr"]), checked like `sm tune`'s."""
+    return _range("--lr-range", text or DEFAULT_RANGES["lr"], float, "lr")
+
+
 def tuning_ranges(*, lr: str | None, batch_sizes: str | None, epochs: str | None, archs: str, image_sizes: str,
                   static: dict[str, str]) -> dict:
     """Parse and check `sm tune`'s ranges: MIN < MAX, every end a valid hyperparameter with the trainer's own

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import ONNX, format_predictions, preprocess_of, read_config, sha256_file
+from ..artifact import ONNX, WEIGHTS, format_predictions, preprocess_of, read_config, sha256_file
 from ..errors import UserError
 
 log = logging.getLogger("bincounter.serving")
@@ -26,11 +26,14 @@ def check_onnx(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     meta = config.get("onnx")
-    fix = f"add it with `bincounter export --model-dir {model_dir}`, or serve this model with the GPU image"
+    fix = ("add it where bincounter runs with PyTorch (unpack model.tar.gz, `bincounter export --model-dir DIR`, "
+           "pack it again), or serve this model with the default (PyTorch) image")
     if not (model_dir / ONNX).is_file() or not meta:
         raise UserError(f"{model_dir} has no {ONNX} (this image serves with ONNX Runtime): {fix}")
-    if meta.get("weights_sha256") != config.get("weights_sha256"):
-        raise UserError(f"{model_dir}/{ONNX} was exported from other weights than {model_dir}/model.safetensors: "
+    weights = model_dir / WEIGHTS
+    exported_from = sha256_file(weights) if weights.is_file() else config.get("weights_sha256")
+    if meta.get("weights_sha256") != exported_from:
+        raise UserError(f"{model_dir}/{ONNX} was exported from other weights than {model_dir}/{WEIGHTS}: "
                         f"{fix.replace('add it', 'export it again')}")
     digest = sha256_file(model_dir / ONNX)
     if digest != meta.get("sha256"):

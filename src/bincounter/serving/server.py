@@ -23,7 +23,7 @@ A request is sent to MMS once: only a connection that could not be opened (nothi
 request never runs twice; an MMS answer later than SAGEMAKER_MODEL_SERVER_TIMEOUT is a 504.
 
 Environment (SageMaker's usual names first):
-  SAGEMAKER_BIND_TO_PORT (8080)           SAGEMAKER_MODEL_SERVER_WORKERS (GPUs, else 1)
+  SAGEMAKER_BIND_TO_PORT (8080)           SAGEMAKER_MODEL_SERVER_WORKERS (GPUs, else 1; onnx: CPUs)
   SAGEMAKER_MAX_PAYLOAD_IN_MB (6)         SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s)
   SM_MODEL_DIR / SAGEMAKER_BASE_DIR (/opt/ml/model)
   BINCOUNTER_BATCH_SIZE (8 on a GPU, else 4; 1 = no batching)
@@ -69,13 +69,19 @@ def check_artifact(path: Path, runtime: str = "torch") -> str | None:
     from these weights and intact (onnx_runtime.check_onnx). Returns the problem, or None."""
     import struct
 
-    from ..artifact import WEIGHTS, read_config
+    from ..artifact import ONNX, WEIGHTS, read_config
     from ..errors import UserError
     from .onnx_runtime import check_onnx
 
     try:
         if runtime == "onnx":
             check_onnx(path)
+            # the session the workers will make: an opset or operator this ONNX Runtime lacks fails here, once
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            ort.InferenceSession(str(path / ONNX), opts, providers=["CPUExecutionProvider"])
             return None
         read_config(path)
         # the safetensors layout: u64 header length, then a JSON header naming the tensors (read without torch)
@@ -84,14 +90,20 @@ def check_artifact(path: Path, runtime: str = "torch") -> str | None:
             header = json.loads(f.read(n)) if 0 < n < 100 * 2**20 else None
         if not isinstance(header, dict):
             return f"{path}/{WEIGHTS}: not a safetensors file"
-        if not [k for k in header if k != "__metadata__"]:
+        tensors = [v for k, v in header.items() if k != "__metadata__"]
+        if not tensors:
             return f"{path}/{WEIGHTS}: holds no tensors"
+        end = 8 + n + max(int(t["data_offsets"][1]) for t in tensors)
+        size = (path / WEIGHTS).stat().st_size
+        if size != end:
+            return f"{path}/{WEIGHTS}: {size} bytes, its header describes {end} (a partial copy?)"
     except UserError as e:
         return str(e)
     except FileNotFoundError as e:
         return f"model file missing: {e.filename}"
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: any error = unusable
-        return f"cannot read the model in {path}: {str(e).splitlines()[0][:200] or type(e).__name__}"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return f"cannot read the model in {path}: {first}"
     return None
 
 

@@ -1,0 +1,332 @@
+"""The whole flow as one SageMaker Pipeline (SDK v3, `sagemaker.mlops.workflow`), every step on our image:
+
+    Prepare (processing: raw ABID -> EDA + train/val/test)  ->  Tune (lr, MaxJobs trials)
+      ->  Train (2 instances, the tuned lr)  ->  Evaluate (processing: test channel -> evaluation.json)
+      ->  CheckAccuracy: accuracy >= MinAccuracy ?  Register (model package group, evaluation as model metrics)
+                                                   : AccuracyTooLow (fails with the measured accuracy)
+
+Pipeline parameters (overridable per execution, `sm pipeline start --param K=V`): RawData, InstanceType,
+ProcessingInstanceType, MaxJobs, MinAccuracy, ApprovalStatus. Every S3 location is under --output, per
+execution id. SDK v3 limits met here, each worked around in this module only:
+* the tuner takes MaxJobs as a Python int (its request shape types it so): the Tune step swaps the parameter
+  into its request afterwards (`_TuningStep`);
+* `ModelBuilder.register()` uploads "dependencies" by default (an S3 call even for a definition):
+  `dependencies=None`;
+* only the continuous lr comes from the tuning job into Train (`BestTrainingJob.TunedHyperParameters`):
+  categorical values come back JSON-quoted ('"64"'), which a step property cannot unquote.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+PROC = "/opt/ml/processing"
+ENTRYPOINT = "/opt/bincounter/container/entrypoint.sh"
+SPLITS = ("train", "val", "test")
+STEPS = ("Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register", "AccuracyTooLow")
+ACCURACY_PATH = "multiclass_classification_metrics.accuracy.value"
+
+
+def _tuning_step_class():
+    from sagemaker.mlops.workflow.steps import TuningStep
+
+    class _TuningStep(TuningStep):
+        """A TuningStep whose MaxNumberOfTrainingJobs is the MaxJobs pipeline parameter."""
+
+        max_jobs = None
+
+        @property
+        def arguments(self):
+            request = super().arguments
+            request["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] = self.max_jobs
+            return request
+
+    return _TuningStep
+
+
+def build(session, *, name: str, image: str, role: str, data: str, output: str, instance_type: str,
+          processing_instance_type: str, max_jobs: int, max_parallel: int, min_accuracy: float,
+          lr_range: tuple[float, float], hyperparameters: dict[str, str], model_package_group: str,
+          approval_status: str = "PendingManualApproval", train_instances: int = 2, max_runtime_s: int = 6 * 3600):
+    """The Pipeline object (nothing is sent): `session` is a plain SDK Session (sdk.sdk_session's)."""
+    from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
+    from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+    from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join, JsonGet
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
+    from sagemaker.serve import ModelBuilder
+    from sagemaker.train.configs import Channel, DataSource, S3DataSource
+
+    from . import sdk
+
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+    # "Popping out 'TrainingJobName' ...": every job name is set per execution by design; not the user's concern
+    for noisy in ("sagemaker.core.workflow.utilities", "sagemaker.mlops.workflow.model_step"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    output = output.rstrip("/")
+    ps = PipelineSession(boto_session=session.boto_session, default_bucket=output[5:].split("/")[0])
+
+    p_data = ParameterString(name="RawData", default_value=data)
+    p_instance = ParameterString(name="InstanceType", default_value=instance_type)
+    p_proc_instance = ParameterString(name="ProcessingInstanceType", default_value=processing_instance_type)
+    p_max_jobs = ParameterInteger(name="MaxJobs", default_value=max_jobs)
+    p_min_acc = ParameterFloat(name="MinAccuracy", default_value=min_accuracy)
+    p_approval = ParameterString(name="ApprovalStatus", default_value=approval_status)
+
+    def s3(*parts):  # per execution, resolved by the service at run time
+        return Join(on="/", values=[output, ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
+
+    def processor(action: str):
+        return Processor(role=role, image_uri=image, instance_count=1, instance_type=p_proc_instance,
+                         entrypoint=[ENTRYPOINT, "process", action], volume_size_in_gb=100,
+                         base_job_name=f"bincounter-{action}", sagemaker_session=ps)
+
+    def p_in(input_name, source, dest):
+        return ProcessingInput(input_name=input_name, s3_input=ProcessingS3Input(
+            s3_uri=source, local_path=dest, s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_data_distribution_type="FullyReplicated"))
+
+    def p_out(output_name, local, dest):
+        return ProcessingOutput(output_name=output_name, s3_output=ProcessingS3Output(
+            s3_uri=dest, local_path=local, s3_upload_mode="EndOfJob"))
+
+    outputs = [p_out(s, f"{PROC}/output/channels/{s}", s3("prepare", s)) for s in SPLITS]
+    outputs.append(p_out("eda", f"{PROC}/output/eda", s3("prepare", "eda")))
+    prepare = ProcessingStep(name="Prepare", step_args=processor("prepare").run(
+        inputs=[p_in("raw", p_data, f"{PROC}/input/raw")], outputs=outputs))
+
+    def split_uri(split):
+        return prepare.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri
+
+    def channels(*names):
+        return [Channel(channel_name=n, input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
+            s3_data_type="S3Prefix", s3_uri=split_uri(n), s3_data_distribution_type="FullyReplicated")))
+            for n in names]
+
+    def trainer(count, hps, out, base):
+        return sdk.model_trainer(ps, image=image, role=role, instance_type=p_instance, instance_count=count,
+                                 hyperparameters=hps, output_path=out, spot=False, checkpoint_s3=None,
+                                 max_runtime_s=max_runtime_s, base_name=base)
+
+    hps = {"progress": "false", **hyperparameters}
+    tuner = sdk.tuner(trainer(1, dict(hps), s3("tune"), "bincounter-hpo"), ranges={"lr": lr_range},
+                      max_jobs=max_jobs, max_parallel=max_parallel, early_stopping=True, base_name="bincounter-hpo")
+    step_class = _tuning_step_class()
+    step_class.max_jobs = p_max_jobs
+    tune = step_class(name="Tune", step_args=tuner.tune(inputs=channels("train", "val")))
+
+    best_lr = tune.properties.BestTrainingJob.TunedHyperParameters["lr"]
+    train = TrainingStep(name="Train", step_args=trainer(train_instances, {**hps, "lr": best_lr}, s3("train"),
+                                                         "bincounter").train(input_data_config=channels("train",
+                                                                                                         "val")))
+    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+    report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+    evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=processor("evaluate").run(
+        inputs=[p_in("model", model_data, f"{PROC}/model"), p_in("test", split_uri("test"), f"{PROC}/test")],
+        outputs=[p_out("evaluation", f"{PROC}/evaluation", s3("evaluate"))]))
+
+    evaluation_json = Join(on="/", values=[
+        evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, "evaluation.json"])
+    builder = ModelBuilder(image_uri=image, s3_model_data_url=model_data, role_arn=role, sagemaker_session=ps,
+                           dependencies=None)
+    register = ModelStep(name="Register", step_args=builder.register(
+        model_package_group_name=model_package_group, approval_status=p_approval,
+        content_types=["image/jpeg", "image/png", "application/json"], response_types=["application/json"],
+        inference_instances=["ml.c6i.xlarge", "ml.m6i.xlarge", "ml.g5.xlarge"],
+        transform_instances=["ml.g5.xlarge", "ml.c6i.xlarge"],
+        model_metrics=ModelMetrics(model_statistics=MetricsSource(content_type="application/json",
+                                                                  s3_uri=evaluation_json))))
+    accuracy = JsonGet(step_name=evaluate.name, property_file=report, json_path=ACCURACY_PATH)
+    fail = FailStep(name="AccuracyTooLow", error_message=Join(on=" ", values=[
+        "test accuracy", accuracy, "is below MinAccuracy", p_min_acc, "- not registered"]))
+    check = ConditionStep(name="CheckAccuracy", conditions=[ConditionGreaterThanOrEqualTo(left=accuracy,
+                                                                                          right=p_min_acc)],
+                          if_steps=[register], else_steps=[fail])
+    return Pipeline(name=name, sagemaker_session=ps,
+                    parameters=[p_data, p_instance, p_proc_instance, p_max_jobs, p_min_acc, p_approval],
+                    steps=[prepare, tune, train, evaluate, check])
+
+
+def step_names(definition: dict) -> list[str]:
+    """Every step of a definition, condition branches included, in order."""
+    out, todo = [], list(definition["Steps"])
+    while todo:
+        step = todo.pop(0)
+        out.append(step["Name"])
+        args = step.get("Arguments", {})
+        todo += args.get("IfSteps", []) + args.get("ElseSteps", []) if isinstance(args, dict) else []
+    return out
+
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def add_arguments(sub, formatter) -> None:
+    """`bincounter sm pipeline upsert|start|status`."""
+    p = sub.add_parser("pipeline", help="the whole flow as one SageMaker Pipeline (prepare, tune, train, evaluate, "
+                       "quality gate, Model Registry)", formatter_class=formatter, description=__doc__)
+    psub = p.add_subparsers(dest="pipeline_cmd", required=True, metavar="ACTION")
+
+    def aws_opts(q, dry=True):
+        q.add_argument("--region")
+        q.add_argument("--profile")
+        q.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+        if dry:
+            q.add_argument("--dry-run", action="store_true", help="print the request(s), offline: no credentials")
+
+    u = psub.add_parser("upsert", help="create or update the pipeline definition", formatter_class=formatter,
+                        description="Builds the definition with the SDK v3 and sends CreatePipeline (or "
+                        "UpdatePipeline). Nothing runs until `sm pipeline start`. --dry-run prints the definition "
+                        "JSON (stdout) without any AWS call. The options give the parameters' defaults; each "
+                        "execution may override them.")
+    aws_opts(u)
+    u.add_argument("--role", required=True, help="execution role (ARN or name) for the pipeline and its jobs")
+    u.add_argument("--image", required=True, help="the bincounter image URI (./build_and_push.sh)")
+    u.add_argument("--data", required=True, help="s3:// raw ABID (bin-images/ + metadata/): RawData's default")
+    u.add_argument("--output", required=True, help="s3:// prefix for everything the executions write")
+    u.add_argument("--name", default="bincounter", help="pipeline name")
+    u.add_argument("--instance-type", default="ml.g5.xlarge", help="training instances (InstanceType)")
+    u.add_argument("--processing-instance-type", default="ml.m5.xlarge", help="prepare/evaluate instances")
+    u.add_argument("--max-jobs", type=int, default=8, help="tuning trials (MaxJobs)")
+    u.add_argument("--max-parallel", type=int, default=2, help="tuning trials at once")
+    u.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
+    u.add_argument("--lr-range", help="MIN,MAX for the tuned lr (default 1e-4,3e-3)")
+    u.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a fixed hyperparameter (repeatable)")
+    u.add_argument("--model-package-group", default="bincounter", help="Model Registry group")
+    u.add_argument("--approval-status", default="PendingManualApproval",
+                   choices=["PendingManualApproval", "Approved"], help="of a registered version (ApprovalStatus)")
+    u.set_defaults(func=cmd_upsert)
+
+    s = psub.add_parser("start", help="start an execution", formatter_class=formatter)
+    aws_opts(s)
+    s.add_argument("--name", default="bincounter", help="pipeline name")
+    s.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="override a parameter for this execution, e.g. MinAccuracy=0.6 (repeatable)")
+    s.set_defaults(func=cmd_start)
+
+    st = psub.add_parser("status", help="the latest execution (or --execution ARN), step by step",
+                         formatter_class=formatter)
+    aws_opts(st, dry=False)
+    st.add_argument("--name", default="bincounter", help="pipeline name")
+    st.add_argument("--execution", metavar="ARN", help="an execution ARN (default: the latest)")
+    st.set_defaults(func=cmd_status)
+
+
+PARAMETERS = ("RawData", "InstanceType", "ProcessingInstanceType", "MaxJobs", "MinAccuracy", "ApprovalStatus")
+
+
+def cmd_upsert(args) -> int:
+    import json
+    import sys
+
+    from ..errors import UserError
+    from . import commands, hyperparameters, jobs, sdk
+
+    for what, uri in (("--data", args.data), ("--output", args.output)):
+        if not uri.startswith("s3://") or len(uri) <= 5:
+            raise UserError(f"{what} {uri!r} is not an s3:// URI")
+    for what, t in (("--instance-type", args.instance_type),
+                    ("--processing-instance-type", args.processing_instance_type)):
+        if not t.startswith("ml."):
+            raise UserError(f"{what} {t!r}: SageMaker instance types start with ml. (e.g. ml.{t})")
+    if not 1 <= args.max_parallel <= args.max_jobs:
+        raise UserError(f"--max-jobs {args.max_jobs} / --max-parallel {args.max_parallel}: need 1 <= parallel <= jobs")
+    if not 0 <= args.min_accuracy <= 1:
+        raise UserError(f"--min-accuracy {args.min_accuracy}: an accuracy, 0..1")
+    user = jobs.parse_kv(args.hp)
+    if "lr" in user:
+        raise UserError("--hp lr=...: the pipeline tunes lr (--lr-range); fix the other hyperparameters with --hp")
+    if user:
+        hyperparameters.validate(jobs.hp_strings(user))
+    lr_range = hyperparameters.lr_range(args.lr_range)
+    region = commands._region(args)
+    role = commands._role(args, region)
+    definition, created = None, None
+    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
+        pipe = build(session, name=args.name, image=args.image, role=role, data=args.data, output=args.output,
+                     instance_type=args.instance_type, processing_instance_type=args.processing_instance_type,
+                     max_jobs=args.max_jobs, max_parallel=args.max_parallel, min_accuracy=args.min_accuracy,
+                     lr_range=lr_range, hyperparameters=jobs.hp_strings(user),
+                     model_package_group=args.model_package_group, approval_status=args.approval_status)
+        definition = pipe.definition()
+        if not args.dry_run:
+            created = pipe.upsert(role_arn=role, description="bincounter: prepare, tune, train, evaluate, register")
+    if definition is None:
+        raise UserError(f"the SDK stopped before the definition was built (calls: {[c['api'] for c in captured]})")
+    doc = json.loads(definition)
+    print(f"pipeline {args.name}: steps {' -> '.join(step_names(doc))}; parameters "
+          f"{', '.join(p['Name'] for p in doc['Parameters'])}", file=sys.stderr)
+    if args.dry_run:
+        print(json.dumps(doc, indent=2))
+        return 0
+    arn = (created or {}).get("PipelineArn")
+    print(json.dumps({"upserted": "pipeline", "name": args.name, "arn": arn}))
+    print(f"next:    bincounter sm pipeline start --name {args.name} [--param MinAccuracy=0.6]", file=sys.stderr)
+    return 0
+
+
+def cmd_start(args) -> int:
+    import json
+    import sys
+
+    from .. import aws
+    from ..errors import UserError
+    from . import jobs
+
+    params = jobs.parse_kv(args.param)
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise UserError(f"--param {unknown[0]}: not a parameter of the pipeline ({', '.join(PARAMETERS)})")
+    request = {"PipelineName": args.name,
+               "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in params.items()]}
+    if args.dry_run:
+        jobs.print_request("StartPipelineExecution", request)
+        return 0
+    with aws.user_errors("StartPipelineExecution"):
+        sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
+        out = aws.aws_call("StartPipelineExecution", sm.start_pipeline_execution, **request)
+    arn = out["PipelineExecutionArn"]
+    print(json.dumps({"started": "pipeline execution", "name": args.name, "arn": arn}))
+    print(f"follow:  bincounter sm pipeline status --name {args.name}", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from .. import aws
+    from ..errors import UserError
+
+    with aws.user_errors("sm pipeline status"):
+        sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
+        arn = args.execution
+        if not arn:
+            runs = aws.aws_call("ListPipelineExecutions", sm.list_pipeline_executions, PipelineName=args.name,
+                                SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
+            summaries = runs.get("PipelineExecutionSummaries", [])
+            if not summaries:
+                raise UserError(f"pipeline {args.name} has no executions yet (bincounter sm pipeline start)")
+            arn = summaries[0]["PipelineExecutionArn"]
+        ex = aws.aws_call("DescribePipelineExecution", sm.describe_pipeline_execution, PipelineExecutionArn=arn)
+        try:
+            steps = sm.list_pipeline_execution_steps(PipelineExecutionArn=arn, SortOrder="Ascending")
+            steps = steps.get("PipelineExecutionSteps", [])
+        except Exception:  # noqa: BLE001 - an API without it (moto): the execution line is still useful
+            steps = []
+    print(json.dumps({"execution": arn, "status": ex.get("PipelineExecutionStatus"),
+                      "failure": ex.get("FailureReason")}))
+    for st in steps:
+        line = f"{st.get('StepName', '?'):<16} {st.get('StepStatus', '?'):<12}"
+        if st.get("FailureReason"):
+            line += f" {st['FailureReason']}"
+        print(line)
+    return 0

@@ -1,0 +1,146 @@
+"""`bincounter sm pipeline`: the definition (offline dry run) wires every step to our image and to each other,
+and upsert/start/status work against a real HTTP SageMaker API (moto in server mode)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from .conftest import assert_one_line_error, run_cli
+from .test_sm_jobs import ENV, IMAGE, ROLE
+
+UPSERT = ("sm", "pipeline", "upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://raw/abid/",
+          "--output", "s3://out/pipe", "--hp", "epochs=3", "--min-accuracy", "0.6", "--max-jobs", "6")
+
+
+@pytest.fixture(scope="module")
+def definition() -> dict:
+    proc = run_cli(*UPSERT, "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert "Popping out" not in proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _steps(d: dict) -> dict[str, dict]:
+    from bincounter.sagemaker.pipeline import step_names
+
+    flat, todo = {}, list(d["Steps"])
+    while todo:
+        s = todo.pop(0)
+        flat[s["Name"]] = s
+        todo += s["Arguments"].get("IfSteps", []) + s["Arguments"].get("ElseSteps", [])
+    assert list(flat) == step_names(d)
+    return flat
+
+
+def test_every_step_runs_our_image_in_order(definition):
+    s = _steps(definition)
+    assert list(s) == ["Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register", "AccuracyTooLow"]
+    assert [s[n]["Type"] for n in s] == ["Processing", "Tuning", "Training", "Processing", "Condition",
+                                         "RegisterModel", "Fail"]
+    for name, action in (("Prepare", "prepare"), ("Evaluate", "evaluate")):
+        app = s[name]["Arguments"]["AppSpecification"]
+        assert app == {"ImageUri": IMAGE, "ContainerEntrypoint": ["/opt/bincounter/container/entrypoint.sh",
+                                                                    "process", action]}
+    assert s["Tune"]["Arguments"]["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert s["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert s["Register"]["Arguments"]["InferenceSpecification"]["Containers"][0]["Image"] == IMAGE
+
+
+def test_parameters_and_their_defaults(definition):
+    params = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    assert params == {"RawData": "s3://raw/abid/", "InstanceType": "ml.g5.xlarge",
+                      "ProcessingInstanceType": "ml.m5.xlarge", "MaxJobs": 6, "MinAccuracy": 0.6,
+                      "ApprovalStatus": "PendingManualApproval"}
+    s = _steps(definition)
+    limits = s["Tune"]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"]
+    assert limits["MaxNumberOfTrainingJobs"] == {"Get": "Parameters.MaxJobs"}
+    assert s["Train"]["Arguments"]["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.InstanceType"}
+    assert s["Prepare"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == \
+        {"Get": "Parameters.ProcessingInstanceType"}
+
+
+def test_steps_feed_each_other(definition):
+    s = _steps(definition)
+    raw = s["Prepare"]["Arguments"]["ProcessingInputs"][0]["S3Input"]
+    assert (raw["S3Uri"], raw["LocalPath"]) == ({"Get": "Parameters.RawData"}, "/opt/ml/processing/input/raw")
+    outs = {o["OutputName"]: o["S3Output"]["LocalPath"] for o in
+            s["Prepare"]["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
+    assert outs == {"train": "/opt/ml/processing/output/channels/train",
+                    "val": "/opt/ml/processing/output/channels/val",
+                    "test": "/opt/ml/processing/output/channels/test", "eda": "/opt/ml/processing/output/eda"}
+
+    def prepared(split):
+        return {"Get": f"Steps.Prepare.ProcessingOutputConfig.Outputs['{split}'].S3Output.S3Uri"}
+
+    for step, chans in ((s["Tune"]["Arguments"]["TrainingJobDefinition"], "InputDataConfig"),
+                        (s["Train"]["Arguments"], "InputDataConfig")):
+        got = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in step[chans]}
+        assert got == {"train": prepared("train"), "val": prepared("val")}
+    hps = s["Train"]["Arguments"]["HyperParameters"]
+    assert hps["lr"] == {"Get": "Steps.Tune.BestTrainingJob.TunedHyperParameters['lr']"} and hps["epochs"] == "3"
+    assert s["Train"]["Arguments"]["ResourceConfig"]["InstanceCount"] == 2
+    inputs = {i["InputName"]: (i["S3Input"]["S3Uri"], i["S3Input"]["LocalPath"])
+              for i in s["Evaluate"]["Arguments"]["ProcessingInputs"]}
+    assert inputs == {"model": ({"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}, "/opt/ml/processing/model"),
+                      "test": (prepared("test"), "/opt/ml/processing/test")}
+
+
+def test_the_quality_gate_and_the_registry(definition):
+    s = _steps(definition)
+    accuracy = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+                                "Path": "multiclass_classification_metrics.accuracy.value"}}
+    assert s["CheckAccuracy"]["Arguments"]["Conditions"] == [
+        {"Type": "GreaterThanOrEqualTo", "LeftValue": accuracy, "RightValue": {"Get": "Parameters.MinAccuracy"}}]
+    assert [x["Name"] for x in s["CheckAccuracy"]["Arguments"]["IfSteps"]] == ["Register"]
+    assert [x["Name"] for x in s["CheckAccuracy"]["Arguments"]["ElseSteps"]] == ["AccuracyTooLow"]
+    assert accuracy in s["AccuracyTooLow"]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
+    reg = s["Register"]["Arguments"]
+    assert reg["ModelPackageGroupName"] == "bincounter"
+    assert reg["ModelApprovalStatus"] == {"Get": "Parameters.ApprovalStatus"}
+    stats = reg["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert stats["S3Uri"]["Std:Join"]["Values"] == [
+        {"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"}, "evaluation.json"]
+    prop = [p for p in _steps(definition)["Evaluate"].get("PropertyFiles", [])]
+    assert prop == [{"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}]
+
+
+def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
+    env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
+    proc = run_cli(*UPSERT, "--name", "bc-pipe", "--endpoint-url", moto_endpoint, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["upserted"] == "pipeline"
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    stored = json.loads(sm.describe_pipeline(PipelineName="bc-pipe")["PipelineDefinition"])
+    assert [st["Name"] for st in stored["Steps"]] == ["Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy"]
+    again = run_cli(*UPSERT, "--name", "bc-pipe", "--min-accuracy", "0.7", "--endpoint-url", moto_endpoint, env=env)
+    assert again.returncode == 0, again.stderr  # an update, not a "pipeline exists" error
+    stored = json.loads(sm.describe_pipeline(PipelineName="bc-pipe")["PipelineDefinition"])
+    assert {p["Name"]: p.get("DefaultValue") for p in stored["Parameters"]}["MinAccuracy"] == 0.7
+    started = run_cli("sm", "pipeline", "start", "--name", "bc-pipe", "--param", "MinAccuracy=0.8",
+                      "--endpoint-url", moto_endpoint, env=env)
+    assert started.returncode == 0, started.stderr
+    arn = json.loads(started.stdout)["arn"]
+    params = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+    assert {"Name": "MinAccuracy", "Value": "0.8"} in params
+    status = run_cli("sm", "pipeline", "status", "--name", "bc-pipe", "--endpoint-url", moto_endpoint, env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout.splitlines()[0])["execution"] == arn
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "/local/abid", "--output", "s3://o/p"],
+     "--data '/local/abid' is not an s3:// URI"),
+    (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p", "--hp", "lr=0.1"],
+     "the pipeline tunes lr"),
+    (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
+      "--instance-type", "g5.xlarge"], "start with ml."),
+    (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
+      "--min-accuracy", "80"], "an accuracy, 0..1"),
+    (["start", "--param", "MinAcc=0.5"], "not a parameter of the pipeline"),
+])
+def test_mistakes_are_one_line(args, needle):
+    assert_one_line_error(run_cli("sm", "pipeline", *args, "--dry-run", env=ENV), needle)
