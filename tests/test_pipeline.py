@@ -144,3 +144,24 @@ def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
 ])
 def test_mistakes_are_one_line(args, needle):
     assert_one_line_error(run_cli("sm", "pipeline", *args, "--dry-run", env=ENV), needle)
+
+
+def test_deploy_a_registered_version_only_once_approved(moto_endpoint):
+    """`sm deploy --model-package ARN`: what the pipeline registered, refused in one line until Approved."""
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    sm.create_model_package_group(ModelPackageGroupName="bc-group")
+    arn = sm.create_model_package(
+        ModelPackageGroupName="bc-group", ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": "s3://bkt/pipe/model.tar.gz"}],
+                                "SupportedContentTypes": ["image/jpeg"],
+                                "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+    deploy = ("sm", "deploy", "--role", ROLE, "--model-package", arn, "--name", "bc-from-registry", "--no-wait",
+              "--instance-type", "ml.m5.xlarge",  # moto knows only older instance types
+              "--endpoint-url", moto_endpoint)
+    assert_one_line_error(run_cli(*deploy, env=ENV), "is PendingManualApproval: approve it first")
+    sm.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    proc = run_cli(*deploy, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    container = sm.describe_model(ModelName="bc-from-registry")["PrimaryContainer"]
+    assert (container["Image"], container["ModelDataUrl"]) == (IMAGE, "s3://bkt/pipe/model.tar.gz")

@@ -145,6 +145,8 @@ def add_arguments(sub) -> None:
     src = d.add_mutually_exclusive_group(required=True)
     src.add_argument("--training-job")
     src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
+    src.add_argument("--model-package", metavar="ARN", help="an Approved version from the Model Registry (what "
+                     "`sm pipeline` registers); its image and model.tar.gz, unless --image/--cpu-image")
     img = d.add_mutually_exclusive_group()
     img.add_argument("--image", help="serving image URI (default: the training job's image)")
     img.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (target serve-cpu) to serve with: "
@@ -465,6 +467,23 @@ def cmd_deploy(args) -> int:
                     args.training_job)
         model_data = f"s3://dry-run-placeholder/{args.training_job}/output/model.tar.gz"
         image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-{args.training_job}:dry-run"
+    elif args.model_package and args.dry_run:
+        log.warning("dry run: model package %s is not read (no network call): its model and image are placeholders "
+                    "and its approval status is not checked", args.model_package)
+        model_data = "s3://dry-run-placeholder/model-package/model.tar.gz"
+        image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-model-package:dry-run"
+    elif args.model_package:
+        pkg = aws.aws_call("DescribeModelPackage", _client(args).describe_model_package,
+                           ModelPackageName=args.model_package)
+        status = pkg.get("ModelApprovalStatus")
+        if status != "Approved":
+            raise UserError(f"model package {args.model_package} is {status}: approve it first (aws sagemaker "
+                            f"update-model-package --model-package-arn {args.model_package} --model-approval-status "
+                            "Approved), or deploy its training job")
+        container = pkg["InferenceSpecification"]["Containers"][0]
+        model_data, image = container.get("ModelDataUrl"), image or container["Image"]
+        if not model_data:
+            raise UserError(f"model package {args.model_package} has no ModelDataUrl")
     elif args.training_job:
         desc = jobs.describe_training_job(_client(args), args.training_job, region)
         model_data = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
