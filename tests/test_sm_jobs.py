@@ -255,6 +255,8 @@ def test_deploy_serverless_with_the_cpu_image():
       "--capture-s3", "s3://b/c"], "no data capture on serverless"),
     (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "2048,10,5"],
      "expected MEMORY_MB[,MAX_CONCURRENCY]"),
+    (["deploy", "--role", ROLE, "--model-data", "/tmp/m.tar.gz", "--image", IMAGE], "--model-data '/tmp/m.tar.gz': "
+     "must be an s3:// URI"),
     (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "big"],
      "expected MEMORY_MB[,MAX_CONCURRENCY]"),
     (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", IMAGE, "--serverless", "2048",

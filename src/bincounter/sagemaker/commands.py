@@ -461,6 +461,7 @@ def cmd_deploy(args) -> int:
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
     if args.model_data and not image:
         raise UserError("--model-data needs --image (or --cpu-image)")
+    _s3_uri("--model-data", args.model_data)
     role = _role(args, region)
     if args.training_job and args.dry_run:
         log.warning("dry run: training job %s is not read (no network call); its model and image are placeholders",
