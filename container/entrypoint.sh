@@ -21,5 +21,10 @@ case "$cmd" in
     # multi-model-server (sagemaker-inference) behind bincounter's health-gated front on :8080
     exec python -m bincounter.serving.server "$@" ;;
   *)
+    if [ "${BINCOUNTER_RUNTIME:-}" = onnx ] && [ "$cmd" = bincounter ]; then
+      echo "bincounter: the CPU serving image has no PyTorch and runs only \`serve\`; use the default image or" \
+           "pip install bincounter for the CLI (train, export, evaluate...)" >&2
+      exit 2
+    fi
     exec "$cmd" "$@" ;;
 esac

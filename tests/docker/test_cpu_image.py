@@ -34,10 +34,13 @@ def test_no_torch_no_cuda_and_small(cpu_image):
     assert size <= MAX_SIZE, f"{size / 1e9:.2f} GB"
 
 
-def test_train_is_refused_in_one_line(cpu_image):
+def test_train_and_the_cli_are_refused_in_one_line(cpu_image):
     proc = docker("run", "--rm", cpu_image, "train", check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "train with the GPU image" in proc.stderr
+    proc = docker("run", "--rm", cpu_image, "bincounter", "export", "--model-dir", "/opt/ml/model", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "runs only `serve`" in proc.stderr, proc.stderr
 
 
 def test_both_images_give_the_same_answers(image, cpu_image, trained_model, channels, names):
