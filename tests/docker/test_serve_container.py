@@ -50,6 +50,12 @@ def served(request, trained_model, tmp_path_factory):
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
 
 
+@pytest.fixture(params=["gpu", "cpu"])
+def either_image(request) -> str:
+    """The lifecycle tests below, for each image: the CPU one runs several ONNX Runtime workers by default."""
+    return request.getfixturevalue("image" if request.param == "gpu" else "cpu_image")
+
+
 def _up(url) -> bool:
     try:
         http("GET", url + "/ping", timeout=2)
@@ -286,7 +292,7 @@ def test_a_killed_worker_turns_ping_503_and_the_container_exits(image, trained_m
             assert set(doc) == {"error", "status"} and doc["status"] == status, (status, body)
 
 
-def test_docker_stop_under_load_answers_every_accepted_request(image, trained_model, names):
+def test_docker_stop_under_load_answers_every_accepted_request(either_image, trained_model, names):
     """Issue 12, item 12: on SIGTERM the front kept taking requests on open connections while MMS was being
     stopped under them (191 requests got 502). Now: no new connections, in-flight requests finish, then MMS
     stops; no client gets a 5xx, and `docker stop` still ends with the server's own exit code 0."""
@@ -295,7 +301,7 @@ def test_docker_stop_under_load_answers_every_accepted_request(image, trained_mo
     from urllib.parse import urlparse
 
     name = names()
-    url = _start(image, trained_model, name)
+    url = _start(either_image, trained_model, name)
     wait_for(lambda: _up(url) and http("GET", url + "/ping")[0] == 200, PING_WITHIN_S, what="/ping 200")
     u = urlparse(url)
     img = io.BytesIO()
@@ -333,11 +339,11 @@ def test_docker_stop_under_load_answers_every_accepted_request(image, trained_mo
     assert [s for s in statuses if s != 200] == [] and code == "0", (sorted(set(statuses)), code)
 
 
-def test_corrupt_weights_keep_ping_unhealthy(image, trained_model, tmp_path, names):
+def test_corrupt_weights_keep_ping_unhealthy(either_image, trained_model, tmp_path, names):
     bad = tmp_path / "bad"
     shutil.copytree(trained_model, bad)
     (bad / "model.safetensors").write_bytes(b"\0" * 1000)
-    url = _start(image, bad, names())
+    url = _start(either_image, bad, names())
     wait_for(lambda: _up(url), 60, what="the front to answer")
     for _ in range(10):
         status, _, body = http("GET", url + "/ping")
@@ -365,11 +371,11 @@ def test_model_fn_failure_keeps_ping_unhealthy(image, trained_model, tmp_path, n
     assert "does not load" in json.loads(body)["reason"] and "cannot load weights" in json.loads(body)["reason"]
 
 
-def test_stop_is_fast_and_leaves_no_process(image, trained_model, names):
+def test_stop_is_fast_and_leaves_no_process(either_image, trained_model, names):
     """The server started by `docker exec` (not as PID 1): after SIGTERM nothing of MMS is left."""
     name = names()
     docker("run", "-d", "--init", "--name", name, "-v", f"{trained_model}:/opt/ml/model:ro",
-           "--entrypoint", "sleep", image, "600")
+           "--entrypoint", "sleep", either_image, "600")
     docker("exec", "-d", name, "/opt/bincounter/container/entrypoint.sh", "serve")
     ps = ["exec", name, "python", "-c",
           "import psutil\n"
@@ -391,9 +397,9 @@ def test_stop_is_fast_and_leaves_no_process(image, trained_model, names):
     assert "mms" not in left.lower() and "java" not in left, left
 
 
-def test_docker_stop_takes_under_10_s(image, trained_model, names):
+def test_docker_stop_takes_under_10_s(either_image, trained_model, names):
     name = names()
-    url = _start(image, trained_model, name)
+    url = _start(either_image, trained_model, name)
     wait_for(lambda: _up(url) and http("GET", url + "/ping")[0] == 200, PING_WITHIN_S, what="/ping 200")
     t0 = time.monotonic()
     docker("stop", "-t", "10", name)
