@@ -348,15 +348,28 @@ def test_settings_come_from_the_environment(monkeypatch):
 def test_default_workers_per_runtime(monkeypatch):
     """PyTorch: one worker per GPU, one on CPUs (it uses every core); ONNX Runtime: one single-threaded worker
     per core; SAGEMAKER_MODEL_SERVER_WORKERS wins over both."""
+    from bincounter.serving import onnx_runtime
     from bincounter.serving.onnx_runtime import session_threads
 
-    monkeypatch.setattr(server.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(onnx_runtime, "available_cpus", lambda: 4)
     monkeypatch.delenv("SAGEMAKER_MODEL_SERVER_WORKERS", raising=False)
     assert [server.settings_from_env(g, r).workers for g, r in [(0, "torch"), (4, "torch"), (0, "onnx")]] == [1, 4, 4]
     assert server.settings_from_env(0, "onnx").runtime == "onnx"
     assert session_threads(4) == 1 and session_threads(1) == 4
     monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "2")
     assert server.settings_from_env(0, "onnx").workers == 2
+
+
+def test_cpu_quota_caps_the_onnx_workers(tmp_path, monkeypatch):
+    """`docker run --cpus 1.5` on a 4-CPU host: cgroup v2 says "150000 100000" -> 2 CPUs, not 4."""
+    from bincounter.serving.onnx_runtime import available_cpus
+
+    monkeypatch.setattr(server.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    for text, want in (("150000 100000\n", 2), ("max 100000\n", 4), ("50000 100000", 1), ("garbage", 4)):
+        cpu_max.write_text(text)
+        assert available_cpus(str(cpu_max)) == want, text
+    assert available_cpus(str(tmp_path / "none")) == 4
 
 
 def test_java_heap_follows_the_container_memory_limit():

@@ -42,12 +42,24 @@ def check_onnx(model_dir: str | Path) -> dict:
     return config
 
 
+def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (`docker run --cpus 1`,
+    a SageMaker serverless memory size) when there is one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open(cpu_max).read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))  # ceil: 1.5 CPUs -> 2 threads
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def session_threads(workers: int | None = None) -> int:
     """Intra-op threads per worker: the CPUs shared out among the MMS workers (SAGEMAKER_MODEL_SERVER_WORKERS)."""
     if workers is None:
         workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", "1") or 1)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, workers))
+    return max(1, available_cpus() // max(1, workers))
 
 
 class OnnxPredictor:

@@ -160,7 +160,9 @@ def default_workers(gpus: int, runtime: str) -> int:
     per core, each single-threaded: on 2 cores that served 164-175 req/s against 138-154 for one worker with
     2 threads (bench/serve.py settings, 2026-11-27), at the price of a slower single request."""
     if runtime == "onnx":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from .onnx_runtime import available_cpus
+
+        return available_cpus()
     return max(1, gpus)
 
 
