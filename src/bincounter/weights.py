@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .artifact import sha256_file
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,6 @@ def describe(prov: dict) -> str:
     checks = ", ".join(f"{c['photo']}->{c['top1']} p={c['probability']:.2f}"
                        for c in (prov.get("check") or {}).get("photos", []))
     return f"{prov.get('arch')} from {src} ({origin}); top-1 check: {checks or 'not run'}"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- mapping
