@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import COUNTS, aws
 from ..errors import UserError
+from . import jobs
 
 log = logging.getLogger("bincounter")
 COLUMNS = ["image", "count", "expected_count", *[f"p{c}" for c in COUNTS], "model_version", "error"]
@@ -91,7 +92,5 @@ def add_arguments(sub, formatter) -> None:
                        "once its job has completed.")
     c.add_argument("job", metavar="JOB", help="transform job name")
     c.add_argument("--csv", required=True, help="CSV file to write")
-    c.add_argument("--region")
-    c.add_argument("--profile")
-    c.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+    jobs.add_aws_options(c)
     c.set_defaults(func=cmd_collect)

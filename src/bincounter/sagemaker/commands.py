@@ -49,9 +49,7 @@ def add_arguments(sub) -> None:
     priced = ", ".join(cost.instance_types())
 
     def common(p, needs_role=False):
-        p.add_argument("--region")
-        p.add_argument("--profile")
-        p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+        jobs.add_aws_options(p)
         p.add_argument("--dry-run", action="store_true",
                        help="print the estimated cost and the request(s); no network call, no credentials needed "
                             "(values that would come from AWS are placeholders)")

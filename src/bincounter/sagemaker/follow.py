@@ -16,6 +16,7 @@ import time
 
 from .. import aws
 from ..errors import UserError
+from . import jobs
 
 log = logging.getLogger("bincounter")
 KINDS = ("training", "tuning", "transform", "endpoint")
@@ -208,17 +209,11 @@ def wait(args, name: str, kind: str, poll_s: float = 30.0) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _common(p) -> None:
-    p.add_argument("--region")
-    p.add_argument("--profile")
-    p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
-
-
 def add_arguments(sub, formatter) -> None:
     s = sub.add_parser("status", help="where a job or endpoint stands (one JSON line)", formatter_class=formatter,
                        description="Status of a training job, tuning job (trials, best job and its "
                        "hyperparameters), transform job or endpoint, found by name.")
-    _common(s)
+    jobs.add_aws_options(s)
     s.add_argument("name")
     s.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
     s.set_defaults(func=cmd_status)
@@ -226,7 +221,7 @@ def add_arguments(sub, formatter) -> None:
     lg = sub.add_parser("logs", help="a job's or endpoint's log (CloudWatch)", formatter_class=formatter,
                         description="The CloudWatch log of a training job, transform job or endpoint (every "
                         "instance, in time order); for a tuning job, its best (else latest) training job's.")
-    _common(lg)
+    jobs.add_aws_options(lg)
     lg.add_argument("name")
     lg.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
     lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import aws
 from ..errors import UserError
 from ..report import PROFILER_DIR, render
+from . import jobs
 
 log = logging.getLogger("bincounter")
 
@@ -167,7 +168,5 @@ def add_arguments(sub, formatter) -> None:
                        "job name means its best training job.")
     r.add_argument("job", metavar="JOB", help="training job name (or tuning job: its best training job)")
     r.add_argument("--out", help="folder for the downloaded files and report.html (default: reports/JOB)")
-    r.add_argument("--region")
-    r.add_argument("--profile")
-    r.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+    jobs.add_aws_options(r)
     r.set_defaults(func=report)

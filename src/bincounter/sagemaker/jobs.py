@@ -121,5 +121,12 @@ def parse_kv(pairs: list[str]) -> dict:
     return out
 
 
+def add_aws_options(p) -> None:
+    """--region, --profile, --endpoint-url: what every `sm` command that talks to AWS takes."""
+    p.add_argument("--region")
+    p.add_argument("--profile")
+    p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+
+
 def print_request(api: str, request: dict) -> None:
     print(json.dumps({"api": api, "request": request}, indent=2, sort_keys=True))
