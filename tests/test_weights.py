@@ -319,6 +319,28 @@ def test_crossed_weights_stop_training_with_one_line(channels, tmp_path):
     assert not (tmp_path / "m" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("name, content, needle", [
+    ("bin.jpg", b"\xff\xd8\xff\xe0" + bytes(64), "a JPEG image, not a weights file"),
+    ("w.safetensors", b"\xff\xd8\xff\xe0" + bytes(64), "a JPEG image, not a weights file"),  # the name lies
+    ("model.tar.gz", b"\x1f\x8b\x08" + bytes(64), "gzip-compressed (a model.tar.gz? unpack it"),
+    ("w.pth", b"", "an empty file, not a weights file"),
+    ("notes.txt", b"just some text", "neither safetensors nor a PyTorch file, not a weights file"),
+    ("model.pt", None, "holds pickled Python objects, not only tensors"),  # torch.save(model), not its state_dict
+], ids=["jpeg", "jpeg-named-safetensors", "tar.gz", "empty", "text", "pickled-model"])
+def test_a_file_that_is_not_weights_is_named_in_one_line(tmp_path, name, content, needle):
+    """Issue 13: `--pretrained-path some.jpg` answered with torch.load's internals (UnpicklingError, "In PyTorch
+    2.6, we changed the default value of the `weights_only` argument ...")."""
+    f = tmp_path / name
+    if content is None:
+        torch.save(torch.nn.Linear(2, 2), f)
+    else:
+        f.write_bytes(content)
+    with pytest.raises(UserError) as e:
+        create_model("efficientnet_b0", "timm", 5, pretrained_path=f)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg and "weights_only" not in msg, msg
+
+
 def test_another_arch_of_the_same_backend_is_refused(tmp_path):
     import timm
 

@@ -56,7 +56,35 @@ def resolve_weights_file(path: str | Path, arch: str | None = None) -> Path:
     raise UserError(f"pretrained weights {p} not found")
 
 
+#: what a file given as weights is instead, by its first bytes (a weights file is checked by its loader)
+_NOT_WEIGHTS = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+                (b"\x1f\x8b", "gzip-compressed (a model.tar.gz? unpack it and pass the weights file)"),
+                (b"{", "JSON text"), (b"[", "JSON text"))
+
+
+def _not_weights(path: Path) -> str | None:
+    """Why `path` cannot be weights, or None when it may be: safetensors (an 8-byte header size, then the JSON
+    header), torch.save's zip archive or a legacy pickle."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "an empty file"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or head[8:9] == b"{":
+        return None
+    for magic, what in _NOT_WEIGHTS:
+        if head.startswith(magic):
+            return what
+    return "neither safetensors nor a PyTorch file"
+
+
 def _load_state_dict(path: Path) -> dict:
+    try:
+        why = _not_weights(path)
+    except OSError as e:
+        raise UserError(f"pretrained weights {path}: {e.strerror}") from None
+    if why:
+        raise UserError(f"pretrained weights {path}: {why}, not a weights file (expected a .safetensors file or a "
+                        f"PyTorch state dict .pth/.pt/.bin; `bincounter weights fetch` writes one)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -65,6 +93,9 @@ def _load_state_dict(path: Path) -> dict:
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a weights file, pickled objects
+        if "weights only load failed" in str(e).lower():  # torch's long explanation of weights_only=True
+            raise UserError(f"{path}: holds pickled Python objects, not only tensors (a whole pickled model?); "
+                            "refusing to unpickle it: save and pass its state_dict() instead") from None
         raise UserError(f"{path}: cannot read weights ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0][:160]})") from None
     for key in ("state_dict", "model", "model_state_dict"):

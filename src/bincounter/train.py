@@ -93,6 +93,9 @@ class TrainConfig:
             raise UserError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
         if self.loss not in ("ce", "ordinal"):
             raise UserError(f"loss must be ce or ordinal (got {self.loss!r})")
+        if not self.pretrained and self.pretrained_path:
+            raise UserError(f"--no-pretrained and --pretrained-path {self.pretrained_path} contradict each other "
+                            "(in a SageMaker job: pretrained=false and a 'pretrained' channel): drop one")
         # a channels directory (data split's, or data shard's) given for a channel: name its channels
         for flag, d in (("--train", self.train_dir), ("--val", self.val_dir), ("--test", self.test_dir)):
             splits = [s for s in ("train", "val", "test") if d and (Path(d) / s).is_dir()]
