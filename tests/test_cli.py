@@ -68,9 +68,30 @@ def test_train_on_the_channels_directory_names_its_channels(channels, tmp_path, 
     assert not (tmp_path / "m").exists()
 
 
-def test_bad_flag_values_are_argparse_errors(tmp_path):
-    proc = run_cli("train", "--train", "a", "--val", "b", "--model-dir", "c", "--epochs", "zero")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--epochs" in proc.stderr
+TRAIN_ARGS = ["train", "--train", "a", "--val", "b", "--model-dir", "c"]
+
+
+@pytest.mark.parametrize("args, needle, cmd", [
+    ([*TRAIN_ARGS, "--epochs", "x"], "argument --epochs: 'x' is not an integer", "bincounter train"),
+    ([*TRAIN_ARGS, "--epochs", "0"], "argument --epochs: '0' must be >= 1", "bincounter train"),
+    ([*TRAIN_ARGS, "--no-such-flag"], "unrecognized arguments: --no-such-flag", "bincounter train"),
+    (["data", "split", "src", "--out", "o", "--val", "z"], "argument --val", "bincounter data split"),
+    (["sm", "train", "--no-such-flag"], "the following arguments are required", "bincounter sm train"),
+    (["data"], "the following arguments are required: STEP", "bincounter data"),
+    (["nope"], "invalid choice: 'nope'", "bincounter"),
+])
+def test_usage_errors_are_one_line_with_the_help_to_read(args, needle, cmd):
+    """Issue 13: argparse printed its whole usage block before the error; now a usage mistake reads like every
+    other user error, one line and exit 2, and names the --help that explains the command."""
+    proc = run_cli(*args)
+    assert_one_line_error(proc, needle, f"(see {cmd} --help)")
+    assert proc.stderr.count("\n") == 1 and "usage:" not in proc.stderr, proc.stderr
+
+
+def test_help_is_still_argparse_help():
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: bincounter train [-h] --train TRAIN_DIR")
+    assert "--pretrained-path PRETRAINED_PATH" in proc.stdout and not proc.stderr
 
 
 def test_evaluate_prints_the_expected_count_metrics(trained_model, channels, tmp_path):
@@ -84,6 +105,55 @@ def test_evaluate_prints_the_expected_count_metrics(trained_model, channels, tmp
         {k: report[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
     exp = report["expected_count"]
     assert out["expected_count"] == {k: exp[k] for k in ("accuracy", "rmse", "rmse_unrounded", "per_class_recall")}
+
+
+def test_evaluate_without_out_reports_into_the_model_dir_titled_by_the_channel(trained_model, channels, tmp_path,
+                                                                              monkeypatch, caplog):
+    """Issue 13: the report path is logged (the model dir when there is no --out), and the confusion matrix
+    says what was evaluated (the channel's name) instead of the generic "eval set"."""
+    import logging
+    import shutil
+
+    from bincounter import metrics
+    from bincounter.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    titles = []
+    plot = metrics.plot_confusion
+    monkeypatch.setattr(metrics, "plot_confusion", lambda *a, **kw: titles.append(kw.get("title")) or plot(*a, **kw))
+    with caplog.at_level(logging.INFO, logger="bincounter"):
+        assert main(["evaluate", "--model-dir", str(model), "--data", str(channels / "test")]) == 0
+    assert f"report: {model / 'eval_metrics.json'}, {model / 'eval_confusion_matrix.png'} (in --model-dir" \
+        in caplog.text
+    assert (model / "eval_confusion_matrix.png").is_file() and titles == ["test set"]
+
+
+def test_train_refuses_no_pretrained_with_a_pretrained_path(tmp_path):
+    proc = run_cli(*TRAIN_ARGS[:-1], tmp_path / "m", "--no-pretrained", "--pretrained-path", "w.safetensors")
+    assert_one_line_error(proc, "--no-pretrained and --pretrained-path w.safetensors contradict each other")
+
+
+def test_train_with_an_image_as_pretrained_path_says_so_in_one_line(channels, tmp_path):
+    jpg = next((channels / "train").rglob("*.jpg"))
+    proc = run_cli("train", "--train", channels / "train", "--val", channels / "val", "--model-dir", tmp_path / "m",
+                   "--arch", "tf_efficientnet_lite0", "--epochs", "1", "--image-size", "64", "--pretrained-path", jpg)
+    assert_one_line_error(proc, f"pretrained weights {jpg}: a JPEG image, not a weights file")
+    assert "torch" not in proc.stderr and "pickl" not in proc.stderr.lower(), proc.stderr
+
+
+def test_synth_into_a_directory_with_more_bins_warns_and_eda_logs_no_matplotlib_noise(tmp_path):
+    out = tmp_path / "abid"
+    first = run_cli("data", "synth", out, "--per-class", "3", "--size", "64")
+    assert first.returncode == 0 and "WARNING" not in first.stderr, first.stderr
+    again = run_cli("data", "synth", out, "--per-class", "1", "--size", "64")
+    assert again.returncode == 0, again.stderr
+    warnings = [ln for ln in again.stderr.splitlines() if " WARNING " in ln]
+    assert len(warnings) == 1 and f"{out} already holds 10 bins that are not part of this set of 5" in warnings[0]
+    eda = run_cli("data", "eda", out, "--out", tmp_path / "eda")
+    assert eda.returncode == 0, eda.stderr
+    # matplotlib's INFO "Using categorical units to plot a list of strings ..." for the class histogram
+    assert "categorical units" not in eda.stderr and "matplotlib" not in eda.stderr, eda.stderr
 
 
 def test_predict_on_a_file_that_is_not_an_image(trained_model, tmp_path):

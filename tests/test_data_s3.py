@@ -298,3 +298,21 @@ def test_sample_never_writes_outside_out(moto_endpoint, aws_env, tmp_path):
     assert not list(tmp_path.rglob("escaped*")), list(tmp_path.rglob("escaped*"))
     assert "skipped 1 metadata keys that are not ABID bin ids" in proc.stderr
     assert len(list((out / "bin-images").iterdir())) == 10
+
+
+def test_a_multipart_upload_that_succeeds_logs_no_connection_pool_warnings(abid_bucket, moto_endpoint, aws_env,
+                                                                            tmp_path):
+    """Issue 13: each part of a large file has its own thread, and a client pool sized for the files in flight
+    only made urllib3 warn "Connection pool is full, discarding connection" over and over on an upload that
+    went well. The pool now holds every thread's connection."""
+    from bincounter.data.s3 import PART_SIZE
+
+    _, _, s3 = abid_bucket
+    big = tmp_path / "ch" / "train" / "shard-000000.tar"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(6 * PART_SIZE))
+    s3.create_bucket(Bucket="pool")
+    proc = run_cli("data", "upload", tmp_path / "ch", "s3://pool/v1", "--endpoint-url", moto_endpoint,
+                   "--workers", "1")
+    assert proc.returncode == 0 and "uploaded 1 files" in proc.stderr, proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr

@@ -22,6 +22,35 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake (a bad value, an unknown option, a missing argument) is one line and exit 2, like a
+    `UserError`, with where to read up instead of argparse's usage block:
+    `bincounter: error: argument --epochs: 'x' is not an integer (see bincounter train --help)`.
+    --help is argparse's own. Sub-commands get this class too (add_subparsers uses the parent's class)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if not hasattr(ns, "_cmd_prog"):  # the innermost sub-command returns first: unknown options are its
+            ns._cmd_prog = self.prog
+        return ns, extras
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        prog = vars(ns).pop("_cmd_prog", self.prog)
+        if extras:  # argparse reports these from the top parser; name the sub-command they were given to
+            self._fail(f"unrecognized arguments: {' '.join(extras)}", prog)
+        return ns
+
+    def error(self, message):
+        self._fail(message, self.prog)
+
+    @staticmethod
+    def _fail(message: str, prog: str):
+        print(f"bincounter: error: {message} (see {prog} --help)", file=sys.stderr)
+        write_failure_file(message)
+        sys.exit(2)
+
+
 def _positive_int(s: str) -> int:
     try:
         v = int(s)
@@ -133,11 +162,11 @@ def cmd_split(args) -> int:
     return 0
 
 
-def _s3(args):
+def _s3(args, max_pool: int | None = None):
     from .data.s3 import s3_client
 
     return s3_client(args.endpoint_url, args.region, unsigned=getattr(args, "unsigned", False),
-                     max_pool=args.workers + 4, profile=args.profile)
+                     max_pool=max_pool or args.workers + 4, profile=args.profile)
 
 
 def cmd_fetch(args) -> int:
@@ -216,10 +245,10 @@ def cmd_shard(args) -> int:
 
 def cmd_upload(args) -> int:
     from .aws import user_errors
-    from .data.s3 import upload
+    from .data.s3 import upload, upload_pool_size
 
     with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
-        report, uris = upload(args.src, args.dest, _s3(args), workers=args.workers)
+        report, uris = upload(args.src, args.dest, _s3(args, upload_pool_size(args.workers)), workers=args.workers)
     log.info(report.summary("uploaded"))
     for key, reason in report.failed.items():
         log.warning("  %s: %s", key, reason)
@@ -237,7 +266,8 @@ def cmd_evaluate(args) -> int:
     if "expected_count" in summary:  # the expected-count decoding; its confusion matrix is in the report
         out["expected_count"] = {k: v for k, v in summary["expected_count"].items() if k != "confusion_matrix"}
     print(json.dumps(out))
-    log.info("report: %s", ", ".join(map(str, paths)))
+    log.info("report: %s%s", ", ".join(map(str, paths)), "" if args.out else " (in --model-dir; --out DIR to write "
+             "it elsewhere)")
     return 0
 
 
@@ -369,7 +399,7 @@ def cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bincounter", formatter_class=_Formatter,
         description="Count the items (1..5) in Amazon Bin Image Dataset photos with EfficientNet.\n\n"
         "Typical flow:\n"
@@ -390,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=_Formatter,
                         description="Draw synthetic bin photos with exactly 1..5 items, in the real ABID "
                         "layout: OUT/bin-images/<id>.jpg, OUT/metadata/<id>.json, OUT/file_list.json. "
-                        "Deterministic for a seed.")
+                        "Deterministic for a seed. Into an existing OUT, bins with the same ids are overwritten; "
+                        "other bins already there (from a larger earlier set) are kept but left out of "
+                        "file_list.json, with a warning that counts them.")
     s.add_argument("out", help="output directory")
     s.add_argument("--per-class", type=_positive_int, default=40, help="bins per item count")
     s.add_argument("--seed", type=int, default=0)

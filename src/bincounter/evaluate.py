@@ -64,8 +64,13 @@ def evaluate_model(model_dir: str | Path, channel: str | Path, out_dir: str | Pa
     summary = summarize_eval(ev, tuple(config.get("counts", COUNTS)))
     summary["skipped"] = ev["skipped"]
     summary["model_version"] = config["model_version"]
-    paths = write_report(summary, out_dir or model_dir, stem)
+    # the plot says what was evaluated (the channel's folder, e.g. "test"), not the generic file stem
+    paths = write_report(summary, out_dir or model_dir, stem, title=f"{_channel_name(channel)} set")
     return summary, paths
+
+
+def _channel_name(channel: str | Path) -> str:
+    return Path(channel).resolve().name or str(channel)
 
 
 def evaluate_remote(predict_batch, channel: str | Path, out_dir: str | Path | None = None, batch_size: int = 16,
@@ -86,5 +91,6 @@ def evaluate_remote(predict_batch, channel: str | Path, out_dir: str | Path | No
             preds += [COUNTS.index(int(o["count"])) for o in out]
             bar.update(len(chunk))
     summary = summarize(confusion_matrix(labels, preds))
-    paths = write_report(summary, out_dir, stem) if out_dir is not None else ()
+    paths = (write_report(summary, out_dir, stem, title=f"{_channel_name(channel)} set, {stem}")
+             if out_dir is not None else ())
     return summary, paths

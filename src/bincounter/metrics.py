@@ -126,14 +126,15 @@ def plot_confusion(cm, path: str | Path, title: str = "Confusion matrix", counts
     return path
 
 
-def write_report(summary: dict, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
-    """`<stem>_metrics.json` + `<stem>_confusion_matrix.png` in out_dir."""
+def write_report(summary: dict, out_dir: str | Path, stem: str, title: str | None = None) -> tuple[Path, Path]:
+    """`<stem>_metrics.json` + `<stem>_confusion_matrix.png` in out_dir; the plot's title is `title` (what was
+    evaluated, e.g. "test set"), by default "<stem> set"."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     j = out_dir / f"{stem}_metrics.json"
     j.write_text(json.dumps(summary, indent=2))
     png = plot_confusion(summary["confusion_matrix"], out_dir / f"{stem}_confusion_matrix.png",
-                         title=f"{stem} set")
+                         title=title or f"{stem} set")
     return j, png
 
 

@@ -286,6 +286,15 @@ def ids_from_file_list(path: str | Path, counts: tuple[int, ...] = COUNTS) -> li
 #: multipart threshold and part size of our uploads (boto3's default, set explicitly so that `_etag` computes
 #: what S3 will report for a file: the MD5 below it, the MD5 of the parts' MD5s plus "-<parts>" at or above it)
 PART_SIZE = 8 * 2**20
+#: threads per file of a multipart upload (s3transfer's default). The client's connection pool must hold one
+#: connection per thread (`upload_pool_size`), else urllib3 warns "Connection pool is full, discarding
+#: connection" over and over on a large upload that goes well.
+UPLOAD_THREADS_PER_FILE = 10
+
+
+def upload_pool_size(workers: int) -> int:
+    """Connections an `upload` client with `workers` files in flight can use at once."""
+    return workers * UPLOAD_THREADS_PER_FILE + 4
 
 
 def _etag(path: Path, part_size: int = PART_SIZE) -> str:
@@ -306,7 +315,8 @@ def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[Transf
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
 
-    config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE)
+    config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                            max_concurrency=UPLOAD_THREADS_PER_FILE)
 
     src = Path(src)
     bucket, prefix = parse_s3_uri(uri)

@@ -12,6 +12,7 @@ byte.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .. import COUNTS
+
+log = logging.getLogger(__name__)
 
 _WORDS = ["Organic", "Premium", "Wireless", "Stainless", "Kids", "Travel", "Compact", "Deluxe", "Classic",
           "Eco", "Pro", "Mini"]
@@ -196,9 +199,17 @@ def synth_dataset(out: str | Path, per_class: int, seed: int = 0, size: int = 25
     """Write `per_class` bins for every count in the real ABID layout, plus `file_list.json`.
 
     Returns the file list ({count: [metadata path, ...]}). Ids are 1.. in a seeded shuffled order so
-    classes interleave like in the real dataset.
+    classes interleave like in the real dataset. Into an existing directory: bins with the new ids are
+    overwritten, other bins (an earlier, larger set) are left in place, unlisted, with one warning.
     """
     out = Path(out)
+    new_ids = {f"{i:05d}" for i in range(1, per_class * len(counts) + 1)}
+    old = {f.stem for d, suffix in (("bin-images", ".jpg"), ("metadata", ".json")) if (out / d).is_dir()
+           for f in (out / d).iterdir() if f.suffix == suffix} - new_ids
+    if old:
+        log.warning("%s already holds %d bins that are not part of this set of %d (e.g. %s); they stay there but "
+                    "not in file_list.json: `data split` reads only the listed bins, `data eda` reads them all. "
+                    "Remove %s first for a clean set", out, len(old), len(new_ids), min(old), out)
     (out / "bin-images").mkdir(parents=True, exist_ok=True)
     (out / "metadata").mkdir(parents=True, exist_ok=True)
     labels = np.repeat(np.array(counts), per_class)
