@@ -163,6 +163,32 @@ def test_split_counts_a_corrupt_jpeg_as_skipped(abid_root, tmp_path):
     assert sum(len(v) for v in splits.values()) == 39
 
 
+def test_split_again_empties_split_folders_without_removing_them(abid_root, tmp_path, monkeypatch):
+    """A split folder may be a mount point (SageMaker local mode mounts each processing output on its own):
+    removing it fails (EBUSY), so a new split empties it."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    dst = tmp_path / "ch"
+    stale = dst / "train" / "9" / "stale.jpg"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    (dst / "train" / "stale.txt").write_text("x")
+    mounts = {dst / s for s in ("train", "val", "test")}
+    real = shutil.rmtree
+
+    def rmtree(path, *a, **k):
+        if Path(path) in mounts:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    splits, _ = split_dataset(abid_root, dst)
+    assert not stale.exists() and not stale.parent.exists() and not (dst / "train" / "stale.txt").exists()
+    assert sum(1 for _ in (dst / "train").rglob("*.jpg")) == len(splits["train"])
+
+
 def test_split_rejects_bad_fractions(abid_root, tmp_path):
     from bincounter.errors import UserError
 

@@ -29,7 +29,8 @@ SPLITS = ("train", "val", "test")
 
 
 def assign_splits(bins: list[Bin], val: float, test: float, seed: int) -> dict[str, list[Bin]]:
-    """Per class: shuffle with the seed, then take round(n*test) for test, round(n*val) for val."""
+    """Per class: shuffle with the seed, then take round(n*test) for test, round(n*val) for val. A split asked
+    for (fraction > 0) that gets no bin of a count is one warning each: it will not train or measure that count."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise UserError(f"--val {val} and --test {test} must be fractions in [0, 1) with val + test < 1")
     by_class: dict[int, list[Bin]] = defaultdict(list)
@@ -45,6 +46,14 @@ def assign_splits(bins: list[Bin], val: float, test: float, seed: int) -> dict[s
         for rank, i in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             out[split].append(members[i])
+        n = len(members)
+        for split, frac, got in (("train", 1 - val - test, n - n_test - n_val), ("val", val, n_val),
+                                 ("test", test, n_test)):
+            if frac > 0 and not got:
+                why = (f"all {n} went to val/test: a smaller --val/--test" if split == "train" else
+                       f"round({n} x {frac:g}) = 0: a larger --{split}")
+                log.warning("%s split: no bins of count %d (count %d has %d usable bin%s; %s, or more bins of "
+                            "count %d)", split, count, count, n, "" if n == 1 else "s", why, count)
     return out
 
 
@@ -73,6 +82,17 @@ def balance_train(train: list[Bin], mode: str, seed: int) -> list[Bin]:
         else:
             raise UserError(f"--balance must be none, cap or oversample (got {mode!r})")
     return out
+
+
+def _empty(folder: Path) -> None:
+    """Remove what `folder` holds, keeping the folder itself."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
@@ -104,9 +124,8 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
         raise DataError(f"{src}: no usable bins ({skips.summary()})")
     splits = assign_splits(good, val, test, seed)
     splits["train"] = balance_train(splits["train"], balance, seed)
-    for split in SPLITS:
-        if (dst / split).exists():
-            shutil.rmtree(dst / split)
+    for split in SPLITS:  # emptied, not removed: each may be a mount point (a local-mode processing output)
+        _empty(dst / split)
     dst.mkdir(parents=True, exist_ok=True)
     with open(dst / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
