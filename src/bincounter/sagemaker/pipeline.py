@@ -14,6 +14,10 @@ execution id. SDK v3 limits met here, each worked around in this module only:
   `dependencies=None`;
 * only the continuous lr comes from the tuning job into Train (`BestTrainingJob.TunedHyperParameters`):
   categorical values come back JSON-quoted ('"64"'), which a step property cannot unquote.
+
+`sm pipeline local` runs the same Prepare, Train, Evaluate and gate steps (`_Flow`) on this machine with Docker
+(the SDK's local pipeline executor), Tune replaced by fixed hyperparameters and Register by CreateModel
+(pipeline_local).
 """
 
 from __future__ import annotations
@@ -45,34 +49,125 @@ def _tuning_step_class():
     return _TuningStep
 
 
+class _Flow:
+    """The steps the cloud pipeline (`build`) and the local one (pipeline_local) share, on a pipeline session
+    `ps` (PipelineSession, or the SDK's LocalPipelineSession): Prepare, the channels it feeds, trainers, Evaluate
+    and the accuracy gate. `uri(*parts)`: where an execution writes (a per-execution Join)."""
+
+    def __init__(self, ps, *, image: str, role: str, instance_type, processing_instance_type, uri,
+                 max_runtime_s: int):
+        self.ps, self.image, self.role, self.uri = ps, image, role, uri
+        self.instance_type, self.processing_instance_type = instance_type, processing_instance_type
+        self.max_runtime_s = max_runtime_s
+        self.prepare = None
+
+    def processor(self, action: str):
+        from sagemaker.core.processing import Processor
+
+        return Processor(role=self.role, image_uri=self.image, instance_count=1,
+                         instance_type=self.processing_instance_type, entrypoint=[ENTRYPOINT, "process", action],
+                         volume_size_in_gb=100, base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
+
+    @staticmethod
+    def p_in(input_name, source, dest):
+        from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
+
+        return ProcessingInput(input_name=input_name, s3_input=ProcessingS3Input(
+            s3_uri=source, local_path=dest, s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_data_distribution_type="FullyReplicated"))
+
+    @staticmethod
+    def p_out(output_name, local, dest):
+        from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+
+        return ProcessingOutput(output_name=output_name, s3_output=ProcessingS3Output(
+            s3_uri=dest, local_path=local, s3_upload_mode="EndOfJob"))
+
+    def prepare_step(self, raw):
+        from sagemaker.mlops.workflow.steps import ProcessingStep
+
+        outputs = [self.p_out(s, f"{PROC}/output/channels/{s}", self.uri("prepare", s)) for s in SPLITS]
+        outputs.append(self.p_out("eda", f"{PROC}/output/eda", self.uri("prepare", "eda")))
+        self.prepare = ProcessingStep(name="Prepare", step_args=self.processor("prepare").run(
+            inputs=[self.p_in("raw", raw, f"{PROC}/input/raw")], outputs=outputs))
+        return self.prepare
+
+    def split_uri(self, split):
+        return self.prepare.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri
+
+    def channels(self, *names):
+        from sagemaker.train.configs import Channel, DataSource, S3DataSource
+
+        return [Channel(channel_name=n, input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
+            s3_data_type="S3Prefix", s3_uri=self.split_uri(n), s3_data_distribution_type="FullyReplicated")))
+            for n in names]
+
+    def trainer(self, count, hps, out, base):
+        from . import sdk
+
+        return sdk.model_trainer(self.ps, image=self.image, role=self.role, instance_type=self.instance_type,
+                                 instance_count=count, hyperparameters=hps, output_path=out, spot=False,
+                                 checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base)
+
+    def train_step(self, count, hps):
+        from sagemaker.mlops.workflow.steps import TrainingStep
+
+        return TrainingStep(name="Train", step_args=self.trainer(count, hps, self.uri("train"), "bincounter").train(
+            input_data_config=self.channels("train", "val")))
+
+    def evaluate_step(self, model_data, arguments: list[str] | None = None):
+        """-> (the Evaluate step, its EvaluationReport property file)."""
+        from sagemaker.core.workflow.properties import PropertyFile
+        from sagemaker.mlops.workflow.steps import ProcessingStep
+
+        report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+        evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=self.processor("evaluate").run(
+            inputs=[self.p_in("model", model_data, f"{PROC}/model"),
+                    self.p_in("test", self.split_uri("test"), f"{PROC}/test")],
+            outputs=[self.p_out("evaluation", f"{PROC}/evaluation", self.uri("evaluate"))], arguments=arguments))
+        return evaluate, report
+
+    @staticmethod
+    def gate(evaluate, report, min_accuracy, if_steps, not_done: str):
+        """CheckAccuracy: accuracy >= min_accuracy ? if_steps : AccuracyTooLow (a Fail step saying `not_done`)."""
+        from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
+        from sagemaker.core.workflow.functions import Join, JsonGet
+        from sagemaker.mlops.workflow.condition_step import ConditionStep
+        from sagemaker.mlops.workflow.fail_step import FailStep
+
+        accuracy = JsonGet(step_name=evaluate.name, property_file=report, json_path=ACCURACY_PATH)
+        fail = FailStep(name="AccuracyTooLow", error_message=Join(on=" ", values=[
+            "test accuracy", accuracy, "is below MinAccuracy", min_accuracy, f"- {not_done}"]))
+        return ConditionStep(name="CheckAccuracy", conditions=[ConditionGreaterThanOrEqualTo(left=accuracy,
+                                                                                             right=min_accuracy)],
+                             if_steps=if_steps, else_steps=[fail])
+
+
+def quiet_pipeline_sdk() -> None:
+    """Silence the SDK's notes about what a pipeline session does by design."""
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+    # "Popping out 'TrainingJobName' ...": every job name is set per execution by design; not the user's concern
+    for noisy in ("sagemaker.core.workflow.utilities", "sagemaker.mlops.workflow.model_step"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def build(session, *, name: str, image: str, role: str, data: str, output: str, instance_type: str,
           processing_instance_type: str, max_jobs: int, max_parallel: int, min_accuracy: float,
           lr_range: tuple[float, float], hyperparameters: dict[str, str], model_package_group: str,
           approval_status: str = "PendingManualApproval", train_instances: int = 2, max_runtime_s: int = 6 * 3600):
     """The Pipeline object (nothing is sent): `session` is a plain SDK Session (sdk.sdk_session's)."""
     from sagemaker.core.model_metrics import MetricsSource, ModelMetrics
-    from sagemaker.core.processing import Processor
-    from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
-    from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
-    from sagemaker.core.workflow.functions import Join, JsonGet
+    from sagemaker.core.workflow.functions import Join
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.core.workflow.pipeline_context import PipelineSession
-    from sagemaker.core.workflow.properties import PropertyFile
-    from sagemaker.mlops.workflow.condition_step import ConditionStep
-    from sagemaker.mlops.workflow.fail_step import FailStep
     from sagemaker.mlops.workflow.model_step import ModelStep
     from sagemaker.mlops.workflow.pipeline import Pipeline
-    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
     from sagemaker.serve import ModelBuilder
-    from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
     from . import sdk
 
-    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
-    # "Popping out 'TrainingJobName' ...": every job name is set per execution by design; not the user's concern
-    for noisy in ("sagemaker.core.workflow.utilities", "sagemaker.mlops.workflow.model_step"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_pipeline_sdk()
     output = output.rstrip("/")
     ps = PipelineSession(boto_session=session.boto_session, default_bucket=output[5:].split("/")[0])
 
@@ -86,54 +181,21 @@ def build(session, *, name: str, image: str, role: str, data: str, output: str, 
     def s3(*parts):  # per execution, resolved by the service at run time
         return Join(on="/", values=[output, ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
 
-    def processor(action: str):
-        return Processor(role=role, image_uri=image, instance_count=1, instance_type=p_proc_instance,
-                         entrypoint=[ENTRYPOINT, "process", action], volume_size_in_gb=100,
-                         base_job_name=f"bincounter-{action}", sagemaker_session=ps)
-
-    def p_in(input_name, source, dest):
-        return ProcessingInput(input_name=input_name, s3_input=ProcessingS3Input(
-            s3_uri=source, local_path=dest, s3_data_type="S3Prefix", s3_input_mode="File",
-            s3_data_distribution_type="FullyReplicated"))
-
-    def p_out(output_name, local, dest):
-        return ProcessingOutput(output_name=output_name, s3_output=ProcessingS3Output(
-            s3_uri=dest, local_path=local, s3_upload_mode="EndOfJob"))
-
-    outputs = [p_out(s, f"{PROC}/output/channels/{s}", s3("prepare", s)) for s in SPLITS]
-    outputs.append(p_out("eda", f"{PROC}/output/eda", s3("prepare", "eda")))
-    prepare = ProcessingStep(name="Prepare", step_args=processor("prepare").run(
-        inputs=[p_in("raw", p_data, f"{PROC}/input/raw")], outputs=outputs))
-
-    def split_uri(split):
-        return prepare.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri
-
-    def channels(*names):
-        return [Channel(channel_name=n, input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
-            s3_data_type="S3Prefix", s3_uri=split_uri(n), s3_data_distribution_type="FullyReplicated")))
-            for n in names]
-
-    def trainer(count, hps, out, base):
-        return sdk.model_trainer(ps, image=image, role=role, instance_type=p_instance, instance_count=count,
-                                 hyperparameters=hps, output_path=out, spot=False, checkpoint_s3=None,
-                                 max_runtime_s=max_runtime_s, base_name=base)
+    flow = _Flow(ps, image=image, role=role, instance_type=p_instance, processing_instance_type=p_proc_instance,
+                 uri=s3, max_runtime_s=max_runtime_s)
+    prepare = flow.prepare_step(p_data)
 
     hps = {"progress": "false", **hyperparameters}
-    tuner = sdk.tuner(trainer(1, dict(hps), s3("tune"), "bincounter-hpo"), ranges={"lr": lr_range},
+    tuner = sdk.tuner(flow.trainer(1, dict(hps), s3("tune"), "bincounter-hpo"), ranges={"lr": lr_range},
                       max_jobs=max_jobs, max_parallel=max_parallel, early_stopping=True, base_name="bincounter-hpo")
     step_class = _tuning_step_class()
     step_class.max_jobs = p_max_jobs
-    tune = step_class(name="Tune", step_args=tuner.tune(inputs=channels("train", "val")))
+    tune = step_class(name="Tune", step_args=tuner.tune(inputs=flow.channels("train", "val")))
 
     best_lr = tune.properties.BestTrainingJob.TunedHyperParameters["lr"]
-    train = TrainingStep(name="Train", step_args=trainer(train_instances, {**hps, "lr": best_lr}, s3("train"),
-                                                         "bincounter").train(input_data_config=channels("train",
-                                                                                                         "val")))
+    train = flow.train_step(train_instances, {**hps, "lr": best_lr})
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
-    report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-    evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=processor("evaluate").run(
-        inputs=[p_in("model", model_data, f"{PROC}/model"), p_in("test", split_uri("test"), f"{PROC}/test")],
-        outputs=[p_out("evaluation", f"{PROC}/evaluation", s3("evaluate"))]))
+    evaluate, report = flow.evaluate_step(model_data)
 
     evaluation_json = Join(on="/", values=[
         evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, "evaluation.json"])
@@ -146,12 +208,7 @@ def build(session, *, name: str, image: str, role: str, data: str, output: str, 
         transform_instances=["ml.g5.xlarge", "ml.c6i.xlarge"],
         model_metrics=ModelMetrics(model_statistics=MetricsSource(content_type="application/json",
                                                                   s3_uri=evaluation_json))))
-    accuracy = JsonGet(step_name=evaluate.name, property_file=report, json_path=ACCURACY_PATH)
-    fail = FailStep(name="AccuracyTooLow", error_message=Join(on=" ", values=[
-        "test accuracy", accuracy, "is below MinAccuracy", p_min_acc, "- not registered"]))
-    check = ConditionStep(name="CheckAccuracy", conditions=[ConditionGreaterThanOrEqualTo(left=accuracy,
-                                                                                          right=p_min_acc)],
-                          if_steps=[register], else_steps=[fail])
+    check = flow.gate(evaluate, report, p_min_acc, [register], "not registered")
     return Pipeline(name=name, sagemaker_session=ps,
                     parameters=[p_data, p_instance, p_proc_instance, p_max_jobs, p_min_acc, p_approval],
                     steps=[prepare, tune, train, evaluate, check])
@@ -171,9 +228,12 @@ def step_names(definition: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def add_arguments(sub, formatter) -> None:
-    """`bincounter sm pipeline upsert|start|status`."""
+    """`bincounter sm pipeline upsert|start|status|local`."""
+    from . import pipeline_local
+
     p = sub.add_parser("pipeline", help="the whole flow as one SageMaker Pipeline (prepare, tune, train, evaluate, "
-                       "quality gate, Model Registry)", formatter_class=formatter, description=__doc__)
+                       "quality gate, Model Registry); `local` runs it here with Docker",
+                       formatter_class=formatter, description=__doc__)
     psub = p.add_subparsers(dest="pipeline_cmd", required=True, metavar="ACTION")
 
     def aws_opts(q, dry=True):
@@ -219,6 +279,8 @@ def add_arguments(sub, formatter) -> None:
     st.add_argument("--name", default="bincounter", help="pipeline name")
     st.add_argument("--execution", metavar="ARN", help="an execution ARN (default: the latest)")
     st.set_defaults(func=cmd_status)
+
+    pipeline_local.add_arguments(psub, formatter)
 
 
 PARAMETERS = ("RawData", "InstanceType", "ProcessingInstanceType", "MaxJobs", "MinAccuracy", "ApprovalStatus")

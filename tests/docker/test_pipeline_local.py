@@ -1,0 +1,123 @@
+"""`bincounter sm pipeline local`: the pipeline's steps for real, on Docker with the image, through the SDK v3's
+local pipeline executor (Prepare -> Train on 2 instances -> Evaluate -> CheckAccuracy -> CreateModel | Fail)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+
+import pytest
+
+from ..conftest import assert_one_line_error, run_cli
+from ..helpers import docker
+
+try:  # not imported here: the SDK needs a region when imported, the CLI sets up its own offline settings
+    importlib.metadata.version("sagemaker-mlops")
+except importlib.metadata.PackageNotFoundError:
+    pytest.skip("the SageMaker SDK is installed by `make venv`", allow_module_level=True)
+
+
+def _leftovers(workdir):
+    rows = docker("ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}').stdout
+    return [r for r in rows.splitlines() if str(workdir) in r]
+
+
+def _networks():
+    return docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+
+
+def _local(data, work, *args, image):
+    return run_cli("sm", "pipeline", "local", "--data", data, "--workdir", work, "--image", image, *args,
+                   timeout=900)
+
+
+def _nothing_left(work, nets_before):
+    assert _leftovers(work) == []
+    if "sagemaker-local" not in nets_before:
+        assert "sagemaker-local" not in _networks()
+    assert not list(work.glob("containers-*"))  # the compose projects' folders
+
+
+def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
+    nets = _networks()
+    work = tmp_path / "work"
+    proc = _local(abid_root, work, "--min-accuracy", "0", image=image)
+    out = proc.stdout
+    assert proc.returncode == 0, (out + proc.stderr)[-5000:]
+    # what cannot run locally is said, with the fixed hyperparameters standing in for Tune
+    assert "replaced locally: Tune -> fixed hyperparameters" in out
+    assert "replaced locally: Register -> CreateModel" in out
+    assert "fixed hyperparameters: lr=0.001 epochs=1 image_size=64" in out
+    status = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  ")}
+    assert status == {"Prepare": "Succeeded", "Train": "Succeeded", "Evaluate": "Succeeded",
+                      "CheckAccuracy": "Succeeded", "CreateModel": "Succeeded", "AccuracyTooLow": "NotRun"}
+    assert "outcome=True" in next(ln for ln in out.splitlines() if "CheckAccuracy" in ln)
+    # Train ran on 2 local instances that formed one process group
+    assert "rank 0/2" in proc.stderr and "rank 1/2" in proc.stderr
+    # the evaluation the gate read, where the execution wrote it
+    (run_dir,) = (work / "runs").iterdir()
+    assert f"execution {run_dir.name}: Succeeded" in out
+    doc = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
+    acc = doc["multiclass_classification_metrics"]["accuracy"]["value"]
+    rmse = doc["regression_metrics"]["rmse"]["value"]
+    assert 0 <= acc <= 1 and rmse >= 0
+    assert doc["bincounter"]["n"] == sum(1 for _ in (run_dir / "prepare" / "test").rglob("*.jpg")) > 0
+    assert f"would register bincounter (PendingManualApproval) with accuracy {acc:.4f}" in out
+    assert f"evaluation: accuracy {acc:.4f}, RMSE {rmse:.4f} on {doc['bincounter']['n']} test images" in out
+    assert (run_dir / "train" / "model.tar.gz").is_file() and (run_dir / "prepare" / "eda" / "index.html").is_file()
+    assert sorted(p.name for p in (run_dir / "prepare").iterdir()) == ["eda", "test", "train", "val"]
+    _nothing_left(work, nets)
+
+
+def test_an_unreachable_min_accuracy_ends_in_the_fail_step(image, abid_root, tmp_path):
+    nets = _networks()
+    work = tmp_path / "work"
+    proc = _local(abid_root, work, "--min-accuracy", "1.01", "--json", image=image)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-5000:]
+    report = json.loads(proc.stdout)
+    steps = {s["name"]: s for s in report["steps"]}
+    assert {n: s["status"] for n, s in steps.items()} == {
+        "Prepare": "Succeeded", "Train": "Succeeded", "Evaluate": "Succeeded", "CheckAccuracy": "Succeeded",
+        "CreateModel": "NotRun", "AccuracyTooLow": "Failed"}
+    assert steps["CheckAccuracy"]["outcome"] is False
+    acc = json.loads((work / "runs" / report["execution"] / "evaluate" / "evaluation.json").read_text())[
+        "multiclass_classification_metrics"]["accuracy"]["value"]
+    assert report["evaluation"]["accuracy"] == acc
+    message = f"test accuracy {acc} is below MinAccuracy 1.01"
+    assert message in steps["AccuracyTooLow"]["reason"]
+    assert report["status"] == "Failed" and "AccuracyTooLow" in report["failure"]
+    assert "would_register" not in report
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("bincounter: local pipeline failed:")]
+    assert len(errors) == 1 and message in errors[0]
+    _nothing_left(work, nets)
+
+
+def test_a_failing_step_reports_the_containers_reason(image, tmp_path):
+    """Prepare fails in its container (bin-images/ and metadata/ are there, but empty): the step's failure
+    and the container's one-line error are reported, later steps do not run."""
+    raw = tmp_path / "raw"
+    (raw / "bin-images").mkdir(parents=True)
+    (raw / "metadata").mkdir()
+    work = tmp_path / "work"
+    proc = _local(raw, work, "--min-accuracy", "0", image=image)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-5000:]
+    status = {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("  ")
+              and not ln.strip().startswith("container:")}
+    assert status == {"Prepare": "Failed", "Train": "NotRun", "Evaluate": "NotRun", "CheckAccuracy": "NotRun",
+                      "CreateModel": "NotRun", "AccuracyTooLow": "NotRun"}
+    reason = "container: bincounter: error: /opt/ml/processing/input/raw: no metadata/*.json"
+    assert reason in proc.stdout
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("bincounter: local pipeline failed:")]
+    assert len(errors) == 1 and "Step 'Prepare' failed" in errors[0] and "no metadata/*.json" in errors[0]
+    assert _leftovers(work) == []
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("half", "not a raw ABID directory (no bin-images/; it must hold bin-images/ and metadata/"),
+    ("missing", "not a directory"),
+])
+def test_data_that_is_not_abid_is_one_line(name, needle, image, tmp_path):
+    (tmp_path / "half" / "metadata").mkdir(parents=True)
+    proc = _local(tmp_path / name, tmp_path / "work", image=image)
+    assert_one_line_error(proc, f"--data {tmp_path / name}: {needle}")
+    assert not (tmp_path / "work").exists()
