@@ -24,6 +24,21 @@ def test_synth_and_split_cli(tmp_path):
     assert len(list((tmp_path / "c" / "train").rglob("*.jpg"))) == 5
 
 
+def test_split_warns_about_each_count_a_split_gets_no_bins_of(tmp_path):
+    """Issue 13: a tiny data set split with the default fractions wrote no val/test bins for some counts, silently."""
+    assert run_cli("data", "synth", tmp_path / "s", "--per-class", "3", "--size", "64").returncode == 0
+    proc = run_cli("data", "split", tmp_path / "s", "--out", tmp_path / "c")  # round(3 x 0.1) = 0 of each count
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln.split(" WARNING ")[1] for ln in proc.stderr.splitlines() if " WARNING " in ln]
+    assert len(warnings) == 10, proc.stderr
+    for split in ("val", "test"):
+        for c in range(1, 6):
+            assert f"{split} split: no bins of count {c} (count {c} has 3 usable bins; round(3 x 0.1) = 0: a larger " \
+                f"--{split}, or more bins of count {c})" in warnings
+    proc = run_cli("data", "split", tmp_path / "s", "--out", tmp_path / "c", "--val", "0", "--test", "0.34")
+    assert proc.returncode == 0 and " WARNING " not in proc.stderr, proc.stderr  # no val asked for: none missing
+
+
 def test_split_of_a_missing_directory(tmp_path):
     assert_one_line_error(run_cli("data", "split", tmp_path / "nope", "--out", tmp_path / "c"),
                           "not an ABID directory")
