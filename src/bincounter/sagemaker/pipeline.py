@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from . import jobs
+
 PROC = "/opt/ml/processing"
 ENTRYPOINT = "/opt/bincounter/container/entrypoint.sh"
 SPLITS = ("train", "val", "test")
@@ -237,9 +239,7 @@ def add_arguments(sub, formatter) -> None:
     psub = p.add_subparsers(dest="pipeline_cmd", required=True, metavar="ACTION")
 
     def aws_opts(q, dry=True):
-        q.add_argument("--region")
-        q.add_argument("--profile")
-        q.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+        jobs.add_aws_options(q)
         if dry:
             q.add_argument("--dry-run", action="store_true", help="print the request(s), offline: no credentials")
 
