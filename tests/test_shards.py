@@ -265,3 +265,19 @@ def test_evaluate_reads_a_sharded_channel(trained_model, channels, shards, tmp_p
     assert from_shards["n"] == per_image["n"] > 0
     assert from_shards["confusion_matrix"] == per_image["confusion_matrix"]
     assert abs(from_shards["rmse"] - per_image["rmse"]) < 1e-9
+
+
+def test_eda_reads_shards(channels, shards, tmp_path):
+    """`bincounter data eda` on `data shard`'s output (or one split of it): the same bins, counts and report."""
+    from bincounter.data.eda import analyse
+
+    per_count = {str(c): sum(1 for s in ("train", "val", "test") for _ in (channels / s / str(c)).glob("*.jpg"))
+                 for c in range(1, 6)}
+    proc = run_cli("data", "eda", shards, "--out", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "report" / "eda.json").read_text())
+    assert stats["usable_per_count"] == per_count and stats["bins"] == sum(per_count.values())
+    assert not stats["missing_images"] and not stats["bad_metadata"] and not stats["corrupt_images"]
+    assert (tmp_path / "report" / "samples.png").is_file()
+    test_only = analyse(shards / "test")
+    assert test_only["bins"] == sum(1 for _ in (channels / "test").rglob("*.jpg"))

@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Class histogram, image sizes, item dimensions/weights, sample grid per "
                          "count, warnings (imbalance, corrupt/tiny images, duplicates). OUT/index.html is "
                          "self-contained; numbers in OUT/eda.json.")
-    ed.add_argument("src", help="ABID directory")
+    ed.add_argument("src", help="ABID directory (bin-images/ + metadata/), or shards from `data shard` (the whole "
+                    "output or one split)")
     ed.add_argument("--out", required=True, help="report directory")
     ed.set_defaults(func=cmd_eda)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
 import logging
 from collections import Counter, defaultdict
@@ -36,19 +37,61 @@ def _plt():
     return plt
 
 
-def analyse(root: str | Path, progress=None) -> dict:
-    root = Path(root)
+def _shard_dirs(root: Path) -> list[Path]:
+    """The sharded channels under `root` (`data shard`'s output or one of its splits), else []."""
+    from .shards import INDEX
+
+    if (root / INDEX).is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if (p / INDEX).is_file()) if root.is_dir() else []
+
+
+def _records(root: Path):
+    """(bin id, metadata text or None, image bytes or None) per bin: from an ABID directory (metadata/ +
+    bin-images/) or from shards (each sample's JSON holds {"count", "metadata"}). -> (number of bins, records)."""
+    shard_dirs = _shard_dirs(root)
+    if shard_dirs:
+        from .shards import iter_tar, read_index
+
+        indexes = [(d, read_index(d)) for d in shard_dirs]
+
+        def from_shards():
+            for d, index in indexes:
+                for sh in index["shards"]:
+                    for key, parts in iter_tar(d / sh["name"]):
+                        meta = None
+                        if "json" in parts:
+                            try:
+                                doc = json.loads(parts["json"])
+                                meta = json.dumps(doc.get("metadata") or {"EXPECTED_QUANTITY": doc["count"]})
+                            except (ValueError, KeyError, TypeError, AttributeError):
+                                meta = ""  # present but unreadable: counted as bad metadata
+                        yield key, meta, parts.get("jpg")
+
+        return sum(i["samples"] for _, i in indexes), from_shards()
     metas = sorted((root / "metadata").glob("*.json")) if (root / "metadata").is_dir() else []
     if not metas:
-        raise DataError(f"{root}: no metadata/*.json (not an ABID directory)")
+        raise DataError(f"{root}: no metadata/*.json (not an ABID directory, nor shards from `data shard`)")
+
+    def from_dir():
+        for m in metas:
+            img = root / "bin-images" / f"{m.stem}.jpg"
+            yield m.stem, m.read_text(), img.read_bytes() if img.is_file() else None
+
+    return len(metas), from_dir()
+
+
+def analyse(root: str | Path, progress=None) -> dict:
+    """Statistics and warnings of an ABID directory, or of sharded channels (`data shard`'s output)."""
+    root = Path(root)
+    n_bins, records = _records(root)
     quantities: Counter = Counter()
     bad_meta, missing_img, corrupt, tiny = [], [], [], []
     sizes, dims, weights, by_count = [], [], [], defaultdict(list)
     hashes: dict[str, list[str]] = defaultdict(list)
-    for m in metas:
-        bid = m.stem
+    for bid, meta_text, data in records:
         try:
-            meta = json.loads(m.read_text())
+            meta = json.loads(meta_text)
             q = meta["EXPECTED_QUANTITY"]
             items = meta.get("BIN_FCSKU_DATA") or {}
         except (ValueError, KeyError, TypeError):
@@ -61,14 +104,12 @@ def analyse(root: str | Path, progress=None) -> dict:
                 weights.append(float(it["weight"]["value"]))
             except (KeyError, TypeError, ValueError):
                 pass
-        img = root / "bin-images" / f"{bid}.jpg"
-        if not img.is_file():
+        if data is None:
             missing_img.append(bid)
             continue
-        data = img.read_bytes()
         hashes[hashlib.sha256(data).hexdigest()].append(bid)
         try:
-            with Image.open(img) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 im.draft("RGB", (TINY, TINY))
                 im.load()
@@ -78,7 +119,8 @@ def analyse(root: str | Path, progress=None) -> dict:
         sizes.append((w, h))
         if min(w, h) < TINY:
             tiny.append(bid)
-        by_count[q].append(img)
+        if len(by_count[q]) < 6:
+            by_count[q].append(io.BytesIO(data))
         if progress is not None:
             progress.update(1)
     in_range = {c: quantities.get(c, 0) for c in COUNTS}
@@ -105,7 +147,7 @@ def analyse(root: str | Path, progress=None) -> dict:
         warnings.append(f"{len(duplicates)} groups of duplicate images (same sha256), e.g. {duplicates[0][:4]}")
     sz = np.array(sizes) if sizes else np.zeros((0, 2))
     return {
-        "root": str(root), "bins": len(metas), "quantity_histogram": {str(k): v for k, v in sorted(quantities.items())},
+        "root": str(root), "bins": n_bins, "quantity_histogram": {str(k): v for k, v in sorted(quantities.items())},
         "usable_per_count": {str(k): v for k, v in in_range.items()},
         "image_size": {"n": len(sizes), "width_median": float(np.median(sz[:, 0])) if len(sz) else None,
                        "height_median": float(np.median(sz[:, 1])) if len(sz) else None,
