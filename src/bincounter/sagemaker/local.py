@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 import uuid
@@ -41,6 +42,8 @@ from pathlib import Path
 from ..errors import UserError
 
 log = logging.getLogger("bincounter")
+#: what `local_train` records in its workdir (the channels it trained on), for serve_local's test channel
+TRAIN_RECORD = "local-train.json"
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/bincounter-local-mode"
 _CONFIG = """SchemaVersion: '1.0'
 SageMaker:
@@ -58,8 +61,15 @@ def write_offline_config(workdir: Path) -> Path:
     return cfg
 
 
+class LocalJobFailed(UserError):
+    """A local job ran and failed (or was stopped): no usable result. The scripts exit 1 on it, not 2."""
+
+
 def offline_sdk_env(workdir: Path) -> None:
     """Make the SDK work with no AWS account: call before importing sagemaker."""
+    from .sdk import quiet_region_notice
+
+    quiet_region_notice()
     os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(workdir))
     os.environ.setdefault("AWS_REGION", "us-east-1")
     os.environ.setdefault("AWS_DEFAULT_REGION", os.environ["AWS_REGION"])
@@ -149,12 +159,29 @@ def _docker(*args) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True)
 
 
-def cleanup_docker(root: Path) -> None:
-    """Remove every container the SDK's docker-compose started from a directory under `root` (compose
-    labels each container with its working dir), and the sagemaker-local network when nothing uses it."""
+def _containers(root: Path) -> list[str]:
+    """Ids of the containers the SDK's docker-compose started from a directory under `root` (compose labels each
+    container with its working dir)."""
     rows = _docker("ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.project.working_dir"}}').stdout
     root_s = str(Path(root).resolve())
-    ids = [cid for cid, _, wd in (r.partition(" ") for r in rows.splitlines()) if wd.startswith(root_s)]
+    return [cid for cid, _, wd in (r.partition(" ") for r in rows.splitlines()) if wd.startswith(root_s)]
+
+
+def container_log_tail(root: Path, lines: int = 15) -> str:
+    """The last `lines` log lines of the containers started under `root` (why an endpoint never came up)."""
+    tails = []
+    for cid in _containers(root):
+        out = _docker("logs", "--tail", str(lines), cid)
+        text = (out.stdout + out.stderr).strip()
+        if text:
+            tails.append(text)
+    return "\n".join(tails)
+
+
+def cleanup_docker(root: Path) -> None:
+    """Remove every container the SDK's docker-compose started from a directory under `root`, and the
+    sagemaker-local network when nothing uses it."""
+    ids = _containers(root)
     if ids:
         _docker("rm", "-f", *ids)
         log.info("removed %d local-mode container(s)", len(ids))
@@ -167,6 +194,38 @@ def check_image(image: str) -> None:
     if _docker("image", "inspect", image).returncode != 0:
         raise UserError(f"Docker image {image} not found; build it with `make image` "
                         "(or container/build_local.sh)")
+
+
+def check_model_tarball(tarball: Path) -> None:
+    """A model.tar.gz a local job wrote must hold a model (config.json and weights). The SDK packs one even when
+    the job failed or was stopped (docker compose exiting 130 counts as success there): an empty one is a failure."""
+    from ..artifact import CONFIG, ONNX, WEIGHTS
+
+    try:
+        with tarfile.open(tarball) as tar:
+            names = {Path(n).as_posix().removeprefix("./") for n in tar.getnames()}
+    except (OSError, EOFError, tarfile.TarError) as e:
+        raise LocalJobFailed(f"local training left an unreadable {tarball.name} ({e})") from None
+    missing = [n for n in (CONFIG, WEIGHTS) if n not in names]
+    if CONFIG in names and WEIGHTS in missing and ONNX in names:
+        missing = []
+    if missing:
+        what = "is empty" if not names else f"has no {' or '.join(missing)}"
+        raise LocalJobFailed(f"local training produced no model ({tarball.name} {what}): the job failed or was "
+                             "stopped; see the container log above")
+
+
+def record_channels(workdir: Path, channels: Path) -> None:
+    """Note in `workdir` which channels a local training run used (serve_local's default test channel)."""
+    (workdir / TRAIN_RECORD).write_text(json.dumps({"channels": str(Path(channels).resolve())}) + "\n")
+
+
+def recorded_channels(workdir: Path) -> Path | None:
+    """The channels the last `local_train` in `workdir` used, if it recorded them."""
+    try:
+        return Path(json.loads((workdir / TRAIN_RECORD).read_text())["channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def local_train(image: str, channels: Path, workdir: Path, hyperparameters: dict, instance_count: int = 2,
@@ -196,12 +255,20 @@ def local_train(image: str, channels: Path, workdir: Path, hyperparameters: dict
         inputs = [InputData(channel_name=c, data_source=str(channels / c)) for c in present]
         if pretrained is not None:
             inputs.append(InputData(channel_name="pretrained", data_source=str(Path(pretrained).resolve())))
-        trainer.train(input_data_config=inputs)
+        try:
+            trainer.train(input_data_config=inputs)
+        except RuntimeError as e:  # docker compose exited non-zero: a container failed
+            raise LocalJobFailed(f"local training failed ({' '.join(str(e).split())[-200:]}); see the container "
+                                 "log above") from None
         tarball = root / "compressed_artifacts" / "model.tar.gz"
         if not tarball.is_file():
-            raise UserError(f"local training produced no model.tar.gz in {root}")
+            raise LocalJobFailed(f"local training produced no model.tar.gz in {root}")
+        check_model_tarball(tarball)
         out = workdir / "model.tar.gz"
-        shutil.copyfile(tarball, out)
+        tmp = workdir / "model.tar.gz.part"
+        shutil.copyfile(tarball, tmp)
+        tmp.replace(out)  # a model.tar.gz under its name is always whole
+        record_channels(workdir, channels)
         for extra in ("output.tar.gz",):
             if (root / "compressed_artifacts" / extra).is_file():
                 shutil.copyfile(root / "compressed_artifacts" / extra, workdir / extra)
@@ -239,7 +306,13 @@ def local_endpoint(image: str, model_tar: Path, workdir: Path, name: str | None 
             "InstanceType": "local_cpu"}])
         created.append("config")
         t0 = time.monotonic()
-        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)  # returns once /ping is 200
+        try:
+            sm.create_endpoint(EndpointName=name, EndpointConfigName=name)  # returns once /ping is 200
+        except RuntimeError as e:  # the SDK's "Giving up, endpoint didn't launch correctly": say why
+            tail = container_log_tail(root)
+            raise LocalJobFailed(f"local endpoint did not come up ({e})" + (
+                "; the container's log ends:\n" + "\n".join(f"  {line}" for line in tail.splitlines())
+                if tail else "; the container left no log")) from None
         created.append("endpoint")
         log.info("local endpoint %s up in %.1f s", name, time.monotonic() - t0)
 

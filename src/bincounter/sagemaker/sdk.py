@@ -51,6 +51,28 @@ def _quiet_sdk():
             h.removeFilter(f)
 
 
+REGION_NOTICE = "No region provided. Using default region."
+
+
+class _RegionNoticeWhenSet(logging.Filter):
+    """The SDK warns "No region provided" whenever a client is made without region_name, though the region does
+    come from AWS_REGION / the profile: that warning passes only when no region is configured at all."""
+
+    def filter(self, record):
+        if record.getMessage() != REGION_NOTICE:
+            return True
+        import botocore.session
+
+        return not botocore.session.get_session().get_config_variable("region")
+
+
+def quiet_region_notice() -> None:
+    """Install `_RegionNoticeWhenSet` on the SDK logger that writes the notice (once)."""
+    sdk_log = logging.getLogger("sagemaker.core.utils.utils")
+    if not any(isinstance(f, _RegionNoticeWhenSet) for f in sdk_log.filters):
+        sdk_log.addFilter(_RegionNoticeWhenSet())
+
+
 def _sdk_error_line(e: Exception) -> str | None:
     """One line for the SDK's own input validation (pydantic) errors; None for anything else."""
     try:
@@ -106,6 +128,7 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
     (`_dry_answer`) or, where there is no local answer, stopped: that ends the SDK call (caught here)."""
     import boto3
 
+    quiet_region_notice()
     if endpoint_url:  # every client the SDK makes (sagemaker, sts, logs, s3) talks to it
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
     os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
