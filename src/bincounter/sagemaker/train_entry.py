@@ -28,6 +28,8 @@ from .contract import TrainingContract, train_argv
 
 log = logging.getLogger("bincounter")
 MASTER_PORT = "29500"
+#: the network interface SageMaker local mode names in resourceconfig.json; its containers have no such NIC
+LOCAL_MODE_NIC = "ethwe"
 
 
 def _parser():
@@ -100,8 +102,10 @@ def run(contract: TrainingContract) -> None:
 
     nic = choose_ifname(contract.network_interface)
     if contract.network_interface and nic != contract.network_interface:
-        log.warning("platform names network interface %r, which does not exist here (have: %s); using %r",
-                    contract.network_interface, ", ".join(list_interfaces()), nic)
+        # SageMaker local mode always names `ethwe` (no such NIC in its containers): expected there, INFO
+        level = logging.INFO if contract.network_interface == LOCAL_MODE_NIC else logging.WARNING
+        log.log(level, "platform names network interface %r, which does not exist here (have: %s); using %r",
+                contract.network_interface, ", ".join(list_interfaces()), nic)
     env = {**os.environ, "BINCOUNTER_FAILURE_FILE": str(contract.failure_file)}
     if nic:
         env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = nic
