@@ -316,3 +316,26 @@ def test_a_multipart_upload_that_succeeds_logs_no_connection_pool_warnings(abid_
                    "--workers", "1")
     assert proc.returncode == 0 and "uploaded 1 files" in proc.stderr, proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_an_object_changed_in_the_bucket_is_fetched_again(abid_bucket, moto_endpoint, aws_env, tmp_path):
+    """Same size, new content: the ledger's ETag (not the size) tells; the summary line comes last."""
+    src, bucket, s3 = abid_bucket
+    fl = tmp_path / "fl.json"
+    ids = json.loads((src / "file_list.json").read_text())["3"][:3]
+    fl.write_text(json.dumps({"3": ids}))
+    out = tmp_path / "abid"
+    assert _fetch(moto_endpoint, out, file_list=fl).returncode == 0
+    bid = ids[0].rsplit("/", 1)[1][:-5]
+    key = f"bin-images/{bid}.jpg"
+    old = (out / key).read_bytes()
+    new = old[:-1] + bytes([old[-1] ^ 0xFF])
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=new)
+        proc = _fetch(moto_endpoint, out, file_list=fl)
+    finally:
+        s3.put_object(Bucket=bucket, Key=key, Body=old)  # the module's bucket, as the other tests expect it
+    assert proc.returncode == 0, proc.stderr
+    assert (out / key).read_bytes() == new
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "downloaded 1 files" in last and "skipped 5 already complete" in last, proc.stderr

@@ -177,6 +177,10 @@ def cmd_fetch(args) -> int:
         return _fetch(args)
 
 
+#: what to do when the bucket refuses anonymous (unsigned) requests
+UNSIGNED_DENIED = "requests are unsigned: pass --no-unsigned to sign them with your AWS credentials"
+
+
 def _fetch(args) -> int:
     from .data.s3 import _check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
 
@@ -187,7 +191,12 @@ def _fetch(args) -> int:
     # local inputs first (a bad list fails without touching the network), then the endpoint, once
     ids = ids_from_file_list(args.file_list) if args.file_list else None
     counts = _parse_counts(args.counts) if ids is None else None
-    _check_endpoint(client, args.bucket)
+    try:
+        _check_endpoint(client, args.bucket)
+    except UserError as e:
+        if args.unsigned and "AccessDenied" in str(e):
+            raise UserError(f"{e} ({UNSIGNED_DENIED})") from None
+        raise
     if ids is None:
         chosen = sample_ids(client, args.bucket, args.sample, counts, args.seed, args.workers)
         out.mkdir(parents=True, exist_ok=True)
@@ -196,9 +205,11 @@ def _fetch(args) -> int:
         log.info("sampled %d bins (%s) -> %s", len(ids), {c: len(v) for c, v in chosen.items()},
                  out / "file_list.json")
     report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers)
-    log.info(report.summary())
     for key, reason in list(report.failed.items())[:10]:
         log.warning("  %s: %s", key, reason)
+    if args.unsigned and any(r.startswith("access denied") for r in report.failed.values()):
+        log.warning("access denied to anonymous requests: %s", UNSIGNED_DENIED)
+    log.info(report.summary())  # last: what a reader sees at the end
     if args.file_list and not (out / "file_list.json").exists():
         (out / "file_list.json").write_text(Path(args.file_list).read_text())
     return 1 if report.failed and not report.done and not report.skipped else 0

@@ -4,8 +4,10 @@ and `upload` (prepared channels to your bucket).
 fetch is parallel (bounded thread pool), resumable and safe to interrupt:
 * every object is written to `<name>.part-<pid>-<thread>` and renamed when complete (length checked
   against Content-Length), so a file under its final name is always whole;
-* `.fetch-ledger.jsonl` records (key, size) of finished files: a second run skips a file whose size on
-  disk matches its ledger entry and fetches everything else again (missing or changed);
+* `.fetch-ledger.jsonl` records (key, size, ETag) of finished files: a second run asks the bucket for a file
+  whose size on disk matches its ledger entry only if its ETag changed (a conditional GET: 304, no body, when it did
+  not) and fetches everything else again (missing, changed on disk or in the bucket); entries written before the
+  ETag was recorded are trusted by size;
 * throttling and 5xx are retried by botocore (adaptive mode) and a broken body stream by us, with backoff;
 * a missing key is counted and reported, not fatal; Ctrl-C stops the workers, removes their partial files
   and leaves the ledger consistent.
@@ -100,37 +102,53 @@ class _Ledger:
     def __init__(self, root: Path):
         self.path = root / LEDGER
         self.sizes: dict[str, int] = {}
+        self.etags: dict[str, str] = {}
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
                     self.sizes[rec["key"]] = rec["size"]
-                except (ValueError, KeyError):
+                    if rec.get("etag"):
+                        self.etags[rec["key"]] = rec["etag"]
+                    else:
+                        self.etags.pop(rec["key"], None)
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # a torn last line from a killed run
         self.lock = threading.Lock()
         self.f = open(self.path, "a")
 
     def complete(self, key: str, dest: Path) -> bool:
+        """Whole on disk as fetched (the bucket may still hold a newer version: `etags`)."""
         return key in self.sizes and dest.is_file() and dest.stat().st_size == self.sizes[key]
 
-    def add(self, key: str, size: int) -> None:
+    def add(self, key: str, size: int, etag: str | None = None) -> None:
         with self.lock:
-            self.f.write(json.dumps({"key": key, "size": size}) + "\n")
+            self.f.write(json.dumps({"key": key, "size": size, **({"etag": etag} if etag else {})}) + "\n")
             self.f.flush()
             self.sizes[key] = size
+            if etag:
+                self.etags[key] = etag
 
     def close(self) -> None:
         self.f.close()
 
 
-def _download(client, bucket: str, key: str, dest: Path, stop: threading.Event, attempts: int = 4) -> int:
+class Unchanged(Exception):
+    """A worker's job needed no transfer (the object did not change): counted as skipped by `transfer`."""
+
+
+def _download(client, bucket: str, key: str, dest: Path, stop: threading.Event, attempts: int = 4,
+              if_none_match: str | None = None) -> tuple[int, str | None]:
+    """-> (bytes, the object's ETag). `if_none_match`: the ETag of the copy on disk; raises Unchanged when the
+    bucket still holds that version."""
     from botocore.exceptions import ClientError
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
+    conditional = {"IfNoneMatch": if_none_match} if if_none_match else {}
     for attempt in range(1, attempts + 1):
         try:
-            obj = client.get_object(Bucket=bucket, Key=key)
+            obj = client.get_object(Bucket=bucket, Key=key, **conditional)
             expected, got = obj["ContentLength"], 0
             with open(tmp, "wb") as f:
                 for chunk in obj["Body"].iter_chunks(_CHUNK):
@@ -141,10 +159,12 @@ def _download(client, bucket: str, key: str, dest: Path, stop: threading.Event, 
             if got != expected:
                 raise OSError(f"truncated body: {got} of {expected} bytes")
             os.replace(tmp, dest)
-            return got
+            return got, obj.get("ETag")
         except ClientError as e:
             tmp.unlink(missing_ok=True)
             code = e.response.get("Error", {}).get("Code", "")
+            if code in ("304", "NotModified"):
+                raise Unchanged(key) from None
             if code in ("NoSuchKey", "404"):
                 raise FileNotFoundError(f"missing: s3://{bucket}/{key}") from None
             if code in ("AccessDenied", "403"):
@@ -187,6 +207,8 @@ def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") ->
                     try:
                         report.bytes += fut.result()
                         report.done += 1
+                    except Unchanged:
+                        report.skipped += 1
                     except (FileNotFoundError, PermissionError, OSError) as e:
                         report.failed[fut.key] = str(e)
                     bar.update(1)
@@ -210,22 +232,25 @@ def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=Non
         stale.unlink()
     ledger = _Ledger(out)
     keys = [k for bid in ids for k in (f"metadata/{bid}.json", f"bin-images/{bid}.jpg")]
-    todo = [k for k in keys if not ledger.complete(k, out / k)]
-    skipped = len(keys) - len(todo)
-    log.info("%d files listed, %d already complete, %d to fetch from s3://%s with %d workers", len(keys),
-             skipped, len(todo), bucket, workers)
+    # complete on disk: skipped, or, with a recorded ETag, fetched again only if the bucket's ETag differs
+    jobs = [(k, ledger.etags.get(k) if ledger.complete(k, out / k) else None) for k in keys
+            if not (ledger.complete(k, out / k) and k not in ledger.etags)]
+    skipped = len(keys) - len(jobs)
+    checked = sum(1 for _, etag in jobs if etag)
+    log.info("%d files listed, %d already complete, %d to check for changes, %d to fetch from s3://%s with %d "
+             "workers", len(keys), skipped, checked, len(jobs) - checked, bucket, workers)
 
     def work(job, stop):
-        key = job[0]
-        n = _download(client, bucket, key, out / key, stop)
-        ledger.add(key, n)
+        key, etag = job
+        n, new_etag = _download(client, bucket, key, out / key, stop, if_none_match=etag)
+        ledger.add(key, n, new_etag)
         return n
 
     try:
-        report = transfer([(k,) for k in todo], work, workers, "fetch")
+        report = transfer(jobs, work, workers, "fetch")
     finally:
         ledger.close()
-    report.skipped = skipped
+    report.skipped += skipped
     return report
 
 
