@@ -30,7 +30,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NAME=""
-STAGE=gpu
+STAGE=""
 TAG=""
 LATEST=1
 PUSH=1
@@ -74,7 +74,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$STAGE" in
-  gpu) NAME="${NAME:-bincounter}" ;;
+  ""|gpu) NAME="${NAME:-bincounter}" ;;
   serve-cpu) NAME="${NAME:-bincounter-cpu}" ;;
   *) die "--target must be gpu or serve-cpu (got '$STAGE')" ;;
 esac
@@ -152,9 +152,12 @@ fi
 if [ -n "$BASE_IMAGE" ]; then BUILD_ARGS+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
 tags=(-t "$TARGET:$TAG")
 if [ "$LATEST" = 1 ]; then tags+=(-t "$TARGET:latest"); fi
-log "building $TARGET:$TAG ($PLATFORM, target $STAGE) from $DOCKERFILE"
+# no --target: the Dockerfile's last stage (ours: gpu), so a Dockerfile without named stages (--file) builds too
+target_args=()
+if [ -n "$STAGE" ]; then target_args=(--target "$STAGE"); fi
+log "building $TARGET:$TAG ($PLATFORM, target ${STAGE:-the last stage}) from $DOCKERFILE"
 start=$(date +%s)
-docker build --platform "$PLATFORM" --target "$STAGE" "${BUILD_ARGS[@]}" "${tags[@]}" -f "$DOCKERFILE" "$CONTEXT" >&2 \
+docker build --platform "$PLATFORM" "${target_args[@]}" "${BUILD_ARGS[@]}" "${tags[@]}" -f "$DOCKERFILE" "$CONTEXT" >&2 \
   || die "docker build failed (see the output above)"
 size=$(docker image inspect "$TARGET:$TAG" --format '{{.Size}}')
 log "built in $(( $(date +%s) - start )) s; image size $(( size / 1000000 )) MB"

@@ -74,7 +74,8 @@ ensure_base
 
 # --- the build: the same script and Dockerfile as production, with the local base -------------------
 [[ "$TAG" == *:* ]] || TAG="$TAG:latest"
-args=(--no-push --no-latest --target "$STAGE" --base-image "$BASE_TAG" --tag "${TAG##*:}")
+args=(--no-push --no-latest --base-image "$BASE_TAG" --tag "${TAG##*:}")
 if [ -n "$CA_BUNDLE" ]; then args+=(--ca-bundle "$CA_BUNDLE"); fi
+if [ "$STAGE" != gpu ]; then args+=(--target "$STAGE"); fi
 "$ROOT/build_and_push.sh" "${args[@]}" "${TAG%:*}" >/dev/null
 echo "$TAG"

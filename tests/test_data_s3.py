@@ -163,10 +163,10 @@ def test_a_second_upload_skips_multipart_files_too(abid_bucket, moto_endpoint, a
     big.parent.mkdir(parents=True)
     big.write_bytes(os.urandom(PART_SIZE + 12345))
     (ch / "train" / "small.tar").write_bytes(b"x" * 1000)
-    s3.create_bucket(Bucket="shards")
-    args = ("data", "upload", ch, "s3://shards/v1", "--endpoint-url", moto_endpoint)
+    s3.create_bucket(Bucket="multipart")
+    args = ("data", "upload", ch, "s3://multipart/v1", "--endpoint-url", moto_endpoint)
     assert run_cli(*args).returncode == 0
-    assert s3.head_object(Bucket="shards", Key="v1/train/shard-000000.tar")["ETag"].strip('"').endswith("-2")
+    assert s3.head_object(Bucket="multipart", Key="v1/train/shard-000000.tar")["ETag"].strip('"').endswith("-2")
     again = run_cli(*args)
     assert "uploaded 0 files" in again.stderr and "skipped 2" in again.stderr, again.stderr
     with open(big, "r+b") as f:  # same size, one byte different in the second part
