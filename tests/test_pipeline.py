@@ -42,7 +42,9 @@ def test_every_step_runs_our_image_in_order(definition):
                                          "RegisterModel", "Fail"]
     for name, action in (("Prepare", "prepare"), ("Evaluate", "evaluate")):
         app = s[name]["Arguments"]["AppSpecification"]
-        assert app == {"ImageUri": IMAGE, "ContainerEntrypoint": ["/opt/bincounter/container/entrypoint.sh",
+        # tini first: the entrypoint replaces the image's ENTRYPOINT, and tini must stay PID 1
+        assert app == {"ImageUri": IMAGE, "ContainerEntrypoint": ["/usr/bin/tini", "--",
+                                                                    "/opt/bincounter/container/entrypoint.sh",
                                                                     "process", action]}
     assert s["Tune"]["Arguments"]["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert s["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
@@ -133,14 +135,23 @@ def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
 
 @pytest.mark.parametrize("args, needle", [
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "/local/abid", "--output", "s3://o/p"],
-     "--data '/local/abid' is not an s3:// URI"),
+     "--data: not an s3:// URI"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p", "--hp", "lr=0.1"],
      "the pipeline tunes lr"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
       "--instance-type", "g5.xlarge"], "start with ml."),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
       "--min-accuracy", "80"], "an accuracy, 0..1"),
+
     (["start", "--param", "MinAcc=0.5"], "not a parameter of the pipeline"),
+    (["start", "--param", "MaxJobs=abc"], "a number of tuning trials"),
+    (["start", "--param", "ApprovalStatus=approved"], "PendingManualApproval or Approved"),
+    (["start", "--param", "MinAccuracy=7"], "an accuracy, 0..1"),
+    (["start", "--param", "InstanceType=g5.xlarge"], "start with ml."),
+    (["start", "--param", "RawData=/local"], "not an s3:// URI"),
+    (["start", "--param", "oops"], "--param 'oops': expected NAME=VALUE"),
+    (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
+      "--model-package-group", "bad_name"], "SageMaker names are letters, digits and single hyphens"),
 ])
 def test_mistakes_are_one_line(args, needle):
     assert_one_line_error(run_cli("sm", "pipeline", *args, "--dry-run", env=ENV), needle)
@@ -165,3 +176,36 @@ def test_deploy_a_registered_version_only_once_approved(moto_endpoint):
     assert proc.returncode == 0, proc.stderr[-2000:]
     container = sm.describe_model(ModelName="bc-from-registry")["PrimaryContainer"]
     assert (container["Image"], container["ModelDataUrl"]) == (IMAGE, "s3://bkt/pipe/model.tar.gz")
+
+
+def test_start_sends_a_raw_data_prefix_with_its_slash():
+    proc = run_cli("sm", "pipeline", "start", "--param", "RawData=s3://b/abid", "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["request"]["PipelineParameters"] == [{"Name": "RawData", "Value": "s3://b/abid/"}]
+
+
+def test_status_shows_each_steps_outcome_and_the_processing_exit_message(capsys):
+    """What `sm pipeline status` makes of an execution: the registered version's ARN, the condition's outcome,
+    and for a failed processing step the container's own one line (its ExitMessage), not the generic reason."""
+    import argparse
+    from unittest import mock
+
+    from bincounter.sagemaker import pipeline
+
+    sm = mock.Mock()
+    sm.describe_pipeline_execution.return_value = {"PipelineExecutionStatus": "Failed", "FailureReason": "Step failed"}
+    sm.list_pipeline_execution_steps.return_value = {"PipelineExecutionSteps": [
+        {"StepName": "Prepare", "StepStatus": "Failed", "FailureReason": "AlgorithmError: See job logs",
+         "Metadata": {"ProcessingJob": {"Arn": "arn:aws:sagemaker:us-east-1:1:processing-job/pipelines-x-prepare"}}},
+        {"StepName": "CheckAccuracy", "StepStatus": "Succeeded", "Metadata": {"Condition": {"Outcome": "True"}}},
+        {"StepName": "Register", "StepStatus": "Succeeded",
+         "Metadata": {"RegisterModel": {"Arn": "arn:aws:sagemaker:us-east-1:1:model-package/bincounter/3"}}}]}
+    sm.describe_processing_job.return_value = {"ExitMessage": "bincounter: error: no metadata/*.json\n"}
+    args = argparse.Namespace(region="us-east-1", profile=None, endpoint_url=None, name="p",
+                              execution="arn:aws:sagemaker:us-east-1:1:pipeline/p/execution/e")
+    with mock.patch("bincounter.aws.client", return_value=sm):
+        assert pipeline.cmd_status(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    sm.describe_processing_job.assert_called_once_with(ProcessingJobName="pipelines-x-prepare")
+    assert "no metadata/*.json" in out[1] and "See job logs" not in out[1]
+    assert "outcome True" in out[2] and "model-package/bincounter/3" in out[3]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import tarfile
 
+import pytest
+
 from .conftest import assert_one_line_error, run_cli
 
 
@@ -41,3 +43,18 @@ def test_evaluate_a_training_jobs_tarball_in_the_model_metrics_layout(trained_mo
 def test_evaluate_without_a_model_is_one_line(channels, tmp_path):
     assert_one_line_error(run_cli("process", "evaluate", "--model", tmp_path, "--data", channels / "test",
                                   "--out", tmp_path / "ev"), "expected a model directory")
+
+
+def test_a_count_without_test_images_still_gives_strict_json():
+    """No bins of count 5 in the test split: recall 5 is None; evaluation.json must stay strict JSON (no NaN)."""
+    from bincounter.sagemaker.processing import _finite, model_metrics
+
+    summary = {"accuracy": 0.5, "rmse": 1.0, "n": 4, "per_class_recall": {"1": 1.0, "2": 0.0, "3": 0.5, "4": 1.0,
+                                                                         "5": None},
+               "confusion_matrix": [[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 0],
+                                    [0, 0, 0, 0, 0]], "loss": float("nan")}
+    text = json.dumps(_finite(model_metrics(summary)), allow_nan=False)
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    mc = doc["multiclass_classification_metrics"]
+    assert "recall_count_5" not in mc and mc["recall_count_3"]["value"] == 0.5
+    assert doc["bincounter"]["loss"] is None

@@ -23,12 +23,16 @@ execution id. SDK v3 limits met here, each worked around in this module only:
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 from . import jobs
 
 PROC = "/opt/ml/processing"
-ENTRYPOINT = "/opt/bincounter/container/entrypoint.sh"
+# A processing step's ContainerEntrypoint replaces the image's ENTRYPOINT, so it names tini first: tini stays
+# PID 1 (StopPipelineExecution's SIGTERM reaches the job, zombies are reaped). (ContainerArguments alone would keep
+# the image's ENTRYPOINT, but the SDK's local executor requires an entrypoint.)
+ENTRYPOINT = ["/usr/bin/tini", "--", "/opt/bincounter/container/entrypoint.sh"]
 SPLITS = ("train", "val", "test")
 STEPS = ("Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register", "AccuracyTooLow")
 ACCURACY_PATH = "multiclass_classification_metrics.accuracy.value"
@@ -67,8 +71,9 @@ class _Flow:
         from sagemaker.core.processing import Processor
 
         return Processor(role=self.role, image_uri=self.image, instance_count=1,
-                         instance_type=self.processing_instance_type, entrypoint=[ENTRYPOINT, "process", action],
-                         volume_size_in_gb=100, base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
+                         instance_type=self.processing_instance_type, volume_size_in_gb=100,
+                         entrypoint=[*ENTRYPOINT, "process", action],
+                         base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
 
     @staticmethod
     def p_in(input_name, source, dest):
@@ -126,7 +131,8 @@ class _Flow:
         evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=self.processor("evaluate").run(
             inputs=[self.p_in("model", model_data, f"{PROC}/model"),
                     self.p_in("test", self.split_uri("test"), f"{PROC}/test")],
-            outputs=[self.p_out("evaluation", f"{PROC}/evaluation", self.uri("evaluate"))], arguments=arguments))
+            outputs=[self.p_out("evaluation", f"{PROC}/evaluation", self.uri("evaluate"))],
+            arguments=arguments))
         return evaluate, report
 
     @staticmethod
@@ -284,6 +290,34 @@ def add_arguments(sub, formatter) -> None:
 
 
 PARAMETERS = ("RawData", "InstanceType", "ProcessingInstanceType", "MaxJobs", "MinAccuracy", "ApprovalStatus")
+NAME_RE = re.compile(r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,62}")
+
+
+def check_parameter(name: str, value: str, option: str | None = None) -> str:
+    """A pipeline parameter's value, checked offline (for upsert's defaults and start's --param overrides): a
+    bad one would otherwise fail only when an execution reaches the step using it, after paid steps."""
+    from ..errors import UserError
+
+    where = option or f"--param {name}={value}"
+    if name == "RawData":
+        if not value.startswith("s3://") or len(value) <= 5:
+            raise UserError(f"{where}: not an s3:// URI")
+        return value.rstrip("/") + "/"
+    if name in ("InstanceType", "ProcessingInstanceType") and not value.startswith("ml."):
+        raise UserError(f"{where}: SageMaker instance types start with ml. (e.g. ml.{value})")
+    if name == "MaxJobs":
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"{where}: a number of tuning trials (>= 1)")
+    if name == "MinAccuracy":
+        try:
+            ok = 0 <= float(value) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UserError(f"{where}: an accuracy, 0..1")
+    if name == "ApprovalStatus" and value not in ("PendingManualApproval", "Approved"):
+        raise UserError(f"{where}: PendingManualApproval or Approved")
+    return value
 
 
 def cmd_upsert(args) -> int:
@@ -293,17 +327,20 @@ def cmd_upsert(args) -> int:
     from ..errors import UserError
     from . import commands, hyperparameters, jobs, sdk
 
-    for what, uri in (("--data", args.data), ("--output", args.output)):
-        if not uri.startswith("s3://") or len(uri) <= 5:
-            raise UserError(f"{what} {uri!r} is not an s3:// URI")
-    for what, t in (("--instance-type", args.instance_type),
-                    ("--processing-instance-type", args.processing_instance_type)):
-        if not t.startswith("ml."):
-            raise UserError(f"{what} {t!r}: SageMaker instance types start with ml. (e.g. ml.{t})")
+    if not args.output.startswith("s3://") or len(args.output) <= 5:
+        raise UserError(f"--output {args.output!r} is not an s3:// URI")
+    check_parameter("RawData", args.data, "--data")
+    check_parameter("InstanceType", args.instance_type, "--instance-type")
+    check_parameter("ProcessingInstanceType", args.processing_instance_type, "--processing-instance-type")
+    check_parameter("MaxJobs", str(args.max_jobs), "--max-jobs")
+    check_parameter("MinAccuracy", str(args.min_accuracy), "--min-accuracy")
     if not 1 <= args.max_parallel <= args.max_jobs:
         raise UserError(f"--max-jobs {args.max_jobs} / --max-parallel {args.max_parallel}: need 1 <= parallel <= jobs")
-    if not 0 <= args.min_accuracy <= 1:
-        raise UserError(f"--min-accuracy {args.min_accuracy}: an accuracy, 0..1")
+    for what, name in (("--name", args.name), ("--model-package-group", args.model_package_group)):
+        if not NAME_RE.fullmatch(name):
+            raise UserError(f"{what} {name!r}: SageMaker names are letters, digits and single hyphens, "
+                            "up to 63 characters, starting with a letter or digit")
+    args.data = args.data.rstrip("/") + "/"  # a prefix: s3://b/abid must not also take s3://b/abid-old/
     user = jobs.parse_kv(args.hp)
     if "lr" in user:
         raise UserError("--hp lr=...: the pipeline tunes lr (--lr-range); fix the other hyperparameters with --hp")
@@ -344,10 +381,14 @@ def cmd_start(args) -> int:
     from ..errors import UserError
     from . import jobs
 
-    params = jobs.parse_kv(args.param)
-    unknown = sorted(set(params) - set(PARAMETERS))
-    if unknown:
-        raise UserError(f"--param {unknown[0]}: not a parameter of the pipeline ({', '.join(PARAMETERS)})")
+    params = {}
+    for pair in args.param or []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise UserError(f"--param {pair!r}: expected NAME=VALUE, e.g. MinAccuracy=0.6")
+        if k not in PARAMETERS:
+            raise UserError(f"--param {k}: not a parameter of the pipeline ({', '.join(PARAMETERS)})")
+        params[k] = check_parameter(k, v)
     request = {"PipelineName": args.name,
                "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in params.items()]}
     if args.dry_run:
@@ -379,16 +420,36 @@ def cmd_status(args) -> int:
                 raise UserError(f"pipeline {args.name} has no executions yet (bincounter sm pipeline start)")
             arn = summaries[0]["PipelineExecutionArn"]
         ex = aws.aws_call("DescribePipelineExecution", sm.describe_pipeline_execution, PipelineExecutionArn=arn)
+        steps, why = [], None
         try:
             steps = sm.list_pipeline_execution_steps(PipelineExecutionArn=arn, SortOrder="Ascending")
             steps = steps.get("PipelineExecutionSteps", [])
-        except Exception:  # noqa: BLE001 - an API without it (moto): the execution line is still useful
-            steps = []
+        except Exception as e:  # noqa: BLE001 - shown, not fatal: the execution line is still useful
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        exit_messages = {}
+        for st in steps:  # a processing step's own one-line reason (`process` writes it) is its ExitMessage
+            job = (st.get("Metadata") or {}).get("ProcessingJob", {}).get("Arn")
+            if st.get("StepStatus") == "Failed" and job:
+                try:
+                    desc = sm.describe_processing_job(ProcessingJobName=job.rsplit("/", 1)[-1])
+                    exit_messages[st["StepName"]] = desc.get("ExitMessage")
+                except Exception:  # noqa: BLE001 - the step's FailureReason is shown anyway
+                    pass
     print(json.dumps({"execution": arn, "status": ex.get("PipelineExecutionStatus"),
                       "failure": ex.get("FailureReason")}))
+    if why:
+        print(f"steps: not available ({why})")
     for st in steps:
         line = f"{st.get('StepName', '?'):<16} {st.get('StepStatus', '?'):<12}"
-        if st.get("FailureReason"):
-            line += f" {st['FailureReason']}"
+        meta = st.get("Metadata") or {}
+        if meta.get("RegisterModel", {}).get("Arn"):
+            line += f" registered {meta['RegisterModel']['Arn']} (deploy once Approved: sm deploy --model-package)"
+        if meta.get("Condition", {}).get("Outcome"):
+            line += f" outcome {meta['Condition']['Outcome']}"
+        if meta.get("Fail", {}).get("ErrorMessage"):
+            line += f" {meta['Fail']['ErrorMessage']}"
+        reason = exit_messages.get(st.get("StepName")) or st.get("FailureReason")
+        if reason:
+            line += f" {reason.strip()}"
         print(line)
     return 0

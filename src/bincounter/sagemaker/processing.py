@@ -82,11 +82,23 @@ def model_metrics(summary: dict) -> dict:
             "accuracy": metric(summary["accuracy"]),
             "weighted_recall": metric(summary["accuracy"]),  # recall weighted by support = accuracy
             "confusion_matrix": {t: {p: cm[i][j] for j, p in enumerate(counts)} for i, t in enumerate(counts)},
-            **{f"recall_count_{c}": metric(recall[c] if recall[c] is not None else math.nan) for c in counts},
+            # a count with no test images has no recall: left out (NaN is not JSON, and JsonGet parses strictly)
+            **{f"recall_count_{c}": metric(recall[c]) for c in counts if recall[c] is not None},
         },
         "regression_metrics": {"rmse": metric(summary["rmse"])},
         "bincounter": summary,
     }
+
+
+def _finite(x):
+    """NaN/inf -> null, everywhere: strict JSON for the pipeline's JsonGet and the Model Registry."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, batch_size: int = 32) -> dict:
@@ -99,7 +111,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, batch_size: i
         model_dir = _model_dir(Path(model), Path(scratch))
         summary, paths = evaluate_model(model_dir, data, out, batch_size=batch_size)
     doc = model_metrics(summary)
-    (out / EVALUATION).write_text(json.dumps(doc, indent=2))
+    (out / EVALUATION).write_text(json.dumps(_finite(doc), indent=2, allow_nan=False))
     log.info("accuracy %.4f, RMSE %.4f on %d images -> %s (%s)", summary["accuracy"], summary["rmse"],
              summary["n"], out / EVALUATION, ", ".join(str(p) for p in paths))
     return doc
