@@ -135,11 +135,12 @@ def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
 
 @pytest.mark.parametrize("args, needle", [
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "/local/abid", "--output", "s3://o/p"],
-     "--data: not an s3:// URI"),
+     "--data '/local/abid': must be an s3:// URI"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p", "--hp", "lr=0.1"],
      "the pipeline tunes lr"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
-      "--instance-type", "g5.xlarge"], "start with ml."),
+      "--instance-type", "g5.xlarge"], "--instance-type 'g5.xlarge': SageMaker instance types start with 'ml.' "
+     "(did you mean 'ml.g5.xlarge'?)"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
       "--min-accuracy", "80"], "an accuracy, 0..1"),
 
@@ -147,8 +148,9 @@ def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
     (["start", "--param", "MaxJobs=abc"], "a number of tuning trials"),
     (["start", "--param", "ApprovalStatus=approved"], "PendingManualApproval or Approved"),
     (["start", "--param", "MinAccuracy=7"], "an accuracy, 0..1"),
-    (["start", "--param", "InstanceType=g5.xlarge"], "start with ml."),
-    (["start", "--param", "RawData=/local"], "not an s3:// URI"),
+    (["start", "--param", "InstanceType=g5.xlarge"], "--param InstanceType 'g5.xlarge': SageMaker instance types "
+     "start with 'ml.'"),
+    (["start", "--param", "RawData=/local"], "--param RawData '/local': must be an s3:// URI"),
     (["start", "--param", "oops"], "--param 'oops': expected NAME=VALUE"),
     (["upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://r/a", "--output", "s3://o/p",
       "--model-package-group", "bad_name"], "SageMaker names are letters, digits and single hyphens"),

@@ -271,11 +271,11 @@ def _s3_uri(flag: str, uri: str | None) -> None:
         raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
 
 
-def _instance_type(itype: str | None) -> None:
+def _instance_type(itype: str | None, flag: str = "--instance-type") -> None:
     """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one."""
     if itype is not None and not itype.startswith("ml."):
         fix = "ml." + (itype[3:] if itype.lower().startswith("ml.") else itype)
-        raise UserError(f"--instance-type {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
+        raise UserError(f"{flag} {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
                         f"{fix!r}?)")
 
 

@@ -297,14 +297,15 @@ def check_parameter(name: str, value: str, option: str | None = None) -> str:
     """A pipeline parameter's value, checked offline (for upsert's defaults and start's --param overrides): a
     bad one would otherwise fail only when an execution reaches the step using it, after paid steps."""
     from ..errors import UserError
+    from .commands import _instance_type, _s3_uri  # the checks sm train/tune/deploy use
 
+    flag = option or f"--param {name}"
     where = option or f"--param {name}={value}"
     if name == "RawData":
-        if not value.startswith("s3://") or len(value) <= 5:
-            raise UserError(f"{where}: not an s3:// URI")
+        _s3_uri(flag, value)
         return value.rstrip("/") + "/"
-    if name in ("InstanceType", "ProcessingInstanceType") and not value.startswith("ml."):
-        raise UserError(f"{where}: SageMaker instance types start with ml. (e.g. ml.{value})")
+    if name in ("InstanceType", "ProcessingInstanceType"):
+        _instance_type(value, flag)
     if name == "MaxJobs":
         if not value.isdigit() or int(value) < 1:
             raise UserError(f"{where}: a number of tuning trials (>= 1)")
@@ -327,8 +328,7 @@ def cmd_upsert(args) -> int:
     from ..errors import UserError
     from . import commands, hyperparameters, jobs, sdk
 
-    if not args.output.startswith("s3://") or len(args.output) <= 5:
-        raise UserError(f"--output {args.output!r} is not an s3:// URI")
+    commands._s3_uri("--output", args.output)
     check_parameter("RawData", args.data, "--data")
     check_parameter("InstanceType", args.instance_type, "--instance-type")
     check_parameter("ProcessingInstanceType", args.processing_instance_type, "--processing-instance-type")
