@@ -147,17 +147,10 @@ def cmd_synth(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from .data.split import SPLITS, split_dataset
-    from .progress import progress
+    from .data import split
 
-    with progress(None, "checking images", unit="img") as bar:
-        splits, skips = split_dataset(args.src, args.out, val=args.val, test=args.test, seed=args.seed,
-                                      file_list=args.file_list, progress=bar, balance=args.balance,
-                                      strict=args.strict)
-    log.info(skips.summary())
-    for s in SPLITS:
-        per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
-        log.info("%-5s %5d bins  per count %s  -> %s", s, len(splits[s]), per, Path(args.out) / s)
+    split.run(args.src, args.out, val=args.val, test=args.test, seed=args.seed, file_list=args.file_list,
+              balance=args.balance, strict=args.strict)
     log.info("manifest: %s", Path(args.out) / "manifest.csv")
     return 0
 
@@ -230,14 +223,9 @@ def _parse_counts(text: str) -> tuple[int, ...]:
 
 
 def cmd_eda(args) -> int:
-    from .data.eda import analyse, write_report
-    from .progress import progress
+    from .data import eda
 
-    with progress(None, "eda", unit="bin") as bar:
-        stats = analyse(args.src, progress=bar)
-    index = write_report(stats, args.out)
-    for w in stats["warnings"]:
-        log.warning(w)
+    index = eda.run(args.src, args.out)
     log.info("report: %s (plots + eda.json beside it)", index)
     return 0
 

@@ -81,6 +81,19 @@ def _records(root: Path):
     return len(metas), from_dir()
 
 
+def run(src: str | Path, out: str | Path) -> Path:
+    """`data eda` (and the pipeline's Prepare step): analyse with a progress bar, write the report, log each
+    warning. -> the report's index.html."""
+    from ..progress import progress
+
+    with progress(None, "eda", unit="bin") as bar:
+        stats = analyse(src, progress=bar)
+    index = write_report(stats, out)
+    for w in stats["warnings"]:
+        log.warning(w)
+    return index
+
+
 def analyse(root: str | Path, progress=None) -> dict:
     """Statistics and warnings of an ABID directory, or of sharded channels (`data shard`'s output)."""
     root = Path(root)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import COUNTS
 from ..errors import DataError, UserError
 from ..preprocess import decode
 from .abid import Bin, Skips, scan
@@ -93,6 +94,20 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def run(src: str | Path, dst: str | Path, **kw) -> dict[str, list[Bin]]:
+    """`data split` (and the pipeline's Prepare step): `split_dataset` with a progress bar, then the skips and
+    one line per split (bins per count) in the log. `kw`: split_dataset's options. -> the splits."""
+    from ..progress import progress
+
+    with progress(None, "checking images", unit="img") as bar:
+        splits, skips = split_dataset(src, dst, progress=bar, **kw)
+    log.info(skips.summary())
+    for s in SPLITS:
+        per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
+        log.info("%-5s %5d bins  per count %s  -> %s", s, len(splits[s]), per, Path(dst) / s)
+    return splits
 
 
 def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,

@@ -28,27 +28,17 @@ EVALUATION = "evaluation.json"
 
 def prepare(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict:
     """EDA report + stratified split of a raw ABID directory. -> {"channels": {split: dir}, "eda": dir}."""
-    from ..data.eda import analyse, write_report
-    from ..data.split import SPLITS, split_dataset
-    from ..progress import progress
+    from ..data import eda, split
 
     raw, out = Path(raw), Path(out)
-    with progress(None, "eda", unit="bin") as bar:
-        stats = analyse(raw, progress=bar)
-    index = write_report(stats, out / "eda")
-    for w in stats["warnings"]:
-        log.warning(w)
-    with progress(None, "checking images", unit="img") as bar:
-        splits, skips = split_dataset(raw, out / "channels", val=val, test=test, seed=seed, progress=bar)
-    log.info(skips.summary())
-    for s in SPLITS:
-        per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
-        log.info("%-5s %5d bins  per count %s", s, len(splits[s]), per)
+    index = eda.run(raw, out / "eda")
+    splits = split.run(raw, out / "channels", val=val, test=test, seed=seed)
+    for s in split.SPLITS:
         if not splits[s]:
             raise UserError(f"{raw}: the {s} split is empty ({sum(len(v) for v in splits.values())} usable bins); "
                             "prepare needs more bins per count")
     log.info("eda report: %s", index)
-    return {"channels": {s: str(out / "channels" / s) for s in SPLITS}, "eda": str(out / "eda")}
+    return {"channels": {s: str(out / "channels" / s) for s in split.SPLITS}, "eda": str(out / "eda")}
 
 
 def _model_dir(path: Path, scratch: Path) -> Path:
