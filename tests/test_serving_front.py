@@ -22,6 +22,9 @@ from bincounter.serving import server  # noqa: E402
 from . import helpers  # noqa: E402
 from .helpers import wait_for  # noqa: E402
 
+from bincounter.serving import health as H  # noqa: E402
+from bincounter.serving.front import Front  # noqa: E402
+
 WARMUP = server._warmup_image()
 MMS_WORKER_DIED = b'{"code": 500, "type": "InternalServerException", "message": "Worker died."}'
 
@@ -35,6 +38,8 @@ class FakeMMS:
         self.requests: list[bytes] = []  # bodies of /predictions calls other than the test image
         self.probes = 0
         self.received = threading.Event()
+        self.answered: list[bytes] = []  # bodies of the requests answered (not the test image)
+        self.live: int | None = None  # live worker processes, as the monitor counts them (None: unknown)
         self.hang = asyncio.Event()  # never set: "dead" requests wait on it
 
     async def models(self, request):
@@ -55,6 +60,12 @@ class FakeMMS:
             return web.Response(status=500, body=MMS_WORKER_DIED, content_type="application/json")
         if body != WARMUP and self.mode == "text":
             return web.Response(status=503, text="Service Unavailable\nqueue full", content_type="text/plain")
+        if self.mode == "full":  # MMS's job queue is full: everything, the test image too, gets its 503
+            return web.Response(status=503, body=b'{"code": 503, "type": "ServiceUnavailableException", '
+                                                 b'"message": "No worker is available to serve request: model"}',
+                                content_type="application/json")
+        if body != WARMUP:
+            self.answered.append(body)
         return web.json_response({"count": 3, "n": len(body)})
 
     def app(self) -> web.Application:
@@ -88,10 +99,11 @@ class Running:
         self.s = server.Settings(**{**defaults, **settings})
         self.session = aiohttp.ClientSession()
         url = f"http://127.0.0.1:{mms_port}"
-        self.health = server.Health(url, self.s)
-        self.front = server.Front(self.s, self.health, self.session, url)
-        self.port = await self.front.start("127.0.0.1")
-        self.checker = asyncio.create_task(self.health.run(self.session))
+        self.model = H.HealthModel(stale_s=self.s.health_interval_s, recover_s=self.s.recover_s)
+        self.monitor = server.Monitor(self.model, self.s, url, workers=lambda: self.fake.live)
+        self.front = Front(self.s.limits(), self.model, self.session, url)
+        self.port = await self.front.start("127.0.0.1", 0)
+        self.checker = asyncio.create_task(self.monitor.run(self.session))
 
     async def _stop(self):
         await self.front.stop(0)
@@ -156,15 +168,20 @@ def contract(doc: dict, status: int) -> bool:
 
 # --------------------------------------------------------------------------------------------- framing
 @pytest.mark.parametrize("length", ["-1", "abc", "1, 2"])
-def test_a_malformed_content_length_is_400_and_the_body_is_never_read(front, length):
-    """Issue 12, item 3: `Content-Length: -1` once meant "read until the client closes", past the limit."""
+def test_a_malformed_content_length_is_400_and_the_body_is_never_read(front, length, caplog):
+    """Issue 12, item 3: `Content-Length: -1` once meant "read until the client closes", past the limit.
+    aiohttp's own parser answers malformed framing (a plain-text 400, then it closes): the one error not in the
+    contract's JSON shape, as the front uses aiohttp's public API only (issue 21) and SageMaker's own front
+    never forwards such a request. It is logged as one INFO line, not an ERROR with a traceback."""
     run = front()
     head = (f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
-    raw = raw_exchange(run.port, head + b"\xff" * (2 * 2**20))  # twice the 1 MB limit
-    answers = responses(raw)
-    assert len(answers) == 1 and answers[0][0] == 400 and contract(answers[0][1], 400), raw[:500]
+    with caplog.at_level("INFO"):
+        raw = raw_exchange(run.port, head + b"\xff" * (2 * 2**20))  # twice the 1 MB limit
+    assert raw.split(b" ")[1] == b"400" and raw.count(b"HTTP/1.") == 1, raw[:500]
     assert run.fake.requests == []
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]
+    assert any("refused a malformed request" in r.getMessage() for r in caplog.records)
 
 
 def test_a_post_without_length_is_411_and_the_connection_closes(front):
@@ -245,7 +262,7 @@ def test_a_dead_worker_turns_ping_503_and_is_given_up_after_the_bound(front):
     assert status == 504 and contract(json.loads(body), 504)
     wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503")
     assert run.fake.probes > probes
-    wait_for(lambda: run.health.lost, 20, 0.1, "the front to give the worker up")
+    wait_for(lambda: run.call(_exit_reason(run.model)), 20, 0.1, "the front to give the worker up")
     status, body = run.request("GET", "/ping")
     assert status == 503 and "replaces this container" in json.loads(body)["reason"]
     status, body = run.request("POST", "/invocations", b"\xff\xd8x")
@@ -257,7 +274,7 @@ def test_an_idle_worker_is_probed_periodically(front):
     run.fake.mode = "dead"
     wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503 without any request")
     assert run.fake.requests == []
-    assert run.health.lost is None  # recover_s=60: not given up yet
+    assert run.call(_exit_reason(run.model)) is None  # recover_s=60: not given up yet
 
 
 def test_a_worker_that_comes_back_makes_ping_200_again(front):
@@ -267,11 +284,15 @@ def test_a_worker_that_comes_back_makes_ping_200_again(front):
     run.fake.mode = "ok"
     run.call(_set(run.fake.hang))
     wait_for(lambda: run.ping() == 200, 10, 0.05, "/ping 200 again")
-    assert run.health.failing_since is None
+    assert run.model.dead_since is None
 
 
 async def _set(event):
     event.set()
+
+
+async def _exit_reason(model):
+    return model.exit_reason(asyncio.get_running_loop().time())
 
 
 # ----------------------------------------------------------------------------------- connections, stop
@@ -305,7 +326,7 @@ def test_a_client_that_sends_nothing_is_disconnected(front):
 
 def test_connections_are_capped(front):
     run = front(max_connections=2)
-    count = lambda: len(run.front._server.connections)  # noqa: E731
+    count = lambda: len(run.front.conns)  # noqa: E731
     wait_for(lambda: count() == 0, 10, 0.05, "the fixture's connections to go")
     a = socket.create_connection(("127.0.0.1", run.port), timeout=10)
     wait_for(lambda: count() == 1, 10, 0.05, "one connection")
@@ -340,6 +361,7 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("BINCOUNTER_MAX_CONNECTIONS", "5")
     s = server.settings_from_env(gpus=0)
     assert (s.recover_s, s.max_connections, s.batch_size, s.workers) == (30.0, 5, 4, 1)
+    assert s.limits().max_inflight == 16  # workers x batch size x 4 unless BINCOUNTER_MAX_INFLIGHT
     monkeypatch.setenv("BINCOUNTER_DRAIN_S", "soon")
     with pytest.raises(ValueError, match="BINCOUNTER_DRAIN_S='soon' is not a number"):
         server.settings_from_env(gpus=0)

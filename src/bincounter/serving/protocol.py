@@ -65,6 +65,18 @@ def precheck(body: bytes, content_type: str | None) -> None:
             raise RequestError(400, "malformed JSON: body is not UTF-8") from None
 
 
+def check_accept(accept: str | None) -> None:
+    """406 unless the client accepts JSON (no Accept header, */*, application/*, application/json)."""
+    if not accept or not accept.strip():
+        return
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        refused = "q=0" in params.replace(" ", "").split(";")
+        if media.strip().lower() in ("*/*", "application/*", JSON_TYPE) and not refused:
+            return
+    raise RequestError(406, f"cannot answer in {accept!r}: answers are application/json")
+
+
 def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[list[bytes], bool]:
     """-> (encoded images, is_batch). Raises RequestError(4xx) for anything malformed."""
     if isinstance(body, str):
