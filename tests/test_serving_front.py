@@ -17,13 +17,12 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
+from bincounter.serving import health as H  # noqa: E402
 from bincounter.serving import server  # noqa: E402
+from bincounter.serving.front import Front  # noqa: E402
 
 from . import helpers  # noqa: E402
 from .helpers import wait_for  # noqa: E402
-
-from bincounter.serving import health as H  # noqa: E402
-from bincounter.serving.front import Front  # noqa: E402
 
 WARMUP = server._warmup_image()
 MMS_WORKER_DIED = b'{"code": 500, "type": "InternalServerException", "message": "Worker died."}'
@@ -396,3 +395,151 @@ def test_cpu_quota_caps_the_onnx_workers(tmp_path, monkeypatch):
 
 def test_java_heap_follows_the_container_memory_limit():
     assert "-UseContainerSupport" not in server.JAVA_VMARGS and "MaxRAMPercentage" in server.JAVA_VMARGS
+
+
+# ------------------------------------------------------------------------ issue 21: load, workers, clients
+def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front):
+    """Issue 21, item 1: MMS's own 503 (job queue full) made the front re-run its test prediction, which waited
+    behind the same backlog and failed: /ping 503 and every request refused. Overload is not death."""
+    run = front(health_interval_s=0.2)
+    run.fake.mode = "full"
+    for _ in range(5):
+        conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+        conn.request("POST", "/invocations", body=b"\xff\xd8x", headers={"Content-Type": "image/jpeg"})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert r.status == 503 and contract(json.loads(body), 503) and r.getheader("Retry-After") == "1"
+    status, body = run.request("GET", "/ping")
+    assert status == 200 and json.loads(body)["state"] == "busy", body
+    run.fake.mode = "ok"
+    status, _ = run.request("POST", "/invocations", b"\xff\xd8y")
+    assert status == 200
+    assert run.ping() == 200
+
+
+def test_requests_over_the_inflight_limit_get_a_fast_503_and_the_rest_are_served(front):
+    """The front lets at most max_inflight requests reach the model server; the excess is refused at once with
+    Retry-After (never queued), the admitted ones are answered, and /ping stays 200 throughout."""
+    run = front(max_inflight=2, timeout_s=10.0)
+    run.fake.mode = "slow"  # 1.5 s per request: two of them hold both slots
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run.request("POST", "/invocations", b"\xff\xd8s")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(run.fake.requests) == 2, 10, 0.02, "two requests in flight")
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+    conn.request("POST", "/invocations", body=b"\xff\xd8over", headers={"Content-Type": "image/jpeg"})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    assert r.status == 503 and "over capacity" in body["error"] and r.getheader("Retry-After") == "1"
+    assert len(results) == 0  # refused while both were still running: not queued behind them
+    status, ping = run.request("GET", "/ping")
+    assert status == 200 and json.loads(ping)["state"] == "busy"
+    for t in threads:
+        t.join(20)
+    assert [s for s, _ in results] == [200, 200]
+    assert b"\xff\xd8over" not in run.fake.requests
+
+
+def test_a_lost_worker_is_degraded_capacity_in_ping_and_log(front, caplog):
+    """Issue 21, item 2: one dead worker of two halved capacity with nothing said anywhere."""
+    run = front(workers=2)
+    run.fake.live = 2
+    wait_for(lambda: json.loads(run.request("GET", "/ping")[1])["state"] == "ready", 10, 0.05, "both workers")
+    with caplog.at_level("INFO", logger="bincounter.serving"):
+        run.fake.live = 1
+        wait_for(lambda: json.loads(run.request("GET", "/ping")[1])["state"] == "degraded", 10, 0.05, "degraded")
+        status, body = run.request("GET", "/ping")
+        assert status == 200 and json.loads(body)["reason"] == "1 of 2 model server workers alive"
+        assert run.request("POST", "/invocations", b"\xff\xd8x")[0] == 200  # the other one still serves
+        wait_for(lambda: any("serving_workers=1 expected=2" in r.getMessage() for r in caplog.records), 10, 0.05,
+                 "the metric line")
+        run.fake.live = 0
+        wait_for(lambda: run.ping() == 503, 10, 0.05, "/ping 503 with no live worker")
+        status, body = run.request("POST", "/invocations", b"\xff\xd8x")
+        assert status == 503 and "no model server worker is alive" in json.loads(body)["error"]
+        run.fake.live = 2
+        wait_for(lambda: run.ping() == 200, 10, 0.05, "/ping 200 once the workers are back and answer")
+
+
+def test_a_slow_drip_of_bytes_is_cut_at_the_read_deadline(front, caplog):
+    """Issue 21, item 9: every byte reset the idle timer, so one byte per 0.5 s held a connection forever."""
+    run = front(read_deadline_s=1.0, idle_timeout_s=60.0, max_connections=3)
+    with caplog.at_level("INFO", logger="bincounter.serving"):
+        sock = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+        closed = False
+        head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+        try:
+            for i in range(200):  # a byte every 0.05 s: 10 s of drip, ten times the deadline
+                sock.sendall(head[i:i + 1] if i < len(head) else b"x")
+                time.sleep(0.05)
+        except OSError:
+            closed = True
+        finally:
+            sock.close()
+    assert closed, "the dripping client was never cut off"
+    assert any("did not arrive within" in r.getMessage() for r in caplog.records)
+    assert run.ping() == 200
+
+
+def test_a_client_that_leaves_mid_upload_is_one_info_line(front, caplog):
+    run = front()
+    with caplog.at_level("INFO"):
+        with socket.create_connection(("127.0.0.1", run.port), timeout=10) as sock:
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b"x" * 1000)
+            wait_for(lambda: run.front.conns and any(c.reading for c in run.front.conns.values()), 10, 0.02,
+                     "the upload to start")
+        wait_for(lambda: any("left before its request was read" in r.getMessage() for r in caplog.records), 10,
+                 0.05, "the INFO line")
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
+    assert run.fake.requests == []
+
+
+def test_stop_waits_for_in_flight_requests_before_returning(front):
+    """Issue 21, item 12: the old test passed with the drain deleted, as its stand-in MMS was never stopped.
+    Here stop() must not return before the in-flight request has been answered by the model server (serve()
+    stops MMS right after it)."""
+    run = front(timeout_s=10.0)
+    run.fake.mode = "slow"
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=run.request("POST", "/invocations", b"\xff\xd8inflight")))
+    t.start()
+    assert run.fake.received.wait(10)
+    run.call(run.front.stop(10.0))
+    assert run.fake.answered == [b"\xff\xd8inflight"]  # answered before stop() returned
+    t.join(10)
+    assert result["r"][0] == 200
+
+
+def test_a_request_still_running_when_the_drain_ends_gets_a_json_503(front):
+    """Issue 21, item 10: aiohttp's shutdown applied its timeout twice and cut requests off with a bare
+    disconnect. After drain_s the request is answered 503 in the contract's shape and stop() returns."""
+    run = front(timeout_s=30.0)
+    run.fake.mode = "dead"  # never answers
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=run.request("POST", "/invocations", b"\xff\xd8stuck")))
+    t.start()
+    assert run.fake.received.wait(10)
+    run.call(run.front.stop(0.3), timeout=5)  # well before the 30 s request timeout
+    t.join(10)
+    status, body = result["r"]
+    assert status == 503 and contract(json.loads(body), 503) and "shutting down" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("headers, status", [({"Content-Encoding": "gzip"}, 415), ({"Accept": "text/csv"}, 406)])
+def test_encodings_and_answers_the_front_cannot_honour(front, headers, status):
+    """Issue 21, item 8b: `Content-Encoding: gzip` on a body that is not gzip was "internal error in the front";
+    issue 26, item 10: `Accept: text/csv` got JSON 200."""
+    run = front()
+    conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
+    conn.request("POST", "/invocations", body=b"\xff\xd8 not gzip", headers={"Content-Type": "image/jpeg", **headers})
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    assert r.status == status and contract(body, status), body
+    assert run.fake.requests == []
+    assert run.ping() == 200
