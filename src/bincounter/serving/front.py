@@ -9,17 +9,17 @@ front of multi-model-server. Its own job, nothing else:
   POST with no length; a request must arrive whole (headers and body) within `read_deadline_s` of its first
   byte (slow clients, slowloris), a connection silent for `idle_timeout_s` is closed, and connections are capped
   at `max_connections` (the one over the cap gets a 503 and is closed);
-* the error shape: every error the front or MMS gives leaves as JSON {"error": "<one line>", "status": <code>}
-  (malformed HTTP framing, which SageMaker's own front never forwards, is answered by aiohttp's parser: a plain
-  400 and the connection closed);
+* the error shape: every error the front or MMS gives leaves as JSON {"error": "<one line>", "status": <code>},
+  malformed HTTP framing too (a 400 from aiohttp's parser, through `_JsonErrors.handle_error`, then closed);
 * drain: `stop(drain_s)` refuses new connections, lets in-flight requests finish for drain_s, answers any still
   running with a JSON 503, and returns within drain_s plus a second.
 
 A request is sent to the model server once: only a connection that could not be opened (nothing sent) is
 retried, so a slow request never runs twice; an answer later than `timeout_s` is a 504.
 
-Connections: `web.Server` is the protocol factory; each aiohttp connection is wrapped in `_Conn`, a plain
-asyncio.Protocol that forwards every call and notes the time of the last byte and of a request's first byte.
+Connections: `web.Server` manages aiohttp's connection handlers (public `web.RequestHandler`, with only its public
+`handle_error` hook overridden); each is wrapped in `_Conn`, a plain asyncio.Protocol that forwards every call and
+notes the time of the last byte and of a request's first byte (the sweeper's deadlines), or refused over the cap.
 """
 
 from __future__ import annotations
@@ -78,20 +78,28 @@ def outcome_of(status: int, body: bytes) -> str:
     return H.WORKER_DIED if "worker died" in text else H.MODEL_ERROR
 
 
-class _ParserErrorsAsInfo(logging.Filter):
-    """aiohttp logs a malformed request (the client's fault) as ERROR with a traceback: one INFO line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            first = (str(exc.message).strip().splitlines() or ["bad request"])[0]
-            record.msg, record.args, record.exc_info = "refused a malformed request: %s", (first,), None
-        return True
+HTTP_LOG = logging.getLogger("bincounter.serving.http")  # aiohttp's own messages
 
 
-HTTP_LOG = logging.getLogger("bincounter.serving.http")
-HTTP_LOG.addFilter(_ParserErrorsAsInfo())
+class _JsonErrors(web.RequestHandler):
+    """aiohttp's public connection handler (`aiohttp.web.RequestHandler`) with its one public error hook,
+    `handle_error`, answering in the contract's JSON shape: what aiohttp's HTTP parser refuses (a negative
+    Content-Length, broken chunking) and any error outside our handler. Nothing else is overridden and no private
+    attribute is read; tests/test_serving_front.py fails if aiohttp stops calling the hook."""
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send the error")
+        if status >= 500:
+            log.error("error in the front", exc_info=exc)
+            message = "internal error in the front (see the endpoint log)"
+        else:
+            first = (str(message or exc or HTTPStatus(status).phrase).strip().splitlines() or ["bad request"])[0]
+            log.info("refused a malformed request: %s", first)
+            message = first
+        resp = web.Response(status=status, body=error_body(status, str(message)[:300]), content_type="application/json")
+        resp.force_close()
+        return resp
 
 
 class _Conn(asyncio.Protocol):
@@ -168,9 +176,9 @@ class Front:
     # --------------------------------------------------------------------------------------- lifecycle
     async def start(self, host: str = "0.0.0.0", port: int = 8080) -> int:
         loop = asyncio.get_running_loop()
-        self._server = web.Server(self.handle, access_log=None, logger=HTTP_LOG,
-                                  keepalive_timeout=self.limits.idle_timeout_s,
+        self._handler_args = dict(access_log=None, logger=HTTP_LOG, keepalive_timeout=self.limits.idle_timeout_s,
                                   lingering_time=min(10.0, self.limits.idle_timeout_s))
+        self._server = web.Server(self.handle, **self._handler_args)
         self._listener = await loop.create_server(self._connection, host, port, backlog=1024, reuse_address=True)
         self._sweeper = asyncio.create_task(self._sweep())
         return self._listener.sockets[0].getsockname()[1]
@@ -178,7 +186,7 @@ class Front:
     def _connection(self) -> asyncio.Protocol:
         if self.draining or len(self.conns) >= self.limits.max_connections:
             return _Refuse(self.limits.max_connections)
-        return _Conn(self, self._server())
+        return _Conn(self, _JsonErrors(self._server, loop=asyncio.get_running_loop(), **self._handler_args))
 
     async def _sweep(self) -> None:
         """Close connections silent for idle_timeout_s (idle keep-alive, stalled headers or body) and those whose
