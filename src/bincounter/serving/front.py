@@ -310,8 +310,6 @@ class Front:
         state, reason = self.health.state(self.now())
         if not state.admits:
             return self._json(503, error_body(503, f"model not ready: {reason}"), retry_after=5)
-        if self.draining:
-            return self._json(503, error_body(503, "the server is shutting down"), close=True)
         if self.inflight >= self.limits.max_inflight:
             self.health.outcome(self.now(), H.SHED)
             return self._json(503, error_body(503, f"over capacity: {self.inflight} requests in flight "
