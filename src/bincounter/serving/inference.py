@@ -6,8 +6,10 @@ With PyTorch, model_fn loads the artifact with `Predictor` (the same decode/resi
 to the worker's own GPU when there is one: MMS gives worker k `gpu_id` k, `worker_device` maps it onto the
 visible GPUs ("cuda:2"), and that device is both the current CUDA device of the worker process and the one
 `Predictor` puts the model on (`distributed.pick_device` honours the index), so N workers use N GPUs. The
-requests of one MMS batch (dynamic batching, `BINCOUNTER_BATCH_SIZE`) are answered with one forward pass;
-errors become JSON {"error", "status"} (4xx for the request's own fault).
+requests of one MMS batch (dynamic batching, `BINCOUNTER_BATCH_SIZE`) are answered with one forward pass of
+at most `BINCOUNTER_MAX_FORWARD_BATCH` images (64; more run in chunks), each request isolated from the others;
+errors become JSON {"error", "status"} (4xx for the request's own fault). On CPU both runtimes take their
+threads from `onnx_runtime.session_threads` (the CPUs of affinity and cgroup quota, shared among the workers).
 """
 
 from __future__ import annotations
