@@ -16,7 +16,9 @@ from bincounter.data.dataset import ChannelDataset, list_channel
 from bincounter.data.split import split_dataset
 from bincounter.data.synth import render_bin, synth_dataset
 from bincounter.errors import DataError
-from bincounter.preprocess import Preprocess
+from bincounter.preprocess import BACKGROUND, Preprocess
+
+from .poison import dds_unimplemented, exif_poison_jpeg, transparent
 
 
 # ------------------------------------------------------------------------------------------- synth
@@ -163,6 +165,36 @@ def test_split_counts_a_corrupt_jpeg_as_skipped(abid_root, tmp_path):
     assert sum(len(v) for v in splits.values()) == 39
 
 
+@pytest.mark.parametrize("poison", [exif_poison_jpeg, dds_unimplemented], ids=["exif-struct-error", "dds"])
+def test_split_counts_a_file_the_decoder_raises_anything_on_as_skipped(abid_root, tmp_path, poison, caplog):
+    """Issue 21, item 5: struct.error (corrupt EXIF orientation) or NotImplementedError (DDS) aborted the split."""
+    import logging
+    import shutil
+
+    from bincounter.data.split import run
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    (root / "bin-images" / "00005.jpg").write_bytes(poison((128, 128)) if poison is exif_poison_jpeg else poison())
+    with caplog.at_level(logging.INFO, "bincounter"):
+        splits = run(root, tmp_path / "ch")
+    assert sum(len(v) for v in splits.values()) == 39
+    assert "skipped 1 bins: 1 corrupt image (e.g. 00005)" in caplog.text
+
+
+@pytest.mark.parametrize("poison", [exif_poison_jpeg, dds_unimplemented], ids=["exif-struct-error", "dds"])
+def test_eda_counts_a_file_the_decoder_raises_anything_on_as_corrupt(abid_root, tmp_path, poison):
+    import shutil
+
+    from bincounter.data.eda import analyse
+
+    root = tmp_path / "abid"
+    shutil.copytree(abid_root, root)
+    (root / "bin-images" / "00005.jpg").write_bytes(poison((128, 128)) if poison is exif_poison_jpeg else poison())
+    stats = analyse(root)
+    assert stats["corrupt_images"] == ["00005"]
+
+
 def test_split_again_empties_split_folders_without_removing_them(abid_root, tmp_path, monkeypatch):
     """A split folder may be a mount point (SageMaker local mode mounts each processing output on its own):
     removing it fails (EBUSY), so a new split empties it."""
@@ -221,6 +253,16 @@ def test_dataset_flags_a_corrupt_image_instead_of_raising(channels_copy):
     assert all(r[0].shape == (3, 64, 64) for r in results)
 
 
+@pytest.mark.parametrize("poison", [exif_poison_jpeg, dds_unimplemented], ids=["exif-struct-error", "dds"])
+def test_dataset_flags_a_file_the_decoder_raises_anything_on(channels_copy, poison):
+    """Issue 21, item 5: the corrupt-EXIF JPEG in train/1/ ended a training job with a 40-line traceback."""
+    victim = next((channels_copy / "train" / "1").iterdir())
+    victim.write_bytes(poison((128, 128)) if poison is exif_poison_jpeg else poison())
+    ds = ChannelDataset(channels_copy / "train", Preprocess(64), train=True)
+    bad = [i for i in range(len(ds)) if not ds[i][2]]
+    assert [ds.samples[i][0] for i in bad] == [victim]
+
+
 def test_augmentation_is_seeded_per_epoch(channels):
     ds = ChannelDataset(channels / "train", Preprocess(64), train=True, seed=1)
     a = ds[0][0]
@@ -268,3 +310,23 @@ def test_16_bit_png_is_scaled_not_clipped_to_white():
     img8 = np.asarray(Preprocess(64).load(png8.getvalue())).astype(int)
     assert (img16 == 255).mean() < 0.05, "clipped to white"
     assert np.abs(img16 - img8).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB"])
+def test_a_fully_transparent_red_png_is_read_as_the_background_not_red(mode):
+    """Issue 21, item 6: transparent pixels were read with their (invisible) colour."""
+    img = np.asarray(Preprocess(32).load(transparent(mode)))
+    assert img.shape == (32, 32, 3)
+    assert (img == np.array(BACKGROUND, dtype=np.uint8)).all(), img[0, 0]
+
+
+def test_half_transparent_pixels_are_blended_over_the_background():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 128)).save(buf, format="PNG")
+    px = np.asarray(Preprocess(8).load(buf.getvalue())).astype(int)[0, 0]
+    want = (np.array([255, 0, 0]) * 128 + np.array(BACKGROUND) * 127) / 255
+    assert np.abs(px - want).max() <= 1, px

@@ -24,9 +24,9 @@ class FakeModel:
         self.pre = Preprocess(32)
         self.decoded = 0
 
-    def preprocess(self, data: bytes) -> torch.Tensor:
+    def preprocess(self, data: bytes, formats=None) -> torch.Tensor:
         self.decoded += 1
-        return self.pre(data)
+        return self.pre(data, formats)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.full((len(batch), 5), 0.2)

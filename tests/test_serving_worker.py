@@ -3,7 +3,9 @@ the model loader is replaced, so what is checked is the device each step is aske
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import sys
 import types
 
@@ -61,19 +63,44 @@ def test_worker_device_is_cpu_without_cuda(inference, monkeypatch):
 
 
 @pytest.mark.parametrize("gpu_id", [0, 2, 3])
-def test_each_worker_puts_its_model_on_its_own_gpu(inference, four_gpus, monkeypatch, gpu_id):
+def test_each_worker_puts_its_model_on_its_own_gpu(inference, four_gpus, monkeypatch, gpu_id, tmp_path):
     """model_fn -> Predictor(device="cuda:N") -> pick_device -> load_artifact: the model and the process's current
     device are GPU N, not GPU 0 (pick_device once dropped the index)."""
     import bincounter.evaluate as evaluate
 
     loaded_on = []
+    (tmp_path / "model.safetensors").write_bytes(b"weights")  # what the Predictor checks weights_sha256 against
+    digest = hashlib.sha256(b"weights").hexdigest()
 
     def fake_load(model_dir, device):
         loaded_on.append(device)
-        return torch.nn.Identity(), {"model_version": "v", "arch": "a", "counts": [1, 2, 3, 4, 5]}, Preprocess(32)
+        return torch.nn.Identity(), {"model_version": "v", "arch": "a", "counts": [1, 2, 3, 4, 5],
+                                     "weights_sha256": digest}, Preprocess(32)
 
     monkeypatch.setattr(evaluate, "load_artifact", fake_load)
-    pred = inference.InferenceHandler().default_model_fn("/opt/ml/model", context(gpu_id))
+    pred = inference.InferenceHandler().default_model_fn(str(tmp_path), context(gpu_id))
     assert pred.device == torch.device("cuda", gpu_id)
     assert loaded_on == [torch.device("cuda", gpu_id)]
     assert four_gpus and set(four_gpus) == {gpu_id}, four_gpus  # never switched to another GPU on the way
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
+def test_the_pytorch_worker_takes_its_threads_from_the_onnx_workers_policy(inference, monkeypatch, trained_model):
+    """Issue 21: the PyTorch worker used cpu_count // workers threads, ignoring affinity and the cgroup quota (a
+    forward pass took 1.2 s with 2 threads vs 22 ms with 1 on a busy 2-core host). Here the process is really
+    pinned to one CPU: the ONNX worker's policy (onnx_runtime.session_threads) gives 1 thread, cpu_count // 1
+    would give os.cpu_count()."""
+    from bincounter.serving.onnx_runtime import session_threads
+
+    monkeypatch.setenv("BINCOUNTER_RUNTIME", "torch")
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {min(affinity)})
+    try:
+        pred = inference.InferenceHandler().default_model_fn(str(trained_model), context(None))
+        assert pred.device == torch.device("cpu")
+        assert torch.get_num_threads() == session_threads() == 1
+    finally:
+        os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)

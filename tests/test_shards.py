@@ -159,6 +159,18 @@ def test_a_bad_sample_is_skipped_and_counted_and_a_damaged_shard_keeps_the_step_
     assert sum(int((~b[2]).sum()) for b in batches) == 1 + (n0 - 1)
 
 
+def test_a_sample_the_decoder_raises_anything_on_is_skipped_and_counted(channels_copy, tmp_path):
+    """Issue 21, item 5: struct.error from a corrupt EXIF orientation entry escaped the shard reader."""
+    from .poison import exif_poison_jpeg
+
+    victim = sorted((channels_copy / "train").rglob("*.jpg"))[2]
+    victim.write_bytes(exif_poison_jpeg((128, 128)))
+    write_shards(channels_copy, tmp_path / "sh", shard_size=SMALL)
+    ds = ShardDataset(tmp_path / "sh" / "train", PRE, train=True)
+    bad = [k for x, y, ok, keys in ds.loader(3, keys=True) for k, o in zip(keys, ok, strict=True) if not o]
+    assert bad == [victim.stem]
+
+
 def test_batch_sizes_equal_steps_without_padding():
     assert batch_sizes(10, 3, 4) == [3, 3, 3, 1]
     assert batch_sizes(6, 3, 3) == [2, 2, 2]  # a full-batch split would leave an empty last batch

@@ -6,14 +6,16 @@ Artifact (what `model.tar.gz` holds, what the servers load)::
     model.onnx          the same network + softmax, dynamic batch        -> the ONNX Runtime (CPU image)
     config.json         arch, backend, counts (class index -> item count), preprocessing, version, both sha256s
 
-`model.py` writes and loads the PyTorch side; `format_predictions` is the one place an answer is built, for
-both runtimes.
+`model.py` writes and loads the PyTorch side. For both runtimes: `check_weights` (the weights are the ones
+config.json names), `forward_in_chunks` (one forward pass capped at BINCOUNTER_MAX_FORWARD_BATCH images) and
+`format_predictions` (the one place an answer is built).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from .errors import UserError
@@ -31,6 +33,9 @@ ONNX_OPSET = 17
 #: what `bincounter export --opset` accepts: 13 (the oldest with the ops these backbones export to) to 20 (the
 #: newest the TorchScript exporter writes); ONNX Runtime 1.32 runs all of them
 ONNX_OPSETS = (13, 20)
+#: images per forward pass, at most (BINCOUNTER_MAX_FORWARD_BATCH): an MMS batch of 8 requests x 64 images is
+#: 512 images, run as 8 passes of 64 instead of one that may not fit in GPU memory
+MAX_FORWARD_BATCH = 64
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "probabilities"
 
@@ -70,6 +75,50 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_weights(model_dir: str | Path, config: dict | None = None) -> dict:
+    """config.json of a model directory whose model.safetensors is the file config.json's weights_sha256 names
+    (not a swapped file, nor new weights whose config.json was never written): the model_version served is
+    then the model's. Any problem is a one-line UserError. -> config."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir) if config is None else config
+    want = config.get("weights_sha256")
+    if not want:
+        raise UserError(f"{model_dir}/{CONFIG} records no weights_sha256: save the model again with bincounter")
+    try:
+        digest = sha256_file(model_dir / WEIGHTS)
+    except FileNotFoundError:
+        raise UserError(f"{model_dir}: no {WEIGHTS}") from None
+    except OSError as e:
+        raise UserError(f"{model_dir}/{WEIGHTS}: cannot read it ({e.strerror})") from None
+    if digest != want:
+        raise UserError(f"{model_dir}/{WEIGHTS}: sha256 {digest[:12]} is not the weights_sha256 {want[:12]} "
+                        f"{CONFIG} records for model {config.get('model_version')} (a swapped file, or new weights "
+                        f"without their {CONFIG}): copy the whole model directory again")
+    return config
+
+
+def forward_batch_limit(value: int | str | None = None) -> int:
+    """Images per forward pass: `value`, else $BINCOUNTER_MAX_FORWARD_BATCH, else MAX_FORWARD_BATCH."""
+    if value is None:
+        value = os.environ.get("BINCOUNTER_MAX_FORWARD_BATCH") or MAX_FORWARD_BATCH
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"BINCOUNTER_MAX_FORWARD_BATCH={value!r}: expected a positive number of images")
+    return n
+
+
+def forward_in_chunks(forward, batch, size: int):
+    """`forward` over `batch` in chunks of at most `size` rows, the outputs concatenated (numpy arrays)."""
+    import numpy as np
+
+    if len(batch) <= size:
+        return forward(batch)
+    return np.concatenate([forward(batch[i:i + size]) for i in range(0, len(batch), size)])
 
 
 def format_predictions(rows, counts, model_version: str) -> list[dict]:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .. import COUNTS
 from ..errors import DataError
+from ..preprocess import decode
 
 log = logging.getLogger(__name__)
 TINY = 64  # pixels, shorter side
@@ -122,11 +123,10 @@ def analyse(root: str | Path, progress=None) -> dict:
             continue
         hashes[hashlib.sha256(data).hexdigest()].append(bid)
         try:
+            decode(data, TINY)  # the check `data split` makes: a file it will skip is a corrupt image here
             with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                im.draft("RGB", (TINY, TINY))
-                im.load()
-        except (OSError, SyntaxError):
+                w, h = im.size  # as stored (decode's draft mode may have scaled it down)
+        except DataError:  # whatever the decoder raised: decode turns it into a DataError
             corrupt.append(bid)
             continue
         sizes.append((w, h))
@@ -225,9 +225,7 @@ def write_report(stats: dict, out: str | Path) -> Path:
                 ax = axes[r][j]
                 ax.axis("off")
                 if j < len(samples[c]):
-                    with Image.open(samples[c][j]) as im:
-                        im.draft("RGB", (160, 160))
-                        ax.imshow(im.convert("RGB"))
+                    ax.imshow(decode(samples[c][j].getvalue(), 160))  # as the model sees it
                 if j == 0:
                     ax.set_title(f"{c} item{'s' if c > 1 else ''}", fontsize=9, loc="left")
         save(fig, "samples.png")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import artifact
 from ..artifact import ONNX, WEIGHTS, format_predictions, preprocess_of, read_config, sha256_file
 from ..errors import UserError
 
@@ -65,9 +66,10 @@ def session_threads(workers: int | None = None) -> int:
 class OnnxPredictor:
     runtime = "onnx"
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, max_forward_batch: int | None = None):
         import onnxruntime as ort
 
+        self.max_forward_batch = artifact.forward_batch_limit(max_forward_batch)
         self.config = check_onnx(model_dir)
         self.pre = preprocess_of(self.config)
         self.counts = tuple(self.config["counts"])
@@ -79,10 +81,14 @@ class OnnxPredictor:
         self.input = self.session.get_inputs()[0].name
         self.device = "cpu"
 
-    def preprocess(self, data: bytes) -> np.ndarray:
-        return self.pre(data)
+    def preprocess(self, data: bytes, formats: tuple[str, ...] | None = None) -> np.ndarray:
+        return self.pre(data, formats)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities, in passes of at most `max_forward_batch` images (BINCOUNTER_MAX_FORWARD_BATCH)."""
+        return artifact.forward_in_chunks(self._forward, batch, self.max_forward_batch)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def format(self, probs: np.ndarray) -> list[dict]:

@@ -2,8 +2,11 @@
 the requests MMS hands a worker at once (dynamic batching) with one forward pass.
 
 Requests
-  image/jpeg | image/png | application/x-image   one image, body = the encoded file
-  application/json    {"instances": [<base64>, ...]} or [<base64>, ...]; an item may also be {"b64": <base64>}
+  image/jpeg | image/png | application/x-image   one image, body = the encoded file: a JPEG, a PNG, either
+  application/json    {"instances": [<base64>, ...]} or [<base64>, ...]; an item may also be {"b64": <base64>},
+                      each a JPEG or a PNG
+  Only those formats are decoded (a TIFF sent as image/jpeg is a 400, never opened as a TIFF).
+  Accept: absent, */*, application/* or application/json; anything that excludes JSON is a 406.
 Responses (application/json)
   one image:   {"count": 3, "probabilities": {"1": .., "5": ..}, "model_version": "ab12cd34ef56"}
   JSON batch:  {"predictions": [<as above>, ...]}
@@ -21,11 +24,17 @@ import io
 import json
 import logging
 import re
+import traceback
 
 log = logging.getLogger("bincounter.serving")
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
+#: the PIL formats each content type may hold; JSON batch items: JPEG or PNG
+FORMATS = {"image/jpeg": ("JPEG",), "image/png": ("PNG",), "application/x-image": ("JPEG", "PNG"),
+           JSON_TYPE: ("JPEG", "PNG")}
+#: media ranges of an Accept header that JSON answers satisfy
+_JSON_RANGES = ("*/*", "application/*", JSON_TYPE)
 MAX_BATCH = 64
 #: decoded pixels per request, all its images together: one 6 MB JSON batch of highly compressible 40 MP PNGs
 #: would otherwise cost minutes of CPU. 100 MP is ~3 s of decoding on one core.
@@ -44,6 +53,32 @@ class RequestError(Exception):
 
 def error_body(status: int, message: str) -> bytes:
     return json.dumps({"error": message, "status": status}).encode()
+
+
+def check_accept(accept: str | None) -> None:
+    """RequestError(406) when the Accept header excludes application/json (every answer is JSON): no header,
+    */*, application/* and application/json (q > 0) pass, anything else does not."""
+    if accept is None or not accept.strip():
+        return
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media.lower() in _JSON_RANGES and q > 0:
+            return
+    raise RequestError(406, f"cannot answer with Accept: {accept.strip()[:200]!r}; this endpoint answers "
+                            f"{JSON_TYPE} only")
+
+
+def formats_for(content_type: str | None) -> tuple[str, ...]:
+    """The PIL formats a request of this content type may hold (its images are decoded as nothing else)."""
+    return FORMATS.get(media_type(content_type), ("JPEG", "PNG"))
 
 
 def media_type(content_type: str | None) -> str:
@@ -65,18 +100,6 @@ def precheck(body: bytes, content_type: str | None) -> None:
             raise RequestError(400, "malformed JSON: body is not UTF-8") from None
 
 
-def check_accept(accept: str | None) -> None:
-    """406 unless the client accepts JSON (no Accept header, */*, application/*, application/json)."""
-    if not accept or not accept.strip():
-        return
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
-        refused = "q=0" in params.replace(" ", "").split(";")
-        if media.strip().lower() in ("*/*", "application/*", JSON_TYPE) and not refused:
-            return
-    raise RequestError(406, f"cannot answer in {accept!r}: answers are application/json")
-
-
 def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[list[bytes], bool]:
     """-> (encoded images, is_batch). Raises RequestError(4xx) for anything malformed."""
     if isinstance(body, str):
@@ -89,6 +112,8 @@ def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[l
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"malformed JSON: {e}") from None
+    except RecursionError:  # [[[[...: json's recursion guard, not a crash
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
     items = doc.get("instances") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
         raise RequestError(400, 'JSON body must be {"instances": [<base64 image>, ...]} (non-empty)')
@@ -106,13 +131,14 @@ def parse_request(body: bytes | str | None, content_type: str | None) -> tuple[l
     return images, True
 
 
-def image_pixels(data: bytes) -> int | None:
-    """Width x height read from the image header (nothing is decoded); None when PIL cannot identify it (the
-    decoder reports that). An image past PIL's decompression-bomb bound counts as over every limit."""
+def image_pixels(data: bytes, formats: tuple[str, ...] | None = None) -> int | None:
+    """Width x height read from the image header (nothing is decoded) of an image in one of `formats` (None:
+    any); None when PIL cannot identify it as one (the decoder reports that). An image past PIL's
+    decompression-bomb bound counts as over every limit."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=list(formats) if formats is not None else None) as img:
             w, h = img.size
         return w * h
     except Image.DecompressionBombError:
@@ -121,13 +147,13 @@ def image_pixels(data: bytes) -> int | None:
         return None
 
 
-def check_pixels(images: list[bytes], is_batch: bool) -> None:
+def check_pixels(images: list[bytes], is_batch: bool, formats: tuple[str, ...] | None = None) -> None:
     """413 for an image over preprocess.MAX_PIXELS or a request over MAX_REQUEST_PIXELS, before decoding."""
     from ..preprocess import MAX_PIXELS
 
     total = 0
     for i, b in enumerate(images):
-        px = image_pixels(b) or 0
+        px = image_pixels(b, formats) or 0
         where = f"instance {i}: " if is_batch else ""
         if px > MAX_PIXELS:
             size = f"{px / 1e6:.0f} megapixels" if px < 2**62 else "too many pixels to open"
@@ -150,43 +176,73 @@ def format_response(predictions: list[dict], is_batch: bool) -> bytes:
     return json.dumps({"predictions": predictions} if is_batch else predictions[0]).encode()
 
 
-def answer_batch(model, requests: list[tuple[bytes | str | None, str | None]]) -> list[tuple[int, bytes]]:
+def answer_batch(model, requests: list[tuple]) -> list[tuple[int, bytes]]:
     """Answer several /invocations requests with ONE forward pass over all their images.
 
     `model` is a `Predictor` or an `OnnxPredictor` (preprocess / forward / format: the runtime is the only
-    difference). Each request is (body, content type); each
-    answer is (HTTP status, JSON body), in order. A bad request (malformed, undecodable image, too many
-    pixels) gets its own 4xx and does not affect the others; the pixel bounds are checked on every image of a
-    request before any of them is decoded."""
-    from ..errors import DataError
+    difference; forward caps its own pass at BINCOUNTER_MAX_FORWARD_BATCH images). Each request is (body,
+    content type) or (body, content type, Accept); each answer is (HTTP status, JSON body), in order.
 
+    Every request stands alone: a bad one (malformed, an image it may not hold or that does not decode, too
+    many pixels, an Accept other than JSON) gets its own 4xx; an unexpected error while preparing one is logged
+    with its traceback and answers that one 500. If the shared forward pass fails (a CUDA OOM, an input the
+    model cannot run), the requests are run again one by one, so only a request that fails on its own gets the
+    500. The pixel bounds are checked on every image of a request before any of them is decoded."""
     answers: list[tuple[int, bytes] | None] = [None] * len(requests)
-    tensors, owners = [], []  # owners[i]: (request index, is_batch, number of images)
-    for r, (body, ctype) in enumerate(requests):
+    prepared = []  # (request index, is_batch, [arrays])
+    for r, req in enumerate(requests):
         try:
-            images, is_batch = parse_request(body, ctype)
-            check_pixels(images, is_batch)
-            mine = []
-            for i, b in enumerate(images):
-                try:
-                    mine.append(model.preprocess(b))
-                except DataError as e:
-                    status = 413 if "megapixels" in str(e) else 400
-                    message = clean_message(str(e))
-                    raise RequestError(status, f"instance {i}: {message}" if is_batch else message) from None
+            prepared.append((r, *prepare(model, *req)))
         except RequestError as e:
             answers[r] = (e.status, e.body())
-            continue
-        tensors += mine
-        owners.append((r, is_batch, len(mine)))
-    if tensors:
-        import numpy as np
-
-        predictions = model.format(model.forward(np.stack(tensors)))
-        start = 0
-        for r, is_batch, n in owners:
-            answers[r] = (200, format_response(predictions[start:start + n], is_batch))
-            start += n
-    if len(requests) > 1:
-        log.debug("answered %d requests (%d images) in one forward pass", len(requests), len(tensors))
+        except Exception:  # noqa: BLE001 - a bug, not the client's fault: this request only, trace in the log
+            log.error("request %d of %d failed before inference: %s", r + 1, len(requests), traceback.format_exc())
+            answers[r] = (500, error_body(500, "internal error while reading the request (see the endpoint log)"))
+    shared_failure = None
+    if len(prepared) > 1:
+        try:
+            _infer(model, prepared, answers)
+            prepared = []
+        except Exception as e:  # noqa: BLE001 - whose request is it? one forward pass per request tells
+            shared_failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    if shared_failure:
+        log.warning("forward pass over %d requests failed (%s); answering them one by one", len(prepared),
+                    shared_failure)
+    for p in prepared:
+        try:
+            _infer(model, [p], answers)
+        except Exception:  # noqa: BLE001 - this request's own failure: its 500, the trace in the log
+            log.error("inference failed for request %d of %d: %s", p[0] + 1, len(requests), traceback.format_exc())
+            answers[p[0]] = (500, error_body(500, "internal error during inference (see the endpoint log)"))
+    if len(requests) > 1 and not shared_failure:
+        log.debug("answered %d requests in one forward pass", len(requests))
     return answers  # type: ignore[return-value]
+
+
+def prepare(model, body: bytes | str | None, content_type: str | None, accept: str | None = None) -> tuple:
+    """One request -> (is_batch, [preprocessed images]), or RequestError with its 4xx."""
+    from ..errors import DataError
+
+    check_accept(accept)
+    images, is_batch = parse_request(body, content_type)
+    formats = formats_for(content_type)
+    check_pixels(images, is_batch, formats)
+    arrays = []
+    for i, b in enumerate(images):
+        try:
+            arrays.append(model.preprocess(b, formats))
+        except DataError as e:
+            status = 413 if "megapixels" in str(e) else 400
+            message = clean_message(str(e))
+            raise RequestError(status, f"instance {i}: {message}" if is_batch else message) from None
+    return is_batch, arrays
+
+
+def _infer(model, prepared: list[tuple], answers: list) -> None:
+    import numpy as np
+
+    predictions = model.format(model.forward(np.stack([a for _, _, arrays in prepared for a in arrays])))
+    start = 0
+    for r, is_batch, arrays in prepared:
+        answers[r] = (200, format_response(predictions[start:start + len(arrays)], is_batch))
+        start += len(arrays)
