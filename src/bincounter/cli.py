@@ -197,7 +197,7 @@ def _fetch(args) -> int:
         ids = sorted(b for v in chosen.values() for b in v)
         log.info("sampled %d bins (%s) -> %s", len(ids), {c: len(v) for c, v in chosen.items()},
                  out / "file_list.json")
-    report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers)
+    report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers, verify=args.verify)
     for key, reason in list(report.failed.items())[:10]:
         log.warning("  %s: %s", key, reason)
     if args.unsigned and any(r.startswith("access denied") for r in report.failed.values()):
@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=_Formatter,
                         description="Download the bins named by a file_list.json (or a seeded sample) from the "
                         "public ABID bucket into OUT/bin-images and OUT/metadata. Parallel, resumable (a rerun "
-                        "fetches only what is missing or incomplete), safe to Ctrl-C.")
+                        "fetches only what is missing or incomplete, trusting OUT/.fetch-ledger.jsonl for the rest: "
+                        "no request per finished file), safe to Ctrl-C.")
     f.add_argument("--out", required=True, help="ABID directory to write")
     f.add_argument("--file-list", help='file_list.json: {"1": ["data/metadata/00009.json", ...], ...}')
     f.add_argument("--sample", type=_positive_int, help="no list: sample N bins from the bucket's metadata")
@@ -465,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bucket", default="aft-vbi-pds", help="source bucket (the public ABID bucket by default)")
     f.add_argument("--unsigned", action=argparse.BooleanOptionalAction, default=True,
                    help="anonymous requests (the public bucket needs no credentials)")
+    f.add_argument("--verify", action="store_true",
+                   help="also ask the bucket whether each finished file changed (one conditional GET per file; "
+                   "fetched again if it did)")
     s3_options(f)
     f.set_defaults(func=cmd_fetch, region="us-east-1")
 

@@ -4,10 +4,11 @@ and `upload` (prepared channels to your bucket).
 fetch is parallel (bounded thread pool), resumable and safe to interrupt:
 * every object is written to `<name>.part-<pid>-<thread>` and renamed when complete (length checked
   against Content-Length), so a file under its final name is always whole;
-* `.fetch-ledger.jsonl` records (key, size, ETag) of finished files: a second run asks the bucket for a file
-  whose size on disk matches its ledger entry only if its ETag changed (a conditional GET: 304, no body, when it did
-  not) and fetches everything else again (missing, changed on disk or in the bucket); entries written before the
-  ETag was recorded are trusted by size;
+* `.fetch-ledger.jsonl` records (key, size, ETag) of finished files: a second run trusts a file whose size on
+  disk matches its ledger entry (no request at all: a rerun with nothing to do costs one listing call, not one per
+  object) and fetches everything else again (missing, changed on disk); with `verify` it also asks the bucket
+  whether each complete file's ETag changed (a conditional GET: 304, no body, when it did not) and fetches the
+  changed ones; entries written before the ETag was recorded are trusted by size;
 * throttling and 5xx are retried by botocore (adaptive mode) and a broken body stream by us, with backoff;
 * a missing key is counted and reported, not fatal; Ctrl-C stops the workers, removes their partial files
   and leaves the ledger consistent.
@@ -224,17 +225,19 @@ def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") ->
     return report
 
 
-def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16) -> TransferReport:
-    """Download images + metadata for the bin ids into `out` (ABID layout)."""
+def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16,
+          verify: bool = False) -> TransferReport:
+    """Download images + metadata for the bin ids into `out` (ABID layout). Files complete per the ledger are
+    skipped without a request, or with `verify` checked against the bucket's ETag (conditional GETs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob("*.part-*"):  # left by a killed process (not a Ctrl-C, which cleans up)
         stale.unlink()
     ledger = _Ledger(out)
     keys = [k for bid in ids for k in (f"metadata/{bid}.json", f"bin-images/{bid}.jpg")]
-    # complete on disk: skipped, or, with a recorded ETag, fetched again only if the bucket's ETag differs
+    # complete on disk: skipped, or with `verify` and a recorded ETag, fetched again only if the bucket's ETag differs
     jobs = [(k, ledger.etags.get(k) if ledger.complete(k, out / k) else None) for k in keys
-            if not (ledger.complete(k, out / k) and k not in ledger.etags)]
+            if not (ledger.complete(k, out / k) and not (verify and k in ledger.etags))]
     skipped = len(keys) - len(jobs)
     checked = sum(1 for _, etag in jobs if etag)
     log.info("%d files listed, %d already complete, %d to check for changes, %d to fetch from s3://%s with %d "
