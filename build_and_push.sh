@@ -21,7 +21,11 @@
 #   --no-push             build and tag locally only; no AWS calls
 #   --registry HOST       push to HOST instead of <account>.dkr.ecr.<region>.amazonaws.com
 #   --endpoint-url URL    endpoint for the AWS API calls (STS, ECR), e.g. a test server
-#   --file F, --context D Dockerfile and build context (default: ./Dockerfile and the repo root)
+#   --file F, --context D Dockerfile and build context (default: ./Dockerfile and the repo root; .dockerignore
+#                         keeps the context to what the image copies: src/, container/, pyproject.toml, README.md)
+#   --keep-failed-layers  after a failed build keep the layers it made (a rerun starts from them); by default a
+#                         failed build leaves nothing behind: its step container always goes (--force-rm) and the
+#                         images it made are removed (not the base, nor layers taken from the cache)
 #   -h, --help            this help
 #
 # stdout: only the full image URI, last (IMAGE=$(./build_and_push.sh ...) works); everything else: stderr.
@@ -41,6 +45,7 @@ DOCKERFILE="$ROOT/Dockerfile"
 CONTEXT="$ROOT"
 BUILD_ARGS=()
 PRINT_TAG=0
+KEEP_FAILED=0
 # what the Dockerfile copies into the image: a change here (untracked files too) makes the default tag dirty
 IMAGE_PATHS=(src container Dockerfile pyproject.toml README.md)
 
@@ -67,6 +72,7 @@ while [ $# -gt 0 ]; do
     --endpoint-url) need_value "$@"; ENDPOINT="$2"; shift 2 ;;
     --file) need_value "$@"; DOCKERFILE="$2"; shift 2 ;;
     --context) need_value "$@"; CONTEXT="$2"; shift 2 ;;
+    --keep-failed-layers) KEEP_FAILED=1; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) NAME="$1"; shift ;;
@@ -142,8 +148,31 @@ fi
 
 # --- build -------------------------------------------------------------------------------------------
 CERT_DST="$ROOT/container/certs/extra-ca.pem"
-cleanup() { rm -f "$CERT_DST"; }
+BUILD_LOG="$(mktemp)"
+cleanup() { rm -f "$CERT_DST" "$BUILD_LOG"; }
 trap cleanup EXIT
+# The images a failed build made, newest first: each step's " ---> <id>" in the (legacy builder's) output, except
+# a FROM step's (the base, or an earlier stage) and one that came from the cache (" ---> Using cache"). docker rmi
+# without -f: an image that something still uses (a tag, a container, a child) stays.
+remove_failed_layers() {
+  local ids
+  ids="$(awk 'toupper($0) ~ /^STEP [0-9]+\/[0-9]+ : / { from = (toupper($4) == "FROM"); cached = 0; next }
+              /^ ---> Using cache/ { cached = 1; next }
+              /^ ---> [0-9a-f]+$/ { if (!from && !cached) ids[n++] = $2 }
+              END { while (n > 0) print ids[--n] }' "$BUILD_LOG")"
+  [ -n "$ids" ] || return 0
+  local id kept=0
+  for id in $ids; do  # removing an image also removes its untagged parents that nothing else uses
+    if [ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ]; then
+      docker rmi "$id" >/dev/null 2>&1 || true
+    fi
+  done
+  for id in $ids; do if docker image inspect "$id" >/dev/null 2>&1; then kept=$((kept + 1)); fi; done
+  local total
+  total=$(echo "$ids" | wc -l | tr -d ' ')
+  log "removed $((total - kept)) of the $total images the failed build made ($kept still in use by other images" \
+      "or containers); --keep-failed-layers keeps them for a rerun"
+}
 if [ -n "$CA_BUNDLE" ]; then
   [ -r "$CA_BUNDLE" ] || die "CA bundle $CA_BUNDLE is not readable"
   cp "$CA_BUNDLE" "$CERT_DST"
@@ -157,8 +186,12 @@ target_args=()
 if [ -n "$STAGE" ]; then target_args=(--target "$STAGE"); fi
 log "building $TARGET:$TAG ($PLATFORM, target ${STAGE:-the last stage}) from $DOCKERFILE"
 start=$(date +%s)
-docker build --platform "$PLATFORM" "${target_args[@]}" "${BUILD_ARGS[@]}" "${tags[@]}" -f "$DOCKERFILE" "$CONTEXT" >&2 \
-  || die "docker build failed (see the output above)"
+# --force-rm: the container of a failing step goes too (--rm, the default, removes only those of steps that passed)
+if ! docker build --force-rm --platform "$PLATFORM" "${target_args[@]}" "${BUILD_ARGS[@]}" "${tags[@]}" \
+     -f "$DOCKERFILE" "$CONTEXT" 2>&1 | tee "$BUILD_LOG" >&2; then
+  if [ "$KEEP_FAILED" = 0 ]; then remove_failed_layers; fi
+  die "docker build failed (see the output above)"
+fi
 size=$(docker image inspect "$TARGET:$TAG" --format '{{.Size}}')
 log "built in $(( $(date +%s) - start )) s; image size $(( size / 1000000 )) MB"
 

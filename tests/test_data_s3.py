@@ -155,7 +155,7 @@ def test_round_trip_fetch_eda_split_upload(abid_bucket, moto_endpoint, aws_env, 
 def test_a_second_upload_skips_multipart_files_too(abid_bucket, moto_endpoint, aws_env, tmp_path):
     """Issue 16: a shard over the multipart threshold has an MD5-of-parts ETag ("...-2"), not its MD5; a second
     upload re-sent it every time. Now its ETag is computed the way S3 does, and a changed file is still sent."""
-    from bincounter.data.s3 import PART_SIZE
+    from bincounter.data.upload import PART_SIZE
 
     _, _, s3 = abid_bucket
     ch = tmp_path / "ch"
@@ -305,7 +305,7 @@ def test_a_multipart_upload_that_succeeds_logs_no_connection_pool_warnings(abid_
     """Issue 13: each part of a large file has its own thread, and a client pool sized for the files in flight
     only made urllib3 warn "Connection pool is full, discarding connection" over and over on an upload that
     went well. The pool now holds every thread's connection."""
-    from bincounter.data.s3 import PART_SIZE
+    from bincounter.data.upload import PART_SIZE
 
     _, _, s3 = abid_bucket
     big = tmp_path / "ch" / "train" / "shard-000000.tar"
@@ -332,10 +332,132 @@ def test_an_object_changed_in_the_bucket_is_fetched_again(abid_bucket, moto_endp
     new = old[:-1] + bytes([old[-1] ^ 0xFF])
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=new)
-        proc = _fetch(moto_endpoint, out, file_list=fl)
+        trusted = _fetch(moto_endpoint, out, file_list=fl)  # issue 26.10: the ledger is trusted...
+        proc = _fetch(moto_endpoint, out, "--verify", file_list=fl)  # ...unless asked to verify
     finally:
         s3.put_object(Bucket=bucket, Key=key, Body=old)  # the module's bucket, as the other tests expect it
     assert proc.returncode == 0, proc.stderr
+    assert "downloaded 0 files" in trusted.stderr, trusted.stderr
     assert (out / key).read_bytes() == new
     last = proc.stderr.strip().splitlines()[-1]
     assert "downloaded 1 files" in last and "skipped 5 already complete" in last, proc.stderr
+
+
+# ------------------------------------------------------------------ issue 26: upload mirrors, fetch trusts
+def _keys(s3, bucket: str, prefix: str) -> set[str]:
+    keys = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys |= {o["Key"][len(prefix):] for o in page.get("Contents", [])}
+    return keys
+
+
+def _local(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _upload(src, uri, endpoint, *extra):
+    return run_cli("data", "upload", src, uri, "--endpoint-url", endpoint, *extra)
+
+
+def test_upload_onto_a_reused_prefix_leaves_exactly_the_new_split(abid_bucket, abid_root, moto_endpoint, aws_env,
+                                                                   tmp_path):
+    """Issue 26.2: re-splitting with another seed and uploading onto the same prefix left the old objects: test
+    bins inside train. The prefix now ends equal to the local channels; a dry run shows the plan, changes nothing."""
+    from bincounter.data.split import split_dataset
+
+    _, _, s3 = abid_bucket
+    s3.create_bucket(Bucket="reuse")
+    s3.put_object(Bucket="reuse", Key="bins/v10/train/1/keep.jpg", Body=b"x")  # a sibling prefix: never touched
+    one, two = tmp_path / "seed1", tmp_path / "seed2"
+    split_dataset(abid_root, one, seed=1, val=0.2, test=0.2)
+    split_dataset(abid_root, two, seed=2, val=0.2, test=0.2)
+    assert _upload(one, "s3://reuse/bins/v1", moto_endpoint).returncode == 0
+    assert _keys(s3, "reuse", "bins/v1/") == _local(one)
+    stale = _local(one) - _local(two)
+    assert stale  # the seeds moved bins between splits
+
+    dry = _upload(two, "s3://reuse/bins/v1", moto_endpoint, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would delete {len(stale)} objects" in dry.stdout, dry.stdout
+    assert f"bins/v1/{sorted(stale)[0]}" in dry.stdout
+    assert _keys(s3, "reuse", "bins/v1/") == _local(one)  # nothing touched
+
+    proc = _upload(two, "s3://reuse/bins/v1", moto_endpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert f"deleted {len(stale)} objects" in proc.stderr, proc.stderr
+    remote = _keys(s3, "reuse", "bins/v1/")
+    assert remote == _local(two)
+    test_ids = {k.rsplit("/", 1)[1] for k in remote if k.startswith("test/")}
+    assert not test_ids & {k.rsplit("/", 1)[1] for k in remote if k.startswith("train/")}
+    assert _keys(s3, "reuse", "bins/v10/") == {"train/1/keep.jpg"}
+
+
+def test_upload_refuses_to_delete_what_does_not_look_like_channels(abid_bucket, channels, moto_endpoint, aws_env,
+                                                                   tmp_path):
+    _, _, s3 = abid_bucket
+    s3.create_bucket(Bucket="foreign")
+    s3.put_object(Bucket="foreign", Key="data/notes.txt", Body=b"mine")
+    before = _keys(s3, "foreign", "")
+    assert_one_line_error(_upload(channels, "s3://foreign/data", moto_endpoint), "notes.txt", "--force")
+    assert _keys(s3, "foreign", "") == before  # refused before anything was uploaded
+    proc = _upload(channels, "s3://foreign/data", moto_endpoint, "--force")
+    assert proc.returncode == 0 and "deleted 1 objects" in proc.stderr, proc.stderr
+    assert _keys(s3, "foreign", "data/") == _local(channels)
+
+
+def test_upload_refuses_to_delete_most_of_a_prefix(abid_bucket, channels, moto_endpoint, aws_env, tmp_path):
+    """Other bins entirely (another data set on the same prefix?): more than half would go. One line, --force."""
+    _, _, s3 = abid_bucket
+    s3.create_bucket(Bucket="most")
+    assert _upload(channels, "s3://most/v1", moto_endpoint).returncode == 0
+    other = tmp_path / "other"
+    (other / "train" / "1").mkdir(parents=True)
+    (other / "train" / "1" / "99999.jpg").write_bytes(b"jpeg")
+    assert_one_line_error(_upload(other, "s3://most/v1", moto_endpoint), "--force", "of the")
+    assert _keys(s3, "most", "v1/") == _local(channels)
+    dry = _upload(other, "s3://most/v1", moto_endpoint, "--dry-run")
+    assert dry.returncode == 0 and "--force" in dry.stdout, dry.stdout
+    assert _upload(other, "s3://most/v1", moto_endpoint, "--force").returncode == 0
+    assert _keys(s3, "most", "v1/") == {"train/1/99999.jpg"}
+
+
+def test_a_sharded_upload_onto_a_reused_prefix_mirrors_the_shards(abid_bucket, channels, moto_endpoint, aws_env,
+                                                                  tmp_path):
+    from bincounter.data.shards import write_shards
+
+    _, _, s3 = abid_bucket
+    s3.create_bucket(Bucket="shardsync")
+    small, big = tmp_path / "small", tmp_path / "big"
+    write_shards(channels, small, shard_size=20_000)
+    write_shards(channels, big, shard_size=40_000)
+    assert len(_local(small)) > len(_local(big))
+    assert _upload(small, "s3://shardsync/s", moto_endpoint).returncode == 0
+    proc = _upload(big, "s3://shardsync/s", moto_endpoint)
+    assert proc.returncode == 0, proc.stderr
+    gone = len(_local(small) - _local(big))
+    assert f"deleted {gone} objects" in proc.stderr, proc.stderr
+    assert _keys(s3, "shardsync", "s/") == _local(big)
+
+
+def test_upload_of_a_missing_folder_is_one_line(aws_env, tmp_path):
+    """Issue 26.4: a typo in the folder name raised FileNotFoundError (a traceback)."""
+    assert_one_line_error(run_cli("data", "upload", tmp_path / "data" / "chanels", "s3://b/p",
+                                  "--endpoint-url", "http://127.0.0.1:9"), "chanels", "data split")
+
+
+def test_a_fetch_with_nothing_to_do_sends_no_request_per_object(abid_bucket, proxy, aws_env, tmp_path):
+    """Issue 26.10: a rerun checked every object (1.07 M requests for all of ABID). The ledger is trusted;
+    --verify asks the bucket again (conditional GETs, no body when unchanged)."""
+    src, bucket, _ = abid_bucket
+    fl = tmp_path / "fl.json"
+    fl.write_text(json.dumps({"4": json.loads((src / "file_list.json").read_text())["4"][:5]}))
+    out = tmp_path / "abid"
+    assert _fetch(proxy.url, out, file_list=fl).returncode == 0
+    proxy.calls.clear()
+    again = _fetch(proxy.url, out, file_list=fl)
+    assert "downloaded 0 files" in again.stderr and "skipped 10 already complete" in again.stderr, again.stderr
+    assert sum(proxy.calls.values()) <= 1, proxy.calls  # the endpoint check only
+    proxy.calls.clear()
+    verify = _fetch(proxy.url, out, "--verify", file_list=fl)
+    assert "downloaded 0 files" in verify.stderr and "skipped 10 already complete" in verify.stderr, verify.stderr
+    assert sum(n for k, n in proxy.calls.items() if k.startswith(f"/{bucket}/bin-images/")) == 5, proxy.calls

@@ -97,9 +97,10 @@ def user_errors(what: str, no_credentials: str = "--dry-run needs none"):
         raise UserError(f"{what}: {' '.join(str(e).split())}") from None
 
 
-def aws_call(what: str, fn, *args, **kw):
-    """Run a boto3 call; turn credential, endpoint and API errors into one UserError line."""
-    with user_errors(what):
+def aws_call(what: str, fn, *args, no_credentials: str = "--dry-run needs none", **kw):
+    """Run a boto3 call; turn credential, endpoint and API errors into one UserError line (`no_credentials`: as
+    for `user_errors`)."""
+    with user_errors(what, no_credentials):
         return fn(*args, **kw)
 
 
@@ -129,9 +130,17 @@ def role_arn(role: str, account: str | None, region: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- ECR
+#: what the missing-credentials line adds for the ECR steps (build_and_push.sh runs them; it has no --dry-run)
+ECR_NO_CREDENTIALS = "build_and_push.sh --no-push builds the image without them"
+
+
+def _ecr_call(what: str, fn, **kw):
+    return aws_call(what, fn, no_credentials=ECR_NO_CREDENTIALS, **kw)
+
+
 def account_id(region=None, profile=None, endpoint_url=None) -> str:
     sts = client("sts", region, profile, endpoint_url)
-    return aws_call("STS get-caller-identity", sts.get_caller_identity)["Account"]
+    return _ecr_call("STS get-caller-identity", sts.get_caller_identity)["Account"]
 
 
 def ensure_repository(name: str, mutability: str = "MUTABLE", region=None, profile=None,
@@ -139,13 +148,13 @@ def ensure_repository(name: str, mutability: str = "MUTABLE", region=None, profi
     """Create the ECR repository (scan on push) unless it exists. -> (repository URI, created?)."""
     ecr = client("ecr", region, profile, endpoint_url)
     try:
-        repos = aws_call("ECR describe-repositories", ecr.describe_repositories, repositoryNames=[name])
+        repos = _ecr_call("ECR describe-repositories", ecr.describe_repositories, repositoryNames=[name])
         return repos["repositories"][0]["repositoryUri"], False
     except UserError as e:
         if "RepositoryNotFoundException" not in str(e):
             raise
-    repo = aws_call("ECR create-repository", ecr.create_repository, repositoryName=name,
-                    imageScanningConfiguration={"scanOnPush": True}, imageTagMutability=mutability)["repository"]
+    repo = _ecr_call("ECR create-repository", ecr.create_repository, repositoryName=name,
+                     imageScanningConfiguration={"scanOnPush": True}, imageTagMutability=mutability)["repository"]
     return repo["repositoryUri"], True
 
 
@@ -153,5 +162,5 @@ def login_password(region=None, profile=None, endpoint_url=None) -> str:
     import base64
 
     ecr = client("ecr", region, profile, endpoint_url)
-    data = aws_call("ECR get-authorization-token", ecr.get_authorization_token)["authorizationData"][0]
+    data = _ecr_call("ECR get-authorization-token", ecr.get_authorization_token)["authorizationData"][0]
     return base64.b64decode(data["authorizationToken"]).decode().split(":", 1)[1]

@@ -175,7 +175,7 @@ UNSIGNED_DENIED = "requests are unsigned: pass --no-unsigned to sign them with y
 
 
 def _fetch(args) -> int:
-    from .data.s3 import _check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
+    from .data.s3 import check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
 
     client = _s3(args)
     out = Path(args.out)
@@ -185,7 +185,7 @@ def _fetch(args) -> int:
     ids = ids_from_file_list(args.file_list) if args.file_list else None
     counts = _parse_counts(args.counts) if ids is None else None
     try:
-        _check_endpoint(client, args.bucket)
+        check_endpoint(client, args.bucket)
     except UserError as e:
         if args.unsigned and "AccessDenied" in str(e):
             raise UserError(f"{e} ({UNSIGNED_DENIED})") from None
@@ -197,7 +197,7 @@ def _fetch(args) -> int:
         ids = sorted(b for v in chosen.values() for b in v)
         log.info("sampled %d bins (%s) -> %s", len(ids), {c: len(v) for c, v in chosen.items()},
                  out / "file_list.json")
-    report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers)
+    report = fetch(out, ids, bucket=args.bucket, client=client, workers=args.workers, verify=args.verify)
     for key, reason in list(report.failed.items())[:10]:
         log.warning("  %s: %s", key, reason)
     if args.unsigned and any(r.startswith("access denied") for r in report.failed.values()):
@@ -244,16 +244,23 @@ def cmd_shard(args) -> int:
 
 def cmd_upload(args) -> int:
     from .aws import user_errors
-    from .data.s3 import upload, upload_pool_size
+    from .data.upload import plan_upload, upload, upload_pool_size
 
     with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
-        report, uris = upload(args.src, args.dest, _s3(args, upload_pool_size(args.workers)), workers=args.workers)
-    log.info(report.summary("uploaded"))
-    for key, reason in report.failed.items():
+        client = _s3(args, upload_pool_size(args.workers))
+        plan = plan_upload(args.src, args.dest, client)
+        if args.dry_run:
+            print("\n".join(plan.describe(args.force)))
+            return 0
+        report, not_deleted = upload(plan, client, workers=args.workers, force=args.force)
+    for key, reason in {**report.failed, **not_deleted}.items():
         log.warning("  %s: %s", key, reason)
-    for channel, uri in uris.items():
+    log.info("deleted %d objects under %s that %s does not hold%s", len(plan.extra) - len(not_deleted), plan.uri,
+             plan.src, f", {len(not_deleted)} could not be deleted" if not_deleted else "")
+    log.info(report.summary("uploaded"))
+    for channel, uri in plan.uris().items():
         print(f"{channel}={uri}")
-    return 1 if report.failed else 0
+    return 1 if report.failed or not_deleted else 0
 
 
 # -------------------------------------------------------------------------------------- evaluate/predict
@@ -456,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=_Formatter,
                         description="Download the bins named by a file_list.json (or a seeded sample) from the "
                         "public ABID bucket into OUT/bin-images and OUT/metadata. Parallel, resumable (a rerun "
-                        "fetches only what is missing or incomplete), safe to Ctrl-C.")
+                        "fetches only what is missing or incomplete, trusting OUT/.fetch-ledger.jsonl for the rest: "
+                        "no request per finished file), safe to Ctrl-C.")
     f.add_argument("--out", required=True, help="ABID directory to write")
     f.add_argument("--file-list", help='file_list.json: {"1": ["data/metadata/00009.json", ...], ...}')
     f.add_argument("--sample", type=_positive_int, help="no list: sample N bins from the bucket's metadata")
@@ -465,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bucket", default="aft-vbi-pds", help="source bucket (the public ABID bucket by default)")
     f.add_argument("--unsigned", action=argparse.BooleanOptionalAction, default=True,
                    help="anonymous requests (the public bucket needs no credentials)")
+    f.add_argument("--verify", action="store_true",
+                   help="also ask the bucket whether each finished file changed (one conditional GET per file; "
+                   "fetched again if it did)")
     s3_options(f)
     f.set_defaults(func=cmd_fetch, region="us-east-1")
 
@@ -494,11 +505,22 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--seed", type=int, default=0, help="the fixed order samples are packed in")
     sh.set_defaults(func=cmd_shard)
 
-    up = dsub.add_parser("upload", help="upload channels to S3 and print their URIs", formatter_class=_Formatter,
-                         description="Upload DIR/{train,val,test} and manifest.csv to s3://bucket/prefix; objects "
-                         "with the same size and MD5 ETag are skipped. Prints channel=URI lines for the job.")
-    up.add_argument("src", help="channels directory (from `data split`)")
+    up = dsub.add_parser("upload", help="upload channels to S3 (the prefix ends equal to them) and print their URIs",
+                         formatter_class=_Formatter,
+                         description="Make s3://bucket/prefix equal to DIR/{train,val,test} + manifest.csv (like "
+                         "`aws s3 sync --delete`): objects with the same size and MD5 ETag are skipped, the rest "
+                         "uploaded, then every object under the prefix that DIR does not hold is deleted (a "
+                         "re-split uploaded onto an older prefix would otherwise keep the old split's bins: test "
+                         "bins inside train). Refuses in one line, before sending anything, when it would delete "
+                         "objects that are not bincounter channels, or more than half of the prefix with names DIR "
+                         "lacks (--force). Prints channel=URI lines for the job.")
+    up.add_argument("src", help="channels directory (from `data split`, or `data shard`)")
     up.add_argument("dest", help="s3://bucket/prefix")
+    up.add_argument("--dry-run", action="store_true",
+                    help="print what would be uploaded and deleted (counts, first keys); change nothing")
+    up.add_argument("--force", action="store_true",
+                    help="delete the objects DIR does not hold even when they are not bincounter channels or more "
+                    "than half of the prefix")
     s3_options(up)
     up.set_defaults(func=cmd_upload)
 

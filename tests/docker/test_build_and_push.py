@@ -128,4 +128,31 @@ def test_failures_are_one_line_and_nothing_reported_pushed(image, registry, moto
     assert proc.stdout == ""  # no URI: nothing reported as pushed
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+    assert "--dry-run" not in errors[0]  # issue 26.9: the script has none
     assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_build_leaves_no_container_and_no_image_behind(image, tmp_path):
+    """Issue 26.3: a failed build left a stopped container (the failing step's) and the layers it had made as
+    dangling images. --force-rm removes the container; the script removes the images this build made (not the
+    base, nor layers it took from the cache)."""
+    marker = f"bc-failed-build-{time.time_ns()}"
+    (tmp_path / "Dockerfile").write_text(f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nLABEL bincounter.test={marker}\n"
+                                         f"RUN echo {marker} > /step.txt\nRUN echo {marker} && exit 3\n")
+    base_id = docker("image", "inspect", "-f", "{{.Id}}", BASE).stdout.strip()
+    try:
+        proc = _script("--no-push", "--base-image", BASE, "--file", tmp_path / "Dockerfile", "--context", tmp_path,
+                       "--tag", "t", "bc-failed-build")
+        assert proc.returncode != 0 and proc.stdout == ""
+        errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and "docker build failed" in errors[0], proc.stderr[-2000:]
+        left = docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Status}} {{.Command}}").stdout
+        assert marker not in left, left
+        assert docker("images", "-a", "-q", "--filter", f"label=bincounter.test={marker}").stdout.strip() == ""
+        assert docker("image", "inspect", "-f", "{{.Id}}", BASE).stdout.strip() == base_id  # the base stays
+    finally:  # what a failing run of this test left
+        for line in docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}").stdout.splitlines():
+            if marker in line:
+                docker("rm", "-f", line.split()[0], check=False)
+        for image_id in docker("images", "-a", "-q", "--filter", f"label=bincounter.test={marker}").stdout.split():
+            docker("rmi", image_id, check=False)

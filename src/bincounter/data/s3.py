@@ -1,13 +1,15 @@
-"""Moving ABID data between S3 and disk: `fetch` (the public bucket, or any S3 API via --endpoint-url)
-and `upload` (prepared channels to your bucket).
+"""Moving ABID data between S3 and disk: `fetch` (the public bucket, or any S3 API via --endpoint-url), and
+what `upload` (upload.py: prepared channels to your bucket) shares with it: the client, S3 URIs, the endpoint
+check and the bounded transfer pool.
 
 fetch is parallel (bounded thread pool), resumable and safe to interrupt:
 * every object is written to `<name>.part-<pid>-<thread>` and renamed when complete (length checked
   against Content-Length), so a file under its final name is always whole;
-* `.fetch-ledger.jsonl` records (key, size, ETag) of finished files: a second run asks the bucket for a file
-  whose size on disk matches its ledger entry only if its ETag changed (a conditional GET: 304, no body, when it did
-  not) and fetches everything else again (missing, changed on disk or in the bucket); entries written before the
-  ETag was recorded are trusted by size;
+* `.fetch-ledger.jsonl` records (key, size, ETag) of finished files: a second run trusts a file whose size on
+  disk matches its ledger entry (no request at all: a rerun with nothing to do costs one listing call, not one per
+  object) and fetches everything else again (missing, changed on disk); with `verify` it also asks the bucket
+  whether each complete file's ETag changed (a conditional GET: 304, no body, when it did not) and fetches the
+  changed ones; entries written before the ETag was recorded are trusted by size;
 * throttling and 5xx are retried by botocore (adaptive mode) and a broken body stream by us, with backoff;
 * a missing key is counted and reported, not fatal; Ctrl-C stops the workers, removes their partial files
   and leaves the ledger consistent.
@@ -15,7 +17,6 @@ fetch is parallel (bounded thread pool), resumable and safe to interrupt:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ CONFIGURE = "aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_
 FETCH_NO_CREDENTIALS = f"the public ABID bucket needs none: leave out --no-unsigned; other buckets: {CONFIGURE}"
 
 
-def _check_endpoint(client, bucket: str, no_credentials: str = FETCH_NO_CREDENTIALS) -> None:
+def check_endpoint(client, bucket: str, no_credentials: str = FETCH_NO_CREDENTIALS) -> None:
     """One cheap call up front, so an unreachable endpoint, missing credentials (`no_credentials` says how to get
     them) or a missing bucket is one clear line."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -224,17 +225,19 @@ def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") ->
     return report
 
 
-def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16) -> TransferReport:
-    """Download images + metadata for the bin ids into `out` (ABID layout)."""
+def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16,
+          verify: bool = False) -> TransferReport:
+    """Download images + metadata for the bin ids into `out` (ABID layout). Files complete per the ledger are
+    skipped without a request, or with `verify` checked against the bucket's ETag (conditional GETs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob("*.part-*"):  # left by a killed process (not a Ctrl-C, which cleans up)
         stale.unlink()
     ledger = _Ledger(out)
     keys = [k for bid in ids for k in (f"metadata/{bid}.json", f"bin-images/{bid}.jpg")]
-    # complete on disk: skipped, or, with a recorded ETag, fetched again only if the bucket's ETag differs
+    # complete on disk: skipped, or with `verify` and a recorded ETag, fetched again only if the bucket's ETag differs
     jobs = [(k, ledger.etags.get(k) if ledger.complete(k, out / k) else None) for k in keys
-            if not (ledger.complete(k, out / k) and k not in ledger.etags)]
+            if not (ledger.complete(k, out / k) and not (verify and k in ledger.etags))]
     skipped = len(keys) - len(jobs)
     checked = sum(1 for _, etag in jobs if etag)
     log.info("%d files listed, %d already complete, %d to check for changes, %d to fetch from s3://%s with %d "
@@ -305,72 +308,3 @@ def write_file_list(path: Path, chosen: dict[int, list[str]]) -> None:
 def ids_from_file_list(path: str | Path, counts: tuple[int, ...] = COUNTS) -> list[str]:
     listed = read_file_list(path, counts)
     return sorted({bid for ids in listed.values() for bid in ids})
-
-
-# -------------------------------------------------------------------------------------------- upload
-#: multipart threshold and part size of our uploads (boto3's default, set explicitly so that `_etag` computes
-#: what S3 will report for a file: the MD5 below it, the MD5 of the parts' MD5s plus "-<parts>" at or above it)
-PART_SIZE = 8 * 2**20
-#: threads per file of a multipart upload (s3transfer's default). The client's connection pool must hold one
-#: connection per thread (`upload_pool_size`), else urllib3 warns "Connection pool is full, discarding
-#: connection" over and over on a large upload that goes well.
-UPLOAD_THREADS_PER_FILE = 10
-
-
-def upload_pool_size(workers: int) -> int:
-    """Connections an `upload` client with `workers` files in flight can use at once."""
-    return workers * UPLOAD_THREADS_PER_FILE + 4
-
-
-def _etag(path: Path, part_size: int = PART_SIZE) -> str:
-    """The ETag S3 gives `path` uploaded by `upload` (shards are often over PART_SIZE, i.e. multipart)."""
-    parts = []
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(part_size), b""):
-            parts.append(hashlib.md5(chunk).digest())
-    if len(parts) <= 1 and path.stat().st_size < part_size:
-        return (parts[0] if parts else hashlib.md5(b"").digest()).hex()
-    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
-
-
-def upload(src: str | Path, uri: str, client, workers: int = 16) -> tuple[TransferReport, dict[str, str]]:
-    """Upload the channels under `src` (train/, val/, test/, manifest.csv) to s3://bucket/prefix.
-    Objects whose size and ETag (single-part MD5, or the multipart MD5-of-MD5s over PART_SIZE) already match are
-    skipped. -> (report, channel URIs)."""
-    from boto3.exceptions import S3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
-
-    config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                            max_concurrency=UPLOAD_THREADS_PER_FILE)
-
-    src = Path(src)
-    bucket, prefix = parse_s3_uri(uri)
-    channels = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name in ("train", "val", "test")]
-    if not channels:
-        raise DataError(f"{src}: no channels (train/, val/, test/) to upload; run `bincounter data split` first")
-    _check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
-    files = [p for c in channels for p in sorted((src / c).rglob("*")) if p.is_file()]
-    if (src / "manifest.csv").is_file():
-        files.append(src / "manifest.csv")
-    key_of = {p: "/".join(filter(None, [prefix, p.relative_to(src).as_posix()])) for p in files}
-    remote: dict[str, tuple[int, str]] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            remote[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
-    todo = [(key_of[p], p) for p in files
-            if remote.get(key_of[p]) != (p.stat().st_size, _etag(p))]
-
-    def work(job, stop):
-        key, path = job
-        if stop.is_set():
-            raise KeyboardInterrupt
-        try:
-            client.upload_file(str(path), bucket, key, Config=config)
-        except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
-            raise OSError(" ".join(str(e).split())) from None
-        return path.stat().st_size
-
-    report = transfer(todo, work, workers, "upload")
-    report.skipped = len(files) - len(todo)
-    uris = {c: f"s3://{bucket}/{'/'.join(filter(None, [prefix, c]))}/" for c in channels}
-    return report, uris

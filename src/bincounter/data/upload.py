@@ -1,0 +1,178 @@
+"""`data upload`: make s3://bucket/prefix equal to a local channels folder (`data split`) or shards folder
+(`data shard`), like `aws s3 sync --delete`.
+
+* `plan_upload` lists the prefix once (paginated) and compares it with the local tree: files whose size and ETag
+  already match are skipped, the others are uploaded, and every object under the prefix that the local tree does
+  not hold is deleted *after* the uploads (a re-split uploaded onto an older prefix would otherwise leave the old
+  split's bins behind: test bins inside train);
+* it refuses in one line, before anything is sent, when the deletions look like a mistake: objects that are not a
+  channel layout (another tool's files), or more than half of what the prefix holds with names the local tree
+  lacks (another data set? a re-split only moves the same bins between splits); `force` overrides;
+* `describe` is the dry run: counts and the first keys of each kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError, UserError
+from .s3 import CONFIGURE, TransferReport, check_endpoint, parse_s3_uri, transfer
+
+log = logging.getLogger(__name__)
+
+#: multipart threshold and part size of our uploads (boto3's default, set explicitly so that `etag` computes
+#: what S3 will report for a file: the MD5 below it, the MD5 of the parts' MD5s plus "-<parts>" at or above it)
+PART_SIZE = 8 * 2**20
+#: threads per file of a multipart upload (s3transfer's default). The client's connection pool must hold one
+#: connection per thread (`upload_pool_size`), else urllib3 warns "Connection pool is full, discarding
+#: connection" over and over on a large upload that goes well.
+UPLOAD_THREADS_PER_FILE = 10
+SPLITS = ("train", "val", "test")
+#: keys (below the prefix) that `data split` and `data shard` write: deleting these needs no --force
+CHANNEL_KEY = re.compile(r"^(manifest\.csv|(train|val|test)/(\d+/[^/]+\.(jpe?g|png)|[^/]+\.tar|index\.json))$")
+#: deleting more than this fraction of the objects under the prefix needs --force
+MAX_DELETE_FRACTION = 0.5
+#: keys shown per kind by the dry run
+PREVIEW = 5
+#: S3's limit on keys per DeleteObjects request
+DELETE_BATCH = 1000
+
+
+def upload_pool_size(workers: int) -> int:
+    """Connections an `upload` client with `workers` files in flight can use at once."""
+    return workers * UPLOAD_THREADS_PER_FILE + 4
+
+
+def etag(path: Path, part_size: int = PART_SIZE) -> str:
+    """The ETag S3 gives `path` uploaded by `upload` (shards are often over PART_SIZE, i.e. multipart)."""
+    parts = []
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(part_size), b""):
+            parts.append(hashlib.md5(chunk).digest())
+    if len(parts) <= 1 and path.stat().st_size < part_size:
+        return (parts[0] if parts else hashlib.md5(b"").digest()).hex()
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+
+
+@dataclass
+class UploadPlan:
+    src: Path
+    bucket: str
+    prefix: str
+    channels: list[str]
+    files: list[tuple[str, Path]]  # every local file: (key, path)
+    todo: list[tuple[str, Path]]  # those whose object is missing or differs
+    extra: list[str] = field(default_factory=list)  # keys under the prefix that the local tree does not hold
+    remote: int = 0  # objects under the prefix before the upload
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def uris(self) -> dict[str, str]:
+        return {c: f"s3://{self.bucket}/{'/'.join(filter(None, [self.prefix, c]))}/" for c in self.channels}
+
+    def refusal(self) -> str | None:
+        """Why deleting `extra` looks like a mistake (None: it does not)."""
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        foreign = [k for k in self.extra if not CHANNEL_KEY.match(k[cut:])]
+        if foreign:
+            return (f"{self.uri} holds {len(foreign)} objects that are not bincounter channels (e.g. "
+                    f"{', '.join(repr(k) for k in foreign[:3])}); the upload makes the prefix equal to {self.src} "
+                    "and would delete them: choose another prefix, or pass --force to delete them")
+        # a re-split moves bins between splits (same file name, another key): not a loss; bins or shards whose
+        # name the local tree does not hold at all are
+        names = {k.rsplit("/", 1)[-1] for k, _ in self.files}
+        lost = [k for k in self.extra if k.rsplit("/", 1)[-1] not in names]
+        if len(lost) > MAX_DELETE_FRACTION * self.remote:
+            return (f"the upload would delete {len(lost)} of the {self.remote} objects under {self.uri} whose "
+                    f"names {self.src} does not hold (more than {MAX_DELETE_FRACTION:.0%}: another data set?): "
+                    "check with --dry-run, choose another prefix, or pass --force")
+        return None
+
+    def describe(self, force: bool = False) -> list[str]:
+        """The dry run's lines."""
+        mb = sum(p.stat().st_size for _, p in self.todo) / 2**20
+        lines = [f"dry run: {self.src} -> {self.uri}: would upload {len(self.todo)} files ({mb:.1f} MB), skip "
+                 f"{len(self.files) - len(self.todo)} unchanged, would delete {len(self.extra)} objects that "
+                 f"{self.src} does not hold"]
+        for verb, keys in (("upload", sorted(k for k, _ in self.todo)), ("delete", sorted(self.extra))):
+            lines += [f"  {verb} s3://{self.bucket}/{k}" for k in keys[:PREVIEW]]
+            if len(keys) > PREVIEW:
+                lines.append(f"  ... and {len(keys) - PREVIEW} more to {verb}")
+        why = self.refusal()
+        if why and not force:
+            lines.append(f"without --force the upload refuses: {why}")
+        lines.append("nothing was changed")
+        return lines
+
+
+def plan_upload(src: str | Path, uri: str, client) -> UploadPlan:
+    """Compare `src` (train/, val/, test/, manifest.csv) with what s3://bucket/prefix holds. Sends only list
+    requests."""
+    src = Path(src)
+    bucket, prefix = parse_s3_uri(uri)
+    if not src.is_dir():
+        raise DataError(f"{src} does not exist or is not a directory: give the folder `bincounter data split` "
+                        "(or `data shard`) wrote")
+    channels = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name in SPLITS]
+    if not channels:
+        raise DataError(f"{src}: no channels (train/, val/, test/) to upload; run `bincounter data split` first")
+    check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
+    paths = [p for c in channels for p in sorted((src / c).rglob("*")) if p.is_file()]
+    if (src / "manifest.csv").is_file():
+        paths.append(src / "manifest.csv")
+    files = [("/".join(filter(None, [prefix, p.relative_to(src).as_posix()])), p) for p in paths]
+    remote: dict[str, tuple[int, str]] = {}
+    # prefix + "/": s3://b/bins/v1 must not reach into bins/v10/
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix
+                                                                 else ""):
+        for o in page.get("Contents", []):
+            if not (o["Key"].endswith("/") and o["Size"] == 0):  # a console "folder": neither ours nor harmful
+                remote[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
+    todo = [(k, p) for k, p in files if remote.get(k) != (p.stat().st_size, etag(p))]
+    local = {k for k, _ in files}
+    return UploadPlan(src, bucket, prefix, channels, files, todo, sorted(set(remote) - local), len(remote))
+
+
+def delete_keys(client, bucket: str, keys: list[str]) -> dict[str, str]:
+    """DeleteObjects in batches of 1000. -> {key: reason} of those S3 did not delete."""
+    failed = {}
+    for i in range(0, len(keys), DELETE_BATCH):
+        batch = keys[i:i + DELETE_BATCH]
+        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        for err in resp.get("Errors", []):
+            failed[err.get("Key", "?")] = f"{err.get('Code')}: {err.get('Message')}"
+    return failed
+
+
+def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> tuple[TransferReport, dict[str, str]]:
+    """Carry out `plan`: refuse (UserError, nothing sent) if its deletions look like a mistake and not `force`;
+    upload `plan.todo`, then delete `plan.extra`. -> (report, {key: reason} of deletions that failed); the
+    report counts skipped files, `len(plan.extra) - len(failed)` objects were deleted."""
+    from boto3.exceptions import S3UploadFailedError
+    from boto3.s3.transfer import TransferConfig
+
+    why = plan.refusal()
+    if why and not force:
+        raise UserError(why)
+    config = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
+                            max_concurrency=UPLOAD_THREADS_PER_FILE)
+
+    def work(job, stop):
+        key, path = job
+        if stop.is_set():
+            raise KeyboardInterrupt
+        try:
+            client.upload_file(str(path), plan.bucket, key, Config=config)
+        except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
+            raise OSError(" ".join(str(e).split())) from None
+        return path.stat().st_size
+
+    report = transfer(plan.todo, work, workers, "upload")
+    report.skipped = len(plan.files) - len(plan.todo)
+    return report, delete_keys(client, plan.bucket, plan.extra)
