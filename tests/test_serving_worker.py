@@ -104,3 +104,10 @@ def test_the_pytorch_worker_takes_its_threads_from_the_onnx_workers_policy(infer
     finally:
         os.sched_setaffinity(0, affinity)
         torch.set_num_threads(threads)
+
+
+def test_the_worker_reads_each_requests_accept_header_whatever_its_case(inference):
+    """#26.10: the Accept the worker passes to answer_batch (MMS hands headers over as the client spelled them)."""
+    assert inference._header({"Accept": "text/csv"}, "accept") == "text/csv"
+    assert inference._header({"accept": b"application/json"}, "accept") == "application/json"
+    assert inference._header({"Content-Type": "image/jpeg"}, "accept") is None
