@@ -187,6 +187,9 @@ def test_other_weights_copied_in_are_caught(model_copy, trained_model, tmp_path)
     shutil.copy(tmp_path / "other" / "model.safetensors", model_copy / "model.safetensors")
     with pytest.raises(UserError, match="other weights"):
         check_onnx(model_copy)
+    # issue 21, item 8: the PyTorch image served a swapped weights file under the old model_version
+    problem = check_artifact(model_copy, "torch")
+    assert problem and "weights_sha256" in problem, problem
 
 
 def test_truncated_weights_are_refused_before_mms_starts(model_copy):

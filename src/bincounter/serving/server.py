@@ -62,7 +62,7 @@ def check_artifact(path: Path, runtime: str = "torch") -> str | None:
     from these weights and intact (onnx_runtime.check_onnx). Returns the problem, or None."""
     import struct
 
-    from ..artifact import ONNX, WEIGHTS, read_config
+    from ..artifact import ONNX, WEIGHTS, check_weights, read_config
     from ..errors import UserError
     from .onnx_runtime import check_onnx
 
@@ -90,6 +90,7 @@ def check_artifact(path: Path, runtime: str = "torch") -> str | None:
         size = (path / WEIGHTS).stat().st_size
         if size != end:
             return f"{path}/{WEIGHTS}: {size} bytes, its header describes {end} (a partial copy?)"
+        check_weights(path)  # the weights config.json describes (weights_sha256), not a swapped file
     except UserError as e:
         return str(e)
     except FileNotFoundError as e:
