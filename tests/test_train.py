@@ -138,6 +138,44 @@ def test_resume_after_a_crash_is_exact(channels, tmp_path, monkeypatch):
         load_file(str(tmp_path / "b" / "model.safetensors")).keys()
 
 
+@pytest.fixture()
+def train_order(monkeypatch):
+    """{epoch: [train image index, in the order training read them]} of the runs that follow (workers=0:
+    every read happens here, in loader order)."""
+    from bincounter.data.dataset import ChannelDataset
+
+    seen: dict[int, list[int]] = {}
+    real = ChannelDataset.__getitem__
+
+    def recording(self, i):
+        if self.train:
+            seen.setdefault(self.epoch, []).append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ChannelDataset, "__getitem__", recording)
+    return seen
+
+
+def test_per_image_training_order_changes_every_epoch_and_resumes_the_same(channels, tmp_path, monkeypatch,
+                                                                          train_order):
+    """#21.14: the sampler reshuffles per-image data each epoch (set_epoch), and a resumed run reads epoch 3 in
+    the order an uninterrupted run does."""
+    kw = dict(epochs=3, batch_size=8)
+    train(_cfg(channels, tmp_path / "a", **kw))
+    straight = {e: list(o) for e, o in train_order.items()}
+    assert sorted(straight) == [1, 2, 3]
+    assert all(sorted(o) == list(range(len(o))) for o in straight.values())  # every image once per epoch
+    assert len({tuple(o) for o in straight.values()}) == 3, straight  # a new order every epoch
+    ck = tmp_path / "ck"
+    with monkeypatch.context() as m:
+        _crash_at_epoch(m, 3)
+        with pytest.raises(_Crash):
+            train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    train_order.clear()
+    train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    assert train_order == {3: straight[3]}
+
+
 def test_a_longer_run_continues_from_the_checkpoint(channels, tmp_path):
     ck = tmp_path / "ck"
     r1 = train(_cfg(channels, tmp_path / "m", epochs=2, checkpoint_dir=str(ck)))
@@ -259,6 +297,45 @@ def test_predictor_matches_the_evaluation_loader(trained_model, channels, tmp_pa
     got = np.array([[r["probabilities"][str(c)] for c in (1, 2, 3, 4, 5)] for r in served])
     assert np.abs(got - ev["probs"]).max() < 1e-4
     assert summary["n"] == len(ds)
+
+
+def test_the_artifact_and_model_onnx_come_from_the_best_epoch_not_the_last(channels, tmp_path, monkeypatch):
+    """#21.13: two epochs, the first one best (its val accuracy is driven to peak there; the training is real):
+    model.safetensors holds the weights epoch 1 was validated with, model.onnx computes the same function, and
+    config.json's hashes are of the bytes written."""
+    pytest.importorskip("onnxruntime")
+    import bincounter.train as tr
+    from bincounter.artifact import read_config, sha256_file
+    from bincounter.serving.onnx_runtime import OnnxPredictor
+
+    validated, accuracies = [], iter([0.9, 0.1])
+    real_evaluate, real_summarize = tr.evaluate, tr.summarize_eval
+
+    def snapshot_evaluate(model, *a, **kw):
+        validated.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_evaluate(model, *a, **kw)
+
+    def peak_first(ev, *a, **kw):
+        return {**real_summarize(ev, *a, **kw), "accuracy": next(accuracies)}
+
+    monkeypatch.setattr(tr, "evaluate", snapshot_evaluate)
+    monkeypatch.setattr(tr, "summarize_eval", peak_first)
+    m = tmp_path / "m"
+    r = train(_cfg(channels, m, epochs=2, lr=0.05, warmup_epochs=0))
+    assert r["best"]["epoch"] == 1 and len(r["history"]) == 2
+    saved = load_file(str(m / "model.safetensors"))
+    assert all(torch.equal(saved[k], validated[0][k]) for k in saved)
+    x = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
+    best, onnx = Predictor(m, device="cpu"), OnnxPredictor(m)
+    p_best, p_onnx = best.forward(x), onnx.forward(x)
+    best.model.load_state_dict(validated[1])
+    p_last = best.forward(x)
+    assert np.abs(p_last - p_best).max() > 1e-3  # epoch 2 is another model: the check below can tell them apart
+    assert np.abs(p_onnx - p_best).max() < 1e-4
+    config = read_config(m)
+    assert config["best_epoch"] == 1
+    assert config["weights_sha256"] == config["onnx"]["weights_sha256"] == sha256_file(m / "model.safetensors")
+    assert config["onnx"]["sha256"] == sha256_file(m / "model.onnx")
 
 
 def test_corrupt_weights_are_a_clear_error(trained_model, tmp_path):
