@@ -389,9 +389,15 @@ def test_two_processes_train_one_model_with_gloo(channels, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          "-m", "bincounter", "train", "--train", str(channels / "train"), "--val", str(channels / "val"),
          "--model-dir", str(tmp_path / "m"), "--epochs", "1", "--image-size", "64", "--no-pretrained",
-         "--workers", "0", "--batch-size", "8", "--lr", "0.05"],  # lr: leave uniform guessing, where BN
-        capture_output=True, text=True, env=env, timeout=300)  # differences would not show in the loss
+         "--workers", "0", "--batch-size", "8", "--lr", "0.05",  # lr: leave uniform guessing, where BN
+         "--checkpoint-dir", str(tmp_path / "ck")],  # differences would not show in the loss
+        capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # #21.11: each rank drew its own random stream (seed + rank: its own dropout masks) from the same initial
+    # weights, and the checkpoint keeps each rank's RNG state for its resume, not two copies of one
+    ck = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)
+    assert len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])
+    assert ck["rng"][0]["python"] != ck["rng"][1]["python"]
     assert "rank 0/2" in proc.stderr
     assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]) == 1  # rank 0 only
     assert (tmp_path / "m" / "model.safetensors").is_file()

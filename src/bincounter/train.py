@@ -8,10 +8,12 @@ objective, so the tuner ranks a trial by the epoch whose weights become the arti
 by val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
 `checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
 
-Checkpoints resume exactly: the sampler order is a function of (seed, epoch), and the checkpoint holds the
-RNG states and the fp16 grad scaler, so an interrupted run continues with the same numbers an uninterrupted
-one prints. A checkpoint records what made it (`MADE_WITH` settings, world size, a fingerprint of the
-data); a run whose settings differ stops with one line instead of silently reusing it.
+Randomness: the model is built under `seed` (the same initial weights on every rank); then each rank draws
+its own stream from `seed + rank` (its own dropout masks). Checkpoints resume exactly: the sampler order is a
+function of (seed, epoch), and the checkpoint holds each rank's RNG states and the fp16 grad scaler, so an
+interrupted run continues with the same numbers an uninterrupted one prints. A checkpoint records what made
+it (`MADE_WITH` settings, world size, a fingerprint of the data); a run whose settings differ stops with one
+line instead of silently reusing it.
 """
 
 from __future__ import annotations
@@ -138,6 +140,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random stream (dropout, drop-path, loader worker seeds): seed + rank, as timm
+    does, so that ranks do not draw the same masks. The model is built before, under `seed` alone: the same
+    initial weights on every rank (DDP broadcasts rank 0's anyway)."""
+    return seed + rank
+
+
 def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
     if isinstance(ds, ShardDataset):  # batches itself: the same number per rank, every sample once, nothing padded
         return ds.loader(cfg.batch_size, info.rank, info.world_size, workers,
@@ -152,7 +161,7 @@ def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
         ds = Subset(ds, list(range(info.rank, len(ds), info.world_size))) if info.enabled else ds
         sampler, shuffle = None, False
     g = torch.Generator()
-    g.manual_seed(cfg.seed)
+    g.manual_seed(rank_seed(cfg.seed, info.rank))
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       pin_memory=info.device.type == "cuda", drop_last=False, generator=g,
                       persistent_workers=workers > 0)
@@ -300,6 +309,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                          head="ordinal" if cfg.loss == "ordinal" else "linear")
     if not cfg.pretrained and cfg.pretrained_path is None:
         log.warning("training %s from random init (--no-pretrained)", cfg.arch)
+    _seed_all(rank_seed(cfg.seed, info.rank))  # from here on each rank draws its own stream
     pre = Preprocess(cfg.image_size, *model_mean_std(model))
     train_ds = open_channel(cfg.train_dir, pre, train=True, seed=cfg.seed)  # per-image or sharded
     val_ds = open_channel(cfg.val_dir, pre)
@@ -349,7 +359,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         best_val_cm = state.get("best_val_cm")
         rules.load_state_dict(state.get("rules") or {})
         best_state, bad_epochs = state["best_model"], state["bad_epochs"]
-        _set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0], device)
+        _set_rng_state(state["rng"][info.rank], device)  # this rank's own (made_with holds the world size)
 
     rules.start(train_ds.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
