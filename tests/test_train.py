@@ -17,8 +17,10 @@ from bincounter.evaluate import Predictor, evaluate_model
 from bincounter.metrics import (
     EPOCH_KEYS,
     EPOCH_LINE_RE,
+    FINAL_KEYS,
     confusion_matrix,
     format_epoch_line,
+    format_final_line,
     metric_definitions,
     metric_regex,
     summarize,
@@ -64,11 +66,14 @@ def test_metric_regexes_extract_the_logged_numbers(channels, tmp_path):
                    tmp_path / "m", "--epochs", "2", "--image-size", "64", "--no-pretrained", "--workers", "0",
                    "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    history = metrics["history"]
+    # after the epochs, the final line (FINAL_KEYS): the run's values once the end-of-run rules have run
+    final = {"best_val_acc": metrics["best"]["val_acc"], "rules_fired": metrics["rules_fired"]}
     log = proc.stdout + proc.stderr
     for d in metric_definitions():
         found = [float(x) for x in re.findall(d["Regex"], log)]  # no flags: no reliance on ^/$
-        expected = [h[d["Name"]] for h in history]
+        expected = [h[d["Name"]] for h in history] + ([final[d["Name"]]] if d["Name"] in FINAL_KEYS else [])
         assert found == pytest.approx(expected, rel=1e-5), (d, proc.stdout)
 
 
@@ -86,6 +91,10 @@ def test_epoch_line_format_is_one_source():
     assert not re.search(metric_regex("val_acc"), "best epoch 3: val_acc=0.9")
     with pytest.raises(KeyError):
         format_epoch_line({"epoch": 1})
+    final = format_final_line({"epoch": 3, "best_val_acc": 0.8, "rules_fired": 2})
+    assert final == "final epoch=3 best_val_acc=0.8 rules_fired=2" and not EPOCH_LINE_RE.match(final)
+    assert {d["Name"] for d in metric_definitions(EPOCH_KEYS) if re.search(d["Regex"], final)} == \
+        {"best_val_acc", "rules_fired"}  # the tuner reads exactly these from it
 
 
 def test_summarize_accuracy_rmse_recall():
@@ -573,7 +582,7 @@ def _rules(out):
     return {r["rule"]: r for r in doc["fired"]}
 
 
-def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path, caplog):
+def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path, caplog, capsys):
     import shutil
 
     shutil.rmtree(channels_copy / "train" / "3")
@@ -584,6 +593,13 @@ def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path
     assert "collapsed" in fired and "never_predicted" in fired
     assert "the train channel has no images of count 3" in caplog.text and "rule collapsed fired" in caplog.text
     assert r["history"][-1]["rules_fired"] == 1  # at the epoch line: the empty class (the others come at the end)
+    # #26.7: the tuner (its regexes over stdout; a job's final metric is the last value) and the report (rules.json)
+    # agree: a final line after the end-of-run rules says 3
+    out = capsys.readouterr().out
+    last = {d["Name"]: float(re.findall(d["Regex"], out)[-1]) for d in metric_definitions()}
+    assert last["rules_fired"] == len(fired) == r["rules_fired"] == 3
+    assert last["best_val_acc"] == pytest.approx(r["best"]["val_acc"])
+    assert [ln for ln in out.splitlines() if ln.startswith("epoch=")] == [format_epoch_line(h) for h in r["history"]]
 
 
 def test_rules_flag_a_poor_initialisation(channels, tmp_path, monkeypatch):

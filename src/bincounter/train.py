@@ -37,7 +37,7 @@ from .data.shards import ShardDataset, open_channel
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, sync_buffers
 from .engine import amp_dtype, evaluate, train_one_epoch
 from .errors import UserError, write_failure_file
-from .metrics import format_epoch_line, format_summary, plot_history, summarize_eval, write_report
+from .metrics import format_epoch_line, format_final_line, format_summary, plot_history, summarize_eval, write_report
 from .model import classifier, create_model, export_onnx, model_mean_std, save_artifact
 from .preprocess import Preprocess
 from .rules import Rules
@@ -275,6 +275,18 @@ def train(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
+def _finish_rules(rules: Rules, best: dict | None, best_val_cm, history: list[dict], info: DistInfo) -> int:
+    """The end-of-run rules (they judge the best model), rules.json, then the final metric line: the tuner's
+    last `rules_fired` is the count the report shows. -> that count."""
+    rules.train_end(best["epoch"] if best else None, best_val_cm)
+    if info.is_main and rules.enabled:
+        log.info("training rules: %d fired -> %s", rules.count, rules.write())
+    if info.is_main and history:
+        print(format_final_line({"epoch": history[-1]["epoch"], "best_val_acc": best["val_acc"],
+                                 "rules_fired": rules.count}), flush=True)
+    return rules.count
+
+
 def _head(cfg: TrainConfig) -> str:
     return "ordinal" if cfg.loss == "ordinal" else "linear"
 
@@ -462,9 +474,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             j, png = write_report(test, out_dir, "test")
             log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
                      format_summary(test), j, png)
-    rules.train_end(best["epoch"] if best else None, best_val_cm)
-    if info.is_main and rules.enabled:
-        log.info("training rules: %d fired -> %s", rules.count, rules.write())
+    result["rules_fired"] = _finish_rules(rules, best, best_val_cm, history, info)
     if info.is_main and history:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot_history(history, out_dir / "training_curves.png", title=f"{cfg.arch} ({cfg.loss})")
