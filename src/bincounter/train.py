@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import COUNTS
+from .artifact import RESULT_FILES
 from .data.shards import ShardDataset, open_channel
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, sync_buffers
 from .engine import amp_dtype, evaluate, train_one_epoch
@@ -275,12 +277,49 @@ def train(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
-def _finish_rules(rules: Rules, best: dict | None, best_val_cm, history: list[dict], info: DistInfo) -> int:
+def _clear_previous_results(cfg: TrainConfig, info: DistInfo) -> None:
+    """Rank 0: remove the result files (artifact.RESULT_FILES) an earlier run left in the output and model folders,
+    so that every result there afterwards is this run's, or absent. The model files are replaced by this run's
+    first save (which also removes an older model.onnx)."""
+    if not info.is_main:
+        return
+    for d in dict.fromkeys(Path(x) for x in (cfg.output_dir, cfg.model_dir) if x):
+        gone = [name for name in RESULT_FILES if _remove(d / name)]
+        if gone:
+            log.info("removed %d result files of an earlier run from %s (%s): this run writes its own", len(gone), d,
+                     ", ".join(gone))
+
+
+def _remove(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    else:
+        return False
+    return True
+
+
+def _evaluate_test(model, test_ds, cfg: TrainConfig, info: DistInfo, workers: int, out_dir: Path, best: dict | None,
+                   version: str | None) -> dict:
+    """The best model on the test channel -> its summary, stamped with the model's version; rank 0 writes
+    test_metrics.json + the confusion PNG."""
+    ev = evaluate(model, _loader(test_ds, cfg, info, False, workers), info.device, info,
+                  channels_last=cfg.channels_last, desc="test", show_progress=cfg.show_progress)
+    test = {**summarize_eval(ev), "skipped": ev["skipped"], "model_version": version}
+    if info.is_main:
+        j, png = write_report(test, out_dir, "test")
+        log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-", format_summary(test), j, png)
+    return test
+
+
+def _finish_rules(rules: Rules, best: dict | None, best_val_cm, history: list[dict], info: DistInfo,
+                  version: str | None) -> int:
     """The end-of-run rules (they judge the best model), rules.json, then the final metric line: the tuner's
     last `rules_fired` is the count the report shows. -> that count."""
     rules.train_end(best["epoch"] if best else None, best_val_cm)
     if info.is_main and rules.enabled:
-        log.info("training rules: %d fired -> %s", rules.count, rules.write())
+        log.info("training rules: %d fired -> %s", rules.count, rules.write(version))
     if info.is_main and history:
         print(format_final_line({"epoch": history[-1]["epoch"], "best_val_acc": best["val_acc"],
                                  "rules_fired": rules.count}), flush=True)
@@ -357,7 +396,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
     out_dir = Path(cfg.output_dir or cfg.model_dir)
     rules = Rules(info, out_dir, cfg.lr, enabled=cfg.rules)
-    start_epoch, history, best, best_state, bad_epochs, best_val_cm = 1, [], None, None, 0, None
+    start_epoch, history, best, best_state, bad_epochs, best_val_cm, version = 1, [], None, None, 0, None, None
     # rank 0 alone compares and saves it (a fingerprint stats every file: not on every rank of a big job)
     now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir and info.is_main else {}
     state = _load_checkpoint(cfg, info, now)
@@ -373,6 +412,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         best_state, bad_epochs = state["best_model"], state["bad_epochs"]
         _set_rng_state(state["rng"][info.rank], device)  # this rank's own (made_with holds the world size)
 
+    _clear_previous_results(cfg, info)
     rules.start(train_ds.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
@@ -424,8 +464,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             best_val_cm = val["confusion_matrix"]
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if info.is_main:
-                save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                              extra={"best_epoch": epoch, "val_acc": row["val_acc"], "head": _head(cfg)})
+                version = save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre, extra={
+                    "best_epoch": epoch, "val_acc": row["val_acc"], "head": _head(cfg)})["model_version"]
         else:
             bad_epochs += 1
         if cfg.checkpoint_dir:
@@ -455,26 +495,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
               "config": dataclasses.asdict(cfg)}
     if best_state is not None:
         model.load_state_dict(best_state)
-        if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
-            save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                          extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})
+        if info.is_main and version is None:  # resumed after its best epoch: this process has not saved it
+            version = save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre, extra={
+                "best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})["model_version"]
         if info.is_main:  # model.onnx for the CPU serving image, from the same best weights
             try:
                 export_onnx(cfg.model_dir, model)
             except UserError as e:  # the trained weights are saved: no reason to fail the job here
                 log.warning("%s; model.safetensors is saved, add model.onnx later with `bincounter export`", e)
+    result["model_version"] = version  # of the model in cfg.model_dir: every result file names it
     if test_ds is not None:
-        test_dl = _loader(test_ds, cfg, info, False, workers)
-        ev = evaluate(model, test_dl, device, info, channels_last=channels_last, desc="test",
-                      show_progress=cfg.show_progress)
-        test = summarize_eval(ev)
-        test["skipped"] = ev["skipped"]
-        result["test"] = test
-        if info.is_main:
-            j, png = write_report(test, out_dir, "test")
-            log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
-                     format_summary(test), j, png)
-    result["rules_fired"] = _finish_rules(rules, best, best_val_cm, history, info)
+        result["test"] = _evaluate_test(model, test_ds, cfg, info, workers, out_dir, best, version)
+    result["rules_fired"] = _finish_rules(rules, best, best_val_cm, history, info, version)
     if info.is_main and history:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot_history(history, out_dir / "training_curves.png", title=f"{cfg.arch} ({cfg.loss})")
