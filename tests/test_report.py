@@ -76,3 +76,49 @@ def test_missing_pieces_are_said_not_raised(tmp_path):
 def test_not_a_run_folder_is_one_line(tmp_path):
     assert_one_line_error(run_cli("report", tmp_path), "no training output here")
     assert_one_line_error(run_cli("report", tmp_path / "nope"), "no such directory")
+
+
+# ------------------------------------------------------------------ #26.1: every result belongs to this run's model
+def _version(model_dir) -> str:
+    return json.loads((model_dir / "config.json").read_text())["model_version"]
+
+
+def test_a_reused_model_dir_keeps_no_results_of_the_earlier_run(trained_model, tmp_path, channels, caplog):
+    """An earlier run with --test left test_metrics.json and its PNG; a run without --test into the same folder
+    removes them (and says so), so the report shows no test accuracy for a model that was never tested."""
+    from bincounter.train import TrainConfig, train
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    earlier = _version(model)
+    for name in ("test_metrics.json", "rules.json", "metrics.json"):  # the earlier run stamped its results
+        assert json.loads((model / name).read_text())["model_version"] == earlier, name
+    (model / "eval_metrics.json").write_text(json.dumps({"accuracy": 0.2, "model_version": earlier}))
+    with caplog.at_level("INFO"):
+        train(TrainConfig(train_dir=str(channels / "train"), val_dir=str(channels / "val"), model_dir=str(model),
+                          epochs=1, image_size=64, pretrained=False, workers=0, batch_size=16, show_progress=False,
+                          seed=1))
+    assert _version(model) != earlier
+    for gone in ("test_metrics.json", "test_confusion_matrix.png", "eval_metrics.json", "report.html"):
+        assert not (model / gone).exists(), gone
+    assert re.search(rf"removed [0-9]+ result files of an earlier run from {re.escape(str(model))}", caplog.text)
+    for name in ("rules.json", "metrics.json"):  # rewritten, for this run's model
+        assert json.loads((model / name).read_text())["model_version"] == _version(model), name
+    proc = run_cli("report", model)
+    assert proc.returncode == 0, proc.stderr
+    text = (model / "report.html").read_text()
+    assert "test accuracy" not in text and "no test metrics" in text
+
+
+def test_results_of_another_model_are_refused_in_one_line(trained_model, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    test = json.loads((model / "test_metrics.json").read_text())
+    (model / "test_metrics.json").write_text(json.dumps({**test, "accuracy": 0.2, "model_version": "0123456789ab"}))
+    proc = run_cli("report", model)
+    assert proc.returncode == 0, proc.stderr
+    text = (model / "report.html").read_text()
+    assert "test accuracy" not in text and "0123456789ab" in text
+    line = [ln for ln in proc.stderr.splitlines() if "test_metrics.json" in ln]
+    assert len(line) == 1 and "0123456789ab" in line[0] and _version(model) in line[0], proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -17,8 +17,10 @@ from bincounter.evaluate import Predictor, evaluate_model
 from bincounter.metrics import (
     EPOCH_KEYS,
     EPOCH_LINE_RE,
+    FINAL_KEYS,
     confusion_matrix,
     format_epoch_line,
+    format_final_line,
     metric_definitions,
     metric_regex,
     summarize,
@@ -64,11 +66,14 @@ def test_metric_regexes_extract_the_logged_numbers(channels, tmp_path):
                    tmp_path / "m", "--epochs", "2", "--image-size", "64", "--no-pretrained", "--workers", "0",
                    "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    history = metrics["history"]
+    # after the epochs, the final line (FINAL_KEYS): the run's values once the end-of-run rules have run
+    final = {"best_val_acc": metrics["best"]["val_acc"], "rules_fired": metrics["rules_fired"]}
     log = proc.stdout + proc.stderr
     for d in metric_definitions():
         found = [float(x) for x in re.findall(d["Regex"], log)]  # no flags: no reliance on ^/$
-        expected = [h[d["Name"]] for h in history]
+        expected = [h[d["Name"]] for h in history] + ([final[d["Name"]]] if d["Name"] in FINAL_KEYS else [])
         assert found == pytest.approx(expected, rel=1e-5), (d, proc.stdout)
 
 
@@ -86,6 +91,10 @@ def test_epoch_line_format_is_one_source():
     assert not re.search(metric_regex("val_acc"), "best epoch 3: val_acc=0.9")
     with pytest.raises(KeyError):
         format_epoch_line({"epoch": 1})
+    final = format_final_line({"epoch": 3, "best_val_acc": 0.8, "rules_fired": 2})
+    assert final == "final epoch=3 best_val_acc=0.8 rules_fired=2" and not EPOCH_LINE_RE.match(final)
+    assert {d["Name"] for d in metric_definitions(EPOCH_KEYS) if re.search(d["Regex"], final)} == \
+        {"best_val_acc", "rules_fired"}  # the tuner reads exactly these from it
 
 
 def test_summarize_accuracy_rmse_recall():
@@ -136,6 +145,44 @@ def test_resume_after_a_crash_is_exact(channels, tmp_path, monkeypatch):
     assert _rules(tmp_path / "b") == _rules(tmp_path / "a")  # rules fired before the crash are still reported
     assert load_file(str(tmp_path / "a" / "model.safetensors")).keys() == \
         load_file(str(tmp_path / "b" / "model.safetensors")).keys()
+
+
+@pytest.fixture()
+def train_order(monkeypatch):
+    """{epoch: [train image index, in the order training read them]} of the runs that follow (workers=0:
+    every read happens here, in loader order)."""
+    from bincounter.data.dataset import ChannelDataset
+
+    seen: dict[int, list[int]] = {}
+    real = ChannelDataset.__getitem__
+
+    def recording(self, i):
+        if self.train:
+            seen.setdefault(self.epoch, []).append(i)
+        return real(self, i)
+
+    monkeypatch.setattr(ChannelDataset, "__getitem__", recording)
+    return seen
+
+
+def test_per_image_training_order_changes_every_epoch_and_resumes_the_same(channels, tmp_path, monkeypatch,
+                                                                          train_order):
+    """#21.14: the sampler reshuffles per-image data each epoch (set_epoch), and a resumed run reads epoch 3 in
+    the order an uninterrupted run does."""
+    kw = dict(epochs=3, batch_size=8)
+    train(_cfg(channels, tmp_path / "a", **kw))
+    straight = {e: list(o) for e, o in train_order.items()}
+    assert sorted(straight) == [1, 2, 3]
+    assert all(sorted(o) == list(range(len(o))) for o in straight.values())  # every image once per epoch
+    assert len({tuple(o) for o in straight.values()}) == 3, straight  # a new order every epoch
+    ck = tmp_path / "ck"
+    with monkeypatch.context() as m:
+        _crash_at_epoch(m, 3)
+        with pytest.raises(_Crash):
+            train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    train_order.clear()
+    train(_cfg(channels, tmp_path / "b", checkpoint_dir=str(ck), **kw))
+    assert train_order == {3: straight[3]}
 
 
 def test_a_longer_run_continues_from_the_checkpoint(channels, tmp_path):
@@ -261,6 +308,45 @@ def test_predictor_matches_the_evaluation_loader(trained_model, channels, tmp_pa
     assert summary["n"] == len(ds)
 
 
+def test_the_artifact_and_model_onnx_come_from_the_best_epoch_not_the_last(channels, tmp_path, monkeypatch):
+    """#21.13: two epochs, the first one best (its val accuracy is driven to peak there; the training is real):
+    model.safetensors holds the weights epoch 1 was validated with, model.onnx computes the same function, and
+    config.json's hashes are of the bytes written."""
+    pytest.importorskip("onnxruntime")
+    import bincounter.train as tr
+    from bincounter.artifact import read_config, sha256_file
+    from bincounter.serving.onnx_runtime import OnnxPredictor
+
+    validated, accuracies = [], iter([0.9, 0.1])
+    real_evaluate, real_summarize = tr.evaluate, tr.summarize_eval
+
+    def snapshot_evaluate(model, *a, **kw):
+        validated.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_evaluate(model, *a, **kw)
+
+    def peak_first(ev, *a, **kw):
+        return {**real_summarize(ev, *a, **kw), "accuracy": next(accuracies)}
+
+    monkeypatch.setattr(tr, "evaluate", snapshot_evaluate)
+    monkeypatch.setattr(tr, "summarize_eval", peak_first)
+    m = tmp_path / "m"
+    r = train(_cfg(channels, m, epochs=2, lr=0.05, warmup_epochs=0))
+    assert r["best"]["epoch"] == 1 and len(r["history"]) == 2
+    saved = load_file(str(m / "model.safetensors"))
+    assert all(torch.equal(saved[k], validated[0][k]) for k in saved)
+    x = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
+    best, onnx = Predictor(m, device="cpu"), OnnxPredictor(m)
+    p_best, p_onnx = best.forward(x), onnx.forward(x)
+    best.model.load_state_dict(validated[1])
+    p_last = best.forward(x)
+    assert np.abs(p_last - p_best).max() > 1e-3  # epoch 2 is another model: the check below can tell them apart
+    assert np.abs(p_onnx - p_best).max() < 1e-4
+    config = read_config(m)
+    assert config["best_epoch"] == 1
+    assert config["weights_sha256"] == config["onnx"]["weights_sha256"] == sha256_file(m / "model.safetensors")
+    assert config["onnx"]["sha256"] == sha256_file(m / "model.onnx")
+
+
 def test_corrupt_weights_are_a_clear_error(trained_model, tmp_path):
     import shutil
 
@@ -312,9 +398,15 @@ def test_two_processes_train_one_model_with_gloo(channels, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          "-m", "bincounter", "train", "--train", str(channels / "train"), "--val", str(channels / "val"),
          "--model-dir", str(tmp_path / "m"), "--epochs", "1", "--image-size", "64", "--no-pretrained",
-         "--workers", "0", "--batch-size", "8", "--lr", "0.05"],  # lr: leave uniform guessing, where BN
-        capture_output=True, text=True, env=env, timeout=300)  # differences would not show in the loss
+         "--workers", "0", "--batch-size", "8", "--lr", "0.05",  # lr: leave uniform guessing, where BN
+         "--checkpoint-dir", str(tmp_path / "ck")],  # differences would not show in the loss
+        capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # #21.11: each rank drew its own random stream (seed + rank: its own dropout masks) from the same initial
+    # weights, and the checkpoint keeps each rank's RNG state for its resume, not two copies of one
+    ck = torch.load(tmp_path / "ck" / "checkpoint.pt", weights_only=True)
+    assert len(ck["rng"]) == 2 and not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])
+    assert ck["rng"][0]["python"] != ck["rng"][1]["python"]
     assert "rank 0/2" in proc.stderr
     assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch=")]) == 1  # rank 0 only
     assert (tmp_path / "m" / "model.safetensors").is_file()
@@ -490,7 +582,7 @@ def _rules(out):
     return {r["rule"]: r for r in doc["fired"]}
 
 
-def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path, caplog):
+def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path, caplog, capsys):
     import shutil
 
     shutil.rmtree(channels_copy / "train" / "3")
@@ -501,6 +593,13 @@ def test_rules_flag_an_empty_count_and_a_collapsed_model(channels_copy, tmp_path
     assert "collapsed" in fired and "never_predicted" in fired
     assert "the train channel has no images of count 3" in caplog.text and "rule collapsed fired" in caplog.text
     assert r["history"][-1]["rules_fired"] == 1  # at the epoch line: the empty class (the others come at the end)
+    # #26.7: the tuner (its regexes over stdout; a job's final metric is the last value) and the report (rules.json)
+    # agree: a final line after the end-of-run rules says 3
+    out = capsys.readouterr().out
+    last = {d["Name"]: float(re.findall(d["Regex"], out)[-1]) for d in metric_definitions()}
+    assert last["rules_fired"] == len(fired) == r["rules_fired"] == 3
+    assert last["best_val_acc"] == pytest.approx(r["best"]["val_acc"])
+    assert [ln for ln in out.splitlines() if ln.startswith("epoch=")] == [format_epoch_line(h) for h in r["history"]]
 
 
 def test_rules_flag_a_poor_initialisation(channels, tmp_path, monkeypatch):

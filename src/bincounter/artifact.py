@@ -40,6 +40,26 @@ ONNX_INPUT = "image"
 ONNX_OUTPUT = "probabilities"
 
 
+#: What a training run writes beside the model (in --model-dir and/or --output-dir). Each JSON among them names
+#: the `model_version` it describes; a run removes the earlier run's from its folders before it starts (train.py),
+#: and `bincounter report` refuses one that names another model (`result_mismatch`).
+RESULT_FILES = ("metrics.json", "rules.json", "test_metrics.json", "test_confusion_matrix.png", "training_curves.png",
+                "eval_metrics.json", "eval_confusion_matrix.png", "report.html", "profile")
+
+
+def result_mismatch(doc: dict, name: str, model_version: str | None) -> str | None:
+    """One line saying why result file `name` does not describe the model `model_version` (None: it does, or there
+    is no model to compare with)."""
+    theirs = doc.get("model_version") if isinstance(doc, dict) else None
+    if model_version is None or theirs == model_version:
+        return None
+    if theirs is None:
+        return (f"{name} names no model_version: it cannot be checked against this folder's model {model_version} "
+                "(written by an older bincounter, or by hand)")
+    return (f"{name} describes model {theirs}, not this folder's model {model_version} (config.json): left by "
+            "another run, not shown; retrain or re-evaluate")
+
+
 def read_config(model_dir: str | Path) -> dict:
     """config.json of a model directory, checked to be ours; any problem is a one-line UserError."""
     model_dir = Path(model_dir)

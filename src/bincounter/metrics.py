@@ -4,8 +4,14 @@ The trainer prints one line per epoch, e.g.::
 
     epoch=3 train_loss=0.8123 val_loss=0.7011 val_acc=0.64 val_rmse=0.7483 best_val_acc=0.66 rules_fired=0 lr=0.0008 ...
 
+and, after the last epoch and the end-of-run training rules, one final line with the run's values::
+
+    final epoch=5 best_val_acc=0.66 rules_fired=2
+
 `metric_definitions()` builds the SageMaker tuner/training-job regexes from the same key list, so the log
-format and the regexes cannot drift apart. Each value matches `NUMBER`.
+format and the regexes cannot drift apart. Each value matches `NUMBER`. The final line matches the regexes of
+`FINAL_KEYS` (and no other): a job's last `rules_fired` is the count in rules.json, its last `best_val_acc`
+the artifact's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "val_acc", "val_rmse", "best_va
 #: (the last epoch's val_acc would rank a trial by a model it did not keep).
 OBJECTIVE = "best_val_acc"
 NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+#: The final line's keys: rules that judge the best model (never_predicted, collapsed) fire after the last epoch
+#: line, so the tuner would otherwise never see them.
+FINAL_KEYS = ("epoch", "best_val_acc", "rules_fired")
 #: A whole epoch line, as documented in the README.
 EPOCH_LINE_RE = re.compile(r"^epoch=\d+ " + " ".join(f"{k}=({NUMBER}|nan)" for k in EPOCH_KEYS[1:]) + "$")
 
@@ -42,6 +51,10 @@ def format_epoch_line(values: dict) -> str:
     if missing:
         raise KeyError(f"epoch line lacks {missing}")
     return " ".join(f"{k}={_fmt(values[k])}" for k in EPOCH_KEYS)
+
+
+def format_final_line(values: dict) -> str:
+    return "final " + " ".join(f"{k}={_fmt(values[k])}" for k in FINAL_KEYS)
 
 
 def metric_regex(key: str) -> str:

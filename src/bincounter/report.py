@@ -13,6 +13,10 @@ SageMaker writes has one reader here; a missing file is a section that says what
   profile/system_report.json      the trainer's system sampler (--profile-steps N)
   sagemaker-profiler/             what `sm report` downloads of SageMaker's ProfilerReport rule:
                                   profiler-reports/*.json (one per built-in profiler rule) and profiler-report.html
+
+Each result file names the `model_version` it describes. Beside a model (config.json), one that names another
+model is not shown (its curves or confusion PNG neither): a WARNING line and a note at the top of the report say
+so; one that names none is shown with that note.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import base64
 import datetime as _dt
 import html
 import json
+import logging
 import math
 from pathlib import Path
 
+from .artifact import result_mismatch
 from .errors import UserError
+
+log = logging.getLogger("bincounter")
 
 REPORT_FILE = "report.html"
 PROFILER_DIR = "sagemaker-profiler"
@@ -104,6 +112,17 @@ def read_png(dirs: list[Path], rel: str) -> str | None:
     if not data.startswith(b"\x89PNG"):
         return None
     return base64.b64encode(data).decode()
+
+
+def belongs(doc: dict | None, name: str, model_version: str | None, notes: list[str]) -> dict | None:
+    """`doc` if it describes the model `model_version` (or cannot say: noted); None if it names another model
+    (noted). Each note is also a WARNING line."""
+    problem = result_mismatch(doc, name, model_version) if doc is not None else None
+    if problem is None:
+        return doc
+    log.warning("%s", problem)
+    notes.append(problem)
+    return doc if doc.get("model_version") is None else None
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -252,8 +271,15 @@ vertical-align:top}th{background:#f3f3f3}img{max-width:100%}.missing{color:#888;
 def render(dirs: list[Path], out: Path, title: str, source: str) -> Path:
     """Read every known file from `dirs` (first match wins) and write one HTML file to `out`."""
     dirs = [Path(d) for d in dirs]
-    metrics, rules = read_metrics(dirs), read_rules(dirs)
-    test, sysrep, prof = read_test_metrics(dirs), read_system_report(dirs), read_profiler_rules(dirs)
+    version, notes = (_json(_find(dirs, "config.json")) or {}).get("model_version"), []
+    found_metrics, found_test = read_metrics(dirs), read_test_metrics(dirs)
+    metrics = belongs(found_metrics, "metrics.json", version, notes)
+    rules = belongs(read_rules(dirs), "rules.json", version, notes)
+    test = belongs(found_test, "test_metrics.json", version, notes)
+    # a refused file's picture goes with it
+    curves = read_png(dirs, "training_curves.png") if metrics or not found_metrics else None
+    cm_png = read_png(dirs, "test_confusion_matrix.png") if test or not found_test else None
+    sysrep, prof = read_system_report(dirs), read_profiler_rules(dirs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     prof_html = None
@@ -263,12 +289,12 @@ def render(dirs: list[Path], out: Path, title: str, source: str) -> Path:
             (out.parent / prof_html).write_bytes(prof["html"].read_bytes())
     fired = (rules or {}).get("rules_fired")
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    body = [f"<h1>{_e(title)}</h1>", f"<p>generated {when}</p>",
-            "<h2>Run</h2>", _section_run(metrics, source),
-            "<h2>Training curves</h2>", _section_curves(metrics, read_png(dirs, "training_curves.png")),
+    body = [f"<h1>{_e(title)}</h1>", f"<p>generated {when}</p>"] + [f'<p class="warn">{_e(n)}</p>' for n in notes]
+    body += ["<h2>Run</h2>", _section_run(metrics, source),
+            "<h2>Training curves</h2>", _section_curves(metrics, curves),
             f"<h2>Training rules{f' ({fired} fired)' if fired else ''}</h2>", _section_rules(rules),
             "<h2>System utilisation</h2>", _section_system(sysrep, prof, prof_html),
-            "<h2>Test metrics</h2>", _section_test(test, read_png(dirs, "test_confusion_matrix.png"))]
+            "<h2>Test metrics</h2>", _section_test(test, cm_png)]
     out.write_text("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + _e(title) + "</title>"
                    f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     return out

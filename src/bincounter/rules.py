@@ -83,12 +83,16 @@ class Rules:
             log.warning("rule %s fired at %s: %s. %s", rule, at, ev, advice)
             self.write()
 
-    def write(self) -> Path | None:
+    def write(self, model_version: str | None = None) -> Path | None:
+        """rules.json; at the end of a run with the `model_version` of the model the run saved."""
         if not (self.enabled and self.info.is_main):
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / RULES_FILE
-        path.write_text(json.dumps({"rules_fired": len(self.fired), "fired": self.fired}, indent=2, default=str))
+        doc = {"rules_fired": len(self.fired), "fired": self.fired}
+        if model_version:
+            doc["model_version"] = model_version
+        path.write_text(json.dumps(doc, indent=2, default=str))
         return path
 
     @property

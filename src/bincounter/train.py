@@ -8,10 +8,12 @@ objective, so the tuner ranks a trial by the epoch whose weights become the arti
 by val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
 `checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
 
-Checkpoints resume exactly: the sampler order is a function of (seed, epoch), and the checkpoint holds the
-RNG states and the fp16 grad scaler, so an interrupted run continues with the same numbers an uninterrupted
-one prints. A checkpoint records what made it (`MADE_WITH` settings, world size, a fingerprint of the
-data); a run whose settings differ stops with one line instead of silently reusing it.
+Randomness: the model is built under `seed` (the same initial weights on every rank); then each rank draws
+its own stream from `seed + rank` (its own dropout masks). Checkpoints resume exactly: the sampler order is a
+function of (seed, epoch), and the checkpoint holds each rank's RNG states and the fp16 grad scaler, so an
+interrupted run continues with the same numbers an uninterrupted one prints. A checkpoint records what made
+it (`MADE_WITH` settings, world size, a fingerprint of the data); a run whose settings differ stops with one
+line instead of silently reusing it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +34,12 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import COUNTS
+from .artifact import RESULT_FILES
 from .data.shards import ShardDataset, open_channel
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, init_distributed, sync_buffers
 from .engine import amp_dtype, evaluate, train_one_epoch
 from .errors import UserError, write_failure_file
-from .metrics import format_epoch_line, format_summary, plot_history, summarize_eval, write_report
+from .metrics import format_epoch_line, format_final_line, format_summary, plot_history, summarize_eval, write_report
 from .model import classifier, create_model, export_onnx, model_mean_std, save_artifact
 from .preprocess import Preprocess
 from .rules import Rules
@@ -138,6 +142,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random stream (dropout, drop-path, loader worker seeds): seed + rank, as timm
+    does, so that ranks do not draw the same masks. The model is built before, under `seed` alone: the same
+    initial weights on every rank (DDP broadcasts rank 0's anyway)."""
+    return seed + rank
+
+
 def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
     if isinstance(ds, ShardDataset):  # batches itself: the same number per rank, every sample once, nothing padded
         return ds.loader(cfg.batch_size, info.rank, info.world_size, workers,
@@ -152,7 +163,7 @@ def _loader(ds, cfg: TrainConfig, info: DistInfo, train: bool, workers: int):
         ds = Subset(ds, list(range(info.rank, len(ds), info.world_size))) if info.enabled else ds
         sampler, shuffle = None, False
     g = torch.Generator()
-    g.manual_seed(cfg.seed)
+    g.manual_seed(rank_seed(cfg.seed, info.rank))
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
                       pin_memory=info.device.type == "cuda", drop_last=False, generator=g,
                       persistent_workers=workers > 0)
@@ -266,6 +277,55 @@ def train(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
+def _clear_previous_results(cfg: TrainConfig, info: DistInfo) -> None:
+    """Rank 0: remove the result files (artifact.RESULT_FILES) an earlier run left in the output and model folders,
+    so that every result there afterwards is this run's, or absent. The model files are replaced by this run's
+    first save (which also removes an older model.onnx)."""
+    if not info.is_main:
+        return
+    for d in dict.fromkeys(Path(x) for x in (cfg.output_dir, cfg.model_dir) if x):
+        gone = [name for name in RESULT_FILES if _remove(d / name)]
+        if gone:
+            log.info("removed %d result files of an earlier run from %s (%s): this run writes its own", len(gone), d,
+                     ", ".join(gone))
+
+
+def _remove(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    else:
+        return False
+    return True
+
+
+def _evaluate_test(model, test_ds, cfg: TrainConfig, info: DistInfo, workers: int, out_dir: Path, best: dict | None,
+                   version: str | None) -> dict:
+    """The best model on the test channel -> its summary, stamped with the model's version; rank 0 writes
+    test_metrics.json + the confusion PNG."""
+    ev = evaluate(model, _loader(test_ds, cfg, info, False, workers), info.device, info,
+                  channels_last=cfg.channels_last, desc="test", show_progress=cfg.show_progress)
+    test = {**summarize_eval(ev), "skipped": ev["skipped"], "model_version": version}
+    if info.is_main:
+        j, png = write_report(test, out_dir, "test")
+        log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-", format_summary(test), j, png)
+    return test
+
+
+def _finish_rules(rules: Rules, best: dict | None, best_val_cm, history: list[dict], info: DistInfo,
+                  version: str | None) -> int:
+    """The end-of-run rules (they judge the best model), rules.json, then the final metric line: the tuner's
+    last `rules_fired` is the count the report shows. -> that count."""
+    rules.train_end(best["epoch"] if best else None, best_val_cm)
+    if info.is_main and rules.enabled:
+        log.info("training rules: %d fired -> %s", rules.count, rules.write(version))
+    if info.is_main and history:
+        print(format_final_line({"epoch": history[-1]["epoch"], "best_val_acc": best["val_acc"],
+                                 "rules_fired": rules.count}), flush=True)
+    return rules.count
+
+
 def _head(cfg: TrainConfig) -> str:
     return "ordinal" if cfg.loss == "ordinal" else "linear"
 
@@ -300,6 +360,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                          head="ordinal" if cfg.loss == "ordinal" else "linear")
     if not cfg.pretrained and cfg.pretrained_path is None:
         log.warning("training %s from random init (--no-pretrained)", cfg.arch)
+    _seed_all(rank_seed(cfg.seed, info.rank))  # from here on each rank draws its own stream
     pre = Preprocess(cfg.image_size, *model_mean_std(model))
     train_ds = open_channel(cfg.train_dir, pre, train=True, seed=cfg.seed)  # per-image or sharded
     val_ds = open_channel(cfg.val_dir, pre)
@@ -335,7 +396,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
 
     out_dir = Path(cfg.output_dir or cfg.model_dir)
     rules = Rules(info, out_dir, cfg.lr, enabled=cfg.rules)
-    start_epoch, history, best, best_state, bad_epochs, best_val_cm = 1, [], None, None, 0, None
+    start_epoch, history, best, best_state, bad_epochs, best_val_cm, version = 1, [], None, None, 0, None, None
     # rank 0 alone compares and saves it (a fingerprint stats every file: not on every rank of a big job)
     now = made_with(cfg, info, data_fingerprint(train_ds, val_ds)) if cfg.checkpoint_dir and info.is_main else {}
     state = _load_checkpoint(cfg, info, now)
@@ -349,8 +410,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         best_val_cm = state.get("best_val_cm")
         rules.load_state_dict(state.get("rules") or {})
         best_state, bad_epochs = state["best_model"], state["bad_epochs"]
-        _set_rng_state(state["rng"][info.rank] if info.rank < len(state["rng"]) else state["rng"][0], device)
+        _set_rng_state(state["rng"][info.rank], device)  # this rank's own (made_with holds the world size)
 
+    _clear_previous_results(cfg, info)
     rules.start(train_ds.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if info.enabled else model)
@@ -402,8 +464,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             best_val_cm = val["confusion_matrix"]
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if info.is_main:
-                save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                              extra={"best_epoch": epoch, "val_acc": row["val_acc"], "head": _head(cfg)})
+                version = save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre, extra={
+                    "best_epoch": epoch, "val_acc": row["val_acc"], "head": _head(cfg)})["model_version"]
         else:
             bad_epochs += 1
         if cfg.checkpoint_dir:
@@ -433,28 +495,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
               "config": dataclasses.asdict(cfg)}
     if best_state is not None:
         model.load_state_dict(best_state)
-        if info.is_main and not (Path(cfg.model_dir) / "model.safetensors").exists():
-            save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre,
-                          extra={"best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})
+        if info.is_main and version is None:  # resumed after its best epoch: this process has not saved it
+            version = save_artifact(cfg.model_dir, model, cfg.arch, cfg.backend, pre, extra={
+                "best_epoch": best["epoch"], "val_acc": best["val_acc"], "head": _head(cfg)})["model_version"]
         if info.is_main:  # model.onnx for the CPU serving image, from the same best weights
             try:
                 export_onnx(cfg.model_dir, model)
             except UserError as e:  # the trained weights are saved: no reason to fail the job here
                 log.warning("%s; model.safetensors is saved, add model.onnx later with `bincounter export`", e)
+    result["model_version"] = version  # of the model in cfg.model_dir: every result file names it
     if test_ds is not None:
-        test_dl = _loader(test_ds, cfg, info, False, workers)
-        ev = evaluate(model, test_dl, device, info, channels_last=channels_last, desc="test",
-                      show_progress=cfg.show_progress)
-        test = summarize_eval(ev)
-        test["skipped"] = ev["skipped"]
-        result["test"] = test
-        if info.is_main:
-            j, png = write_report(test, out_dir, "test")
-            log.info("test (best epoch %s): %s -> %s, %s", best["epoch"] if best else "-",
-                     format_summary(test), j, png)
-    rules.train_end(best["epoch"] if best else None, best_val_cm)
-    if info.is_main and rules.enabled:
-        log.info("training rules: %d fired -> %s", rules.count, rules.write())
+        result["test"] = _evaluate_test(model, test_ds, cfg, info, workers, out_dir, best, version)
+    result["rules_fired"] = _finish_rules(rules, best, best_val_cm, history, info, version)
     if info.is_main and history:
         out_dir.mkdir(parents=True, exist_ok=True)
         png = plot_history(history, out_dir / "training_curves.png", title=f"{cfg.arch} ({cfg.loss})")
