@@ -38,10 +38,13 @@ class FakeMMS:
         self.probes = 0
         self.received = threading.Event()
         self.answered: list[bytes] = []  # bodies of the requests answered (not the test image)
+        self.mgmt_down = False
         self.live: int | None = None  # live worker processes, as the monitor counts them (None: unknown)
         self.hang = asyncio.Event()  # never set: "dead" requests wait on it
 
     async def models(self, request):
+        if self.mgmt_down:
+            return web.Response(status=503, text="management API unavailable")
         return web.json_response([{"modelName": "model", "workers": [{"id": "9000", "status": "READY"}]}])
 
     async def predict(self, request):
@@ -399,9 +402,12 @@ def test_java_heap_follows_the_container_memory_limit():
 # ------------------------------------------------------------------------ issue 21: load, workers, clients
 def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front):
     """Issue 21, item 1: MMS's own 503 (job queue full) made the front re-run its test prediction, which waited
-    behind the same backlog and failed: /ping 503 and every request refused. Overload is not death."""
+    behind the same backlog and failed: /ping 503 and every request refused. Overload is not death: here MMS
+    answers 503 to everything, the test prediction too, for many health intervals."""
     run = front(health_interval_s=0.2)
     run.fake.mode = "full"
+    probes = run.fake.probes
+    pings = []
     for _ in range(5):
         conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
         conn.request("POST", "/invocations", body=b"\xff\xd8x", headers={"Content-Type": "image/jpeg"})
@@ -409,12 +415,30 @@ def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front):
         body = r.read()
         conn.close()
         assert r.status == 503 and contract(json.loads(body), 503) and r.getheader("Retry-After") == "1"
+    wait_for(lambda: pings.append(run.ping()) or run.fake.probes >= probes + 3, 20, 0.05,
+             "test predictions during the overload")
+    assert set(pings) == {200}, pings
     status, body = run.request("GET", "/ping")
     assert status == 200 and json.loads(body)["state"] == "busy", body
     run.fake.mode = "ok"
     status, _ = run.request("POST", "/invocations", b"\xff\xd8y")
     assert status == 200
     assert run.ping() == 200
+
+
+def test_a_management_api_hiccup_under_traffic_is_not_death(front):
+    """Review of issue 21: a failed GET /models counted as a failed test prediction."""
+    run = front(health_interval_s=0.2, timeout_s=10.0)
+    run.fake.mode = "slow"
+    run.fake.mgmt_down = True
+    statuses, polls = [], []
+    t = threading.Thread(target=lambda: [statuses.append(run.request("POST", "/invocations", b"\xff\xd8x")[0])
+                                         for _ in range(2)])  # 1.5 s each: many monitor polls meanwhile
+    t.start()
+    while t.is_alive():
+        polls.append(run.ping())
+        time.sleep(0.05)
+    assert statuses == [200, 200] and set(polls) == {200}, (statuses, polls)
 
 
 def test_requests_over_the_inflight_limit_get_a_fast_503_and_the_rest_are_served(front):
@@ -542,3 +566,67 @@ def test_encodings_and_answers_the_front_cannot_honour(front, headers, status):
     assert r.status == status and contract(body, status), body
     assert run.fake.requests == []
     assert run.ping() == 200
+
+
+def test_count_workers_counts_the_forked_workers_not_their_parent():
+    """Review of issue 21: MMS 1.1 runs one model_service_worker.py per model (child of Java) that forks one child
+    per worker with the same command line; counting every match said N+1."""
+    java = {"pid": 10, "ppid": 1, "sid": 10, "cmdline": ["java", "com.amazonaws.ml.mms.ModelServer"], "zombie": False}
+    msw = ["python", "/venv/lib/mms/model_service_worker.py", "--sock-type", "unix"]
+    parent = {"pid": 20, "ppid": 10, "sid": 10, "cmdline": msw, "zombie": False}
+    kids = [{"pid": 21 + i, "ppid": 20, "sid": 10, "cmdline": msw, "zombie": False} for i in range(2)]
+    other = {"pid": 99, "ppid": 1, "sid": 99, "cmdline": msw, "zombie": False}  # another session
+    assert server.count_workers(10, [java, parent, *kids, other]) == 2
+    assert server.count_workers(10, [java, parent, kids[0]]) == 1
+    assert server.count_workers(10, [java, parent]) == 0
+    assert server.count_workers(10, [java, parent, kids[0], {**kids[1], "zombie": True}]) == 1
+    orphans = [{**k, "ppid": 1} for k in kids]  # the forking parent was killed: its children still serve
+    assert server.count_workers(10, [java, *orphans]) == 2
+
+
+def test_the_connection_cap_holds_in_a_burst(front):
+    """Review of issue 21: the cap was checked against connections already made, so a burst accepted in one pass
+    of the event loop got in whole."""
+    run = front(max_connections=2)
+    wait_for(lambda: run.front.nconn == 0, 10, 0.05, "the fixture's connections to go")
+    blocked, release = threading.Event(), threading.Event()
+
+    def block():
+        blocked.set()
+        release.wait(10)  # the loop is stuck here while the kernel queues the burst
+
+    run.loop.call_soon_threadsafe(block)
+    assert blocked.wait(10)
+    socks = [socket.create_connection(("127.0.0.1", run.port), timeout=10) for _ in range(6)]
+    release.set()
+    try:
+        refused = 0
+        for sock in socks:
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = sock.recv(4096)
+            refused += b"too many connections" in data
+        assert refused == 4 and run.front.nconn <= 2, (refused, run.front.nconn)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_an_upload_under_way_when_the_drain_starts_is_served(front):
+    """Review of issue 21: the drain waited only for requests already with the model server, so an upload still
+    arriving was cut off with a bare disconnect."""
+    run = front(timeout_s=10.0)
+    body = b"\xff\xd8" + b"u" * 5000
+    sock = socket.create_connection(("127.0.0.1", run.port), timeout=15)
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                 % len(body) + body[:100])
+    wait_for(lambda: run.front.active == 1, 10, 0.02, "the upload to reach the handler")
+    stopped = asyncio.run_coroutine_threadsafe(run.front.stop(5.0), run.loop)
+    sock.sendall(body[100:])
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    sock.close()
+    stopped.result(15)
+    answers = responses(raw)
+    assert [s for s, _ in answers] == [200], raw[:300]
+    assert run.fake.requests == [body]

@@ -93,11 +93,14 @@ def test_no_live_worker_is_dead_at_once_and_asks_no_probe():
     assert m.state(7.0)[0] is State.READY
 
 
-def test_model_errors_prove_life():
+def test_model_errors_do_not_prove_life():
+    """Review of issue 21: a model answering 500 to every request (a sticky CUDA error) kept /ping 200."""
     m = served()
-    m.outcome(30.0, H.MODEL_ERROR)
-    assert not m.wants_probe(34.0) and m.state(34.0)[0] is State.READY
-    assert m.wants_probe(35.0)  # stale_s without an answer: probe
+    for t in range(2, 40):
+        m.outcome(float(t), H.MODEL_ERROR, started=t - 0.1)
+    assert m.wants_probe(40.0)  # nothing 2xx/4xx for stale_s: probe
+    m.probe(41.0, 40.0, False, "test prediction failed: internal error during inference")
+    assert m.state(41.0)[0] is State.DEAD
 
 
 def test_fatal_is_failed_and_never_probed():

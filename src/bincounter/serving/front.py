@@ -10,16 +10,21 @@ front of multi-model-server. Its own job, nothing else:
   byte (slow clients, slowloris), a connection silent for `idle_timeout_s` is closed, and connections are capped
   at `max_connections` (the one over the cap gets a 503 and is closed);
 * the error shape: every error the front or MMS gives leaves as JSON {"error": "<one line>", "status": <code>},
-  malformed HTTP framing too (a 400 from aiohttp's parser, through `_JsonErrors.handle_error`, then closed);
-* drain: `stop(drain_s)` refuses new connections, lets in-flight requests finish for drain_s, answers any still
-  running with a JSON 503, and returns within drain_s plus a second.
+  malformed HTTP framing too (a bad request line, header or Content-Length: a 400 from aiohttp's parser,
+  through `_JsonErrors.handle_error`, then closed; a body whose chunking breaks midway is cut off at the read
+  deadline);
+* drain: `stop(drain_s)` refuses new connections, lets running requests (uploads included) finish for drain_s,
+  serving those that arrive on open connections meanwhile (then closing them), answers any still running with a
+  JSON 503, and returns within drain_s plus a second.
 
 A request is sent to the model server once: only a connection that could not be opened (nothing sent) is
 retried, so a slow request never runs twice; an answer later than `timeout_s` is a 504.
 
-Connections: `web.Server` manages aiohttp's connection handlers (public `web.RequestHandler`, with only its public
-`handle_error` hook overridden); each is wrapped in `_Conn`, a plain asyncio.Protocol that forwards every call and
-notes the time of the last byte and of a request's first byte (the sweeper's deadlines), or refused over the cap.
+Connections: `web.Server` manages aiohttp's connection handlers (`web.RequestHandler`, exported by aiohttp.web
+and built here with the keyword arguments `web.Server` documents; only its public `handle_error` hook is
+overridden, and no private attribute is read: the one place an aiohttp upgrade could bite). Each is wrapped in
+`_Conn`, a plain asyncio.Protocol that forwards every call and notes the time of the last byte and of a
+request's first byte (the sweeper's deadlines), or refused over the cap.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class _JsonErrors(web.RequestHandler):
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         if request.writer.output_size > 0:
+            log.error("error after the response started (status %d); closing the connection", status, exc_info=exc)
             raise ConnectionError("response already started; cannot send the error")
         if status >= 500:
             log.error("error in the front", exc_info=exc)
@@ -131,6 +137,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.front.conns.pop(self.transport, None)
+        self.front.nconn -= 1
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -159,7 +166,9 @@ class Front:
 
     def __init__(self, limits: Limits, health: H.HealthModel, session: aiohttp.ClientSession, mms_url: str):
         self.limits, self.health, self.session, self.mms_url = limits, health, session, mms_url
-        self.inflight = 0
+        self.inflight = 0  # requests with the model server (the shedding limit)
+        self.active = 0  # /invocations handlers running, uploads included (what the drain waits for)
+        self.nconn = 0  # connections accepted and not yet lost (counted at accept: the cap holds in a burst)
         self.draining = False
         self.conns: dict[asyncio.BaseTransport, _Conn] = {}
         self._idle = asyncio.Event()
@@ -184,8 +193,9 @@ class Front:
         return self._listener.sockets[0].getsockname()[1]
 
     def _connection(self) -> asyncio.Protocol:
-        if self.draining or len(self.conns) >= self.limits.max_connections:
+        if self.draining or self.nconn >= self.limits.max_connections:
             return _Refuse(self.limits.max_connections)
+        self.nconn += 1
         return _Conn(self, _JsonErrors(self._server, loop=asyncio.get_running_loop(), **self._handler_args))
 
     async def _sweep(self) -> None:
@@ -218,7 +228,7 @@ class Front:
                 await asyncio.wait_for(self._idle.wait(), max(drain_s, 0.0))
         except TimeoutError:
             log.warning("drain: %d request(s) still running after %g s (BINCOUNTER_DRAIN_S); answering them 503",
-                        self.inflight, drain_s)
+                        self.active, drain_s)
             self._stopping.set()
             try:
                 await asyncio.wait_for(self._idle.wait(), 0.5)
@@ -247,7 +257,14 @@ class Front:
         conn = self.conns.get(request.transport)
         try:
             if request.path == "/invocations" and request.method == "POST":
-                resp = await self.invocations(request, conn)
+                self.active += 1
+                self._idle.clear()
+                try:
+                    resp = await self.invocations(request, conn)
+                finally:
+                    self.active -= 1
+                    if self.active == 0:
+                        self._idle.set()
             elif request.path == "/ping" and request.method in ("GET", "HEAD"):
                 resp = self.ping()
             else:
@@ -315,16 +332,15 @@ class Front:
             return self._json(503, error_body(503, f"over capacity: {self.inflight} requests in flight "
                                                    f"(BINCOUNTER_MAX_INFLIGHT); retry later"),
                               retry_after=self.limits.retry_after_s)
+        if self._stopping.is_set():
+            return self._json(503, error_body(503, "the server is shutting down"), close=True)
         self.inflight += 1
-        self._idle.clear()
         if conn is not None:
             conn.working = True
         try:
             return await self._forward_or_stop(body, request.headers)
         finally:
             self.inflight -= 1
-            if self.inflight == 0:
-                self._idle.set()
             if conn is not None:
                 conn.working = False
                 conn.last_activity = self.now()
@@ -334,6 +350,9 @@ class Front:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({forward, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            forward.cancel()
+            raise
         finally:
             stopping.cancel()
         if forward.done():

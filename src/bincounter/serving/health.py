@@ -15,8 +15,9 @@ States (`ping_ok`: /ping 200; `admits`: /invocations go to the model server)
   FAILED    a broken artifact (`fatal`), or DEAD for longer than recover_s after serving ping 503; exit
 Events
   workers(now, live, expected)  worker processes counted by the poller (None: unknown, e.g. no process table)
-  outcome(now, kind, started)   how a request to the model server ended: ok | model_error (the worker answered
-                                an error: alive) | queue_full | shed | timeout | worker_died | unreachable;
+  outcome(now, kind, started)   how a request to the model server ended: ok (2xx/4xx) | model_error (a 5xx:
+                                neither life nor death; only a probe tells) | queue_full | shed | timeout |
+                                worker_died | unreachable;
                                 the last three make it probe unless something answered since `started`
   probe(now, started, ok, why)  a test prediction; a failure counts only if nothing answered since `started`
                                 (a probe queued behind real traffic that is being answered proves nothing)
@@ -32,7 +33,7 @@ from enum import StrEnum
 OK, MODEL_ERROR, QUEUE_FULL, SHED, TIMEOUT, WORKER_DIED, UNREACHABLE = (
     "ok", "model_error", "queue_full", "shed", "timeout", "worker_died", "unreachable")
 OUTCOMES = (OK, MODEL_ERROR, QUEUE_FULL, SHED, TIMEOUT, WORKER_DIED, UNREACHABLE)
-ALIVE = (OK, MODEL_ERROR)  # the worker answered: proof of life whatever the status
+ALIVE = (OK,)  # a 2xx/4xx answer: proof of life (a model answering 500 to everything is not alive)
 LOAD = (QUEUE_FULL, SHED)  # too much work, not too little life
 SUSPECT = (TIMEOUT, WORKER_DIED, UNREACHABLE)  # maybe dead: probe unless something else answered lately
 

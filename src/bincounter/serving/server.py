@@ -193,20 +193,31 @@ def settings_from_env(gpus: int, runtime: str = "torch") -> Settings:
     )
 
 
-def count_workers(session_id: int) -> int:
-    """Live MMS Python workers in the model server's session (MMS's own management API keeps calling a killed
-    worker READY, so the process table is the witness)."""
+def count_workers(session_id: int, table: list[dict] | None = None) -> int:
+    """Live MMS Python workers in the model server's session. MMS's management API keeps calling a killed worker
+    READY, so the process table is the witness. MMS 1.1 starts one `model_service_worker.py` per model (its
+    parent is the Java frontend), which forks one child per worker with the same command line: a worker is a
+    matching process whose parent is not Java (a forked child, or one orphaned when that parent died).
+    `table`: [{"pid", "ppid", "sid", "cmdline", "zombie"}] (tests); default: the live process table."""
+    if table is None:
+        table = _process_table()
+    cmd = {p["pid"]: " ".join(p["cmdline"] or []) for p in table}
+    return sum(1 for p in table
+               if p["sid"] == session_id and not p["zombie"] and "model_service_worker" in cmd[p["pid"]]
+               and "java" not in cmd.get(p["ppid"], "").lower())
+
+
+def _process_table() -> list[dict]:
     import psutil
 
-    n = 0
-    for p in psutil.process_iter(["cmdline", "status"]):
+    rows = []
+    for p in psutil.process_iter(["ppid", "cmdline", "status"]):
         try:
-            if (p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == session_id
-                    and any("model_service_worker" in part for part in p.info["cmdline"] or [])):
-                n += 1
+            rows.append({"pid": p.pid, "ppid": p.info["ppid"], "sid": os.getsid(p.pid), "cmdline": p.info["cmdline"],
+                         "zombie": p.info["status"] == psutil.STATUS_ZOMBIE})
         except (OSError, psutil.Error):
             continue
-    return n
+    return rows
 
 
 class Monitor:
@@ -233,6 +244,7 @@ class Monitor:
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
         m = self.model
+        statuses = None  # MMS's word on its workers; None: the management API did not answer
         try:
             status, body = await self._call(session, "GET", f"/models/{MODEL_NAME}")
             if status == 404 and self.register_query:
@@ -243,37 +255,50 @@ class Monitor:
                 log.info("registered the model with MMS (%s)", self.register_query)
                 self.register_query = ""
                 return
-            if status != 200:
-                return m.probe(loop.time(), loop.time(), False, f"model not registered yet (MMS {status})")
-            desc = json.loads(body)
-            desc = desc[0] if isinstance(desc, list) else desc
-            statuses = [w.get("status") for w in desc.get("workers", [])]
+            if status == 200:
+                desc = json.loads(body)
+                desc = desc[0] if isinstance(desc, list) and desc else desc
+                statuses = [w.get("status") for w in (desc.get("workers") or [])]
+            else:
+                problem = f"model not registered yet (MMS {status})"
+        except TimeoutError:
+            problem = f"the management API did not answer within {self.s.probe_timeout_s:g} s"
+        except (aiohttp.ClientError, OSError, ValueError, AttributeError) as e:
+            problem = f"model server not answering ({type(e).__name__})"
+        if statuses is None:
+            if not m.served:  # still starting: say why /ping is 503
+                return m.probe(loop.time(), loop.time(), False, problem)
+            log.debug("health: %s", problem)  # unknown, not dead: a test prediction decides, if one is due
+        else:
             live = self.count_workers()
             m.workers(loop.time(), live if live is not None else statuses.count("READY"), self.s.workers)
-            if "READY" not in statuses or not m.wants_probe(loop.time()):
-                if "READY" not in statuses and not m.served:
+            if "READY" not in statuses:
+                if not m.served:
                     m.probe(loop.time(), loop.time(), False, f"no READY worker (workers: {statuses or 'none'})")
                 return
-            started = loop.time()
-            self.probes += 1
-            try:
-                status, body = await self._call(session, "POST", f"/predictions/{MODEL_NAME}", self._warmup,
-                                                "image/jpeg")
-            except TimeoutError:
-                why = f"no answer to a test prediction within {self.s.probe_timeout_s:g} s (BINCOUNTER_PROBE_TIMEOUT_S)"
-                return m.probe(loop.time(), started, False, why)
-            if status == 200:
-                return m.probe(loop.time(), started, True)
-            if status == 503:
-                return m.probe(loop.time(), started, False, H.QUEUE_FULL)
-            msg = json.loads(contract_error(status, body))["error"]
-            what = "test prediction failed" if m.served else "the model does not load"
-            m.probe(loop.time(), started, False, f"{what}: {msg}")
+        if m.wants_probe(loop.time()):
+            await self._probe(session)
+
+    async def _probe(self, session: aiohttp.ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        m = self.model
+        started = loop.time()
+        self.probes += 1
+        try:
+            status, body = await self._call(session, "POST", f"/predictions/{MODEL_NAME}", self._warmup,
+                                            "image/jpeg")
         except TimeoutError:
-            m.probe(loop.time(), loop.time(), False, f"the model server did not answer within "
-                                                      f"{self.s.probe_timeout_s:g} s (BINCOUNTER_PROBE_TIMEOUT_S)")
-        except (aiohttp.ClientError, OSError, ValueError, AttributeError) as e:
-            m.probe(loop.time(), loop.time(), False, f"model server not answering ({type(e).__name__})")
+            why = f"no answer to a test prediction within {self.s.probe_timeout_s:g} s (BINCOUNTER_PROBE_TIMEOUT_S)"
+            return m.probe(loop.time(), started, False, why)
+        except (aiohttp.ClientError, OSError) as e:
+            return m.probe(loop.time(), started, False, f"model server not answering ({type(e).__name__})")
+        if status == 200:
+            return m.probe(loop.time(), started, True)
+        if status == 503:
+            return m.probe(loop.time(), started, False, H.QUEUE_FULL)
+        msg = json.loads(contract_error(status, body))["error"]
+        what = "test prediction failed" if m.served else "the model does not load"
+        m.probe(loop.time(), started, False, f"{what}: {msg}")
 
     def report(self, now: float) -> None:
         state, reason = self.model.state(now)
@@ -294,7 +319,10 @@ class Monitor:
         loop = asyncio.get_running_loop()
         m = self.model
         while m.fatal_reason is None and m.exit_reason(loop.time()) is None:
-            await self.poll_once(session)
+            try:
+                await self.poll_once(session)
+            except Exception:  # noqa: BLE001 - a surprise in MMS's answers must not freeze the health state
+                log.exception("health: the monitor's poll failed; polling again")
             self.report(loop.time())
             state, reason = m.state(loop.time())
             if not m.served:
