@@ -430,3 +430,28 @@ def test_serve_benchmark_quick(image, cpu_image, tmp_path):
     assert doc["best_rps_over_first_image"][image] == 1.0 and doc["best_rps_over_first_image"][cpu_image] > 0
     sizes = {c["image"]: c["image_size_mb"] for c in doc["containers"]}
     assert sizes[cpu_image] < sizes[image]
+
+
+def test_the_monitor_counts_mms_workers_and_sees_one_lost(cpu_image, trained_model, names):
+    """Issue 21, item 2, in the real image: two ONNX workers are counted as 2 (MMS forks them from one parent
+    with the same command line), and killing one forked worker is seen (degraded, or MMS restarts it first)."""
+    name = names()
+    url = _start(cpu_image, trained_model, name, "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=2")
+    wait_for(lambda: _up(url) and http("GET", url + "/ping")[0] == 200, PING_WITHIN_S, what="/ping 200")
+
+    def logs() -> str:
+        out = docker("logs", name)
+        return out.stdout + out.stderr
+
+    wait_for(lambda: "serving_workers=2 expected=2" in logs(), 30, what="the monitor counting 2 workers")
+    assert "serving_workers=3" not in logs()
+    killed = docker("exec", name, "python", "-c",
+                    "import psutil, signal\n"
+                    "msw = lambda p: 'model_service_worker' in ' '.join(p.cmdline() or [])\n"
+                    "ws = [p for p in psutil.process_iter() if msw(p) and msw(p.parent())]\n"
+                    "ws[0].send_signal(signal.SIGKILL)\n"
+                    "print(len(ws))").stdout.strip()
+    assert killed == "2", killed
+    wait_for(lambda: "serving_workers=1 expected=2" in logs() or "Worker died" in logs(), 60,
+             what="the lost worker noticed")
+    wait_for(lambda: http("GET", url + "/ping")[0] == 200, 60, what="/ping 200 with a worker left or restarted")
