@@ -263,3 +263,90 @@ def test_quiet_before_or_after_the_subcommand(argv, quiet):
     from bincounter.cli import build_parser
 
     assert build_parser().parse_args(argv).quiet is quiet
+
+
+# ------------------------------------------------------------------ issue 26.8/26.9: a CLI that answers in a second
+HEAVY = ("torch", "torchvision", "timm", "sagemaker", "boto3", "botocore", "matplotlib", "numpy", "PIL", "onnx",
+         "aiohttp")
+
+
+def _heavy_imported(code: str, env=None) -> list[str]:
+    """Run `code` in a fresh interpreter and return the heavy libraries it left in sys.modules (a module set,
+    not a timing: the machine's load cannot fool it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    """--help, --version and every argument error are answered from the parser alone: building it must not
+    import torch, the SageMaker SDK, boto3, matplotlib, numpy, PIL, ... (they cost seconds)."""
+    assert _heavy_imported("import bincounter.cli as c\nc.build_parser()") == []
+
+
+def test_a_train_dry_run_imports_neither_torch_nor_timm(tmp_path):
+    """`sm train --dry-run` checks --hp and the model name without torch or timm: the second run answers the
+    arch check from the cache of timm's model list that the first run wrote."""
+    role = "arn:aws:iam::123456789012:role/r"
+    argv = ["sm", "train", "--role", role, "--image", "1.dkr.ecr.us-east-1.amazonaws.com/b:1", "--train",
+            "s3://b/ch/train/", "--val", "s3://b/ch/val/", "--output", "s3://b/out", "--region", "us-east-1",
+            "--hp", "arch=tf_efficientnet_lite0", "--dry-run", "-q"]
+    code = ("import contextlib, io\nfrom bincounter.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
+    _heavy_imported(code, env)  # the first run may read timm's list (and caches it)
+    assert not {"torch", "torchvision", "timm", "matplotlib"} & set(_heavy_imported(code, env))
+
+
+def _commands(parser, prefix=()):
+    """(path, help) of every listed sub-command, depth first (the hidden `ecr` has no help and is not listed)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                path = (*prefix, choice.dest)
+                yield " ".join(path), choice.help
+                yield from _commands(action.choices[choice.dest], path)
+
+
+def test_top_level_help_lists_every_command_with_its_description():
+    from bincounter.cli import build_parser
+
+    listed = list(_commands(build_parser()))
+    assert {"data shard", "sm train", "sm tune", "sm status", "sm logs", "sm pipeline", "weights fetch"} <= \
+        {path for path, _ in listed}
+    out = " ".join(run_cli("--help").stdout.split())
+    for path, text in listed:
+        assert text and f"{path} {' '.join(text.split())}" in out, (path, text)
+
+
+def test_every_train_flag_shows_its_default():
+    import argparse
+    import re
+
+    from bincounter.cli import add_train_arguments
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    out = run_cli("train", "--help").stdout
+    entries = {e.split()[0].rstrip(","): " ".join(e.split()) for e in re.split(r"\n  (?=--)", out)[1:]}
+    flags = [a for a in p._actions if a.option_strings and a.default not in (None, argparse.SUPPRESS)
+             and a.dest != "help"]
+    assert {"--epochs", "--weight-decay", "--seed", "--backend", "--device"} <= {a.option_strings[0] for a in flags}
+    for a in flags:
+        entry = entries[a.option_strings[0]]
+        assert f"(default: {a.default})" in entry, entry
+    assert "(default: None)" not in out, out
+
+
+def test_an_unknown_arch_is_one_line_with_close_names():
+    proc = run_cli(*TRAIN_ARGS, "--arch", "resnet5O")
+    assert_one_line_error(proc, "--arch resnet5O", "resnet50", "efficientnet")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from ..metrics import OBJECTIVE, metric_definitions
 
 
 class _Captured(Exception):
@@ -252,6 +251,8 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
     for it)."""
     from sagemaker.train.configs import CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, StoppingCondition
 
+    from ..metrics import metric_definitions
+
     if spot and not checkpoint_s3 and spot_needs_checkpoint:
         raise UserError("spot training needs --checkpoint-s3 (a spot interruption resumes from it)")
     trainer = _profiled_trainer_class()(
@@ -289,6 +290,8 @@ def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stop
     checkpoint URI and restores what is there into each trial, so trials would resume from each other."""
     from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
     from sagemaker.train.tuner import HyperparameterTuner
+
+    from ..metrics import OBJECTIVE, metric_definitions
 
     if len(base_name) > 32:
         raise UserError(f"tuning job name {base_name!r} is longer than SageMaker's 32 characters")
