@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bincounter.errors import UserError
+
 from .conftest import assert_one_line_error, run_cli
 
 
@@ -351,3 +353,24 @@ def test_every_train_flag_shows_its_default():
 def test_an_unknown_arch_is_one_line_with_close_names():
     proc = run_cli(*TRAIN_ARGS, "--arch", "resnet5O")
     assert_one_line_error(proc, "--arch resnet5O", "resnet50", "efficientnet")
+
+
+def test_the_arch_check_reads_timm_s_list_once_per_version(tmp_path, monkeypatch):
+    """The cached list is timm's own: the check agrees with timm.is_model, and a second check reads the cache."""
+    import timm
+
+    from bincounter import archs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert archs.timm_models() == sorted(timm.list_models())
+    [cache] = (tmp_path / "bincounter").iterdir()
+    assert cache.name == f"timm-{timm.__version__}-models.json"
+    cache.write_text('["only_this_one"]')  # the cache is what answers now
+    archs.check_arch("only_this_one")
+    cache.unlink()
+    for name in ("efficientnet_b0", "tf_efficientnet_lite0", "efficientnet_b0.ra_in1k", "resnet50"):
+        assert timm.is_model(name)
+        archs.check_arch(name)
+    assert archs.close_names("efficientnet_bo", archs.timm_models())[0] == "efficientnet_b0"
+    with pytest.raises(UserError, match=r"--arch resnet5O: not a timm model name \(closest: resnet50"):
+        archs.check_arch("resnet5O")

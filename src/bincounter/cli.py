@@ -129,6 +129,9 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
+    from .archs import check_arch
+
+    check_arch(args.arch, args.backend)  # before torch is imported: a misspelt name is answered at once
     from .train import train
 
     cfg = train_config_from_args(args)
