@@ -374,3 +374,30 @@ def test_the_arch_check_reads_timm_s_list_once_per_version(tmp_path, monkeypatch
     assert archs.close_names("efficientnet_bo", archs.timm_models())[0] == "efficientnet_b0"
     with pytest.raises(UserError, match=r"--arch resnet5O: not a timm model name \(closest: resnet50"):
         archs.check_arch("resnet5O")
+
+
+def test_the_sdk_validates_each_config_once(monkeypatch):
+    """The SDK's repeated `jsonschema.validate(config, SCHEMA)` (a dozen per request, most of a dry run's CPU) runs
+    once per (schema, config) pair that passed; another config, or one that fails, is still validated each time."""
+    import jsonschema
+
+    from bincounter.sagemaker.sdk import validate_config_once
+
+    calls = []
+
+    def spy(instance, schema, *args, **kwargs):
+        calls.append(instance)
+        if instance.get("bad"):
+            raise jsonschema.ValidationError("bad")
+
+    monkeypatch.setattr(jsonschema, "validate", spy)
+    validate_config_once()
+    validate_config_once()  # idempotent: not wrapped twice
+    schema = {"type": "object"}
+    for _ in range(3):
+        jsonschema.validate({"a": 1}, schema)
+    jsonschema.validate({"a": 2}, schema)
+    for _ in range(2):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"bad": 1}, schema)
+    assert calls == [{"a": 1}, {"a": 2}, {"bad": 1}, {"bad": 1}]
