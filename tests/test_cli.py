@@ -307,6 +307,16 @@ def test_a_train_dry_run_imports_neither_torch_nor_timm(tmp_path):
     assert not {"torch", "torchvision", "timm", "matplotlib"} & set(_heavy_imported(code, env))
 
 
+@pytest.mark.parametrize("extra", [["--no-pretrained", "--pretrained-path", "x"], ["--image-size", "8"],
+                                   ["--arch", "resnet5O"]])
+def test_a_train_mistake_is_answered_before_torch_is_imported(extra, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    code = "from bincounter.archs import timm_models\ntimm_models()"  # the first time only: timm's list cached
+    _heavy_imported(code, env)
+    code = f"from bincounter.cli import main\nassert main({[*TRAIN_ARGS, *extra]!r}) == 2"
+    assert not {"torch", "timm", "torchvision"} & set(_heavy_imported(code, env))
+
+
 def _commands(parser, prefix=()):
     """(path, help) of every listed sub-command, depth first (the hidden `ecr` has no help and is not listed)."""
     import argparse
@@ -401,3 +411,21 @@ def test_the_sdk_validates_each_config_once(monkeypatch):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"bad": 1}, schema)
     assert calls == [{"a": 1}, {"a": 2}, {"bad": 1}, {"bad": 1}]
+
+
+def test_cli_latency_bench_quick(tmp_path):
+    """bench/cli_latency.py runs the real commands and checks their exit codes (its numbers are in the README)."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    out = tmp_path / "lat.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cli_latency.py"), "--runs", "1", "--only",
+                           "version,error-epochs", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"version", "error-epochs"}
+    assert all(r["wall_median_s"] > 0 and r["target_s"] == 1.0 for r in doc["results"].values())
+    assert "version" in proc.stdout and "error-epochs" in proc.stdout

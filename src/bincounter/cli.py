@@ -131,10 +131,11 @@ def train_config_from_args(args: argparse.Namespace):
 def cmd_train(args) -> int:
     from .archs import check_arch
 
-    check_arch(args.arch, args.backend)  # before torch is imported: a misspelt name is answered at once
+    cfg = train_config_from_args(args)
+    cfg.validate()  # these and the model name before torch is imported: a mistake is answered at once
+    check_arch(cfg.arch, cfg.backend)
     from .train import train
 
-    cfg = train_config_from_args(args)
     result = train(cfg)
     if result.get("best"):
         b = result["best"]
