@@ -9,9 +9,12 @@ time, min and max, and the median CPU time of the process (user + sys: what the 
 less sensitive to other load on the machine than wall time), against the issue's targets (1 s for help,
 version and argument errors, 5 s for a dry run).
 
+With --baseline SRC (another checkout's src/, e.g. before a change) every command also runs with
+PYTHONPATH=SRC in the same rounds, so both trees see the same load; the table then shows both.
+
 Prints a table and writes JSON (bench/results/cli_latency.json).
 
-    python bench/cli_latency.py [--runs 5] [--only version,help,sm-train-dry-run]
+    python bench/cli_latency.py [--runs 5] [--only version,help,sm-train-dry-run] [--baseline ../main/src]
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ def command_line() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "bincounter"]
 
 
-def offline_env(tmp: Path) -> dict:
+def offline_env(tmp: Path, src: str | None = None) -> dict:
     """No AWS credentials, config or region from the environment (the dry runs need none); the user's HOME stays
-    (the cache of timm's model list lives there)."""
+    (the cache of timm's model list lives there). `src`: the bincounter sources to run (PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_"))}
     env.update(AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"),
                AWS_EC2_METADATA_DISABLED="true")
+    if src:
+        env["PYTHONPATH"] = src
     return env
 
 
@@ -81,39 +86,50 @@ def run_once(cmd: list[str], expect: int, env: dict) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def bench(names: list[str], runs: int) -> dict:
+def _summary(argv: list[str], target: float, samples: list[tuple[float, float]]) -> dict:
+    walls = [w for w, _ in samples]
+    cpus = [c for _, c in samples]
+    return {"argv": argv, "runs": len(samples), "wall_median_s": round(statistics.median(walls), 3),
+            "wall_min_s": round(min(walls), 3), "wall_max_s": round(max(walls), 3),
+            "cpu_median_s": round(statistics.median(cpus), 3), "target_s": target,
+            "within_target": statistics.median(walls) < target}
+
+
+def bench(names: list[str], runs: int, baseline: str | None = None) -> dict:
     base = command_line()
+    trees = {"": None, **({"baseline": baseline} if baseline else {})}
     with tempfile.TemporaryDirectory(prefix="cli-latency-") as tmp:
-        env = offline_env(Path(tmp))
+        envs = {tree: offline_env(Path(tmp), src) for tree, src in trees.items()}
         for name in names:  # warm-up round, not measured
             argv, expect, _ = COMMANDS[name]
-            run_once(base + argv, expect, env)
-        samples: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+            for env in envs.values():
+                run_once(base + argv, expect, env)
+        samples: dict[tuple[str, str], list[tuple[float, float]]] = {(t, n): [] for t in envs for n in names}
         load = [os.getloadavg()[0]]
         for _ in range(runs):
             for name in names:
                 argv, expect, _ = COMMANDS[name]
-                samples[name].append(run_once(base + argv, expect, env))
+                for tree, env in envs.items():
+                    samples[tree, name].append(run_once(base + argv, expect, env))
             load.append(os.getloadavg()[0])
-    results = {}
-    for name in names:
-        walls = [w for w, _ in samples[name]]
-        cpus = [c for _, c in samples[name]]
-        argv, _, target = COMMANDS[name]
-        results[name] = {"argv": argv, "runs": runs, "wall_median_s": round(statistics.median(walls), 3),
-                         "wall_min_s": round(min(walls), 3), "wall_max_s": round(max(walls), 3),
-                         "cpu_median_s": round(statistics.median(cpus), 3), "target_s": target,
-                         "within_target": statistics.median(walls) < target}
-    return {"command": base, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                         "platform": platform.platform(), "load_1min_during": load},
-            "date": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+    doc = {"command": base, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                        "platform": platform.platform(), "load_1min_during": load},
+           "date": time.strftime("%Y-%m-%d %H:%M"),
+           "results": {n: _summary(COMMANDS[n][0], COMMANDS[n][2], samples["", n]) for n in names}}
+    if baseline:
+        doc["baseline"] = {"src": baseline, "results": {n: _summary(COMMANDS[n][0], COMMANDS[n][2],
+                                                                   samples["baseline", n]) for n in names}}
+    return doc
 
 
 def table(doc: dict) -> str:
-    rows = [f"{'command':<20}{'median s':>10}{'min s':>8}{'max s':>8}{'cpu s':>8}{'target':>8}  ok"]
+    old = doc.get("baseline", {}).get("results", {})
+    rows = [f"{'command':<20}{'median s':>10}{'min s':>8}{'max s':>8}{'cpu s':>8}{'target':>8}  ok"
+            + (f"{'baseline s':>12}{'cpu s':>8}" if old else "")]
     for name, r in doc["results"].items():
         rows.append(f"{name:<20}{r['wall_median_s']:>10.2f}{r['wall_min_s']:>8.2f}{r['wall_max_s']:>8.2f}"
-                    f"{r['cpu_median_s']:>8.2f}{r['target_s']:>7.0f}s  {'yes' if r['within_target'] else 'NO'}")
+                    f"{r['cpu_median_s']:>8.2f}{r['target_s']:>7.0f}s  {'yes' if r['within_target'] else 'NO ':<3}"
+                    + (f"{old[name]['wall_median_s']:>11.2f}{old[name]['cpu_median_s']:>8.2f}" if old else ""))
     load = doc["machine"]["load_1min_during"]
     rows.append(f"({doc['machine']['cpus']} CPUs, 1-min load {min(load):.1f}-{max(load):.1f} during the runs)")
     return "\n".join(rows)
@@ -123,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5, help="measured runs per command (the median is reported)")
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(COMMANDS)}")
+    p.add_argument("--baseline", metavar="SRC", help="another checkout's src/ to run in the same rounds")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "cli_latency.json"))
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else list(COMMANDS)
@@ -131,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown command name(s) {', '.join(unknown)}; choose from {', '.join(COMMANDS)}")
     if not shutil.which(command_line()[0]):
         p.error(f"{command_line()[0]} not found")
-    doc = bench(names, args.runs)
+    doc = bench(names, args.runs, args.baseline)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
