@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bincounter.errors import UserError
+
 from .conftest import assert_one_line_error, run_cli
 
 
@@ -263,3 +265,167 @@ def test_quiet_before_or_after_the_subcommand(argv, quiet):
     from bincounter.cli import build_parser
 
     assert build_parser().parse_args(argv).quiet is quiet
+
+
+# ------------------------------------------------------------------ issue 26.8/26.9: a CLI that answers in a second
+HEAVY = ("torch", "torchvision", "timm", "sagemaker", "boto3", "botocore", "matplotlib", "numpy", "PIL", "onnx",
+         "aiohttp")
+
+
+def _heavy_imported(code: str, env=None) -> list[str]:
+    """Run `code` in a fresh interpreter and return the heavy libraries it left in sys.modules (a module set,
+    not a timing: the machine's load cannot fool it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    """--help, --version and every argument error are answered from the parser alone: building it must not
+    import torch, the SageMaker SDK, boto3, matplotlib, numpy, PIL, ... (they cost seconds)."""
+    assert _heavy_imported("import bincounter.cli as c\nc.build_parser()") == []
+
+
+def test_a_train_dry_run_imports_neither_torch_nor_timm(tmp_path):
+    """`sm train --dry-run` checks --hp and the model name without torch or timm: the second run answers the
+    arch check from the cache of timm's model list that the first run wrote."""
+    role = "arn:aws:iam::123456789012:role/r"
+    argv = ["sm", "train", "--role", role, "--image", "1.dkr.ecr.us-east-1.amazonaws.com/b:1", "--train",
+            "s3://b/ch/train/", "--val", "s3://b/ch/val/", "--output", "s3://b/out", "--region", "us-east-1",
+            "--hp", "arch=tf_efficientnet_lite0", "--dry-run", "-q"]
+    code = ("import contextlib, io\nfrom bincounter.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"}
+    _heavy_imported(code, env)  # the first run may read timm's list (and caches it)
+    assert not {"torch", "torchvision", "timm", "matplotlib"} & set(_heavy_imported(code, env))
+
+
+@pytest.mark.parametrize("extra", [["--no-pretrained", "--pretrained-path", "x"], ["--image-size", "8"],
+                                   ["--arch", "resnet5O"]])
+def test_a_train_mistake_is_answered_before_torch_is_imported(extra, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    code = "from bincounter.archs import timm_models\ntimm_models()"  # the first time only: timm's list cached
+    _heavy_imported(code, env)
+    code = f"from bincounter.cli import main\nassert main({[*TRAIN_ARGS, *extra]!r}) == 2"
+    assert not {"torch", "timm", "torchvision"} & set(_heavy_imported(code, env))
+
+
+def _commands(parser, prefix=()):
+    """(path, help) of every listed sub-command, depth first (the hidden `ecr` has no help and is not listed)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                path = (*prefix, choice.dest)
+                yield " ".join(path), choice.help
+                yield from _commands(action.choices[choice.dest], path)
+
+
+def test_top_level_help_lists_every_command_with_its_description():
+    """Issue 26.9: `bincounter --help` left out `data shard` and half of `sm`."""
+    from bincounter.cli import build_parser
+
+    listed = list(_commands(build_parser()))
+    assert {"data shard", "sm train", "sm tune", "sm status", "sm logs", "sm pipeline", "weights fetch"} <= \
+        {path for path, _ in listed}
+    out = " ".join(run_cli("--help").stdout.split())
+    for path, text in listed:  # one line each: the text up to its first "; "
+        assert text and f"{path} {' '.join(text.split('; ')[0].split())}" in out, (path, text)
+
+
+def test_every_train_flag_shows_its_default():
+    import argparse
+    import re
+
+    from bincounter.cli import add_train_arguments
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    out = run_cli("train", "--help").stdout
+    entries = {e.split()[0].rstrip(","): " ".join(e.split()) for e in re.split(r"\n  (?=--)", out)[1:]}
+    flags = [a for a in p._actions if a.option_strings and a.default not in (None, argparse.SUPPRESS)
+             and a.dest != "help"]
+    assert {"--epochs", "--weight-decay", "--seed", "--backend", "--device"} <= {a.option_strings[0] for a in flags}
+    for a in flags:
+        entry = entries[a.option_strings[0]]
+        assert f"(default: {a.default})" in entry, entry
+    assert "(default: None)" not in out, out
+
+
+def test_an_unknown_arch_is_one_line_with_close_names():
+    proc = run_cli(*TRAIN_ARGS, "--arch", "resnet5O")
+    assert_one_line_error(proc, "--arch resnet5O", "resnet50", "efficientnet")
+
+
+def test_the_arch_check_reads_timm_s_list_once_per_version(tmp_path, monkeypatch):
+    """The cached list is timm's own: the check agrees with timm.is_model, and a second check reads the cache."""
+    import timm
+
+    from bincounter import archs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert archs.timm_models() == sorted(timm.list_models())
+    [cache] = (tmp_path / "bincounter").iterdir()
+    assert cache.name == f"timm-{timm.__version__}-models.json"
+    cache.write_text('["only_this_one"]')  # the cache is what answers now
+    archs.check_arch("only_this_one")
+    cache.unlink()
+    for name in ("efficientnet_b0", "tf_efficientnet_lite0", "efficientnet_b0.ra_in1k", "resnet50"):
+        assert timm.is_model(name)
+        archs.check_arch(name)
+    assert archs.close_names("efficientnet_bo", archs.timm_models())[0] == "efficientnet_b0"
+    with pytest.raises(UserError, match=r"--arch resnet5O: not a timm model name \(closest: resnet50"):
+        archs.check_arch("resnet5O")
+
+
+def test_the_sdk_validates_each_config_once(monkeypatch):
+    """The SDK's repeated `jsonschema.validate(config, SCHEMA)` (a dozen per request, most of a dry run's CPU) runs
+    once per (schema, config) pair that passed; another config, or one that fails, is still validated each time."""
+    import jsonschema
+
+    from bincounter.sagemaker.sdk import validate_config_once
+
+    calls = []
+
+    def spy(instance, schema, *args, **kwargs):
+        calls.append(instance)
+        if instance.get("bad"):
+            raise jsonschema.ValidationError("bad")
+
+    monkeypatch.setattr(jsonschema, "validate", spy)
+    validate_config_once()
+    validate_config_once()  # idempotent: not wrapped twice
+    schema = {"type": "object"}
+    for _ in range(3):
+        jsonschema.validate({"a": 1}, schema)
+    jsonschema.validate({"a": 2}, schema)
+    for _ in range(2):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"bad": 1}, schema)
+    assert calls == [{"a": 1}, {"a": 2}, {"bad": 1}, {"bad": 1}]
+
+
+def test_cli_latency_bench_quick(tmp_path):
+    """bench/cli_latency.py runs the real commands and checks their exit codes (its numbers are in the README)."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    out = tmp_path / "lat.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cli_latency.py"), "--runs", "1", "--only",
+                           "version,error-epochs", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"version", "error-epochs"}
+    assert all(r["wall_median_s"] > 0 and r["target_s"] == 1.0 for r in doc["results"].values())
+    assert "version" in proc.stdout and "error-epochs" in proc.stdout

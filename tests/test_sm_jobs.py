@@ -360,7 +360,7 @@ def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
     import argparse
     import dataclasses
 
-    from bincounter import cli, train
+    from bincounter import cli, train_config
     from bincounter.sagemaker import hyperparameters
 
     names = hyperparameters.names()
@@ -368,7 +368,7 @@ def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
     assert not {"train", "val", "model_dir", "checkpoint_dir", "pretrained_path", "help"} & set(names)
 
     @dataclasses.dataclass
-    class Wider(train.TrainConfig):
+    class Wider(train_config.TrainConfig):
         mixup: float = 0.0
 
     original = cli.add_train_arguments
@@ -377,7 +377,7 @@ def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
         original(p)
         p.add_argument("--mixup", type=float, default=0.0)
 
-    monkeypatch.setattr(train, "TrainConfig", Wider)
+    monkeypatch.setattr(train_config, "TrainConfig", Wider)
     monkeypatch.setattr(cli, "add_train_arguments", with_mixup)
     assert "mixup" in hyperparameters.names()
     hyperparameters.validate({"mixup": "0.2"})

@@ -17,9 +17,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .preprocess import Preprocess
 
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
@@ -85,6 +88,8 @@ def write_config(model_dir: str | Path, config: dict) -> None:
 
 
 def preprocess_of(config: dict) -> Preprocess:
+    from .preprocess import Preprocess  # numpy + PIL: not at import (the CLI's parser reads this module)
+
     p = config["preprocess"]
     return Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]))
 

@@ -19,7 +19,13 @@ log = logging.getLogger("bincounter")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Every option's default where it has one: no "(default: None)" on unset options, no "(default: False)" on
+    plain switches."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, argparse.SUPPRESS) or isinstance(action, argparse._StoreTrueAction):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,17 +79,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--checkpoint-dir", help="write a checkpoint every epoch and resume from it if present")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="efficientnet_b0", help="any timm (or torchvision) model name")
-    m.add_argument("--backend", default="timm", choices=["timm", "torchvision"])
+    m.add_argument("--backend", default="timm", choices=["timm", "torchvision"], help="the library --arch is from")
     m.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="start from ImageNet weights (downloaded by the backend unless --pretrained-path)")
     m.add_argument("--pretrained-path", help="local weights file (or a dir with one), e.g. the SageMaker "
                    "'pretrained' channel; its classifier head is replaced")
     h = p.add_argument_group("hyperparameters")
-    h.add_argument("--epochs", type=_positive_int, default=10)
+    h.add_argument("--epochs", type=_positive_int, default=10, help="passes over the train channel")
     h.add_argument("--batch-size", type=_positive_int, default=32, help="per process (per GPU)")
     h.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine); 1e-3 "
                    "vs 3e-4 and 3e-3: docs/QUALITY.md, recipe sweep")
-    h.add_argument("--weight-decay", type=float, default=0.01)
+    h.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     h.add_argument("--warmup-epochs", type=float, default=0.5,
                    help="linear warm-up (0 cost 0.03 test accuracy in the recipe sweep)")
     h.add_argument("--label-smoothing", type=float, default=0.1, help="(0.1 vs 0: docs/QUALITY.md)")
@@ -97,10 +103,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     h.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val_acc "
                    "improvement (0: off)")
     h.add_argument("--image-size", type=_positive_int, default=224, help="square input size in pixels")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and sampling")
     r = p.add_argument_group("runtime")
     r.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when there is a GPU, else CPU")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (faster on CUDA and, measured, on CPU)")
@@ -115,16 +122,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .archs import check_arch
 
     cfg = train_config_from_args(args)
+    cfg.validate()  # these and the model name before torch is imported: a mistake is answered at once
+    check_arch(cfg.arch, cfg.backend)
+    from .train import train
+
     result = train(cfg)
     if result.get("best"):
         b = result["best"]
@@ -418,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="prepare ABID data (synth, fetch, eda, split, upload)",
+    data = sub.add_parser("data", help="prepare ABID data (its steps are listed below)",
                           formatter_class=_Formatter,
                           description="Prepare Amazon Bin Image Dataset data.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
@@ -591,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
             ep.add_argument("--mutability", choices=["MUTABLE", "IMMUTABLE"], default="MUTABLE")
         ep.set_defaults(func=cmd_ecr)
 
-    smp = sub.add_parser("sm", help="SageMaker jobs with the custom image: tune, train, deploy, predict, "
-                         "evaluate, batch, delete", formatter_class=_Formatter,
+    smp = sub.add_parser("sm", help="SageMaker jobs, endpoints and the pipeline with the custom image (its "
+                         "actions are listed below)", formatter_class=_Formatter,
                          description="Run the image on SageMaker. Every command prints what it created and how "
                          "to undo it; --dry-run prints the API request(s) instead of sending them.")
     from .sagemaker.commands import add_arguments as add_sm_arguments
@@ -661,7 +672,28 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--loss", choices=["ce", "ordinal"], default="ce")
     dm.set_defaults(func=cmd_demo)
     _quiet_anywhere(p)
+    p.epilog = _command_list(p)
     return p
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """(path, help) of every listed sub-command below `parser`, depth first. A sub-command without a help text
+    (the internal `ecr`) is not listed, as argparse does not list it either."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                path = (*prefix, choice.dest)
+                yield path, choice.help
+                yield from _subcommands(action.choices[choice.dest], path)
+
+
+def _command_list(parser: argparse.ArgumentParser) -> str:
+    """The top-level help's list of every step/action of the command groups, one line each (the text up to its
+    first '; '), generated from the parsers themselves so that no command can be left out."""
+    rows = [(" ".join(path), text.split("; ")[0]) for path, text in _subcommands(parser) if len(path) > 1]
+    width = max(len(path) for path, _ in rows) + 2
+    return ("steps and actions of the command groups (bincounter COMMAND ACTION --help for each):\n"
+            + "\n".join(f"  {path:<{width}}{text}" for path, text in rows))
 
 
 def _quiet_anywhere(parser: argparse.ArgumentParser) -> None:

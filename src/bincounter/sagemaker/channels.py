@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 from .. import aws
-from ..data.shards import INDEX
 from ..errors import UserError
 
 log = logging.getLogger("bincounter")
@@ -65,6 +64,8 @@ def _split(uri: str) -> tuple[str, str]:
 def read_index(s3, uri: str) -> dict | None:
     """The channel's index.json (a sharded channel), or None where there is none (per-image)."""
     from botocore.exceptions import ClientError
+
+    from ..data.shards import INDEX  # that module imports torch
 
     bucket, prefix = _split(uri)
     key = f"{prefix.rstrip('/')}/{INDEX}" if prefix.strip("/") else INDEX

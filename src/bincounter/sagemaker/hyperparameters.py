@@ -2,7 +2,7 @@
 before any request: a job that would fail on its first line in the container is refused here instead.
 
 Nothing is listed twice. The names are the trainer's flags (`cli.add_train_arguments`) whose destination is a
-`train.TrainConfig` field, read at run time; hyperparameter strings are mapped onto those flags by
+`train_config.TrainConfig` field, read at run time; hyperparameter strings are mapped onto those flags by
 `contract.hyperparameters_to_argv` (what the container runs), parsed by the same argparse types, and the
 resulting `TrainConfig` is checked by its own `validate()`. Only the model name is checked beyond that
 (`timm.is_model`), because the container finds an unknown one only after the instances have started.
@@ -53,7 +53,7 @@ def names() -> list[str]:
     """The valid `--hp` names, derived now from TrainConfig's fields and the trainer's flags."""
     import dataclasses
 
-    from ..train import TrainConfig
+    from ..train_config import TrainConfig
 
     return flag_names(fields={f.name for f in dataclasses.fields(TrainConfig)})
 
@@ -110,10 +110,10 @@ def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> No
         known = torchvision.models.list_models()
         ok = arch in known
     else:
-        import timm
+        from ..archs import timm_models  # timm's list, cached per timm version: importing timm takes seconds
 
-        ok = timm.is_model(arch)
-        known = timm.list_models() if not ok else []
+        known = timm_models()
+        ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
     if not ok:
         close = difflib.get_close_matches(arch, known, n=3)
         hint = f" (close: {', '.join(close)})" if close else ""

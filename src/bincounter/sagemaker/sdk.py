@@ -11,6 +11,7 @@ printed is exactly what would be sent, and nothing reaches AWS.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import logging
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from ..metrics import OBJECTIVE, metric_definitions
 
 
 class _Captured(Exception):
@@ -122,6 +122,29 @@ def _is_write(api: str) -> bool:
     return not api.startswith(("Describe", "Get", "List", "Filter", "Search"))
 
 
+def validate_config_once() -> None:
+    """The SDK validates its defaults config (our telemetry opt-out in a dry run, ~/.config/sagemaker/config.yaml)
+    with `jsonschema.validate` on every config lookup, a dozen times per request, each time checking its large
+    schema against the JSON Schema meta-schema first (~0.3 s of CPU each): most of a dry run's own time. The same
+    config against the same schema passes (or fails) the same way every time, so each pair that passed is not
+    validated again in this process."""
+    import jsonschema
+
+    validate = jsonschema.validate
+    if getattr(validate, "once", False):
+        return
+    passed: list[tuple[object, object]] = []  # (schema, instance) pairs that passed
+
+    def once(instance, schema, *args, **kwargs):
+        if args or kwargs or not any(s is schema and i == instance for s, i in passed):
+            validate(instance, schema, *args, **kwargs)
+            if not (args or kwargs):
+                passed.append((schema, copy.deepcopy(instance)))
+
+    once.once = True
+    jsonschema.validate = once
+
+
 @contextmanager
 def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_run: bool):
     """Yields (sagemaker Session, recorded writes). In a dry run every API call is answered locally
@@ -166,6 +189,7 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
             boto_session.events.register("before-call", answer)
         from sagemaker.core.helper.session_helper import Session
 
+        validate_config_once()
         # the SDK prints progress panels and notices to stdout; ours carries only results (JSON lines)
         stack.enter_context(redirect_stdout(sys.stderr))
         try:
@@ -252,6 +276,8 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
     for it)."""
     from sagemaker.train.configs import CheckpointConfig, Compute, MetricDefinition, OutputDataConfig, StoppingCondition
 
+    from ..metrics import metric_definitions
+
     if spot and not checkpoint_s3 and spot_needs_checkpoint:
         raise UserError("spot training needs --checkpoint-s3 (a spot interruption resumes from it)")
     trainer = _profiled_trainer_class()(
@@ -289,6 +315,8 @@ def tuner(trainer, *, ranges: dict, max_jobs: int, max_parallel: int, early_stop
     checkpoint URI and restores what is there into each trial, so trials would resume from each other."""
     from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
     from sagemaker.train.tuner import HyperparameterTuner
+
+    from ..metrics import OBJECTIVE, metric_definitions
 
     if len(base_name) > 32:
         raise UserError(f"tuning job name {base_name!r} is longer than SageMaker's 32 characters")
