@@ -447,7 +447,7 @@ def test_the_monitor_counts_mms_workers_and_sees_one_lost(cpu_image, trained_mod
     assert "serving_workers=3" not in logs()
     killed = docker("exec", name, "python", "-c",
                     "import psutil, signal\n"
-                    "msw = lambda p: 'model_service_worker' in ' '.join(p.cmdline() or [])\n"
+                    "msw = lambda p: p is not None and 'model_service_worker' in ' '.join(p.cmdline() or [])\n"
                     "ws = [p for p in psutil.process_iter() if msw(p) and msw(p.parent())]\n"
                     "ws[0].send_signal(signal.SIGKILL)\n"
                     "print(len(ws))").stdout.strip()
