@@ -540,9 +540,35 @@ def _runtime_invoke(args):
         body = json.dumps({"instances": [base64.b64encode(b).decode() for b in images]}).encode()
         resp = aws.aws_call("InvokeEndpoint", rt.invoke_endpoint, EndpointName=args.endpoint, Body=body,
                             ContentType="application/json", Accept="application/json")
-        return json.loads(resp["Body"].read())["predictions"]
+        return predictions(args.endpoint, resp["Body"].read(), len(images), resp.get("ContentType"))
 
     return predict_batch
+
+
+def predictions(endpoint: str, raw: bytes, n: int, content_type: str | None = None) -> list[dict]:
+    """An endpoint's answer to n images -> its n predictions, each with a count in COUNTS; anything else (not
+    JSON, an error JSON, another number of predictions) is one line naming the first 200 characters of it."""
+    from .. import COUNTS
+
+    text = raw.decode("utf-8", "replace")
+    got = " ".join(text[:200].split()) + (" ..." if len(text) > 200 else "")
+    where = f"endpoint {endpoint} answered"
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise UserError(f"{where} something that is not JSON ({content_type or 'no content type'}, "
+                        f"{len(raw)} bytes): {got!r}") from None
+    preds = doc.get("predictions") if isinstance(doc, dict) else None
+    if not isinstance(preds, list):
+        raise UserError(f"{where} JSON with no 'predictions' list: {got!r}")
+    if len(preds) != n:
+        raise UserError(f"{where} {len(preds)} predictions for {n} images: {got!r}")
+    for p in preds:
+        count = p.get("count") if isinstance(p, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count not in COUNTS:
+            raise UserError(f"{where} a prediction with count {count!r}, not a count in "
+                            f"{COUNTS[0]}..{COUNTS[-1]}: {got!r}")
+    return preds
 
 
 def _read_image(ref: str, args) -> bytes:

@@ -73,8 +73,30 @@ def quiet_region_notice() -> None:
         sdk_log.addFilter(_RegionNoticeWhenSet())
 
 
+def _unparsable_line(e: Exception) -> str | None:
+    """botocore's ResponseParserError (an answer that is not the API's XML/JSON: an HTML error page from a
+    proxy, or from an endpoint such as moto that lacks the API) -> one line naming the likely cause."""
+    import traceback
+
+    from botocore.parsers import ResponseParserError
+
+    if not isinstance(e, ResponseParserError):
+        return None
+    text = " ".join(str(e).split())
+    got = text[text.find("b'"):][:200] if "b'" in text else text[:200]
+    if any("iam_role_resolver" in f.filename for f in traceback.extract_tb(e.__traceback__)):
+        return ("the SageMaker SDK's role check (IAM SimulatePrincipalPolicy) got an answer it cannot parse, "
+                "likely because the endpoint does not implement that API (moto does not): set "
+                f"SAGEMAKER_VALIDATE_ROLE=false to skip the check (got {got})")
+    return (f"SageMaker: an answer botocore cannot parse (an HTML error page or an endpoint without this API; "
+            f"check --endpoint-url and the network): {got}")
+
+
 def _sdk_error_line(e: Exception) -> str | None:
-    """One line for the SDK's own input validation (pydantic) errors; None for anything else."""
+    """One line for the SDK's own input validation (pydantic) errors and unparsable answers; None for anything
+    else."""
+    if (line := _unparsable_line(e)) is not None:
+        return line
     try:
         from pydantic import ValidationError
     except ImportError:  # pragma: no cover - the SDK depends on pydantic
