@@ -11,10 +11,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import boto3
 import pytest
 
-from .conftest import assert_one_line_error, run_cli
 from .test_sm_jobs import ENV, ROLE, TRAIN, moto_endpoint  # noqa: F401 - the module's moto fixture
 
 NOWHERE = ["--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"]
@@ -134,3 +132,73 @@ def test_train_without_skipping_the_role_check_names_the_cause(capsys, monkeypat
                        "ml.m5.xlarge", env=env)
     line = _one_error(rc, err)
     assert "SimulatePrincipalPolicy" in line and "SAGEMAKER_VALIDATE_ROLE=false" in line, line
+
+
+# --------------------------------------------------------------------------- near misses and help (26.9)
+TUNE = ["tune", *TRAIN, *NOWHERE]
+
+
+@pytest.mark.parametrize("args, needles, absent", [
+    (["train", *TRAIN, *NOWHERE, "--hp", "arch=efficientnet_bo"], ["--hp arch=efficientnet_bo",
+                                                                   "did you mean efficientnet_b0?"],
+     ["efficientnet_b8", "efficientnet_b7"]),
+    (["train", *TRAIN, *NOWHERE, "--instance-type", "ml.g5.xlarg"], ["--instance-type 'ml.g5.xlarg'",
+                                                                     "did you mean 'ml.g5.xlarge'?"], []),
+    ([*TUNE, "--instance-type", "ml.g5.xlarg"], ["did you mean 'ml.g5.xlarge'?"], []),
+    (["deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--image", "img", *NOWHERE, "--instance-type",
+      "ml.m5.xlarg"], ["did you mean 'ml.m5.xlarge'?"], []),
+    (["batch", "--model", "m", "--input", "s3://b/in/", "--output", "s3://b/o/", *NOWHERE, "--instance-type",
+      "ml.g4dn.xlrge"], ["did you mean 'ml.g4dn.xlarge'?"], []),
+    ([*TUNE, "--max-jobs", "0"], ["--max-jobs 0: at least 1"], []),
+    ([*TUNE, "--max-parallel", "0"], ["--max-parallel 0: at least 1"], []),
+    ([*TUNE, "--max-jobs", "2", "--max-parallel", "3"], ["--max-parallel 3 cannot exceed --max-jobs 2"], []),
+    (["train", *TRAIN, *NOWHERE, "--hp", "epochs=3", "--hp", "epochs=5"],
+     ["--hp epochs=5: epochs is given twice (--hp epochs=3 before)"], []),
+    ([*TUNE, "--hp", "lr=0.1", "--hp", "lr=0.1"], ["lr is given twice"], []),
+], ids=["arch-o-for-0", "itype-train", "itype-tune", "itype-deploy", "itype-batch", "max-jobs", "max-parallel",
+        "parallel-over-jobs", "hp-twice", "tune-hp-twice"])
+def test_near_misses_are_refused_with_the_close_value(capsys, monkeypatch, args, needles, absent):
+    rc, _, err = _main(capsys, monkeypatch, *args)
+    line = _one_error(rc, err)
+    for n in needles:
+        assert n in line, line
+    for a in absent:
+        assert a not in line, line
+    assert "estimated cost" not in err, err  # refused before the cost line
+
+
+def test_an_unpriced_but_well_formed_instance_type_is_priced_by_the_user(capsys, monkeypatch):
+    """ml.p5.48xlarge is a real type the table lacks: a warning and 'cost unknown', not a refusal."""
+    rc, out, err = _main(capsys, monkeypatch, "train", *TRAIN, "--instance-type", "ml.p5.48xlarge", "--dry-run",
+                         *NOWHERE)
+    assert rc == 0, err
+    assert "estimated cost: unknown (ml.p5.48xlarge is not in the price table" in err
+
+
+def _help(capsys, *argv) -> str:
+    from bincounter.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_each_thing_once_and_only_what_is_true(capsys):
+    from bincounter.sagemaker import cost
+
+    types = cost.instance_types()
+    sm = _help(capsys, "sm")
+    assert all(t in sm for t in types), sm  # the priced types, listed once, in `sm --help`
+    for action in ("tune", "train", "deploy", "predict", "evaluate", "batch", "delete", "pipeline", "status",
+                   "logs", "report", "collect"):
+        assert action in sm
+    for cmd in ("train", "tune", "deploy", "batch"):
+        text = _help(capsys, "sm", cmd)
+        assert sum(t in text for t in types) <= 1, (cmd, text)  # the default type at most, not the table
+        assert "bincounter sm --help" in text, text
+    batch = _help(capsys, "sm", "batch")
+    assert "Start a SageMaker batch transform job" in batch, batch
+    for cmd in ("delete", "predict", "evaluate"):
+        text = _help(capsys, "sm", cmd)
+        assert "cost" not in text.split("--dry-run", 1)[1].split("--", 1)[0], text

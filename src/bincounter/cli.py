@@ -570,12 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
         ep.set_defaults(func=cmd_ecr)
 
     smp = sub.add_parser("sm", help="SageMaker jobs with the custom image: tune, train, deploy, predict, "
-                         "evaluate, batch, delete", formatter_class=_Formatter,
+                         "evaluate, batch, delete, pipeline, status, logs, report, collect", formatter_class=_Formatter,
                          description="Run the image on SageMaker. Every command prints what it created and how "
                          "to undo it; --dry-run prints the API request(s) instead of sending them.")
-    from .sagemaker.commands import add_arguments as add_sm_arguments
+    from .sagemaker.commands import add_arguments as add_sm_arguments, epilog as sm_epilog
 
     add_sm_arguments(smp.add_subparsers(dest="sm_command", required=True, metavar="ACTION"))
+    smp.epilog = sm_epilog()
 
     wt = sub.add_parser("weights", help="ImageNet weights as a local file (offline training, the SageMaker "
                         "'pretrained' channel)", formatter_class=_Formatter,

@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import logging
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -46,21 +47,21 @@ def _text(*paragraphs: str) -> str:
 def add_arguments(sub) -> None:
     from .hyperparameters import flag_names
 
-    priced = ", ".join(cost.instance_types())
-
-    def common(p, needs_role=False):
+    def common(p, needs_role=False, costed=True):
         jobs.add_aws_options(p)
         p.add_argument("--dry-run", action="store_true",
-                       help="print the estimated cost and the request(s); no network call, no credentials needed "
-                            "(values that would come from AWS are placeholders)")
+                       help=("print the estimated cost and the request(s)" if costed else "print the request(s)")
+                       + "; no network call, no credentials needed (values that would come from AWS are "
+                         "placeholders)")
         if needs_role:
             p.add_argument("--role", required=True, help="SageMaker execution role: an ARN, or a role name (expanded "
                            "with your account from STS)")
 
     def price(p):
         p.add_argument("--price-per-hour", type=float, metavar="USD",
-                       help=f"price of one instance-hour for the cost line (default: the table of "
-                            f"{cost.table()['as_of']}, {cost.table()['region']}, which has: {priced})")
+                       help=f"price of one instance-hour for the cost line (default: the price table of "
+                            f"{cost.table()['as_of']}, {cost.table()['region']}; its instance types: "
+                            "bincounter sm --help)")
 
     def training(p, type_help="billed per instance-hour"):
         p.add_argument("--image", required=True, help="image URI (from ./build_and_push.sh)")
@@ -169,20 +170,24 @@ def add_arguments(sub) -> None:
 
     p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
                        formatter_class=_Help)
-    common(p)
+    common(p, costed=False)
     p.add_argument("--endpoint", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, RMSE, recall, confusion matrix of an endpoint on a channel",
                        formatter_class=_Help)
-    common(e)
+    common(e, costed=False)
     e.add_argument("--endpoint", required=True)
     e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
     e.add_argument("--out", default=".", help="report directory")
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=_Help)
+    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=_Help,
+                       description="Start a SageMaker batch transform job with a model (sm deploy creates one): "
+                       "every image under --input is sent to it, one request per image, and its JSON answer "
+                       "written to --output as <image>.out (--collect, or later sm collect, makes one CSV of "
+                       "them). Billed per instance-hour while the job runs; nothing afterwards.")
     common(b)
     b.add_argument("--model", required=True, help="SageMaker model name (from deploy)")
     b.add_argument("--input", required=True, help="s3:// prefix of images")
@@ -202,7 +207,7 @@ def add_arguments(sub) -> None:
                        "removes its autoscaling target, the endpoint, its endpoint config and its model(s) (found by "
                        "NAME when the endpoint or config is gone); --model NAME removes that model. What did not "
                        "exist is said, not an error.")
-    common(x)
+    common(x, costed=False)
     x.add_argument("--endpoint", help="endpoint name (also the config and model name sm deploy gave them)")
     x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
@@ -213,6 +218,13 @@ def add_arguments(sub) -> None:
     follow.add_arguments(sub, _Help)
     job_report.add_arguments(sub, _Help)
     batch_collect.add_arguments(sub, _Help)
+
+
+def epilog() -> str:
+    """`bincounter sm --help`'s closing lines: the one place the priced instance types are listed."""
+    t = cost.table()
+    return _text(f"Instance types in the price table ({t['region']}, {t['as_of']}; others: pass --price-per-hour "
+                 f"for the cost line): {', '.join(cost.instance_types())}.")
 
 
 def _client(args, service="sagemaker"):
@@ -271,12 +283,30 @@ def _s3_uri(flag: str, uri: str | None) -> None:
         raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
 
 
+_INSTANCE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[0-9]+xlarge)$")
+
+
 def _instance_type(itype: str | None, flag: str = "--instance-type") -> None:
-    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one."""
-    if itype is not None and not itype.startswith("ml."):
+    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one.
+    A name of another shape (ml.g5.xlarg) is refused with the closest priced type; a well-formed type the price
+    table lacks is warned about with the closest priced one (the cost line then says it is unknown)."""
+    if itype is None:
+        return
+    if not itype.startswith("ml."):
         fix = "ml." + (itype[3:] if itype.lower().startswith("ml.") else itype)
         raise UserError(f"{flag} {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
                         f"{fix!r}?)")
+    priced = cost.instance_types()
+    if itype in priced:
+        return
+    close = hyperparameters.close_matches(itype, priced, n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]!r}?" if close else "priced types: bincounter sm --help"
+    if not _INSTANCE.match(itype):
+        raise UserError(f"{flag} {itype!r}: not a SageMaker instance type (ml.FAMILY.SIZE, e.g. "
+                        f"{DEFAULT_INSTANCE}; {hint})")
+    if close:
+        log.warning("%s %s is not in the price table (the closest priced type: %s); the cost line needs "
+                    "--price-per-hour", flag, itype, close[0])
 
 
 def _check_instances(args) -> None:
@@ -308,6 +338,11 @@ def _print_captured(captured: list[dict], want: str) -> None:
 
 
 def cmd_tune(args) -> int:
+    for flag, value in (("--max-jobs", args.max_jobs), ("--max-parallel", args.max_parallel)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: at least 1")
+    if args.max_parallel > args.max_jobs:
+        raise UserError(f"--max-parallel {args.max_parallel} cannot exceed --max-jobs {args.max_jobs}")
     _check_instances(args)
     if args.checkpoint_s3:
         raise UserError("--checkpoint-s3 with sm tune: SageMaker gives every trial of a tuning job the same "

@@ -117,6 +117,8 @@ def parse_kv(pairs: list[str]) -> dict:
         if "=" not in p or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*=", p):  # a-b: hyperparameters says a_b
             raise UserError(f"--hp {p!r}: expected NAME=VALUE")
         k, v = p.split("=", 1)
+        if k in out:
+            raise UserError(f"--hp {p}: {k} is given twice (--hp {k}={out[k]} before); give it once")
         out[k] = v
     return out
 
