@@ -11,6 +11,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3
 import pytest
 
 from .test_sm_jobs import ENV, ROLE, TRAIN, moto_endpoint  # noqa: F401 - the module's moto fixture
@@ -202,3 +203,60 @@ def test_help_says_each_thing_once_and_only_what_is_true(capsys):
     for cmd in ("delete", "predict", "evaluate"):
         text = _help(capsys, "sm", cmd)
         assert "cost" not in text.split("--dry-run", 1)[1].split("--", 1)[0], text
+
+
+# --------------------------------------------------------------------------- pretrained channel vs arch (26.6)
+LITE0 = "tf_efficientnet_lite0"
+
+
+def _weights_channel(endpoint, prefix: str, arch: str = LITE0, provenance: bool = True) -> str:
+    """A pretrained channel as `bincounter weights fetch` + `data upload` leave it: OUT/<arch>.safetensors and
+    OUT/<arch>.provenance.json (the weights bytes are never read on the client side)."""
+    from bincounter.weights import FORMAT
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.put_object(Bucket="bkt", Key=f"{prefix}/{arch}.safetensors", Body=b"weights")
+    if provenance:
+        s3.put_object(Bucket="bkt", Key=f"{prefix}/{arch}.provenance.json", Body=json.dumps(
+            {"format": FORMAT, "arch": arch, "source": "pypi", "sha256": "0" * 64}).encode())
+    return f"s3://bkt/{prefix}/"
+
+
+def _training_jobs(endpoint) -> set[str]:
+    sm = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    return {j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]}
+
+
+@pytest.mark.parametrize("cmd", ["train", "tune"])
+def test_pretrained_weights_for_another_arch_are_refused_before_any_request(cmd, capsys, monkeypatch,
+                                                                            moto_endpoint):  # noqa: F811
+    channel = _weights_channel(moto_endpoint, "weights/lite0")
+    before = _training_jobs(moto_endpoint)
+    rc, _, err = _main(capsys, monkeypatch, cmd, *TRAIN, "--pretrained", channel, "--endpoint-url", moto_endpoint,
+                       "--instance-type", "ml.m5.xlarge")  # the trainer's default arch: efficientnet_b0
+    line = _one_error(rc, err)
+    assert f"--pretrained {channel}" in line and f"holds {LITE0} weights" in line, line
+    assert f"--hp arch={LITE0}" in line and "not efficientnet_b0" in line, line
+    assert _training_jobs(moto_endpoint) == before
+    assert "estimated cost" not in err  # refused before the cost line, like every other input mistake
+
+
+def test_pretrained_weights_for_the_arch_go_through(capsys, caplog, monkeypatch, moto_endpoint):  # noqa: F811
+    caplog.set_level("INFO", logger="bincounter")
+    channel = _weights_channel(moto_endpoint, "weights/lite0-ok")
+    rc, out, err = _main(capsys, monkeypatch, "train", *TRAIN, "--pretrained", channel, "--hp", f"arch={LITE0}",
+                         "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge", "--name", "bc-pre")
+    assert rc == 0, err
+    assert json.loads(out)["created"] == "training job"
+    assert f"pretrained weights: {LITE0}" in caplog.text, caplog.text
+
+
+def test_a_pretrained_channel_without_provenance_is_warned_about(capsys, caplog, monkeypatch,
+                                                                moto_endpoint):  # noqa: F811
+    channel = _weights_channel(moto_endpoint, "weights/bare", arch="efficientnet_b0", provenance=False)
+    rc, _, err = _main(capsys, monkeypatch, "train", *TRAIN, "--pretrained", channel, "--endpoint-url",
+                       moto_endpoint, "--instance-type", "ml.m5.xlarge", "--name", "bc-bare")
+    assert rc == 0, err
+    assert "no provenance JSON" in caplog.text, caplog.text

@@ -322,6 +322,32 @@ def _check_instances(args) -> None:
         raise UserError("--price-per-hour must be >= 0")
 
 
+def _check_pretrained(args, archs) -> None:
+    """The `pretrained` channel must hold weights for the arch(s) the job trains: its provenance JSON (written by
+    `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any request,
+    as local `train` does before loading. A dry run reads nothing, so it only says so."""
+    if not args.pretrained:
+        return
+    if args.dry_run:
+        log.warning("dry run: the pretrained channel's provenance is not read (a real run checks its arch against "
+                    "%s before any request)", ", ".join(archs))
+        return
+    from ..weights import parse_provenance
+
+    key, data = channels.pretrained_provenance(_client(args, "s3"), args.pretrained, archs[0])
+    if data is None:
+        log.warning("--pretrained %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
+                    "weights fetch writes one)", args.pretrained, key)
+        return
+    prov = parse_provenance(data, key.rsplit(".", 1)[0] + channels.PROVENANCE_SUFFIX)
+    wrong = [a for a in archs if a != prov.get("arch")]
+    if wrong:
+        raise UserError(f"--pretrained {args.pretrained} holds {prov.get('arch')} weights (per its provenance "
+                        f"JSON), not {', '.join(wrong)}: pass --hp arch={prov.get('arch')}, or fetch and upload "
+                        f"weights for {wrong[0]} (bincounter weights fetch --arch {wrong[0]})")
+    log.info("pretrained weights: %s (%s)", prov.get("arch"), key)
+
+
 def _pair(text: str, cast) -> tuple:
     try:
         vals = tuple(cast(v) for v in text.split(",") if v.strip())
@@ -351,6 +377,7 @@ def cmd_tune(args) -> int:
     user = jobs.parse_kv(args.hp)
     ranges = hyperparameters.tuning_ranges(lr=args.lr_range, batch_sizes=args.batch_sizes, epochs=args.epochs_range,
                                            archs=args.archs, image_sizes=args.image_sizes, static=user)
+    _check_pretrained(args, list(ranges.get("arch") or [user.get("arch") or hyperparameters.default("arch")]))
     name = args.name or jobs.job_name("bc-hpo", 32)
     region = _region(args)
     role = _role(args, region)
@@ -425,6 +452,7 @@ def cmd_train(args) -> int:
         tuned, trial_type, trial_count = _from_tuning_job(args, region)
     hps = {**tuned, **user}
     hyperparameters.validate({k: v for k, v in hps.items() if not (args.dry_run and k in tuned and k not in user)})
+    _check_pretrained(args, [hps.get("arch") or hyperparameters.default("arch")])
     itype, count = _instances_for_training(args, trial_type, trial_count)
     role = _role(args, region)
     _cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=args.max_runtime, spot=args.spot,

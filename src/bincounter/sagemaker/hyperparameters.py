@@ -58,6 +58,15 @@ def names() -> list[str]:
     return flag_names(fields={f.name for f in dataclasses.fields(TrainConfig)})
 
 
+def default(name: str):
+    """The trainer's default for a hyperparameter (TrainConfig's field), e.g. default("arch")."""
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def _label(key: str, value, origin: dict[str, str] | None) -> str:
     return f"{origin[key]} {value}" if origin and key in origin else f"--hp {key}={value}"
 
