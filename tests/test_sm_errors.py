@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
-from .test_sm_jobs import ENV, ROLE, TRAIN, moto_endpoint  # noqa: F401 - the module's moto fixture
+from .conftest import run_cli
+from .test_sm_jobs import ENV, ROLE, TRAIN, _docs, moto_endpoint  # noqa: F401 - the module's moto fixture
 
 NOWHERE = ["--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"]
 
@@ -260,3 +261,94 @@ def test_a_pretrained_channel_without_provenance_is_warned_about(capsys, caplog,
                        moto_endpoint, "--instance-type", "ml.m5.xlarge", "--name", "bc-bare")
     assert rc == 0, err
     assert "no provenance JSON" in caplog.text, caplog.text
+
+
+# --------------------------------------------------------------------------- what sm prints (26.10)
+def test_a_serverless_deploy_prints_its_dollar_line():
+    proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://b/m.tar.gz", "--cpu-image", "img",
+                   "--serverless", "3072,10", "--dry-run", *NOWHERE, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("estimated cost:")]
+    # 3 GB x $0.00002 per GB-second; 10 concurrent requests busy for an hour: 10 x 3600 x $0.00006
+    assert "$0.000060 per second of inference" in line and "$2.16/h with 10 requests always in flight" in line
+    assert "nothing while idle" in line and "us-east-1 prices of" in line, line
+
+
+def test_delete_dry_run_shows_the_autoscaling_deregistration():
+    proc = run_cli("sm", "delete", "--endpoint", "ep1", "--dry-run", *NOWHERE, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    docs = _docs(proc.stdout)
+    assert [d["api"] for d in docs] == ["DeregisterScalableTarget", "DeleteEndpoint", "DeleteEndpointConfig",
+                                        "DeleteModel"], proc.stdout
+    assert docs[0]["request"] == {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/ep1/variant/AllTraffic",
+                                  "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+    assert "if one is registered" in proc.stderr
+
+
+DEPLOY = ["deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", "123456789012.dkr.ecr.us-east-1"
+          ".amazonaws.com/b:1", "--no-wait", "--instance-type", "ml.m5.xlarge"]
+
+
+def test_sm_output_has_no_sdk_chatter_and_no_telemetry(moto_endpoint, tmp_path):  # noqa: F811
+    """The SDK's INFO/DEBUG lines only with -v; telemetry opted out as in local mode, unless the user's own SDK
+    config says otherwise (their choice is kept, with their other settings)."""
+    env = {**ENV, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path)}
+    env.pop("SAGEMAKER_USER_CONFIG_OVERRIDE", None)
+    quiet = run_cli("sm", *DEPLOY, "--name", "ep-quiet", "--endpoint-url", moto_endpoint, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    for chatter in ("Not applying SDK defaults", "Creating model with name", "telemetry", "DEBUG"):
+        assert chatter not in quiet.stderr, quiet.stderr
+    assert "undo:" in quiet.stderr  # bincounter's own lines stay
+
+    loud = run_cli("sm", *DEPLOY, "--name", "ep-loud", "--endpoint-url", moto_endpoint, "-v", env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert "Creating model with name" in loud.stderr
+    assert "will collect telemetry" not in loud.stderr  # opted out
+
+    cfg = tmp_path / "xdg" / "sagemaker" / "config.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: false\n")
+    theirs = run_cli("sm", *DEPLOY, "--name", "ep-theirs", "--endpoint-url", moto_endpoint, "-v", env=env)
+    assert theirs.returncode == 0, theirs.stderr
+    assert "will collect telemetry" in theirs.stderr  # the user's explicit choice
+    assert cfg.read_text().endswith("TelemetryOptOut: false\n")  # and their file untouched
+
+
+def test_telemetry_opt_out_keeps_the_users_other_settings(tmp_path, monkeypatch):
+    import yaml
+
+    from bincounter.sagemaker import sdk
+
+    cfg = tmp_path / "sagemaker" / "config.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      Session:\n"
+                   "        DefaultS3Bucket: my-bucket\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        sdk.opt_out_of_telemetry(stack)
+        used = yaml.safe_load(open(__import__("os").environ["SAGEMAKER_USER_CONFIG_OVERRIDE"]))
+    modules = used["SageMaker"]["PythonSDK"]["Modules"]
+    assert modules == {"Session": {"DefaultS3Bucket": "my-bucket"}, "TelemetryOptOut": True}
+    assert "SAGEMAKER_USER_CONFIG_OVERRIDE" not in __import__("os").environ  # restored after the command
+    assert "TelemetryOptOut" not in cfg.read_text()
+
+
+def test_the_tuners_lr_range_is_one_fact_in_code_help_and_docs(capsys):
+    from bincounter.sagemaker.hyperparameters import DEFAULT_RANGES
+    from tests.conftest import REPO
+
+    lo, hi = DEFAULT_RANGES["lr"].split(",")
+    assert f"lr {lo}..{hi}" in " ".join((REPO / "docs" / "QUALITY.md").read_text().split())
+    assert f"default {lo},{hi}" in _help(capsys, "sm", "tune")
+    assert f"default {lo},{hi}" in _help(capsys, "sm", "pipeline", "upsert")
+
+
+def test_the_readme_says_where_file_list_json_comes_from():
+    from tests.conftest import REPO
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert '{"1": ["data/metadata/00009.json"' in readme  # the format
+    assert "holds no file list" in readme and "--sample" in readme

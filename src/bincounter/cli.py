@@ -661,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials/endpoint ..." on every client
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "sm_command", None) and not getattr(args, "verbose", False):
+        from .sagemaker.sdk import quiet_sdk_logs
+
+        quiet_sdk_logs()
     try:
         return args.func(args)
     except UserError as e:

@@ -104,9 +104,13 @@ def add_arguments(sub) -> None:
     t.add_argument("--instance-count", type=int, default=1, help="instances per trial")
     t.add_argument("--max-jobs", type=int, default=12, help="trials in all (each billed up to --max-runtime)")
     t.add_argument("--max-parallel", type=int, default=3)
-    t.add_argument("--lr-range", help="MIN,MAX, log-scaled (default 1e-4,3e-3; not tuned when --hp lr=... fixes it)")
-    t.add_argument("--batch-sizes", help="per process (default 32,64,128; not tuned when --hp batch_size=...)")
-    t.add_argument("--epochs-range", help="MIN,MAX (default 5,20; not tuned when --hp epochs=... fixes it)")
+    ranges = hyperparameters.DEFAULT_RANGES
+    t.add_argument("--lr-range", help=f"MIN,MAX, log-scaled (default {ranges['lr']}; not tuned when --hp lr=... "
+                   "fixes it)")
+    t.add_argument("--batch-sizes", help=f"per process (default {ranges['batch_size']}; not tuned when --hp "
+                   "batch_size=...)")
+    t.add_argument("--epochs-range", help=f"MIN,MAX (default {ranges['epochs']}; not tuned when --hp epochs=... "
+                   "fixes it)")
     t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
     t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes (>= 32) to search")
     t.add_argument("--no-early-stopping", action="store_true")
@@ -554,6 +558,7 @@ def cmd_deploy(args) -> int:
             raise UserError(f"training job {args.training_job} has no model artifacts (status "
                             f"{desc.get('TrainingJobStatus')}; wait until it has Completed)")
     if serverless:
+        _cost(cost.serverless_line(memory_mb=serverless[0], max_concurrency=serverless[1], region=region))
         log.info("cost: serverless, %d MB, up to %d concurrent requests: billed per request and per GB-second of "
                  "inference time, nothing while idle", *serverless)
         if not args.cpu_image:
@@ -717,6 +722,12 @@ def cmd_delete(args) -> int:
         raise UserError("sm delete needs --endpoint NAME and/or --model NAME")
     if args.dry_run:
         if args.endpoint:
+            log.info("dry run: the autoscaling target is deregistered only if one is registered (a real delete "
+                     "reads it with DescribeScalableTargets); the endpoint's config and models as sm deploy named "
+                     "them (a real delete reads them from the endpoint)")
+            jobs.print_request("DeregisterScalableTarget", {
+                "ServiceNamespace": "sagemaker", "ResourceId": f"endpoint/{args.endpoint}/variant/{jobs.VARIANT}",
+                "ScalableDimension": jobs.SCALABLE_DIMENSION})
             for api, req in (("DeleteEndpoint", {"EndpointName": args.endpoint}),
                              ("DeleteEndpointConfig", {"EndpointConfigName": args.endpoint}),
                              ("DeleteModel", {"ModelName": args.endpoint})):

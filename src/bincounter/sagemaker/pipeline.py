@@ -238,6 +238,7 @@ def step_names(definition: dict) -> list[str]:
 def add_arguments(sub, formatter) -> None:
     """`bincounter sm pipeline upsert|start|status|local`."""
     from . import pipeline_local
+    from .hyperparameters import DEFAULT_RANGES
 
     p = sub.add_parser("pipeline", help="the whole flow as one SageMaker Pipeline (prepare, tune, train, evaluate, "
                        "quality gate, Model Registry); `local` runs it here with Docker",
@@ -265,7 +266,7 @@ def add_arguments(sub, formatter) -> None:
     u.add_argument("--max-jobs", type=int, default=8, help="tuning trials (MaxJobs)")
     u.add_argument("--max-parallel", type=int, default=2, help="tuning trials at once")
     u.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
-    u.add_argument("--lr-range", help="MIN,MAX for the tuned lr (default 1e-4,3e-3)")
+    u.add_argument("--lr-range", help=f"MIN,MAX for the tuned lr (default {DEFAULT_RANGES['lr']})")
     u.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a fixed hyperparameter (repeatable)")
     u.add_argument("--model-package-group", default="bincounter", help="Model Registry group")
     u.add_argument("--approval-status", default="PendingManualApproval",
