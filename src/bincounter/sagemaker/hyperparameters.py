@@ -131,7 +131,7 @@ def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.75) -> list[
         f = _fold(c)
         m.set_seq1(f)
         if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and (r := m.ratio()) >= cutoff:
-            near = sum(abs(ord(a) - ord(b)) for a, b in zip(f, key)) if len(f) == len(key) else 1 << 20
+            near = sum(abs(ord(a) - ord(b)) for a, b in zip(f, key, strict=True)) if len(f) == len(key) else 1 << 20
             scored.append((-r, near, i, c))
     return [c for *_, c in sorted(scored)[:n]]
 

@@ -116,11 +116,19 @@ class _Flow:
                                  instance_count=count, hyperparameters=hps, output_path=out, spot=False,
                                  checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base)
 
-    def train_step(self, count, hps):
+    def train_step(self, count, hps, pretrained: str | None = None):
+        """`pretrained`: a URI (file:// locally) of a `bincounter weights fetch` folder, the job's pretrained
+        channel."""
         from sagemaker.mlops.workflow.steps import TrainingStep
+        from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
+        chans = self.channels("train", "val")
+        if pretrained:
+            chans.append(Channel(channel_name="pretrained", input_mode="File", data_source=DataSource(
+                s3_data_source=S3DataSource(s3_data_type="S3Prefix", s3_uri=pretrained,
+                                            s3_data_distribution_type="FullyReplicated"))))
         return TrainingStep(name="Train", step_args=self.trainer(count, hps, self.uri("train"), "bincounter").train(
-            input_data_config=self.channels("train", "val")))
+            input_data_config=chans))
 
     def evaluate_step(self, model_data, arguments: list[str] | None = None):
         """-> (the Evaluate step, its EvaluationReport property file)."""
