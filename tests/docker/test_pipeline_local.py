@@ -47,7 +47,7 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
     # what cannot run locally is said, with the fixed hyperparameters standing in for Tune
     assert "replaced locally: Tune -> fixed hyperparameters" in out
     assert "replaced locally: Register -> CreateModel" in out
-    assert ("fixed hyperparameters: lr=0.001 epochs=10 image_size=96 arch=tf_efficientnet_lite0 pretrained=true"
+    assert ("fixed hyperparameters: lr=0.001 epochs=6 image_size=96 arch=tf_efficientnet_lite0 pretrained=true"
             in out)
     assert "loaded" in proc.stderr and "backbone tensors of pretrained weights" in proc.stderr  # the channel
     status = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  ")}
@@ -72,11 +72,11 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
 
 
 def test_the_readme_command_passes_the_default_gate(image, tmp_path):
-    """Exactly the README's commands: `data synth data/abid --per-class 40 --seed 1`, then `sm pipeline local
+    """Exactly the README's commands: `data synth data/abid --per-class 120 --seed 1`, then `sm pipeline local
     --data data/abid --workdir runs/pipeline` with every default (the gate at 0.5). Its defaults must learn:
     ImageNet weights as Train's pretrained channel, not random init (which stays at chance, 0.2)."""
     data, work = tmp_path / "data" / "abid", tmp_path / "runs" / "pipeline"
-    synth = run_cli("data", "synth", data, "--per-class", "40", "--seed", "1")
+    synth = run_cli("data", "synth", data, "--per-class", "120", "--seed", "1")
     assert synth.returncode == 0, synth.stderr
     proc = _local(data, work, "--json", image=image)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
