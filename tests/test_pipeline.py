@@ -211,3 +211,65 @@ def test_status_shows_each_steps_outcome_and_the_processing_exit_message(capsys)
     sm.describe_processing_job.assert_called_once_with(ProcessingJobName="pipelines-x-prepare")
     assert "no metadata/*.json" in out[1] and "See job logs" not in out[1]
     assert "outcome True" in out[2] and "model-package/bincounter/3" in out[3]
+
+
+# ------------------------------------------------------------------ sm pipeline local (fast tier: no Docker)
+LITE0 = "tf_efficientnet_lite0"
+
+
+def _fake_weights(folder, arch: str = LITE0):
+    """A weights folder as `bincounter weights fetch` leaves it (file + provenance JSON with its sha256)."""
+    from bincounter.artifact import sha256_file
+    from bincounter.weights import FORMAT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / f"{arch}.safetensors"
+    f.write_bytes(b"not read before the arch check")
+    (folder / f"{arch}.provenance.json").write_text(json.dumps(
+        {"format": FORMAT, "arch": arch, "source": "pypi", "sha256": sha256_file(f)}))
+    return folder
+
+
+def test_local_pipeline_fine_tunes_from_the_pretrained_channel_by_default(monkeypatch, tmp_path):
+    """The README's `sm pipeline local` must pass the default gate: the demo's recipe (ImageNet weights as Train's
+    pretrained channel, 96 px), not 1 epoch at 64 px from random init (0.2 accuracy: chance)."""
+    from bincounter.sagemaker import hyperparameters, local
+    from bincounter.sagemaker import pipeline_local as pl
+
+    hps = pl.DEFAULT_HYPERPARAMETERS
+    assert hps["pretrained"] == "true" and hps["arch"] == LITE0 and int(hps["epochs"]) >= 6
+    assert int(hps["image_size"]) >= 96
+    hyperparameters.validate(hps)
+    for k in ("SAGEMAKER_USER_CONFIG_OVERRIDE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SAGEMAKER_VALIDATE_ROLE"):
+        monkeypatch.setenv(k, ENV.get(k, "x"))  # restored after the test
+    local.offline_sdk_env(tmp_path)
+    steps, _ = local.pipeline_sessions(tmp_path)
+    weights = _fake_weights(tmp_path / "weights")
+    pipe = pl.build_local(steps, local.model_step_session(), name="t", image="bincounter:local", role=local.LOCAL_ROLE,
+                          data_uri="file:///raw", out_uri=f"file://{tmp_path}/runs", hyperparameters=hps,
+                          min_accuracy=0.5, pretrained_uri=f"file://{weights}")
+    train = next(s for s in json.loads(pipe.definition())["Steps"] if s["Name"] == "Train")["Arguments"]
+    chans = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in train["InputDataConfig"]}
+    assert chans["pretrained"] == f"file://{weights}" and set(chans) == {"train", "val", "pretrained"}
+    assert train["HyperParameters"]["pretrained"] == "true" and train["HyperParameters"]["arch"] == LITE0
+
+
+def _local_error(capsys, *argv) -> str:
+    from bincounter.cli import main
+
+    rc = main(["sm", "pipeline", "local", *argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("bincounter: error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_local_pipeline_weights_for_another_arch_are_one_line_before_docker(capsys, abid_root, tmp_path):
+    weights = _fake_weights(tmp_path / "weights")
+    line = _local_error(capsys, "--data", str(abid_root), "--workdir", str(tmp_path / "w"), "--weights",
+                        str(weights), "--hp", "arch=efficientnet_b0", "--image", "no-such-image:never-pulled")
+    assert f"holds {LITE0} weights" in line and "not efficientnet_b0" in line, line
+    line = _local_error(capsys, "--data", str(abid_root), "--workdir", str(tmp_path / "w"), "--hp",
+                        "arch=efficientnet_b0", "--image", "no-such-image:never-pulled")
+    assert "--weights DIR" in line and "--no-pretrained" in line, line

@@ -292,7 +292,7 @@ def test_deploy_waits_for_in_service_through_the_sdk(moto_endpoint):
     until InService. moto's endpoints are InService at once; the SDK polls every 30 s, hence slow."""
     proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m2.tar.gz", "--image", IMAGE,
                    "--name", "bc-moto-wait", "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge",
-                   env=ENV, timeout=240)
+                   "-v", env=ENV, timeout=240)  # -v: the SDK's own log lines ("Deployment successful")
     assert proc.returncode == 0, proc.stderr[-3000:]
     created = json.loads(proc.stdout)  # stdout is our one JSON line; the SDK's progress panel goes to stderr
     assert created["name"] == "bc-moto-wait" and created["arn"].endswith(":endpoint/bc-moto-wait")

@@ -607,8 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the image on SageMaker. Every command prints what it created and how "
                          "to undo it; --dry-run prints the API request(s) instead of sending them.")
     from .sagemaker.commands import add_arguments as add_sm_arguments
+    from .sagemaker.commands import epilog as sm_epilog
 
     add_sm_arguments(smp.add_subparsers(dest="sm_command", required=True, metavar="ACTION"))
+    smp.epilog = sm_epilog()
 
     wt = sub.add_parser("weights", help="ImageNet weights as a local file (offline training, the SageMaker "
                         "'pretrained' channel)", formatter_class=_Formatter,
@@ -714,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials/endpoint ..." on every client
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "sm_command", None) and not getattr(args, "verbose", False):
+        from .sagemaker.sdk import quiet_sdk_logs
+
+        quiet_sdk_logs()
     try:
         return args.func(args)
     except UserError as e:

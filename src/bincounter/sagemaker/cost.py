@@ -87,3 +87,13 @@ def hourly_line(*, what: str, instance_type: str, instance_count: int, max_count
     if max_count and max_count > instance_count:
         line += f"; up to {_money(max_count * rate)}/h at {max_count} instances"
     return line + _where(region, price_per_hour) + ")"
+
+
+def serverless_line(*, memory_mb: int, max_concurrency: int, region: str | None = None) -> str:
+    """Serverless endpoints: billed per second of inference by memory size, plus data processed; no idle cost.
+    The hourly figure is the ceiling: every one of max_concurrency slots busy for the whole hour."""
+    t = table()["serverless"]
+    per_s = memory_mb / 1024 * t["usd_per_gb_second"]
+    return (f"estimated cost: serverless {memory_mb} MB: ${per_s:.6f} per second of inference "
+            f"({_money(per_s * 3600 * max_concurrency)}/h with {max_concurrency} requests always in flight) + "
+            f"${t['usd_per_gb_processed']:.3f} per GB in/out; nothing while idle" + _where(region, None) + ")")

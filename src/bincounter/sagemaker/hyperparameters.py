@@ -58,6 +58,15 @@ def names() -> list[str]:
     return flag_names(fields={f.name for f in dataclasses.fields(TrainConfig)})
 
 
+def default(name: str):
+    """The trainer's default for a hyperparameter (TrainConfig's field), e.g. default("arch")."""
+    import dataclasses
+
+    from ..train import TrainConfig
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
 def _label(key: str, value, origin: dict[str, str] | None) -> str:
     return f"{origin[key]} {value}" if origin and key in origin else f"--hp {key}={value}"
 
@@ -71,7 +80,7 @@ def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str,
         raise UserError(f"--hp {key}={value}: hyperparameter names are spelled with '_', not '-' (did you mean "
                         f"--hp {key.replace('-', '_')}={value}?)")
     if key not in known:
-        close = difflib.get_close_matches(key, known, n=1)
+        close = close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UserError(f"--hp {key}={value}: unknown hyperparameter ({hint}valid: {', '.join(known)})")
     try:
@@ -102,6 +111,31 @@ def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
     check_arch(cfg.arch, cfg.backend, _label("arch", cfg.arch, origin))
 
 
+_CONFUSABLE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
+
+
+def _fold(word: str) -> str:
+    """What a mistyped name looks like: case, o/0, l/1/i and -/_ folded together."""
+    return word.lower().translate(_CONFUSABLE)
+
+
+def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.75) -> list[str]:
+    """The `n` choices closest to `word` (difflib's ratio on the folded names, so efficientnet_bo -> efficientnet_b0
+    before efficientnet_b8); equally close ones by the nearest substituted characters (efficientnet_b9 ->
+    efficientnet_b8 first), then in the order of `choices`, not difflib's reverse alphabetical order."""
+    key = _fold(word)
+    m = difflib.SequenceMatcher()
+    m.set_seq2(key)
+    scored = []
+    for i, c in enumerate(choices):
+        f = _fold(c)
+        m.set_seq1(f)
+        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and (r := m.ratio()) >= cutoff:
+            near = sum(abs(ord(a) - ord(b)) for a, b in zip(f, key, strict=True)) if len(f) == len(key) else 1 << 20
+            scored.append((-r, near, i, c))
+    return [c for *_, c in sorted(scored)[:n]]
+
+
 def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> None:
     """An unknown model name fails the job only after the instances start; refuse it here."""
     if backend == "torchvision":
@@ -115,8 +149,9 @@ def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> No
         known = timm_models()
         ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
     if not ok:
-        close = difflib.get_close_matches(arch, known, n=3)
-        hint = f" (close: {', '.join(close)})" if close else ""
+        close = close_matches(arch, known, n=3)
+        hint = (f" (did you mean {close[0]}?)" if close and _fold(close[0]) == _fold(arch) else
+                f" (close: {', '.join(close)})" if close else "")
         raise UserError(f"{label or arch}: not a {backend} model name{hint}; list them with "
                         f"python -c \"import {backend}; print({backend}.{'' if backend == 'timm' else 'models.'}"
                         "list_models())\"")

@@ -14,6 +14,7 @@ from ..errors import UserError
 
 log = logging.getLogger("bincounter")
 VARIANT = "AllTraffic"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 
 def job_name(prefix: str, max_len: int = 63) -> str:
@@ -94,10 +95,10 @@ def processes(instance_type: str, instance_count: int) -> int | None:
 def autoscaling_requests(endpoint: str, min_count: int, max_count: int, invocations_per_instance: int) -> tuple:
     resource = f"endpoint/{endpoint}/variant/{VARIANT}"
     target = {"ServiceNamespace": "sagemaker", "ResourceId": resource,
-              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+              "ScalableDimension": SCALABLE_DIMENSION,
               "MinCapacity": min_count, "MaxCapacity": max_count}
     policy = {"PolicyName": f"{endpoint}-invocations", "ServiceNamespace": "sagemaker", "ResourceId": resource,
-              "ScalableDimension": "sagemaker:variant:DesiredInstanceCount", "PolicyType": "TargetTrackingScaling",
+              "ScalableDimension": SCALABLE_DIMENSION, "PolicyType": "TargetTrackingScaling",
               "TargetTrackingScalingPolicyConfiguration": {
                   "TargetValue": float(invocations_per_instance),
                   "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
@@ -117,6 +118,8 @@ def parse_kv(pairs: list[str]) -> dict:
         if "=" not in p or not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*=", p):  # a-b: hyperparameters says a_b
             raise UserError(f"--hp {p!r}: expected NAME=VALUE")
         k, v = p.split("=", 1)
+        if k in out:
+            raise UserError(f"--hp {p}: {k} is given twice (--hp {k}={out[k]} before); give it once")
         out[k] = v
     return out
 
@@ -126,6 +129,7 @@ def add_aws_options(p) -> None:
     p.add_argument("--region")
     p.add_argument("--profile")
     p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the SageMaker SDK's own INFO/DEBUG log lines")
 
 
 def print_request(api: str, request: dict) -> None:

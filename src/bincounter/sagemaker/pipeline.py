@@ -116,11 +116,19 @@ class _Flow:
                                  instance_count=count, hyperparameters=hps, output_path=out, spot=False,
                                  checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base)
 
-    def train_step(self, count, hps):
+    def train_step(self, count, hps, pretrained: str | None = None):
+        """`pretrained`: a URI (file:// locally) of a `bincounter weights fetch` folder, the job's pretrained
+        channel."""
         from sagemaker.mlops.workflow.steps import TrainingStep
+        from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
+        chans = self.channels("train", "val")
+        if pretrained:
+            chans.append(Channel(channel_name="pretrained", input_mode="File", data_source=DataSource(
+                s3_data_source=S3DataSource(s3_data_type="S3Prefix", s3_uri=pretrained,
+                                            s3_data_distribution_type="FullyReplicated"))))
         return TrainingStep(name="Train", step_args=self.trainer(count, hps, self.uri("train"), "bincounter").train(
-            input_data_config=self.channels("train", "val")))
+            input_data_config=chans))
 
     def evaluate_step(self, model_data, arguments: list[str] | None = None):
         """-> (the Evaluate step, its EvaluationReport property file)."""
@@ -238,6 +246,7 @@ def step_names(definition: dict) -> list[str]:
 def add_arguments(sub, formatter) -> None:
     """`bincounter sm pipeline upsert|start|status|local`."""
     from . import pipeline_local
+    from .hyperparameters import DEFAULT_RANGES
 
     p = sub.add_parser("pipeline", help="the whole flow as one SageMaker Pipeline (prepare, tune, train, evaluate, "
                        "quality gate, Model Registry); `local` runs it here with Docker",
@@ -265,7 +274,7 @@ def add_arguments(sub, formatter) -> None:
     u.add_argument("--max-jobs", type=int, default=8, help="tuning trials (MaxJobs)")
     u.add_argument("--max-parallel", type=int, default=2, help="tuning trials at once")
     u.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
-    u.add_argument("--lr-range", help="MIN,MAX for the tuned lr (default 1e-4,3e-3)")
+    u.add_argument("--lr-range", help=f"MIN,MAX for the tuned lr (default {DEFAULT_RANGES['lr']})")
     u.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a fixed hyperparameter (repeatable)")
     u.add_argument("--model-package-group", default="bincounter", help="Model Registry group")
     u.add_argument("--approval-status", default="PendingManualApproval",

@@ -51,6 +51,48 @@ def _quiet_sdk():
             h.removeFilter(f)
 
 
+def quiet_sdk_logs() -> None:
+    """For `sm` commands without -v: the SDK's INFO/DEBUG lines ("Not applying SDK defaults ...", "Creating
+    model with name ...", the telemetry notice) leave the output; bincounter's lines and every warning stay. A
+    filter on the root handlers, since the SDK sets its own loggers' levels when imported."""
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, _OnlyOurs) for f in h.filters):
+            h.addFilter(_OnlyOurs())
+
+
+TELEMETRY_KEY = "TelemetryOptOut"
+
+
+def opt_out_of_telemetry(stack: ExitStack) -> None:
+    """Opt out of the SDK's telemetry for this command, as local mode does (SAGEMAKER_USER_CONFIG_OVERRIDE ->
+    a config with TelemetryOptOut: true), without overruling the user: a user config that sets TelemetryOptOut
+    either way is used as it is; one that does not is copied with that one key added (its other settings kept);
+    the user's file is never written. The variable is restored when `stack` closes."""
+    import yaml
+    from platformdirs import user_config_dir
+
+    given = os.environ.get("SAGEMAKER_USER_CONFIG_OVERRIDE")
+    path = Path(given or Path(user_config_dir("sagemaker")) / "config.yaml")
+    if given and not path.is_file():
+        return  # a directory or an S3 URI: the SDK's to read, as the user set it
+    try:
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        return  # the SDK reports its own config's problems
+    cfg = cfg if isinstance(cfg, dict) else {}
+    sm = cfg.setdefault("SageMaker", {})
+    modules = (sm if isinstance(sm, dict) else {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
+    if not isinstance(modules, dict) or TELEMETRY_KEY in modules:
+        return
+    modules[TELEMETRY_KEY] = True
+    cfg.setdefault("SchemaVersion", "1.0")
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-sdk-config-")))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(tmp / "config.yaml")
+    stack.callback(lambda: os.environ.__setitem__("SAGEMAKER_USER_CONFIG_OVERRIDE", given) if given else
+                   os.environ.pop("SAGEMAKER_USER_CONFIG_OVERRIDE", None))
+
+
 REGION_NOTICE = "No region provided. Using default region."
 
 
@@ -73,8 +115,30 @@ def quiet_region_notice() -> None:
         sdk_log.addFilter(_RegionNoticeWhenSet())
 
 
+def _unparsable_line(e: Exception) -> str | None:
+    """botocore's ResponseParserError (an answer that is not the API's XML/JSON: an HTML error page from a
+    proxy, or from an endpoint such as moto that lacks the API) -> one line naming the likely cause."""
+    import traceback
+
+    from botocore.parsers import ResponseParserError
+
+    if not isinstance(e, ResponseParserError):
+        return None
+    text = " ".join(str(e).split())
+    got = text[text.find("b'"):][:200] if "b'" in text else text[:200]
+    if any("iam_role_resolver" in f.filename for f in traceback.extract_tb(e.__traceback__)):
+        return ("the SageMaker SDK's role check (IAM SimulatePrincipalPolicy) got an answer it cannot parse, "
+                "likely because the endpoint does not implement that API (moto does not): set "
+                f"SAGEMAKER_VALIDATE_ROLE=false to skip the check (got {got})")
+    return (f"SageMaker: an answer botocore cannot parse (an HTML error page or an endpoint without this API; "
+            f"check --endpoint-url and the network): {got}")
+
+
 def _sdk_error_line(e: Exception) -> str | None:
-    """One line for the SDK's own input validation (pydantic) errors; None for anything else."""
+    """One line for the SDK's own input validation (pydantic) errors and unparsable answers; None for anything
+    else."""
+    if (line := _unparsable_line(e)) is not None:
+        return line
     try:
         from pydantic import ValidationError
     except ImportError:  # pragma: no cover - the SDK depends on pydantic
@@ -156,11 +220,13 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
     os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
     with ExitStack() as stack:
+        if not dry_run:
+            opt_out_of_telemetry(stack)
         if dry_run:
             stack.enter_context(_quiet_sdk())
             os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
-            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either
-                from .local import write_offline_config
+            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either, whatever the user's
+                from .local import write_offline_config  # config says: a dry run makes no network call
 
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-dry-run-")))
                 os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(tmp))
