@@ -381,8 +381,8 @@ def test_the_arch_check_reads_timm_s_list_once_per_version(tmp_path, monkeypatch
     for name in ("efficientnet_b0", "tf_efficientnet_lite0", "efficientnet_b0.ra_in1k", "resnet50"):
         assert timm.is_model(name)
         archs.check_arch(name)
-    assert archs.close_names("efficientnet_bo", archs.timm_models())[0] == "efficientnet_b0"
-    with pytest.raises(UserError, match=r"--arch resnet5O: not a timm model name \(closest: resnet50"):
+    assert archs.close_matches("efficientnet_bo", archs.timm_models())[0] == "efficientnet_b0"
+    with pytest.raises(UserError, match=r"--arch resnet5O: not a timm model name \(did you mean resnet50\?"):
         archs.check_arch("resnet5O")
 
 

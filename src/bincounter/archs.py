@@ -51,29 +51,34 @@ def timm_models() -> list[str]:
     return names
 
 
-def _distance(a: str, b: str) -> int:
-    """Levenshtein edit distance."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
+_CONFUSABLE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
 
 
-def close_names(name: str, known: list[str], n: int = 3) -> list[str]:
-    """The `n` known names closest to `name`: difflib's candidates, ranked by edit distance (difflib alone
-    ranks ties in reverse alphabetical order: efficientnet_bo -> b8, b7, b6)."""
-    lower = {k.lower(): k for k in known}
-    candidates = difflib.get_close_matches(name.lower(), list(lower), n=20, cutoff=0.6)
-    ranked = sorted(candidates, key=lambda k: (_distance(name.lower(), k), -difflib.SequenceMatcher(
-        None, name.lower(), k).ratio(), k))
-    return [lower[k] for k in ranked[:n]]
+def _fold(word: str) -> str:
+    """What a mistyped name looks like: case, o/0, l/1/i and -/_ folded together."""
+    return word.lower().translate(_CONFUSABLE)
+
+
+def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.75) -> list[str]:
+    """The `n` choices closest to `word` (difflib's ratio on the folded names, so efficientnet_bo -> efficientnet_b0
+    before efficientnet_b8); equally close ones by the nearest substituted characters (efficientnet_b9 ->
+    efficientnet_b8 first), then in the order of `choices`, not difflib's reverse alphabetical order."""
+    key = _fold(word)
+    m = difflib.SequenceMatcher()
+    m.set_seq2(key)
+    scored = []
+    for i, c in enumerate(choices):
+        f = _fold(c)
+        m.set_seq1(f)
+        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and (r := m.ratio()) >= cutoff:
+            near = sum(abs(ord(a) - ord(b)) for a, b in zip(f, key, strict=True)) if len(f) == len(key) else 1 << 20
+            scored.append((-r, near, i, c))
+    return [c for *_, c in sorted(scored)[:n]]
 
 
 def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> None:
     """Refuse a model name the backend cannot build, in one line with the close names and this counter's
-    family. `label`: how the user gave it (default `--arch ARCH`)."""
+    family. `label`: how the user gave it (default `--arch ARCH`; `--hp arch=...` for a SageMaker job)."""
     if backend == "torchvision":
         import torchvision
 
@@ -83,7 +88,8 @@ def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> No
         known = timm_models()
         ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
     if not ok:
-        close = close_names(arch, known)
-        hint = f" (closest: {', '.join(close)})" if close else ""
+        close = close_matches(arch, known, n=3, cutoff=0.6)
+        hint = (f" (did you mean {close[0]}?)" if close and _fold(close[0]) == _fold(arch) else
+                f" (closest: {', '.join(close)})" if close else "")
         raise UserError(f"{label or '--arch ' + arch}: not a {backend} model name{hint}; this counter is built on "
                         f"{FAMILY}")

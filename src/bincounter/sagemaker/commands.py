@@ -303,7 +303,9 @@ def _instance_type(itype: str | None, flag: str = "--instance-type") -> None:
     priced = cost.instance_types()
     if itype in priced:
         return
-    close = hyperparameters.close_matches(itype, priced, n=1, cutoff=0.8)
+    from ..archs import close_matches
+
+    close = close_matches(itype, priced, n=1, cutoff=0.8)
     hint = f"did you mean {close[0]!r}?" if close else "priced types: bincounter sm --help"
     if not _INSTANCE.match(itype):
         raise UserError(f"{flag} {itype!r}: not a SageMaker instance type (ml.FAMILY.SIZE, e.g. "

@@ -11,8 +11,8 @@ resulting `TrainConfig` is checked by its own `validate()`. Only the model name 
 from __future__ import annotations
 
 import argparse
-import difflib
 
+from ..archs import check_arch, close_matches
 from ..errors import UserError
 
 #: what `sm tune` searches; `sm train --from-tuning-job` takes the best values of these
@@ -109,52 +109,6 @@ def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
         where = ", ".join(_label(k, v, origin) for k, v in hps.items() if k in str(e))
         raise UserError(f"{where or '--hp'}: {e}") from None
     check_arch(cfg.arch, cfg.backend, _label("arch", cfg.arch, origin))
-
-
-_CONFUSABLE = str.maketrans({"o": "0", "l": "1", "i": "1", "-": "_"})
-
-
-def _fold(word: str) -> str:
-    """What a mistyped name looks like: case, o/0, l/1/i and -/_ folded together."""
-    return word.lower().translate(_CONFUSABLE)
-
-
-def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.75) -> list[str]:
-    """The `n` choices closest to `word` (difflib's ratio on the folded names, so efficientnet_bo -> efficientnet_b0
-    before efficientnet_b8); equally close ones by the nearest substituted characters (efficientnet_b9 ->
-    efficientnet_b8 first), then in the order of `choices`, not difflib's reverse alphabetical order."""
-    key = _fold(word)
-    m = difflib.SequenceMatcher()
-    m.set_seq2(key)
-    scored = []
-    for i, c in enumerate(choices):
-        f = _fold(c)
-        m.set_seq1(f)
-        if m.real_quick_ratio() >= cutoff and m.quick_ratio() >= cutoff and (r := m.ratio()) >= cutoff:
-            near = sum(abs(ord(a) - ord(b)) for a, b in zip(f, key, strict=True)) if len(f) == len(key) else 1 << 20
-            scored.append((-r, near, i, c))
-    return [c for *_, c in sorted(scored)[:n]]
-
-
-def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> None:
-    """An unknown model name fails the job only after the instances start; refuse it here."""
-    if backend == "torchvision":
-        import torchvision
-
-        known = torchvision.models.list_models()
-        ok = arch in known
-    else:
-        from ..archs import timm_models  # timm's list, cached per timm version: importing timm takes seconds
-
-        known = timm_models()
-        ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
-    if not ok:
-        close = close_matches(arch, known, n=3)
-        hint = (f" (did you mean {close[0]}?)" if close and _fold(close[0]) == _fold(arch) else
-                f" (close: {', '.join(close)})" if close else "")
-        raise UserError(f"{label or arch}: not a {backend} model name{hint}; list them with "
-                        f"python -c \"import {backend}; print({backend}.{'' if backend == 'timm' else 'models.'}"
-                        "list_models())\"")
 
 
 def _numbers(option: str, text: str, cast) -> tuple:
