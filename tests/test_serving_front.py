@@ -400,7 +400,7 @@ def test_java_heap_follows_the_container_memory_limit():
 
 
 # ------------------------------------------------------------------------ issue 21: load, workers, clients
-def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front):
+def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front, caplog):
     """Issue 21, item 1: MMS's own 503 (job queue full) made the front re-run its test prediction, which waited
     behind the same backlog and failed: /ping 503 and every request refused. Overload is not death: here MMS
     answers 503 to everything, the test prediction too, for many health intervals."""
@@ -420,10 +420,13 @@ def test_mms_queue_full_is_shed_with_retry_after_and_ping_stays_200(front):
     assert set(pings) == {200}, pings
     status, body = run.request("GET", "/ping")
     assert status == 200 and json.loads(body)["state"] == "busy", body
-    run.fake.mode = "ok"
-    status, _ = run.request("POST", "/invocations", b"\xff\xd8y")
-    assert status == 200
-    assert run.ping() == 200
+    with caplog.at_level("INFO", logger="bincounter.serving"):
+        run.fake.mode = "ok"
+        status, _ = run.request("POST", "/invocations", b"\xff\xd8y")
+        assert status == 200
+        assert run.ping() == 200
+        wait_for(lambda: any("requests shed with a 503" in r.getMessage() for r in caplog.records), 10, 0.05,
+                 "the busy episode's summary in the log")
 
 
 def test_a_management_api_hiccup_under_traffic_is_not_death(front):
@@ -554,18 +557,21 @@ def test_a_request_still_running_when_the_drain_ends_gets_a_json_503(front):
 
 
 @pytest.mark.parametrize("headers, status", [({"Content-Encoding": "gzip"}, 415), ({"Accept": "text/csv"}, 406)])
-def test_encodings_and_answers_the_front_cannot_honour(front, headers, status):
+def test_encodings_and_answers_the_front_cannot_honour(front, headers, status, caplog):
     """Issue 21, item 8b: `Content-Encoding: gzip` on a body that is not gzip was "internal error in the front";
     issue 26, item 10: `Accept: text/csv` got JSON 200."""
     run = front()
     conn = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
-    conn.request("POST", "/invocations", body=b"\xff\xd8 not gzip", headers={"Content-Type": "image/jpeg", **headers})
-    r = conn.getresponse()
+    with caplog.at_level("INFO", logger="bincounter.serving"):
+        conn.request("POST", "/invocations", body=b"\xff\xd8 not gzip",
+                     headers={"Content-Type": "image/jpeg", **headers})
+        r = conn.getresponse()
     body = json.loads(r.read())
     conn.close()
     assert r.status == status and contract(body, status), body
     assert run.fake.requests == []
     assert run.ping() == 200
+    assert any(f"answered {status}: " in r.getMessage() for r in caplog.records)  # refusals show in the log
 
 
 def test_count_workers_counts_the_forked_workers_not_their_parent():

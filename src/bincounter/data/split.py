@@ -85,15 +85,19 @@ def balance_train(train: list[Bin], mode: str, seed: int) -> list[Bin]:
     return out
 
 
-def _empty(folder: Path) -> None:
-    """Remove what `folder` holds, keeping the folder itself."""
+def _empty(folder: Path) -> int:
+    """Remove what `folder` holds, keeping the folder itself; -> the number of files removed."""
     if not folder.is_dir():
-        return
+        return 0
+    n = 0
     for child in folder.iterdir():
         if child.is_dir() and not child.is_symlink():
+            n += sum(1 for f in child.rglob("*") if not f.is_dir())
             shutil.rmtree(child)
         else:
             child.unlink()
+            n += 1
+    return n
 
 
 def run(src: str | Path, dst: str | Path, **kw) -> dict[str, list[Bin]]:
@@ -139,8 +143,9 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
         raise DataError(f"{src}: no usable bins ({skips.summary()})")
     splits = assign_splits(good, val, test, seed)
     splits["train"] = balance_train(splits["train"], balance, seed)
-    for split in SPLITS:  # emptied, not removed: each may be a mount point (a local-mode processing output)
-        _empty(dst / split)
+    removed = sum(_empty(dst / split) for split in SPLITS)  # emptied, not removed: each may be a mount point
+    if removed:
+        log.info("removed %d files of an earlier split from %s/{%s}", removed, dst, ",".join(SPLITS))
     dst.mkdir(parents=True, exist_ok=True)
     with open(dst / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -171,6 +171,7 @@ class Front:
         self.nconn = 0  # connections accepted and not yet lost (counted at accept: the cap holds in a burst)
         self.draining = False
         self.conns: dict[asyncio.BaseTransport, _Conn] = {}
+        self._refused: dict[int, tuple[float, int]] = {}  # status -> (last logged, answered since)
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()  # drain time is over: answer what is still running with a 503
@@ -278,9 +279,27 @@ class Front:
         finally:
             if conn is not None:
                 conn.reading = False
+        if resp.status >= 400 and request.path != "/ping":
+            self._note(resp.status, resp.body)
         if self.draining:
             resp.force_close()
         return resp
+
+    def _note(self, status: int, body) -> None:
+        """One INFO line per error status per 10 s, with how many more were answered meanwhile: refusals and
+        shedding are visible in the log without one line per request under a flood."""
+        now = self.now()
+        last, more = self._refused.get(status, (float("-inf"), 0))
+        if now - last < 10.0:
+            self._refused[status] = (last, more + 1)
+            return
+        try:
+            message = json.loads(body)["error"]
+        except (TypeError, ValueError, KeyError):
+            message = ""
+        extra = f" (and {more} more {status}s in the {now - last:.0f} s before)" if more else ""
+        log.info("answered %d: %s%s", status, message, extra)
+        self._refused[status] = (now, 0)
 
     def ping(self) -> web.Response:
         state, reason = self.health.state(self.now())

@@ -89,7 +89,8 @@ def precheck(body: bytes, content_type: str | None) -> None:
     """Cheap checks the front does before a request reaches a model worker."""
     ctype = media_type(content_type)
     if ctype not in IMAGE_TYPES and ctype != JSON_TYPE:
-        raise RequestError(415, f"unsupported content type {content_type!r}; use one of "
+        what = f"unsupported content type {content_type!r}" if content_type else "no Content-Type header"
+        raise RequestError(415, f"{what}; use one of "
                                 f"{', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
     if not body:
         raise RequestError(400, "empty request body")

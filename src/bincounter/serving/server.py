@@ -234,6 +234,8 @@ class Monitor:
         self._warmup = _warmup_image()
         self._last: tuple | None = None
         self._last_workers: int | None = None
+        self._busy: tuple[float, int] | None = None  # (since, shed count before) while BUSY
+        self._shed_seen = 0
 
     async def _call(self, session, method, path, body=None, ctype=None) -> tuple[int, bytes]:
         timeout = aiohttp.ClientTimeout(total=self.s.probe_timeout_s)
@@ -310,6 +312,14 @@ class Monitor:
                 log.log(logging.ERROR if state is H.State.FAILED else logging.WARNING,
                         "health: %s; /ping is 503: %s", state.value, reason)
             self._last = (state, reason)
+        shed = self.model.counts.get(H.SHED, 0) + self.model.counts.get(H.QUEUE_FULL, 0)
+        if state is H.State.BUSY and self._busy is None:
+            self._busy = (now, self._shed_seen)
+        elif state is not H.State.BUSY and self._busy is not None:
+            log.info("health: busy for %.1f s; %d requests shed with a 503 + Retry-After", now - self._busy[0],
+                     shed - self._busy[1])
+            self._busy = None
+        self._shed_seen = shed
         if self.model.live is not None and self.model.live != self._last_workers:
             log.info("#bincounter serving_workers=%d expected=%d state=%s", self.model.live, self.s.workers,
                      state.value)
@@ -443,7 +453,9 @@ async def serve(s: Settings, mdir: Path, gpus: int) -> int:
         checker.cancel()
     await session.close()
     if proc is not None:
-        await asyncio.to_thread(stop_process_group, proc)
+        # short grace: the drain is over, what a worker still computes has been answered 503 already; the whole
+        # stop must fit docker stop's 10 s (drain 5 + ~1 + this)
+        await asyncio.to_thread(stop_process_group, proc, 1.0)
     log.info("stopped (exit code %d)", rc)
     return rc
 
