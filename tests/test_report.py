@@ -122,3 +122,19 @@ def test_results_of_another_model_are_refused_in_one_line(trained_model, tmp_pat
     line = [ln for ln in proc.stderr.splitlines() if "test_metrics.json" in ln]
     assert len(line) == 1 and "0123456789ab" in line[0] and _version(model) in line[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_stale_output_dir_does_not_hide_the_model_dir_s_own_results(trained_model, tmp_path):
+    """New-user trial: with --output-dir naming an earlier run's folder, its files were refused and the model
+    folder's own (current) metrics, rules and curves were not read at all."""
+    model, out = tmp_path / "m", tmp_path / "out"
+    shutil.copytree(trained_model, model)
+    out.mkdir()
+    for name in ("metrics.json", "rules.json", "test_metrics.json"):
+        doc = json.loads((model / name).read_text())
+        (out / name).write_text(json.dumps({**doc, "model_version": "0123456789ab"}))
+    proc = run_cli("report", model, "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.html").read_text()
+    assert "no metrics.json" not in text and "test accuracy" in text and "data:image/png" in text, text[:2000]
+    assert sum("0123456789ab" in ln for ln in proc.stderr.splitlines()) == 3, proc.stderr

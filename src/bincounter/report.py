@@ -272,13 +272,22 @@ def render(dirs: list[Path], out: Path, title: str, source: str) -> Path:
     """Read every known file from `dirs` (first match wins) and write one HTML file to `out`."""
     dirs = [Path(d) for d in dirs]
     version, notes = (_json(_find(dirs, "config.json")) or {}).get("model_version"), []
-    found_metrics, found_test = read_metrics(dirs), read_test_metrics(dirs)
-    metrics = belongs(found_metrics, "metrics.json", version, notes)
-    rules = belongs(read_rules(dirs), "rules.json", version, notes)
-    test = belongs(found_test, "test_metrics.json", version, notes)
-    # a refused file's picture goes with it
-    curves = read_png(dirs, "training_curves.png") if metrics or not found_metrics else None
-    cm_png = read_png(dirs, "test_confusion_matrix.png") if test or not found_test else None
+
+    def pick(reader, name: str) -> tuple[dict | None, list[Path]]:
+        """The first folder's file that belongs to this model (a refused one is noted and the next folder is
+        read), and where it came from; no folder holding one: (None, all folders)."""
+        for d in dirs:
+            doc = reader([d])
+            if doc is not None and (doc := belongs(doc, name, version, notes)) is not None:
+                return doc, [d]
+        return None, [] if any(reader([d]) is not None for d in dirs) else dirs
+
+    metrics, m_dirs = pick(read_metrics, "metrics.json")
+    rules, _ = pick(read_rules, "rules.json")
+    test, t_dirs = pick(read_test_metrics, "test_metrics.json")
+    # a picture comes from the folder whose JSON was taken (none when every one was refused)
+    curves = read_png(m_dirs, "training_curves.png")
+    cm_png = read_png(t_dirs, "test_confusion_matrix.png")
     sysrep, prof = read_system_report(dirs), read_profiler_rules(dirs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
