@@ -18,13 +18,13 @@ aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
 from bincounter.serving import health as H  # noqa: E402
-from bincounter.serving import server  # noqa: E402
+from bincounter.serving import monitor, server  # noqa: E402
 from bincounter.serving.front import Front  # noqa: E402
 
 from . import helpers  # noqa: E402
 from .helpers import wait_for  # noqa: E402
 
-WARMUP = server._warmup_image()
+WARMUP = monitor._warmup_image()
 MMS_WORKER_DIED = b'{"code": 500, "type": "InternalServerException", "message": "Worker died."}'
 
 
@@ -102,7 +102,7 @@ class Running:
         self.session = aiohttp.ClientSession()
         url = f"http://127.0.0.1:{mms_port}"
         self.model = H.HealthModel(stale_s=self.s.health_interval_s, recover_s=self.s.recover_s)
-        self.monitor = server.Monitor(self.model, self.s, url, workers=lambda: self.fake.live)
+        self.monitor = monitor.Monitor(self.model, self.s, url, workers=lambda: self.fake.live)
         self.front = Front(self.s.limits(), self.model, self.session, url)
         self.port = await self.front.start("127.0.0.1", 0)
         self.checker = asyncio.create_task(self.monitor.run(self.session))
@@ -582,12 +582,12 @@ def test_count_workers_counts_the_forked_workers_not_their_parent():
     parent = {"pid": 20, "ppid": 10, "sid": 10, "cmdline": msw, "zombie": False}
     kids = [{"pid": 21 + i, "ppid": 20, "sid": 10, "cmdline": msw, "zombie": False} for i in range(2)]
     other = {"pid": 99, "ppid": 1, "sid": 99, "cmdline": msw, "zombie": False}  # another session
-    assert server.count_workers(10, [java, parent, *kids, other]) == 2
-    assert server.count_workers(10, [java, parent, kids[0]]) == 1
-    assert server.count_workers(10, [java, parent]) == 0
-    assert server.count_workers(10, [java, parent, kids[0], {**kids[1], "zombie": True}]) == 1
+    assert monitor.count_workers(10, [java, parent, *kids, other]) == 2
+    assert monitor.count_workers(10, [java, parent, kids[0]]) == 1
+    assert monitor.count_workers(10, [java, parent]) == 0
+    assert monitor.count_workers(10, [java, parent, kids[0], {**kids[1], "zombie": True}]) == 1
     orphans = [{**k, "ppid": 1} for k in kids]  # the forking parent was killed: its children still serve
-    assert server.count_workers(10, [java, *orphans]) == 2
+    assert monitor.count_workers(10, [java, *orphans]) == 2
 
 
 def test_the_connection_cap_holds_in_a_burst(front):
