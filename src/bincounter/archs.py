@@ -87,6 +87,10 @@ def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> No
     else:
         known = timm_models()
         ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
+        if not ok:  # timm's list leaves out its deprecated names (tf_efficientnet_b0_ap, ...), which it still builds
+            import timm
+
+            ok = timm.is_model(arch)
     if not ok:
         close = close_matches(arch, known, n=3, cutoff=0.6)
         hint = (f" (did you mean {close[0]}?)" if close and _fold(close[0]) == _fold(arch) else

@@ -175,4 +175,8 @@ def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> 
 
     report = transfer(plan.todo, work, workers, "upload")
     report.skipped = len(plan.files) - len(plan.todo)
+    if report.failed and plan.extra:  # never leave the prefix holding neither the old split nor the new one
+        log.warning("not deleting the %d objects the folder does not hold: %d uploads failed (rerun once they "
+                    "succeed)", len(plan.extra), len(report.failed))
+        return report, 0
     return report, delete_keys(client, plan.bucket, plan.extra)

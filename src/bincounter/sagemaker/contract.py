@@ -94,6 +94,11 @@ def _read_json(path: Path, default):
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def is_false(value) -> bool:
+    """A hyperparameter string (or value) that turns a boolean flag off: false, 0, no, off (any case)."""
+    return value is False or str(decode_value(value)).strip().lower() in _FALSE
+
+
 def decode_value(v):
     """SageMaker sends strings; undo one level of JSON ("3" -> 3, "false" -> False, '"x"' -> "x")."""
     if isinstance(v, str):

@@ -62,7 +62,7 @@ def default(name: str):
     """The trainer's default for a hyperparameter (TrainConfig's field), e.g. default("arch")."""
     import dataclasses
 
-    from ..train import TrainConfig
+    from ..train_config import TrainConfig  # torch-free: a dry run must not import torch
 
     return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 

@@ -286,7 +286,9 @@ def cmd_local(args) -> int:
         hps["pretrained"] = "false"
     hyperparameters.validate(hps)
     check_raw(args.data)
-    weights = pretrained_weights(args.weights, args.workdir, hps) if hps["pretrained"] != "false" else None
+    from .contract import is_false
+
+    weights = None if is_false(hps["pretrained"]) else pretrained_weights(args.weights, args.workdir, hps)
     for line in REPLACED:
         log.warning("replaced locally: %s", line)
     report = run(data=args.data, workdir=args.workdir, image=args.image, min_accuracy=args.min_accuracy,

@@ -11,7 +11,6 @@ printed is exactly what would be sent, and nothing reaches AWS.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
@@ -197,13 +196,17 @@ def validate_config_once() -> None:
     validate = jsonschema.validate
     if getattr(validate, "once", False):
         return
-    passed: list[tuple[object, object]] = []  # (schema, instance) pairs that passed
+    passed: set[tuple[int, str]] = set()  # (id(schema), the instance as canonical JSON) pairs that passed
 
     def once(instance, schema, *args, **kwargs):
-        if args or kwargs or not any(s is schema and i == instance for s, i in passed):
+        try:  # JSON text tells true from 1 and 1 from 1.0, which == does not
+            key = (id(schema), json.dumps(instance, sort_keys=True))
+        except (TypeError, ValueError):
+            key = None
+        if args or kwargs or key is None or key not in passed:
             validate(instance, schema, *args, **kwargs)
-            if not (args or kwargs):
-                passed.append((schema, copy.deepcopy(instance)))
+            if not (args or kwargs) and key is not None:
+                passed.add(key)
 
     once.once = True
     jsonschema.validate = once
