@@ -86,6 +86,14 @@ def test_decode_value():
     assert decode_value("efficientnet_b0") == "efficientnet_b0" and decode_value(0.1) == 0.1
 
 
+def test_is_false_takes_every_spelling_the_trainer_takes():
+    """Review of issue 26: `sm pipeline local --hp pretrained=0` fetched and mounted the weights anyway."""
+    from bincounter.sagemaker.contract import is_false
+
+    assert all(is_false(v) for v in ("false", "False", "0", "no", "OFF", False, 0))
+    assert not any(is_false(v) for v in ("true", "1", "yes", True, "lite0"))
+
+
 def test_interface_choice_falls_back_from_a_missing_one(monkeypatch):
     from bincounter import distributed
 
