@@ -362,7 +362,9 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("BINCOUNTER_MAX_CONNECTIONS", "5")
     s = server.settings_from_env(gpus=0)
     assert (s.recover_s, s.max_connections, s.batch_size, s.workers) == (30.0, 5, 4, 1)
-    assert s.limits().max_inflight == 16  # workers x batch size x 4 unless BINCOUNTER_MAX_INFLIGHT
+    assert s.limits().max_inflight == 16  # workers x max(batch size, 4) x 4 unless BINCOUNTER_MAX_INFLIGHT
+    monkeypatch.setenv("BINCOUNTER_BATCH_SIZE", "1")  # no batching still admits bench/serve.py's concurrency 16
+    assert server.settings_from_env(gpus=0).limits().max_inflight == 16
     monkeypatch.setenv("BINCOUNTER_DRAIN_S", "soon")
     with pytest.raises(ValueError, match="BINCOUNTER_DRAIN_S='soon' is not a number"):
         server.settings_from_env(gpus=0)

@@ -21,7 +21,7 @@ Environment (SageMaker's usual names first):
   SM_MODEL_DIR / SAGEMAKER_BASE_DIR (/opt/ml/model)
   BINCOUNTER_BATCH_SIZE (8 on a GPU, else 4; 1 = no batching)
   BINCOUNTER_MAX_BATCH_DELAY_MS (1)       dynamic batching, see register_query
-  BINCOUNTER_MAX_INFLIGHT (workers x batch size x 4)  requests with MMS at once; the excess: 503 + Retry-After
+  BINCOUNTER_MAX_INFLIGHT (workers x max(batch, 4) x 4)  requests with MMS at once; the excess: 503 + Retry-After
   BINCOUNTER_DRAIN_S (5)                  SIGTERM: how long in-flight requests may still run (then a 503)
   BINCOUNTER_HEALTH_INTERVAL_S (5)        no answer for this long: run a test prediction
   BINCOUNTER_PROBE_TIMEOUT_S (20)         a test prediction slower than this counts as failed
@@ -118,11 +118,11 @@ class Settings:
     recover_s: float = 120.0
     idle_timeout_s: float = 120.0
     max_connections: int = 1000
-    max_inflight: int = 0  # 0: workers x batch_size x 4
+    max_inflight: int = 0  # 0: workers x max(batch_size, 4) x 4
     read_deadline_s: float = 60.0
 
     def limits(self) -> Limits:
-        inflight = self.max_inflight or self.workers * self.batch_size * 4
+        inflight = self.max_inflight or self.workers * max(self.batch_size, 4) * 4
         return Limits(max_bytes=self.max_bytes, timeout_s=self.timeout_s, max_inflight=inflight,
                       read_deadline_s=self.read_deadline_s, idle_timeout_s=self.idle_timeout_s,
                       max_connections=self.max_connections)
