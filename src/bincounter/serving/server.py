@@ -28,6 +28,7 @@ Environment (SageMaker's usual names first):
   BINCOUNTER_RECOVER_S (120)              dead for longer than this after having served: exit 1
   BINCOUNTER_READ_DEADLINE_S (60)         one request's headers + body must arrive within this
   BINCOUNTER_IDLE_TIMEOUT_S (120)         BINCOUNTER_MAX_CONNECTIONS (1000)
+  BINCOUNTER_MMS_NICE (5)                 MMS and its workers this much below the front (0: same priority)
 """
 
 from __future__ import annotations
@@ -269,7 +270,10 @@ async def serve(s: Settings, mdir: Path, gpus: int) -> int:
         # model store "/" + an absolute model path, as sagemaker-inference itself does
         cmd = ["multi-model-server", "--start", "--foreground", "--model-store", "/", "--mms-config",
                str(cfg), "--log-config", str(Path(__file__).with_name("log4j2.xml"))]
-        proc = subprocess.Popen(cmd, start_new_session=True)
+        # MMS and its workers one step below the front (nice +BINCOUNTER_MMS_NICE, default 5): under overload the
+        # front's event loop, which sheds the excess and answers /ping, is not starved by the model's forward passes
+        nice = _env_number("BINCOUNTER_MMS_NICE", 5, minimum=0)
+        proc = subprocess.Popen((["nice", "-n", str(nice)] if nice else []) + cmd, start_new_session=True)
         monitor = Monitor(model, s, mms_url, register_query(mdir, s.workers, s.batch_size, s.max_delay_ms),
                           workers=lambda: count_workers(proc.pid))
         checker = asyncio.create_task(monitor.run(session))
