@@ -22,11 +22,12 @@ FAMILY = "efficientnet* (e.g. efficientnet_b0, tf_efficientnet_lite0; all: timm.
 
 def _cache_file(version: str) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "bincounter" / f"timm-{version}-models.json"
+    return root / "bincounter" / f"timm-{version}-names.json"
 
 
 def timm_models() -> list[str]:
-    """`timm.list_models()`, from the cache for the installed timm version when it is there."""
+    """`timm.list_models()` plus timm's deprecated names (which it still builds, with a warning), from the cache
+    for the installed timm version when it is there."""
     try:
         version = importlib.metadata.version("timm")
     except importlib.metadata.PackageNotFoundError:
@@ -38,8 +39,9 @@ def timm_models() -> list[str]:
         except (OSError, ValueError):
             pass
     import timm
+    from timm.models import get_deprecated_models
 
-    names = sorted(timm.list_models())
+    names = sorted(set(timm.list_models()) | set(get_deprecated_models()))
     if cache is not None:
         try:  # atomically: a concurrent run reads the whole list or none
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +89,6 @@ def check_arch(arch: str, backend: str = "timm", label: str | None = None) -> No
     else:
         known = timm_models()
         ok = arch.split(".", 1)[0] in known  # like timm.is_model: a pretrained tag (name.tag) is allowed
-        if not ok:  # timm's list leaves out its deprecated names (tf_efficientnet_b0_ap, ...), which it still builds
-            import timm
-
-            ok = timm.is_model(arch)
     if not ok:
         close = close_matches(arch, known, n=3, cutoff=0.6)
         hint = (f" (did you mean {close[0]}?)" if close and _fold(close[0]) == _fold(arch) else
