@@ -21,7 +21,7 @@ from pathlib import Path
 from bincounter.errors import UserError
 from bincounter.evaluate import evaluate_remote
 from bincounter.metrics import format_summary
-from bincounter.sagemaker.local import LocalJobFailed, local_endpoint, recorded_channels
+from bincounter.sm.local import LocalJobFailed, local_endpoint, recorded_channels
 
 
 def find_test_channel(workdir: Path, given: Path | None) -> Path:

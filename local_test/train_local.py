@@ -23,7 +23,7 @@ from bincounter.data.split import split_dataset
 from bincounter.data.synth import synth_dataset
 from bincounter.demo import DEMO_ARCH, demo_weights
 from bincounter.errors import UserError
-from bincounter.sagemaker.local import LocalJobFailed, local_train
+from bincounter.sm.local import LocalJobFailed, local_train
 
 
 def synthetic_channels(workdir: Path, per_class: int, seed: int) -> Path:

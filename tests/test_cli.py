@@ -347,7 +347,7 @@ def test_every_train_flag_shows_its_default():
     import argparse
     import re
 
-    from bincounter.cli import add_train_arguments
+    from bincounter.train_config import add_train_arguments
 
     p = argparse.ArgumentParser()
     add_train_arguments(p)
@@ -396,7 +396,7 @@ def test_the_sdk_validates_each_config_once(monkeypatch):
     once per (schema, config) pair that passed; another config, or one that fails, is still validated each time."""
     import jsonschema
 
-    from bincounter.sagemaker.sdk import validate_config_once
+    from bincounter.sm.sdk import validate_config_once
 
     calls = []
 

@@ -24,7 +24,7 @@ def definition() -> dict:
 
 
 def _steps(d: dict) -> dict[str, dict]:
-    from bincounter.sagemaker.pipeline import step_names
+    from bincounter.sm.pipeline import step_names
 
     flat, todo = {}, list(d["Steps"])
     while todo:
@@ -192,7 +192,7 @@ def test_status_shows_each_steps_outcome_and_the_processing_exit_message(capsys)
     import argparse
     from unittest import mock
 
-    from bincounter.sagemaker import pipeline
+    from bincounter.sm import pipeline
 
     sm = mock.Mock()
     sm.describe_pipeline_execution.return_value = {"PipelineExecutionStatus": "Failed", "FailureReason": "Step failed"}
@@ -233,8 +233,8 @@ def _fake_weights(folder, arch: str = LITE0):
 def test_local_pipeline_fine_tunes_from_the_pretrained_channel_by_default(monkeypatch, tmp_path):
     """The README's `sm pipeline local` must pass the default gate: the demo's recipe (ImageNet weights as Train's
     pretrained channel, 96 px), not 1 epoch at 64 px from random init (0.2 accuracy: chance)."""
-    from bincounter.sagemaker import hyperparameters, local
-    from bincounter.sagemaker import pipeline_local as pl
+    from bincounter.sm import hyperparameters, local
+    from bincounter.sm import pipeline_local as pl
 
     hps = pl.DEFAULT_HYPERPARAMETERS
     assert hps["pretrained"] == "true" and hps["arch"] == LITE0 and int(hps["epochs"]) >= 6

@@ -187,7 +187,7 @@ def _help(capsys, *argv) -> str:
 
 
 def test_help_says_each_thing_once_and_only_what_is_true(capsys):
-    from bincounter.sagemaker import cost
+    from bincounter.sm import cost
 
     types = cost.instance_types()
     sm = _help(capsys, "sm")
@@ -317,7 +317,7 @@ def test_sm_output_has_no_sdk_chatter_and_no_telemetry(moto_endpoint, tmp_path):
 def test_telemetry_opt_out_keeps_the_users_other_settings(tmp_path, monkeypatch):
     import yaml
 
-    from bincounter.sagemaker import sdk
+    from bincounter.sm import sdk
 
     cfg = tmp_path / "sagemaker" / "config.yaml"
     cfg.parent.mkdir()
@@ -337,7 +337,7 @@ def test_telemetry_opt_out_keeps_the_users_other_settings(tmp_path, monkeypatch)
 
 
 def test_the_tuners_lr_range_is_one_fact_in_code_help_and_docs(capsys):
-    from bincounter.sagemaker.hyperparameters import DEFAULT_RANGES
+    from bincounter.sm.hyperparameters import DEFAULT_RANGES
     from tests.conftest import REPO
 
     lo, hi = DEFAULT_RANGES["lr"].split(",")

@@ -15,7 +15,7 @@ from botocore.stub import Stubber
 
 from bincounter.errors import UserError
 from bincounter.metrics import metric_definitions
-from bincounter.sagemaker import jobs
+from bincounter.sm import jobs
 
 from .conftest import BIN, REPO, assert_one_line_error, run_cli
 
@@ -27,7 +27,7 @@ ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "SAGEMAKER_VALIDATE_ROLE": "false"}
 
 
-PRICES = REPO / "src" / "bincounter" / "sagemaker" / "prices.json"
+PRICES = REPO / "src" / "bincounter" / "sm" / "prices.json"
 
 
 def _s3(endpoint):
@@ -360,8 +360,8 @@ def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
     import argparse
     import dataclasses
 
-    from bincounter import cli, train_config
-    from bincounter.sagemaker import hyperparameters
+    from bincounter import train_config
+    from bincounter.sm import hyperparameters
 
     names = hyperparameters.names()
     assert {"epochs", "lr", "batch_size", "image_size", "arch", "pretrained", "progress"} <= set(names)
@@ -371,14 +371,14 @@ def test_hp_names_come_from_the_trainer_at_run_time(monkeypatch):
     class Wider(train_config.TrainConfig):
         mixup: float = 0.0
 
-    original = cli.add_train_arguments
+    original = train_config.add_train_arguments
 
     def with_mixup(p: argparse.ArgumentParser):
         original(p)
         p.add_argument("--mixup", type=float, default=0.0)
 
     monkeypatch.setattr(train_config, "TrainConfig", Wider)
-    monkeypatch.setattr(cli, "add_train_arguments", with_mixup)
+    monkeypatch.setattr(train_config, "add_train_arguments", with_mixup)
     assert "mixup" in hyperparameters.names()
     hyperparameters.validate({"mixup": "0.2"})
     with pytest.raises(UserError, match="--hp mixup=lots"):
@@ -502,7 +502,7 @@ def test_one_rule_for_instances_and_lr(caplog):
     while batch_size and lr stay as tuned."""
     import argparse
 
-    from bincounter.sagemaker import commands
+    from bincounter.sm import commands
 
     def args(**kw):
         return argparse.Namespace(**{"instance_type": None, "instance_count": None, **kw})
@@ -851,7 +851,7 @@ def test_pipe_mode_is_refused_in_one_line(cmd):
 
 
 def test_volume_rule():
-    from bincounter.sagemaker.channels import file_volume_gb
+    from bincounter.sm.channels import file_volume_gb
 
     assert [file_volume_gb(gb * 1e9) for gb in (0, 0.6, 16.6, 29.4, 33)] == [30, 30, 30, 46, 50]
 

@@ -1,10 +1,15 @@
 """`TrainConfig`: the trainer's plain typed arguments and their checks, in a module that imports no torch, so
 that the CLI and `sm train --dry-run` can build and check one (`--hp`) in well under a second. The trainer is
 `bincounter.train` (which re-exports this class).
+
+The trainer's flags live here too (`add_train_arguments`): the one definition that `bincounter train`, the image's
+entry point (SageMaker hyperparameters become these flags) and `sm`'s `--hp` checks all read. `config_from_args`
+is the one place a parsed Namespace becomes a `TrainConfig`; nothing below it sees a Namespace.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,3 +79,74 @@ class TrainConfig:
                         ("--checkpoint-dir", self.checkpoint_dir)):
             if d and Path(d).exists() and not Path(d).is_dir():
                 raise UserError(f"{flag} {d} is a file, not a folder")
+
+
+# --------------------------------------------------------------------------- the trainer's flags
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
+    return v
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainer's flags. The container maps SageMaker hyperparameters onto these same flags."""
+    d = p.add_argument_group("data and outputs")
+    d.add_argument("--train", dest="train_dir", required=True, help="train channel: DIR/<count>/<id>.jpg")
+    d.add_argument("--val", dest="val_dir", required=True, help="validation channel, same layout")
+    d.add_argument("--test", dest="test_dir", help="optional test channel: evaluated with the best model")
+    d.add_argument("--model-dir", required=True, help="where model.safetensors + config.json go")
+    d.add_argument("--output-dir", help="reports (metrics JSON, confusion matrix PNG); default: --model-dir")
+    d.add_argument("--checkpoint-dir", help="write a checkpoint every epoch and resume from it if present")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="efficientnet_b0", help="any timm (or torchvision) model name")
+    m.add_argument("--backend", default="timm", choices=["timm", "torchvision"], help="the library --arch is from")
+    m.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start from ImageNet weights (downloaded by the backend unless --pretrained-path)")
+    m.add_argument("--pretrained-path", help="local weights file (or a dir with one), e.g. the SageMaker "
+                   "'pretrained' channel; its classifier head is replaced")
+    h = p.add_argument_group("hyperparameters")
+    h.add_argument("--epochs", type=positive_int, default=10, help="passes over the train channel")
+    h.add_argument("--batch-size", type=positive_int, default=32, help="per process (per GPU)")
+    h.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine); 1e-3 "
+                   "vs 3e-4 and 3e-3: docs/QUALITY.md, recipe sweep")
+    h.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    h.add_argument("--warmup-epochs", type=float, default=0.5,
+                   help="linear warm-up (0 cost 0.03 test accuracy in the recipe sweep)")
+    h.add_argument("--label-smoothing", type=float, default=0.1, help="(0.1 vs 0: docs/QUALITY.md)")
+    h.add_argument("--loss", choices=["ce", "ordinal"], default="ce",
+                   help="ce: softmax head + cross-entropy; ordinal: an ordinal head (CORN: P(count > k | count >= k)) "
+                   "trained on its likelihood. Both report argmax and expected-count accuracy/RMSE "
+                   "(docs/QUALITY.md compares them)")
+    h.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier (timm)")
+    h.add_argument("--freeze-backbone-epochs", type=int, default=0,
+                   help="train only the new head for the first N epochs (no gain measured with the neutral head)")
+    h.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val_acc "
+                   "improvement (0: off)")
+    h.add_argument("--image-size", type=positive_int, default=224, help="square input size in pixels")
+    h.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and sampling")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto)")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when there is a GPU, else CPU")
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (faster on CUDA and, measured, on CPU)")
+    r.add_argument("--progress", dest="show_progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars (a bar on a terminal, periodic lines otherwise)")
+    r.add_argument("--profile-steps", type=int, default=0, help="torch.profiler trace of N training steps and a "
+                   "system-utilisation report in OUTPUT_DIR/profile/")
+    r.add_argument("--rules", action=argparse.BooleanOptionalAction, default=True,
+                   help="training rules: poor init, NaN/Inf (stops the run), exploding/vanishing gradients, loss "
+                   "not decreasing, overfitting, input-bound, empty/never-predicted/collapsed counts; one WARNING "
+                   "each, OUTPUT_DIR/rules.json, rules_fired on the epoch line")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The one place a parsed Namespace becomes the trainer's typed config (nothing below sees a Namespace).
+    `TrainConfig` is looked up at call time, so a test can widen it."""
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})

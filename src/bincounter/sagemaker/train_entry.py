@@ -35,7 +35,7 @@ LOCAL_MODE_NIC = "ethwe"
 def _parser():
     import argparse
 
-    from ..cli import add_train_arguments
+    from ..train_config import add_train_arguments
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line, no usage dump, no sys.exit
@@ -94,10 +94,10 @@ def run(contract: TrainingContract) -> None:
     log.info("host %s (%d of %d), %d GPU(s): world size %d; trainer args: %s", contract.current_host,
              p["node_rank"] + 1, p["nnodes"], gpus, p["world_size"], " ".join(argv))
     if p["world_size"] == 1:
-        from ..cli import train_config_from_args
         from ..train import train
+        from ..train_config import config_from_args
 
-        train(train_config_from_args(args))
+        train(config_from_args(args))
         return
 
     nic = choose_ifname(contract.network_interface)

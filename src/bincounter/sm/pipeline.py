@@ -306,15 +306,15 @@ def check_parameter(name: str, value: str, option: str | None = None) -> str:
     """A pipeline parameter's value, checked offline (for upsert's defaults and start's --param overrides): a
     bad one would otherwise fail only when an execution reaches the step using it, after paid steps."""
     from ..errors import UserError
-    from .commands import _instance_type, _s3_uri  # the checks sm train/tune/deploy use
+    from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
 
     flag = option or f"--param {name}"
     where = option or f"--param {name}={value}"
     if name == "RawData":
-        _s3_uri(flag, value)
+        check_s3_uri(flag, value)
         return value.rstrip("/") + "/"
     if name in ("InstanceType", "ProcessingInstanceType"):
-        _instance_type(value, flag)
+        check_instance_type(value, flag)
     if name == "MaxJobs":
         if not value.isdigit() or int(value) < 1:
             raise UserError(f"{where}: a number of tuning trials (>= 1)")
@@ -335,9 +335,11 @@ def cmd_upsert(args) -> int:
     import sys
 
     from ..errors import UserError
-    from . import commands, hyperparameters, jobs, sdk
+    from . import hyperparameters, jobs, sdk
+    from .checks import check_s3_uri
+    from .target import AwsTarget
 
-    commands._s3_uri("--output", args.output)
+    check_s3_uri("--output", args.output)
     check_parameter("RawData", args.data, "--data")
     check_parameter("InstanceType", args.instance_type, "--instance-type")
     check_parameter("ProcessingInstanceType", args.processing_instance_type, "--processing-instance-type")
@@ -356,8 +358,9 @@ def cmd_upsert(args) -> int:
     if user:
         hyperparameters.validate(jobs.hp_strings(user))
     lr_range = hyperparameters.lr_range(args.lr_range)
-    region = commands._region(args)
-    role = commands._role(args, region)
+    target = AwsTarget(args.region, args.profile, args.endpoint_url, args.dry_run)
+    region = target.resolved_region()
+    role = target.role_arn(args.role, region)
     definition, created = None, None
     with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
         pipe = build(session, name=args.name, image=args.image, role=role, data=args.data, output=args.output,

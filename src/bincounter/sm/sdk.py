@@ -150,7 +150,7 @@ def _sdk_error_line(e: Exception) -> str | None:
     return None
 
 
-DRY_ACCOUNT = "000000000000"
+from .target import DRY_ACCOUNT  # noqa: E402 (re-exported: the dry run names it in ARNs)
 
 
 def _dry_answer(api: str, request: dict, writes: list[dict], region: str) -> dict | None:

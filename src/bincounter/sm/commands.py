@@ -17,7 +17,6 @@ import argparse
 import base64
 import json
 import logging
-import re
 import sys
 import textwrap
 from pathlib import Path
@@ -25,10 +24,11 @@ from pathlib import Path
 from .. import aws
 from ..errors import UserError
 from . import channels, cost, hyperparameters, jobs, sdk
+from .checks import DEFAULT_INSTANCE, check_instance_type, check_s3_uri
+from .target import DRY_ACCOUNT, AwsTarget
 
 log = logging.getLogger("bincounter")
 TRAIN_INSTANCE_COUNT = 2
-DEFAULT_INSTANCE = "ml.g5.xlarge"
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -231,33 +231,12 @@ def epilog() -> str:
                  f"for the cost line): {', '.join(cost.instance_types())}.")
 
 
+def _target(args) -> AwsTarget:
+    return AwsTarget(args.region, args.profile, args.endpoint_url, bool(getattr(args, "dry_run", False)))
+
+
 def _client(args, service="sagemaker"):
-    return aws.client(service, args.region, args.profile, args.endpoint_url)
-
-
-def _region(args) -> str:
-    if getattr(args, "dry_run", False) and not (args.region or args.profile):
-        try:
-            return aws.resolve_region()
-        except UserError:
-            return "us-east-1"  # a dry run needs no AWS set-up; the request only names the region in ARNs
-    return aws.resolve_region(args.region, args.profile)
-
-
-def _role(args, region: str) -> str:
-    """The execution role ARN; a role name is expanded with the account (STS; a placeholder in a dry run)."""
-    if args.role.strip().startswith("arn:"):
-        return aws.role_arn(args.role, None, region)
-    aws.role_arn(args.role, "000000000000", region)  # the name's syntax, before any call
-    if args.dry_run:
-        account = sdk.DRY_ACCOUNT
-        log.warning("dry run: --role %s expanded with the placeholder account %s (a real run reads the account "
-                    "from STS)", args.role, account)
-    else:
-        account = aws.account_id(region, args.profile, args.endpoint_url)
-    arn = aws.role_arn(args.role, account, region)
-    log.info("role: %s", arn)
-    return arn
+    return _target(args).client(service)
 
 
 def _cost(line: str) -> None:
@@ -282,42 +261,9 @@ def _input_plan(args) -> tuple[list, int]:
     return chans, volume
 
 
-def _s3_uri(flag: str, uri: str | None) -> None:
-    if uri is not None and not (uri.startswith("s3://") and len(uri) > 5):
-        raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
-
-
-_INSTANCE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[0-9]+xlarge)$")
-
-
-def _instance_type(itype: str | None, flag: str = "--instance-type") -> None:
-    """SageMaker names instance types ml.<family>.<size>; EC2's name (g5.xlarge) is refused, naming the ml. one.
-    A name of another shape (ml.g5.xlarg) is refused with the closest priced type; a well-formed type the price
-    table lacks is warned about with the closest priced one (the cost line then says it is unknown)."""
-    if itype is None:
-        return
-    if not itype.startswith("ml."):
-        fix = "ml." + (itype[3:] if itype.lower().startswith("ml.") else itype)
-        raise UserError(f"{flag} {itype!r}: SageMaker instance types start with 'ml.' (did you mean "
-                        f"{fix!r}?)")
-    priced = cost.instance_types()
-    if itype in priced:
-        return
-    from ..archs import close_matches
-
-    close = close_matches(itype, priced, n=1, cutoff=0.8)
-    hint = f"did you mean {close[0]!r}?" if close else "priced types: bincounter sm --help"
-    if not _INSTANCE.match(itype):
-        raise UserError(f"{flag} {itype!r}: not a SageMaker instance type (ml.FAMILY.SIZE, e.g. "
-                        f"{DEFAULT_INSTANCE}; {hint})")
-    if close:
-        log.warning("%s %s is not in the price table (the closest priced type: %s); the cost line needs "
-                    "--price-per-hour", flag, itype, close[0])
-
-
 def _check_instances(args) -> None:
-    _s3_uri("--output", args.output)
-    _instance_type(args.instance_type)
+    check_s3_uri("--output", args.output)
+    check_instance_type(args.instance_type)
     channels.check(_channels(args), input_mode=args.input_mode, volume_gb=args.volume_size,
                    data_size_gb=args.data_size_gb)
     if args.instance_count is not None and args.instance_count < 1:
@@ -385,8 +331,8 @@ def cmd_tune(args) -> int:
                                            archs=args.archs, image_sizes=args.image_sizes, static=user)
     _check_pretrained(args, list(ranges.get("arch") or [user.get("arch") or hyperparameters.default("arch")]))
     name = args.name or jobs.job_name("bc-hpo", 32)
-    region = _region(args)
-    role = _role(args, region)
+    region = _target(args).resolved_region()
+    role = _target(args).role_arn(args.role, region)
     _cost(cost.job_line(instance_type=args.instance_type, instance_count=args.instance_count,
                         max_runtime_s=args.max_runtime, jobs=args.max_jobs, spot=args.spot,
                         price_per_hour=args.price_per_hour, region=region))
@@ -450,8 +396,8 @@ def _instances_for_training(args, trial_type: str | None, trial_count: int | Non
 
 def cmd_train(args) -> int:
     _check_instances(args)
-    _s3_uri("--checkpoint-s3", args.checkpoint_s3)
-    region = _region(args)
+    check_s3_uri("--checkpoint-s3", args.checkpoint_s3)
+    region = _target(args).resolved_region()
     user = jobs.parse_kv(args.hp)
     tuned, trial_type, trial_count = ({}, None, None)
     if args.from_tuning_job:
@@ -460,7 +406,7 @@ def cmd_train(args) -> int:
     hyperparameters.validate({k: v for k, v in hps.items() if not (args.dry_run and k in tuned and k not in user)})
     _check_pretrained(args, [hps.get("arch") or hyperparameters.default("arch")])
     itype, count = _instances_for_training(args, trial_type, trial_count)
-    role = _role(args, region)
+    role = _target(args).role_arn(args.role, region)
     _cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=args.max_runtime, spot=args.spot,
                         price_per_hour=args.price_per_hour, region=region))
     chans, volume = _input_plan(args)
@@ -503,11 +449,11 @@ def _serverless(text: str) -> tuple[int, int]:
 
 def cmd_deploy(args) -> int:
     name = args.name or jobs.job_name("bincounter")
-    region = _region(args)
+    region = _target(args).resolved_region()
     image, model_data = args.image or args.cpu_image, args.model_data
     serverless = _serverless(args.serverless) if args.serverless else None
     if not serverless:  # a serverless endpoint has no instance type
-        _instance_type(args.instance_type)
+        check_instance_type(args.instance_type)
     if serverless and args.autoscale:
         raise UserError("--serverless scales by itself: leave out --autoscale (use MAX_CONCURRENCY instead)")
     if serverless and args.capture_s3:
@@ -528,18 +474,18 @@ def cmd_deploy(args) -> int:
         scaling = jobs.autoscaling_requests(name, lo, hi, args.invocations_per_instance)
     if args.model_data and not image:
         raise UserError("--model-data needs --image (or --cpu-image)")
-    _s3_uri("--model-data", args.model_data)
-    role = _role(args, region)
+    check_s3_uri("--model-data", args.model_data)
+    role = _target(args).role_arn(args.role, region)
     if args.training_job and args.dry_run:
         log.warning("dry run: training job %s is not read (no network call); its model and image are placeholders",
                     args.training_job)
         model_data = f"s3://dry-run-placeholder/{args.training_job}/output/model.tar.gz"
-        image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-{args.training_job}:dry-run"
+        image = image or f"{DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-{args.training_job}:dry-run"
     elif args.model_package and args.dry_run:
         log.warning("dry run: model package %s is not read (no network call): its model and image are placeholders "
                     "and its approval status is not checked", args.model_package)
         model_data = "s3://dry-run-placeholder/model-package/model.tar.gz"
-        image = image or f"{sdk.DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-model-package:dry-run"
+        image = image or f"{DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-model-package:dry-run"
     elif args.model_package:
         pkg = aws.aws_call("DescribeModelPackage", _client(args).describe_model_package,
                            ModelPackageName=args.model_package)
@@ -646,7 +592,7 @@ def _read_image(ref: str, args) -> bytes:
         from ..data.s3 import parse_s3_uri, s3_client
 
         bucket, key = parse_s3_uri(ref)
-        s3 = s3_client(args.endpoint_url, region=_region(args), profile=args.profile)
+        s3 = s3_client(args.endpoint_url, region=_target(args).resolved_region(), profile=args.profile)
         return aws.aws_call(f"GetObject {ref}", s3.get_object, Bucket=bucket, Key=key)["Body"].read()
     try:
         return Path(ref).read_bytes()
@@ -682,9 +628,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    _instance_type(args.instance_type)
+    check_instance_type(args.instance_type)
     name = args.name or jobs.job_name("bincounter-batch")
-    region = _region(args)
+    region = _target(args).resolved_region()
     if args.instance_count < 1:
         raise UserError(f"--instance-count {args.instance_count}: must be >= 1")
     _cost(cost.hourly_line(what="while the job runs", instance_type=args.instance_type,

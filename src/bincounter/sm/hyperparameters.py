@@ -1,7 +1,7 @@
 """`--hp NAME=VALUE` and `sm tune`'s ranges, checked on the user's machine with the container's own rules,
 before any request: a job that would fail on its first line in the container is refused here instead.
 
-Nothing is listed twice. The names are the trainer's flags (`cli.add_train_arguments`) whose destination is a
+Nothing is listed twice. The names are the trainer's flags (`train_config.add_train_arguments`) whose destination is a
 `train_config.TrainConfig` field, read at run time; hyperparameter strings are mapped onto those flags by
 `contract.hyperparameters_to_argv` (what the container runs), parsed by the same argparse types, and the
 resulting `TrainConfig` is checked by its own `validate()`. Only the model name is checked beyond that
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..cli import add_train_arguments
+    from ..train_config import add_train_arguments
 
     p = _Parser(prog="--hp", add_help=False)
     add_train_arguments(p)
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 def flag_names(parser: argparse.ArgumentParser | None = None, fields=None) -> list[str]:
     """Hyperparameter names: the trainer's --flags (as snake_case) the container does not set itself; with
     `fields` (TrainConfig's), only flags whose destination is one of them."""
-    from .contract import RESERVED
+    from ..sagemaker.contract import RESERVED
 
     parser = parser or _parser()
     out = []
@@ -72,7 +72,7 @@ def _label(key: str, value, origin: dict[str, str] | None) -> str:
 
 
 def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str, str] | None = None) -> None:
-    from .contract import hyperparameters_to_argv
+    from ..sagemaker.contract import hyperparameters_to_argv
 
     if key.startswith(("sagemaker_", "_")):
         raise UserError(f"--hp {key}: names starting with 'sagemaker_' or '_' are SageMaker's own")
@@ -94,15 +94,15 @@ def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
     """Refuse what the container would refuse: unknown names, values of the wrong type, and values
     `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...); then the model name. `origin` names
     the option a value came from, for the message (default `--hp`)."""
-    from ..cli import train_config_from_args
-    from .contract import hyperparameters_to_argv
+    from ..sagemaker.contract import hyperparameters_to_argv
+    from ..train_config import config_from_args
 
     parser = _parser()
     known = names()
     for k, v in hps.items():
         _check_one(parser, k, v, known, origin)
     argv, _ = hyperparameters_to_argv(hps, parser)
-    cfg = train_config_from_args(parser.parse_args(_PLACEHOLDER_CHANNELS + argv))
+    cfg = config_from_args(parser.parse_args(_PLACEHOLDER_CHANNELS + argv))
     try:
         cfg.validate()
     except UserError as e:

@@ -286,7 +286,7 @@ def cmd_local(args) -> int:
         hps["pretrained"] = "false"
     hyperparameters.validate(hps)
     check_raw(args.data)
-    from .contract import is_false
+    from ..sagemaker.contract import is_false
 
     weights = None if is_false(hps["pretrained"]) else pretrained_weights(args.weights, args.workdir, hps)
     for line in REPLACED:

