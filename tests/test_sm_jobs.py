@@ -502,7 +502,7 @@ def test_one_rule_for_instances_and_lr(caplog):
     while batch_size and lr stay as tuned."""
     import argparse
 
-    from bincounter.sm import commands
+    from bincounter.cli import sm as commands
 
     def args(**kw):
         return argparse.Namespace(**{"instance_type": None, "instance_count": None, **kw})

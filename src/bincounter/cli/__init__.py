@@ -537,8 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "actions are listed below)", formatter_class=_Formatter,
                          description="Run the image on SageMaker. Every command prints what it created and how "
                          "to undo it; --dry-run prints the API request(s) instead of sending them.")
-    from ..sm.commands import add_arguments as add_sm_arguments
-    from ..sm.commands import epilog as sm_epilog
+    from .sm import add_arguments as add_sm_arguments
+    from .sm import epilog as sm_epilog
 
     add_sm_arguments(smp.add_subparsers(dest="sm_command", required=True, metavar="ACTION"))
     smp.epilog = sm_epilog()

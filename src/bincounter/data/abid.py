@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import COUNTS
 from ..errors import DataError
 
-_ID_RE = re.compile(r"^\d{5,}$")
+ID_RE = re.compile(r"^\d{5,}$")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Skips:
 
 def bin_id_from_path(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
-    if not _ID_RE.match(stem):
+    if not ID_RE.match(stem):
         raise DataError(f"{path!r} does not name an ABID bin (expected a numeric id like 00009.json)")
     return stem
 

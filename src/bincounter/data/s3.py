@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import COUNTS
 from ..errors import DataError, UserError
-from .abid import _ID_RE, count_from_metadata, read_file_list
+from .abid import ID_RE, count_from_metadata, read_file_list
 
 log = logging.getLogger(__name__)
 ABID_BUCKET = "aft-vbi-pds"
@@ -269,7 +269,7 @@ def sample_ids(client, bucket: str, n: int, counts: tuple[int, ...], seed: int,
             bid = o["Key"][len("metadata/"):-5]
             # the id becomes a local file name: only plain ABID ids (digits), as with --file-list, so a key
             # like metadata/../../x.json can never write outside --out
-            (ids if _ID_RE.match(bid) else odd).append(bid)
+            (ids if ID_RE.match(bid) else odd).append(bid)
     if odd:
         log.warning("skipped %d metadata keys that are not ABID bin ids (e.g. %s)", len(odd),
                     ", ".join(repr(k) for k in odd[:3]))

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from . import channels, cost, hyperparameters, jobs, sdk
-from .checks import DEFAULT_INSTANCE, check_instance_type, check_s3_uri
-from .target import DRY_ACCOUNT, AwsTarget
+from ..sm import channels, cost, hyperparameters, jobs, sdk
+from ..sm.checks import DEFAULT_INSTANCE, check_instance_type, check_s3_uri
+from ..sm.target import DRY_ACCOUNT, AwsTarget
 
 log = logging.getLogger("bincounter")
 TRAIN_INSTANCE_COUNT = 2
@@ -45,7 +45,7 @@ def _text(*paragraphs: str) -> str:
 
 
 def add_arguments(sub) -> None:
-    from .hyperparameters import flag_names
+    from ..sm.hyperparameters import flag_names
 
     def common(p, needs_role=False, costed=True):
         jobs.add_aws_options(p)
@@ -216,7 +216,7 @@ def add_arguments(sub) -> None:
     x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
 
-    from . import batch_collect, follow, job_report, pipeline
+    from ..sm import batch_collect, follow, job_report, pipeline
 
     pipeline.add_arguments(sub, _Help)
     follow.add_arguments(sub, _Help)
@@ -651,7 +651,7 @@ def cmd_batch(args) -> int:
         args.wait = True
     rc = _wait(args, name, "transform")
     if args.collect:
-        from . import batch_collect
+        from ..sm import batch_collect
 
         got = batch_collect.collect(_client(args), aws.client("s3", args.region, args.profile, args.endpoint_url),
                                     name, region, args.collect)
@@ -743,7 +743,7 @@ def cmd_delete(args) -> int:
 def _wait(args, name: str, kind: str) -> int:
     if not args.wait:
         return 0
-    from . import follow
+    from ..sm import follow
 
     return follow.wait(args, name, kind)
 
