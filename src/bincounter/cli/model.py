@@ -1,0 +1,168 @@
+"""`bincounter train | evaluate | export | predict | report`: a model on this machine, from training it to
+reporting on its run, each a thin wrapper over the library (`train`, `evaluate`, `model`, `report`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..artifact import ONNX_OPSET, ONNX_OPSETS
+from ..errors import UserError
+from ..train_config import add_train_arguments, config_from_args, positive_int
+from .base import Formatter
+
+log = logging.getLogger("bincounter")
+
+
+def cmd_train(args) -> int:
+    from ..archs import check_arch
+
+    cfg = config_from_args(args)
+    cfg.validate()  # these and the model name before torch is imported: a mistake is answered at once
+    check_arch(cfg.arch, cfg.backend)
+    from ..train import train
+
+    result = train(cfg)
+    if result.get("best"):
+        b = result["best"]
+        log.info("best epoch %d: val_acc %.4f, val_rmse %.4f; model in %s", b["epoch"], b["val_acc"],
+                 b["val_rmse"], cfg.model_dir)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..evaluate import evaluate_model
+
+    summary, paths = evaluate_model(args.model_dir, args.data, args.out, batch_size=args.batch_size)
+    out = {k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
+    if "expected_count" in summary:  # the expected-count decoding; its confusion matrix is in the report
+        out["expected_count"] = {k: v for k, v in summary["expected_count"].items() if k != "confusion_matrix"}
+    print(json.dumps(out))
+    log.info("report: %s%s", ", ".join(map(str, paths)), "" if args.out else " (in --model-dir; --out DIR to write "
+             "it elsewhere)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..artifact import ONNX
+    from ..model import export_onnx
+
+    config = export_onnx(args.model_dir, opset=args.opset)
+    meta = config["onnx"]
+    path = Path(args.model_dir) / ONNX
+    if args.check:
+        import importlib.util
+
+        import numpy as np
+
+        from ..evaluate import Predictor
+        from ..serving.onnx_runtime import OnnxPredictor
+
+        if not importlib.util.find_spec("onnxruntime"):
+            raise UserError("--check needs ONNX Runtime: pip install onnxruntime (model.onnx is written)")
+        x = np.random.default_rng(0).normal(size=(4, 3, *(2 * [config["preprocess"]["image_size"]])))
+        x = x.astype(np.float32)
+        diff = float(np.abs(Predictor(args.model_dir, device="cpu").forward(x)
+                            - OnnxPredictor(args.model_dir).forward(x)).max())
+        log.info("ONNX Runtime vs PyTorch on 4 random inputs: max |probability difference| %.2e", diff)
+        if diff > 1e-4:
+            raise UserError(f"{path}: ONNX Runtime and PyTorch disagree by {diff:.2e} (> 1e-4)")
+    print(f"{path}  opset {meta['opset']}  {path.stat().st_size / 1e6:.1f} MB  sha256 {meta['sha256'][:12]}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ..data.dataset import IMAGE_SUFFIXES
+    from ..errors import DataError
+    from ..evaluate import Predictor
+    from ..serving.protocol import clean_message
+
+    pred = Predictor(args.model_dir)
+    paths = []
+    for p in map(Path, args.images):  # a folder means the images in it, recursively
+        paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    failed = 0
+    try:
+        for path in paths:
+            try:
+                out = pred.predict([path.read_bytes()])[0]
+            except (OSError, DataError) as e:  # named, counted, and the other images still get their answer
+                why = f"{path}: {e.strerror if isinstance(e, OSError) else clean_message(str(e))}"
+                if len(paths) == 1:
+                    raise UserError(why) from None
+                failed += 1
+                log.error("%s", why)
+                continue
+            print(json.dumps({"image": str(path), **out}), flush=True)
+    except BrokenPipeError:  # `bincounter predict ... | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if failed:
+        raise UserError(f"{failed} of {len(paths)} images could not be read or decoded (named above)")
+    if not paths:
+        raise UserError("no images to predict (give image files or folders holding .jpg/.jpeg/.png)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ..report import local_report
+
+    path = local_report(args.model_dir, args.output_dir, args.out)
+    print(json.dumps({"report": str(path)}))
+    return 0
+
+
+def register(sub) -> None:
+    """The commands train, evaluate, export, predict and report."""
+    t = sub.add_parser("train", help="train the counter (EfficientNet transfer learning)",
+                       formatter_class=Formatter,
+                       description="Train on channel folders and write model.safetensors, config.json and "
+                       "metrics.json to --model-dir. One line per epoch on stdout:\n"
+                       "  epoch=N train_loss=X val_loss=X val_acc=X val_rmse=X best_val_acc=X rules_fired=X lr=X "
+                       "epoch_time_s=X\n"
+                       "Runs on CPU or GPU; under torchrun it trains with torch.distributed.")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on a channel", formatter_class=Formatter,
+                       description="Accuracy, count RMSE, per-class recall and confusion matrix (JSON + PNG).")
+    e.add_argument("--model-dir", required=True)
+    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard)")
+    e.add_argument("--out", help="report directory (default: --model-dir)")
+    e.add_argument("--batch-size", type=positive_int, default=32)
+    e.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="add model.onnx (for the CPU serving image) to a saved model",
+                        formatter_class=Formatter,
+                        description="Export a model directory's weights to ONNX beside them (model.onnx: input "
+                                    "`image` float32 N x 3 x S x S, preprocessed as config.json says; output "
+                                    "`probabilities`; N dynamic) and record its sha256 in config.json. `bincounter "
+                                    "train` does this itself; use it for models trained before, or after copying "
+                                    "in other weights. The CPU image (`make image-cpu`) serves model.onnx.")
+    ex.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
+                                                      "an unpacked model.tar.gz")
+    ex.add_argument("--opset", type=positive_int, default=ONNX_OPSET,
+                    help=f"ONNX opset, {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (why {ONNX_OPSET}: artifact.ONNX_OPSET)")
+    ex.add_argument("--check", action="store_true",
+                    help="also run ONNX Runtime against PyTorch and fail beyond 1e-4 (needs onnxruntime)")
+    ex.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="count the items in image files with a saved model",
+                        formatter_class=Formatter)
+    pr.add_argument("--model-dir", required=True)
+    pr.add_argument("images", nargs="+", help="JPEG/PNG files, or folders (their images, recursively); one JSON line "
+                    "per image; an unreadable image is named on stderr and the others still get their answer")
+    pr.set_defaults(func=cmd_predict)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of a training run", formatter_class=Formatter,
+                        description="Training curves, the training rules that fired, system utilisation and test "
+                        "metrics (confusion matrix embedded) of a `bincounter train` run, in one HTML file. For a "
+                        "SageMaker job: `bincounter sm report JOB`.")
+    rp.add_argument("model_dir", metavar="MODEL_DIR", help="the run's --model-dir")
+    rp.add_argument("--output-dir", help="the run's --output-dir, if it had one (read first)")
+    rp.add_argument("--out", help="HTML file to write (default: OUTPUT_DIR/report.html, else MODEL_DIR/report.html)")
+    rp.set_defaults(func=cmd_report)
