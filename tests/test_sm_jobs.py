@@ -500,21 +500,15 @@ def test_tuning_trials_share_no_checkpoint():
 def test_one_rule_for_instances_and_lr(caplog):
     """A job from a tuning job runs on the trials' resources; told otherwise, it says the global batch grows
     while batch_size and lr stay as tuned."""
-    import argparse
+    from bincounter.sm.training import instances_for_training
 
-    from bincounter.cli import sm as commands
-
-    def args(**kw):
-        return argparse.Namespace(**{"instance_type": None, "instance_count": None, **kw})
-
-    assert commands._instances_for_training(args(), "ml.g5.2xlarge", 1) == ("ml.g5.2xlarge", 1)
-    assert commands._instances_for_training(args(), None, None) == ("ml.g5.xlarge", 2)
+    assert instances_for_training(None, None, "ml.g5.2xlarge", 1) == ("ml.g5.2xlarge", 1)
+    assert instances_for_training(None, None, None, None) == ("ml.g5.xlarge", 2)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    assert commands._instances_for_training(args(instance_count=2), "ml.g5.xlarge", 1) == ("ml.g5.xlarge", 2)
+    assert instances_for_training(None, 2, "ml.g5.xlarge", 1) == ("ml.g5.xlarge", 2)
     assert "1 process(es), this job with 2" in caplog.text and "2x the trials'" in caplog.text
     caplog.clear()
-    assert commands._instances_for_training(args(instance_type="ml.g5.12xlarge", instance_count=1),
-                                            "ml.g5.xlarge", 1) == ("ml.g5.12xlarge", 1)
+    assert instances_for_training("ml.g5.12xlarge", 1, "ml.g5.xlarge", 1) == ("ml.g5.12xlarge", 1)
     assert "with 4: " in caplog.text
 
 
