@@ -500,21 +500,15 @@ def test_tuning_trials_share_no_checkpoint():
 def test_one_rule_for_instances_and_lr(caplog):
     """A job from a tuning job runs on the trials' resources; told otherwise, it says the global batch grows
     while batch_size and lr stay as tuned."""
-    import argparse
+    from bincounter.sm.training import instances_for_training
 
-    from bincounter.cli import sm as commands
-
-    def args(**kw):
-        return argparse.Namespace(**{"instance_type": None, "instance_count": None, **kw})
-
-    assert commands._instances_for_training(args(), "ml.g5.2xlarge", 1) == ("ml.g5.2xlarge", 1)
-    assert commands._instances_for_training(args(), None, None) == ("ml.g5.xlarge", 2)
+    assert instances_for_training(None, None, "ml.g5.2xlarge", 1) == ("ml.g5.2xlarge", 1)
+    assert instances_for_training(None, None, None, None) == ("ml.g5.xlarge", 2)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    assert commands._instances_for_training(args(instance_count=2), "ml.g5.xlarge", 1) == ("ml.g5.xlarge", 2)
+    assert instances_for_training(None, 2, "ml.g5.xlarge", 1) == ("ml.g5.xlarge", 2)
     assert "1 process(es), this job with 2" in caplog.text and "2x the trials'" in caplog.text
     caplog.clear()
-    assert commands._instances_for_training(args(instance_type="ml.g5.12xlarge", instance_count=1),
-                                            "ml.g5.xlarge", 1) == ("ml.g5.12xlarge", 1)
+    assert instances_for_training("ml.g5.12xlarge", 1, "ml.g5.xlarge", 1) == ("ml.g5.12xlarge", 1)
     assert "with 4: " in caplog.text
 
 
@@ -882,3 +876,52 @@ def test_input_modes_in_a_dry_run_are_offline(offline):
     assert r["AlgorithmSpecification"]["TrainingInputMode"] == "FastFile"
     assert r["ResourceConfig"]["VolumeSizeInGB"] == 30
     assert "placeholder" not in _input_line(proc.stderr)
+
+
+# ------------------------------------------------------------------ the job kinds from Python, without the CLI
+def test_a_training_spec_dry_runs_without_the_cli(monkeypatch, capsys):
+    """A TrainingJobSpec built in Python is the whole input of a training job: every field lands in its request."""
+    from bincounter.sm import training
+    from bincounter.sm.specs import TrainingJobSpec
+    from bincounter.sm.target import AwsTarget
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    spec = TrainingJobSpec(image=IMAGE, role=ROLE, train="s3://bkt/ch/train/", val="s3://bkt/ch/val/",
+                           output="s3://bkt/out", instance_type="ml.g5.2xlarge", instance_count=1,
+                           hyperparameters={"epochs": "3"}, volume_gb=40, max_runtime_s=7200, spot=True,
+                           checkpoint_s3="s3://bkt/ckpt/py", name="bc-py", profiler=False)
+    assert training.start(spec, AwsTarget(region="us-east-1", dry_run=True)) == 0
+    (doc,) = _docs(capsys.readouterr().out)
+    r = doc["request"]
+    assert doc["api"] == "CreateTrainingJob" and r["TrainingJobName"].startswith("bc-py-")
+    assert r["HyperParameters"] == {"epochs": "3", "progress": "false"}
+    assert r["ResourceConfig"] == {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 40}
+    assert r["StoppingCondition"]["MaxRuntimeInSeconds"] == 7200 and r["EnableManagedSpotTraining"] is True
+    assert r["CheckpointConfig"]["S3Uri"] == "s3://bkt/ckpt/py"
+    assert [c["ChannelName"] for c in r["InputDataConfig"]] == ["train", "val"]
+    assert "ProfilerConfig" not in r and "ProfilerRuleConfigurations" not in r
+
+
+def test_an_endpoint_spec_is_checked_and_dry_run_without_the_cli(monkeypatch, capsys):
+    """EndpointSpec's checks are the job module's, not the CLI's: a bad autoscale range or capture on a serverless
+    endpoint is refused from Python too; a good spec prints its endpoint and autoscaling requests."""
+    from bincounter.sm import endpoint
+    from bincounter.sm.specs import EndpointSpec
+    from bincounter.sm.target import AwsTarget
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    dry = AwsTarget(region="us-east-1", dry_run=True)
+    spec = EndpointSpec(role=ROLE, name="bc-py-ep", model_data="s3://bkt/m.tar.gz", image=IMAGE, autoscale=(3, 1))
+    with pytest.raises(UserError, match=r"--autoscale '3,1': expected MIN,MAX with 1 <= MIN <= MAX"):
+        endpoint.deploy(spec, dry)
+    with pytest.raises(UserError, match="no data capture on serverless"):
+        endpoint.deploy(EndpointSpec(role=ROLE, model_data="s3://bkt/m.tar.gz", image=IMAGE, serverless=(2048, 5),
+                                     capture_s3="s3://bkt/capture"), dry)
+    assert capsys.readouterr().out == ""
+    assert endpoint.deploy(EndpointSpec(role=ROLE, name="bc-py-ep", model_data="s3://bkt/m.tar.gz", image=IMAGE,
+                                        autoscale=(1, 4)), dry) == 0
+    docs = {d["api"]: d["request"] for d in _docs(capsys.readouterr().out)}
+    assert docs["CreateEndpoint"]["EndpointName"] == "bc-py-ep"
+    assert docs["RegisterScalableTarget"]["MinCapacity"] == 1 and docs["RegisterScalableTarget"]["MaxCapacity"] == 4

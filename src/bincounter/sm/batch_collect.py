@@ -1,4 +1,4 @@
-"""`bincounter sm collect JOB --csv FILE` (and `sm batch --collect FILE`): gather a batch transform job's
+"""`sm collect JOB --csv FILE` (and `sm batch --collect FILE`): gather a batch transform job's
 results into one CSV.
 
 SageMaker writes one `<output>/<key below the input prefix>.out` per input object; with bincounter's server each
@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .. import COUNTS, aws
 from ..errors import UserError
-from . import jobs
 
 log = logging.getLogger("bincounter")
 COLUMNS = ["image", "count", "expected_count", *[f"p{c}" for c in COUNTS], "model_version", "error"]
@@ -73,24 +72,3 @@ def collect(sm, s3, job: str, region: str, out_csv: str | Path) -> dict:
         w.writerows(rows)
     errors = sum(1 for r in rows if r.get("error"))
     return {"csv": str(out_csv), "job": job, "status": status, "rows": len(rows), "errors": errors}
-
-
-def cmd_collect(args) -> int:
-    sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
-    s3 = aws.client("s3", args.region, args.profile, args.endpoint_url)
-    got = collect(sm, s3, args.job, aws.resolve_region(args.region, args.profile), args.csv)
-    print(json.dumps(got))
-    if got["errors"]:
-        log.warning("%d of %d results are not predictions (see the error column)", got["errors"], got["rows"])
-    return 0
-
-
-def add_arguments(sub, formatter) -> None:
-    c = sub.add_parser("collect", help="a batch transform job's .out files as one CSV", formatter_class=formatter,
-                       description="One CSV row per result of a batch transform job (image, count, expected_count, "
-                       "p1..p5, model_version, error), sorted by image. `sm batch --collect FILE` does the same "
-                       "once its job has completed.")
-    c.add_argument("job", metavar="JOB", help="transform job name")
-    c.add_argument("--csv", required=True, help="CSV file to write")
-    jobs.add_aws_options(c)
-    c.set_defaults(func=cmd_collect)

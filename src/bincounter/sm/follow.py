@@ -1,5 +1,6 @@
-"""`bincounter sm status NAME` and `sm logs NAME`: follow what the other commands started, whatever its kind
-(training job, tuning job, transform job, endpoint), with boto3 (DescribeX, CloudWatch Logs).
+"""Follow what the other `sm` commands started, whatever its kind (training job, tuning job, transform job,
+endpoint), with boto3 (DescribeX, CloudWatch Logs): its `status`, its log (`print_logs`), and `wait` until it ends
+(`--wait` of sm train/tune/batch).
 
 The kind is found by asking for each in turn (`--kind` skips the search). Logs live where SageMaker writes them:
 `/aws/sagemaker/TrainingJobs` and `/aws/sagemaker/TransformJobs` (one stream per instance, prefixed with the
@@ -16,7 +17,7 @@ import time
 
 from .. import aws
 from ..errors import UserError
-from . import jobs
+from .target import AwsTarget
 
 log = logging.getLogger("bincounter")
 KINDS = ("training", "tuning", "transform", "endpoint")
@@ -181,10 +182,10 @@ def _print_event(e: dict, prefix: str | None) -> None:
     print(f"{when} [{host}] {e.get('message', '').rstrip()}", flush=True)
 
 
-def wait(args, name: str, kind: str, poll_s: float = 30.0) -> int:
+def wait(target: AwsTarget, name: str, kind: str, poll_s: float = 30.0) -> int:
     """`--wait` of sm train/tune/batch: a job's log until it ends (a tuning job: its progress lines, then its
     best job), like the SDK's wait=True. A job that does not complete is one error line."""
-    sm, region = _clients(args)
+    sm, region = target.client(), target.resolved_region()
     if kind == "tuning":
         last = None
         while True:
@@ -197,7 +198,7 @@ def wait(args, name: str, kind: str, poll_s: float = 30.0) -> int:
                 break
             time.sleep(poll_s)
     else:
-        logs = aws.client("logs", args.region, args.profile, args.endpoint_url)
+        logs = target.client("logs")
         print_logs(sm, logs, name, kind, region, tail=0, follow=True, poll_s=min(poll_s, 10.0))
         st = status(sm, name, kind, region)
     if st["status"] not in ("Completed", "InService"):
@@ -206,41 +207,3 @@ def wait(args, name: str, kind: str, poll_s: float = 30.0) -> int:
                         + f" (bincounter sm logs {name})")
     log.info("%s job %s: Completed", kind, name)
     return 0
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def add_arguments(sub, formatter) -> None:
-    s = sub.add_parser("status", help="where a job or endpoint stands (one JSON line)", formatter_class=formatter,
-                       description="Status of a training job, tuning job (trials, best job and its "
-                       "hyperparameters), transform job or endpoint, found by name.")
-    jobs.add_aws_options(s)
-    s.add_argument("name")
-    s.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
-    s.set_defaults(func=cmd_status)
-
-    lg = sub.add_parser("logs", help="a job's or endpoint's log (CloudWatch)", formatter_class=formatter,
-                        description="The CloudWatch log of a training job, transform job or endpoint (every "
-                        "instance, in time order); for a tuning job, its best (else latest) training job's.")
-    jobs.add_aws_options(lg)
-    lg.add_argument("name")
-    lg.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
-    lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
-    lg.add_argument("--follow", action="store_true", help="keep printing new lines until the job ends")
-    lg.set_defaults(func=cmd_logs)
-
-
-def _clients(args):
-    return (aws.client("sagemaker", args.region, args.profile, args.endpoint_url),
-            aws.resolve_region(args.region, args.profile))
-
-
-def cmd_status(args) -> int:
-    sm, region = _clients(args)
-    print(json.dumps(status(sm, args.name, args.kind, region), default=str))
-    return 0
-
-
-def cmd_logs(args) -> int:
-    sm, region = _clients(args)
-    logs = aws.client("logs", args.region, args.profile, args.endpoint_url)
-    return print_logs(sm, logs, args.name, args.kind, region, args.tail, args.follow)

@@ -6,6 +6,9 @@ Nothing is listed twice. The names are the trainer's flags (`train_config.add_tr
 `contract.hyperparameters_to_argv` (what the container runs), parsed by the same argparse types, and the
 resulting `TrainConfig` is checked by its own `validate()`. Only the model name is checked beyond that
 (`timm.is_model`), because the container finds an unknown one only after the instances have started.
+
+The one client-side module that imports argparse, and why: it parses hyperparameter strings with the trainer's
+own flag definitions (the single place they are written); no CLI Namespace comes in, a `TrainConfig` goes on.
 """
 
 from __future__ import annotations

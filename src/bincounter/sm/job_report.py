@@ -14,6 +14,7 @@ tuning job name means its best training job.
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import tarfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from .. import aws
 from ..errors import UserError
 from ..report import PROFILER_DIR, render
-from . import jobs
+from .target import AwsTarget
 
 log = logging.getLogger("bincounter")
 
@@ -140,12 +141,12 @@ def gather(sm, s3, name: str, region: str, dest: Path) -> dict:
     return {"job": job, "status": desc.get("TrainingJobStatus"), "found": found, "missing": missing}
 
 
-def report(args) -> int:
-    sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
-    s3 = aws.client("s3", args.region, args.profile, args.endpoint_url)
-    region = aws.resolve_region(args.region, args.profile)
-    dest = Path(args.out) if args.out else Path("reports") / args.job
-    got = gather(sm, s3, args.job, region, dest)
+def report(target: AwsTarget, job: str, dest: Path | None = None) -> int:
+    """Gather JOB's reports into `dest` (default reports/JOB), render report.html there and print one JSON line
+    naming it."""
+    sm, s3, region = target.client(), target.client("s3"), target.resolved_region()
+    dest = dest or Path("reports") / job
+    got = gather(sm, s3, job, region, dest)
     if got["status"] not in ("Completed", "Failed", "Stopped"):
         log.warning("training job %s is %s: its output.tar.gz and the profiler report come when it ends",
                     got["job"], got["status"])
@@ -153,20 +154,5 @@ def report(args) -> int:
         log.warning("not found: %s", m)
     path = render([dest], dest / "report.html", title=f"SageMaker training job {got['job']}",
                   source=f"training job {got['job']} ({got['status']}), {region}")
-    import json
-
     print(json.dumps({"report": str(path), "job": got["job"], "status": got["status"], "found": got["found"]}))
     return 0
-
-
-def add_arguments(sub, formatter) -> None:
-    r = sub.add_parser("report", help="one HTML report of a training job (curves, rules, profiler, test metrics)",
-                       formatter_class=formatter,
-                       description="Download a training job's rules.json, metrics, confusion matrix (output.tar.gz, "
-                       "else model.tar.gz) and SageMaker's ProfilerReport output, and render one self-contained HTML "
-                       "report: training curves, training rules fired, system utilisation, test metrics. A tuning "
-                       "job name means its best training job.")
-    r.add_argument("job", metavar="JOB", help="training job name (or tuning job: its best training job)")
-    r.add_argument("--out", help="folder for the downloaded files and report.html (default: reports/JOB)")
-    jobs.add_aws_options(r)
-    r.set_defaults(func=report)

@@ -1,0 +1,38 @@
+"""The options every `bincounter sm` sub-command shares (AWS target, --dry-run, --role, --price-per-hour), and the
+one way the CLI turns them into an `AwsTarget`."""
+
+from __future__ import annotations
+
+import textwrap
+
+from ..sm import cost, jobs
+from ..sm.target import AwsTarget
+
+
+def text(*paragraphs: str) -> str:
+    """A --help description: each paragraph filled to 100 columns."""
+    return "\n".join(textwrap.fill(p, 100) for p in paragraphs)
+
+
+def add_common(p, needs_role: bool = False, costed: bool = True) -> None:
+    """--region/--profile/--endpoint-url/-v, --dry-run and (needs_role) --role."""
+    jobs.add_aws_options(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help=("print the estimated cost and the request(s)" if costed else "print the request(s)")
+                   + "; no network call, no credentials needed (values that would come from AWS are "
+                     "placeholders)")
+    if needs_role:
+        p.add_argument("--role", required=True, help="SageMaker execution role: an ARN, or a role name (expanded "
+                       "with your account from STS)")
+
+
+def add_price(p) -> None:
+    p.add_argument("--price-per-hour", type=float, metavar="USD",
+                   help=f"price of one instance-hour for the cost line (default: the price table of "
+                        f"{cost.table()['as_of']}, {cost.table()['region']}; its instance types: "
+                        "bincounter sm --help)")
+
+
+def target(args) -> AwsTarget:
+    """Where the command sends its requests; sub-commands without --dry-run are never dry runs."""
+    return AwsTarget(args.region, args.profile, args.endpoint_url, bool(getattr(args, "dry_run", False)))

@@ -1,0 +1,123 @@
+"""`bincounter sm deploy`, `sm predict`, `sm evaluate`, `sm delete`: their flags, and each command's flags turned
+into the calls of `sm.endpoint` (an `EndpointSpec` for deploy) and `sm.delete`."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from ..sm.checks import DEFAULT_INSTANCE
+from ..sm.specs import EndpointSpec
+from .sm_common import add_common, add_price, target
+
+
+def add_deploy(sub, formatter) -> None:
+    d = sub.add_parser("deploy", help="real-time endpoint from a training job or a model.tar.gz",
+                       formatter_class=formatter,
+                       description="Model + endpoint config + endpoint (all named --name). Billed per "
+                       "instance-hour until `sm delete` (serverless: per request and compute time). Which image: "
+                       "the training image (PyTorch, CUDA) for GPU instances; the CPU serving image (make image-cpu, "
+                       "./build_and_push.sh --target serve-cpu; ONNX Runtime, 0.9 GB) for CPU instances and "
+                       "serverless, with --cpu-image (see docs/PERFORMANCE.md for the measured difference).")
+    add_common(d, True)
+    src = d.add_mutually_exclusive_group(required=True)
+    src.add_argument("--training-job")
+    src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
+    src.add_argument("--model-package", metavar="ARN", help="an Approved version from the Model Registry (what "
+                     "`sm pipeline` registers); its image and model.tar.gz, unless --image/--cpu-image")
+    img = d.add_mutually_exclusive_group()
+    img.add_argument("--image", help="serving image URI (default: the training job's image)")
+    img.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (target serve-cpu) to serve with: "
+                     "for CPU instances and --serverless; the model must hold model.onnx (bincounter train writes "
+                     "it; older models: bincounter export)")
+    d.add_argument("--name", help="endpoint name (also the model and config name)")
+    d.add_argument("--serverless", metavar="MEMORY_MB[,MAX_CONCURRENCY]",
+                   help="a serverless endpoint instead of instances: memory 1024..6144 in steps of 1024, max "
+                        "concurrency 1..200 (default 5); no idle cost, cold starts after idle periods. Images over "
+                        "10 GiB are refused by SageMaker: use --cpu-image")
+    d.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
+    d.add_argument("--instance-count", type=int, default=1)
+    d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
+    d.add_argument("--invocations-per-instance", type=int, default=300)
+    d.add_argument("--capture-s3", help="enable data capture to this s3:// prefix")
+    d.add_argument("--capture-percent", type=int, default=100, help="share of requests captured")
+    d.add_argument("--no-wait", action="store_true",
+                   help="return once the endpoint is being created (default: wait for InService, showing the "
+                        "deployment's progress and logs; --autoscale always waits)")
+    add_price(d)
+    d.set_defaults(func=cmd_deploy)
+
+
+def add_predict(sub, formatter) -> None:
+    p = sub.add_parser("predict", help="count the items in images (files or s3:// URIs) via an endpoint",
+                       formatter_class=formatter)
+    add_common(p, costed=False)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_evaluate(sub, formatter) -> None:
+    e = sub.add_parser("evaluate", help="accuracy, RMSE, recall, confusion matrix of an endpoint on a channel",
+                       formatter_class=formatter)
+    add_common(e, costed=False)
+    e.add_argument("--endpoint", required=True)
+    e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
+    e.add_argument("--out", default=".", help="report directory")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def add_delete(sub, formatter) -> None:
+    x = sub.add_parser("delete", help="delete an endpoint, its config, model and autoscaling",
+                       formatter_class=formatter,
+                       description="Delete what a deploy created, also when it stopped half-way: --endpoint NAME "
+                       "removes its autoscaling target, the endpoint, its endpoint config and its model(s) (found by "
+                       "NAME when the endpoint or config is gone); --model NAME removes that model. What did not "
+                       "exist is said, not an error.")
+    add_common(x, costed=False)
+    x.add_argument("--endpoint", help="endpoint name (also the config and model name sm deploy gave them)")
+    x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
+    x.set_defaults(func=cmd_delete)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """'1,4' -> (1, 4); the count and the range are the job module's to check."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{text!r}: expected comma-separated values") from None
+
+
+def endpoint_spec(args) -> EndpointSpec:
+    from ..sm.endpoint import parse_serverless
+
+    return EndpointSpec(
+        role=args.role, name=args.name, training_job=args.training_job, model_data=args.model_data,
+        model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
+        serverless=parse_serverless(args.serverless) if args.serverless else None,
+        instance_type=args.instance_type, instance_count=args.instance_count,
+        autoscale=_ints(args.autoscale) if args.autoscale else None,
+        invocations_per_instance=args.invocations_per_instance, capture_s3=args.capture_s3,
+        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour)
+
+
+def cmd_deploy(args) -> int:
+    from ..sm import endpoint
+
+    return endpoint.deploy(endpoint_spec(args), target(args))
+
+
+def cmd_predict(args) -> int:
+    from ..sm import endpoint
+
+    return endpoint.predict(target(args), args.endpoint, args.images)
+
+
+def cmd_evaluate(args) -> int:
+    from ..sm import endpoint
+
+    return endpoint.evaluate(target(args), args.endpoint, args.data, args.out)
+
+
+def cmd_delete(args) -> int:
+    from ..sm import delete
+
+    return delete.delete(target(args), endpoint=args.endpoint, model=args.model)
