@@ -28,6 +28,8 @@ CHECKPOINT_VERSION = 2
 
 @dataclass(eq=False)
 class TrainingState:
+    """The run between epochs; the trainer builds it at epoch 0 and resumes it with load_state_dict()."""
+
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
