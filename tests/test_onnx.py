@@ -100,6 +100,36 @@ def test_new_weights_remove_the_stale_onnx(model_copy):
     assert not (model_copy / ONNX).exists()
 
 
+def test_recorded_digests_are_of_the_bytes_written(trained_model, tmp_path):
+    """config.json's weights_sha256 and onnx.sha256 are the sha256 of the files on disk, and onnx.weights_sha256
+    is of the weights model.onnx was exported from: another model exported beside the weights is told apart (the
+    CPU image refuses it), not stamped with the hash of the file that happens to be there."""
+    import hashlib
+
+    from bincounter.artifact import WEIGHTS, write_hashed
+    from bincounter.model import export_onnx, load_artifact, save_artifact
+
+    model, config, pre = load_artifact(trained_model)
+    m = tmp_path / "m"
+    saved = save_artifact(m, model, config["arch"], config["backend"], pre)
+    # the same weights give the same bytes: the model_version of a model saved again does not change
+    assert saved["weights_sha256"] == sha256_file(m / WEIGHTS) == config["weights_sha256"]
+    exported = export_onnx(m, model)
+    assert exported["onnx"]["sha256"] == sha256_file(m / ONNX) and read_config(m) == exported
+    assert exported["onnx"]["weights_sha256"] == saved["weights_sha256"]
+    check_onnx(m)
+    for p in model.parameters():
+        p.data.add_(0.01)
+    other = export_onnx(m, model)
+    assert other["onnx"]["sha256"] == sha256_file(m / ONNX) != exported["onnx"]["sha256"]
+    assert other["onnx"]["weights_sha256"] != saved["weights_sha256"]
+    with pytest.raises(UserError, match="other weights"):
+        check_onnx(m)
+    assert write_hashed(tmp_path / "x.bin", b"abc") == hashlib.sha256(b"abc").hexdigest() == \
+        sha256_file(tmp_path / "x.bin")
+    assert not [p.name for p in tmp_path.rglob("*.tmp")]
+
+
 def test_onnx_that_does_not_match_the_weights_is_refused(model_copy):
     config = read_config(model_copy)
     config["onnx"]["weights_sha256"] = "0" * 64

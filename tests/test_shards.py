@@ -184,7 +184,7 @@ def test_too_few_samples_for_the_ranks_is_one_clear_error(shards):
 
 
 def test_fingerprint_follows_the_shards(channels, shards, tmp_path):
-    from bincounter.train import data_fingerprint
+    from bincounter.checkpoint import data_fingerprint
 
     a = data_fingerprint(ShardDataset(shards / "train", PRE), ShardDataset(shards / "val", PRE))
     assert a == data_fingerprint(ShardDataset(shards / "train", PRE), ShardDataset(shards / "val", PRE))

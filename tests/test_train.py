@@ -216,6 +216,85 @@ def test_a_checkpoint_of_other_data_stops_the_run(channels, channels_copy, tmp_p
         train(_cfg(channels_copy, tmp_path / "m2", checkpoint_dir=str(ck)))
 
 
+def _same(a, b) -> bool:
+    """Deep equality of checkpoint contents (tensors by value)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def _training_state(tmp_path, seed: int, scale: float):
+    from bincounter.distributed import DistInfo
+    from bincounter.optim import create_optimizer, create_scheduler
+    from bincounter.rules import Rules
+    from bincounter.train_state import TrainingState
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
+    optimizer = create_optimizer(model, 1e-3, 0.01)
+    return TrainingState(model, optimizer, create_scheduler(optimizer, 3, 1, 4),
+                         torch.amp.GradScaler("cpu", init_scale=scale), Rules(DistInfo(), tmp_path, 1e-3), DistInfo())
+
+
+def test_the_training_state_round_trips_every_field_through_its_state_dict(tmp_path):
+    """The checkpoint's schema is one state_dict()/load_state_dict() pair: every field one writes, the other
+    reads back (a field added to one and not the other fails here), and the RNG streams continue where they were."""
+    import dataclasses
+    import random
+
+    from bincounter.errors import UserError
+    from bincounter.train_state import CHECKPOINT_VERSION, TrainingState
+
+    state = _training_state(tmp_path, 0, 1024.0)
+    state.model(torch.randn(6, 4)).sum().backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.rules.start([0, 3, 3, 3, 3], "train")  # fires empty_class: rules state to keep
+    row = {"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}
+    state.made_with, state.history = {"arch": "x", "world_size": 1}, [row]
+    state.end_epoch(row, [[1, 0], [0, 1]], improved=True)
+    state.end_epoch({**row, "epoch": 2}, [[0, 1], [1, 0]], improved=False)
+    sd = state.state_dict()
+    after = (torch.rand(3), np.random.rand(3).tolist(), random.random())  # the draws that follow the checkpoint
+
+    fresh = _training_state(tmp_path / "fresh", 1, 65536.0)
+    persisted = {f.name for f in dataclasses.fields(TrainingState)} - {"info"}
+    assert persisted < set(sd) and sd["version"] == CHECKPOINT_VERSION
+    before = fresh.state_dict()
+    assert {k for k in sd if not _same(sd[k], before[k])} == set(sd) - {"version"}  # this test sets every field
+    fresh.load_state_dict(sd)
+    back = fresh.state_dict()
+    assert [k for k in sd if not _same(sd[k], back[k])] == []
+    assert _same((torch.rand(3), np.random.rand(3).tolist(), random.random()), after)
+    for version in (1, CHECKPOINT_VERSION + 1):
+        with pytest.raises(UserError, match=f"checkpoint has format version {version}, this bincounter reads"):
+            fresh.load_state_dict({**sd, "version": version})
+
+
+def test_a_checkpoint_of_another_version_stops_the_run(channels, tmp_path):
+    from bincounter.errors import UserError
+    from bincounter.train_state import CHECKPOINT_VERSION
+
+    ck = tmp_path / "ck"
+    train(_cfg(channels, tmp_path / "m", checkpoint_dir=str(ck)))
+    sd = torch.load(ck / "checkpoint.pt", weights_only=True)
+    assert sd["version"] == CHECKPOINT_VERSION
+    del sd["version"]  # as written before checkpoints had a version
+    for version, needle in ((None, "format version 1, this bincounter reads version 2 (written by an older"),
+                            (CHECKPOINT_VERSION + 1, "(written by another bincounter): resume it with the")):
+        if version is not None:
+            sd["version"] = version
+        torch.save(sd, ck / "checkpoint.pt")
+        with pytest.raises(UserError, match=re.escape(needle)) as e:
+            train(_cfg(channels, tmp_path / "m2", checkpoint_dir=str(ck), epochs=2))
+        assert "\n" not in str(e.value) and "--checkpoint-dir" in str(e.value) and str(ck) in str(e.value)
+    assert not (tmp_path / "m2" / "config.json").exists()
+
+
 @pytest.mark.parametrize("flag", ["--model-dir", "--output-dir", "--checkpoint-dir"])
 def test_an_output_folder_that_is_a_file_stops_before_training(channels, tmp_path, flag):
     afile = tmp_path / "afile"

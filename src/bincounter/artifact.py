@@ -6,9 +6,10 @@ Artifact (what `model.tar.gz` holds, what the servers load)::
     model.onnx          the same network + softmax, dynamic batch        -> the ONNX Runtime (CPU image)
     config.json         arch, backend, counts (class index -> item count), preprocessing, version, both sha256s
 
-`model.py` writes and loads the PyTorch side. For both runtimes: `check_weights` (the weights are the ones
-config.json names), `forward_in_chunks` (one forward pass capped at BINCOUNTER_MAX_FORWARD_BATCH images) and
-`format_predictions` (the one place an answer is built).
+`model.py` writes and loads the PyTorch side, each file through `write_hashed` (its sha256 taken from the bytes
+written). For both runtimes: `check_weights` (the weights are the ones config.json names), `forward_in_chunks`
+(one forward pass capped at BINCOUNTER_MAX_FORWARD_BATCH images) and `format_predictions` (the one place an
+answer is built).
 """
 
 from __future__ import annotations
@@ -80,11 +81,24 @@ def read_config(model_dir: str | Path) -> dict:
     return config
 
 
+def write_hashed(path: str | Path, data: bytes) -> str:
+    """The artifact writer: `data` to `path` atomically (a tmp file beside it, then rename; no tmp file left
+    behind on failure) -> the sha256 of `data`. The digest that config.json records is of the bytes written, from
+    the same call, not of whatever a later read of the file finds."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_config(model_dir: str | Path, config: dict) -> None:
     """config.json, atomically (tmp file then rename)."""
-    tmp = Path(model_dir) / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    tmp.replace(Path(model_dir) / CONFIG)
+    write_hashed(Path(model_dir) / CONFIG, json.dumps(config, indent=2).encode())
 
 
 def preprocess_of(config: dict) -> Preprocess:

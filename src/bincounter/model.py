@@ -26,8 +26,8 @@ from .artifact import (
     WEIGHTS,
     preprocess_of,
     read_config,
-    sha256_file,
     write_config,
+    write_hashed,
 )
 from .errors import UserError
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -269,18 +269,22 @@ def model_mean_std(model: nn.Module) -> tuple[tuple, tuple]:
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """model.safetensors' bytes for `model` (on the CPU, contiguous; no pickle). Deterministic: the same weights
+    give the same bytes, hence the same sha256 and model_version."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+                metadata={"format": "pt"})
+
+
 def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: str, pre: Preprocess,
                   extra: dict | None = None) -> dict:
-    """Write model.safetensors + config.json (atomically: tmp file then rename)."""
-    from safetensors.torch import save_file
-
+    """Write model.safetensors + config.json (each atomically), config.json naming the sha256 of the weight
+    bytes written. Removes a model.onnx made from earlier weights."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = model_dir / (WEIGHTS + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt"})
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    tmp.replace(model_dir / WEIGHTS)
+    digest = write_hashed(model_dir / WEIGHTS, weights_bytes(model))
     (model_dir / ONNX).unlink(missing_ok=True)  # made from other weights: export_onnx writes the new one
     config = {
         "format": FORMAT, "arch": arch, "backend": backend, "num_classes": len(COUNTS),
@@ -293,23 +297,35 @@ def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: s
     return config
 
 
-def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, Preprocess]:
-    """Load what `save_artifact` wrote; every problem is a one-line UserError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _read_weights(model_dir: Path) -> bytes:
+    try:
+        return (model_dir / WEIGHTS).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{model_dir}: no {WEIGHTS}") from None
+    except OSError as e:
+        raise UserError(f"{model_dir}/{WEIGHTS}: cannot load weights ({e.strerror})") from None
 
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    pre = preprocess_of(config)
+
+def _model_from(model_dir: Path, config: dict, data: bytes) -> nn.Module:
+    """The network config.json describes, holding the weights in `data` (model.safetensors' bytes)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     model = create_model(config["arch"], config["backend"], config["num_classes"], pretrained=False,
                          head=config.get("head", "linear"))
     try:
-        sd = load_file(str(model_dir / WEIGHTS))
-        model.load_state_dict(sd)
-    except FileNotFoundError:
-        raise UserError(f"{model_dir}: no {WEIGHTS}") from None
-    except (SafetensorError, RuntimeError, OSError) as e:
+        model.load_state_dict(load(data))
+    except (SafetensorError, RuntimeError) as e:
         raise UserError(f"{model_dir}/{WEIGHTS}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
+    return model
+
+
+def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, Preprocess]:
+    """Load what `save_artifact` wrote; every problem is a one-line UserError."""
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    pre = preprocess_of(config)
+    model = _model_from(model_dir, config, _read_weights(model_dir))
     model.eval().to(device)
     return model, config, pre
 
@@ -328,30 +344,47 @@ class _WithSoftmax(nn.Module):
 def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: int = ONNX_OPSET) -> dict:
     """Write model.onnx beside model.safetensors (from `model`, else from the saved weights): input `image`
     float32 (N, 3, S, S) preprocessed as config.json says, output `probabilities` (N, classes), N dynamic.
-    Records the file's sha256 and the opset in config.json; returns the updated config. Needs the `onnx`
-    package (the TorchScript exporter builds its graph with it)."""
-    import io
-    import warnings
+    Records in config.json the sha256 of the ONNX bytes written and of the weights they were exported from (the
+    CPU image refuses model.onnx beside other weights), and the opset; returns the updated config. Needs the
+    `onnx` package (the TorchScript exporter builds its graph with it)."""
+    import copy
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    if model is None:
-        model, config, _ = load_artifact(model_dir, "cpu")
     if not ONNX_OPSETS[0] <= opset <= ONNX_OPSETS[1]:
         raise UserError(f"--opset {opset}: supported {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (the exporter and ONNX "
                         f"Runtime 1.32 both handle these; default {ONNX_OPSET})")
-    size = int(config["preprocess"]["image_size"])
-    # a copy: nn.Module.to() moves a module in place, and the trainer's model must stay on its GPU, in its dtype
-    import copy
+    if model is None:
+        weights = _read_weights(model_dir)
+        net = _model_from(model_dir, config, weights)
+    else:
+        # a copy: nn.Module.to() moves a module in place, and the trainer's model must stay on its GPU, in its dtype
+        net = copy.deepcopy(model).to("cpu").float()
+        weights = weights_bytes(net)  # what is exported, as model.safetensors would hold it
+    data = _onnx_bytes(model_dir, net, int(config["preprocess"]["image_size"]), opset)
+    try:
+        digest = write_hashed(model_dir / ONNX, data)
+        config["onnx"] = {"file": ONNX, "sha256": digest, "opset": opset, "input": ONNX_INPUT,
+                          "output": ONNX_OUTPUT, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        write_config(model_dir, config)
+    except OSError as e:
+        raise UserError(f"cannot write {model_dir / ONNX}: {e.strerror or e}") from None
+    log.info("wrote %s (opset %d, %.1f MB)", model_dir / ONNX, opset, len(data) / 1e6)
+    return config
 
-    wrapped = _WithSoftmax(copy.deepcopy(model)).to("cpu").float().eval()
-    x = torch.zeros(2, 3, size, size)
+
+def _onnx_bytes(model_dir: Path, model: nn.Module, size: int, opset: int) -> bytes:
+    """model.onnx's bytes: `model` (on the CPU, fp32) and its softmax, exported with a dynamic batch."""
+    import io
+    import warnings
+
+    wrapped = _WithSoftmax(model).eval()
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             # "legacy TorchScript-based exporter": chosen on purpose (see artifact.ONNX_OPSET)
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (x,), buf, dynamo=False, opset_version=opset,
+            torch.onnx.export(wrapped, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=opset,
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_axes={ONNX_INPUT: {0: "n"}, ONNX_OUTPUT: {0: "n"}})
     except Exception as e:  # noqa: BLE001 - the exporter's errors have no common type
@@ -359,19 +392,4 @@ def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: in
         if "onnx is not installed" in reason.lower():
             reason = "the `onnx` package is not installed (pip install onnx)"
         raise UserError(f"cannot export {model_dir} to ONNX: {reason}") from None
-    tmp = model_dir / (ONNX + ".tmp")
-    try:
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(model_dir / ONNX)
-        weights = model_dir / WEIGHTS
-        config["onnx"] = {"file": ONNX, "sha256": sha256_file(model_dir / ONNX), "opset": opset,
-                          "input": ONNX_INPUT, "output": ONNX_OUTPUT,
-                          # the file it was exported from, hashed (not copied from config.json): the CPU image
-                          # refuses model.onnx beside other weights
-                          "weights_sha256": sha256_file(weights) if weights.is_file() else config["weights_sha256"]}
-        write_config(model_dir, config)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {model_dir / ONNX}: {e.strerror or e}") from None
-    log.info("wrote %s (opset %d, %.1f MB)", model_dir / ONNX, opset, (model_dir / ONNX).stat().st_size / 1e6)
-    return config
+    return buf.getvalue()
