@@ -201,7 +201,7 @@ def test_an_endpoint_that_never_comes_up_shows_the_container_log(tmp_path, monke
 
 
 def test_the_region_notice_is_silenced_only_when_a_region_is_set(monkeypatch, caplog, tmp_path):
-    from bincounter.sm.sdk import REGION_NOTICE, quiet_region_notice
+    from bincounter.sm.sdk_compat import REGION_NOTICE, quiet_region_notice
 
     quiet_region_notice()
     sdk_log = logging.getLogger("sagemaker.core.utils.utils")

@@ -216,9 +216,10 @@ def add_arguments(sub) -> None:
     x.add_argument("--model", help="model name (a deploy that stopped after creating its model)")
     x.set_defaults(func=cmd_delete)
 
-    from ..sm import batch_collect, follow, job_report, pipeline
+    from ..sm import batch_collect, follow, job_report
+    from . import sm_pipeline
 
-    pipeline.add_arguments(sub, _Help)
+    sm_pipeline.add_arguments(sub, _Help)
     follow.add_arguments(sub, _Help)
     job_report.add_arguments(sub, _Help)
     batch_collect.add_arguments(sub, _Help)
