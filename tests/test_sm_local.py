@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,17 @@ from bincounter.errors import UserError
 from bincounter.sm import local
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _sdk_env_restored(monkeypatch):
+    """local.offline_sdk_env sets process-wide variables: each is put back after the test (a leaked
+    SAGEMAKER_USER_CONFIG_OVERRIDE opted later CLI runs, e.g. test_sm_errors', out of telemetry)."""
+    for k in ("SAGEMAKER_USER_CONFIG_OVERRIDE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, os.environ.get(k, "unset"))  # recorded as it was (a missing one: removed after)
+        if os.environ[k] == "unset":
+            monkeypatch.delenv(k)
 
 
 def _script(name: str):

@@ -133,7 +133,6 @@ def step_names(definition: dict) -> list[str]:
     return out
 
 
-
 def check_parameter(name: str, value: str, option: str | None = None) -> str:
     """A pipeline parameter's value, checked offline (for upsert's defaults and start's --param overrides): a
     bad one would otherwise fail only when an execution reaches the step using it, after paid steps."""
