@@ -219,6 +219,9 @@ def test_the_region_notice_is_silenced_only_when_a_region_is_set(monkeypatch, ca
     sdk_log = logging.getLogger("sagemaker.core.utils.utils")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    # botocore reads AWS_DEFAULT_REGION (sdk_session and offline_sdk_env set it); this test had it only from the
+    # local_train tests before it, which left it set
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     with caplog.at_level(logging.WARNING):
         sdk_log.warning(REGION_NOTICE)
         sdk_log.warning("something else")
