@@ -276,3 +276,11 @@ def test_quiet_pipeline_sdk_drops_the_pipeline_session_warning():
         sdk_compat.quiet_pipeline_sdk()
         warnings.warn(f"{sdk_compat.PIPELINE_SESSION_WARNING}, there will be No Wait", UserWarning, stacklevel=1)
     assert seen == []
+
+
+def test_the_role_check_still_lives_in_iam_role_resolver():
+    """Not a shim, but an SDK module name sdk.py's error line relies on: a ResponseParserError raised from a frame
+    in iam_role_resolver is the SDK's role check (SimulatePrincipalPolicy), answered with SAGEMAKER_VALIDATE_ROLE."""
+    resolver = importlib.import_module("sagemaker.core.helper.iam_role_resolver")
+    assert resolver.__file__.endswith("iam_role_resolver.py")
+    assert "SAGEMAKER_VALIDATE_ROLE" in inspect.getsource(resolver)
