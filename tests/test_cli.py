@@ -396,7 +396,7 @@ def test_the_sdk_validates_each_config_once(monkeypatch):
     once per (schema, config) pair that passed; another config, or one that fails, is still validated each time."""
     import jsonschema
 
-    from bincounter.sm.sdk import validate_config_once
+    from bincounter.sm.sdk_compat import validate_config_once
 
     calls = []
 

@@ -192,7 +192,7 @@ def test_status_shows_each_steps_outcome_and_the_processing_exit_message(capsys)
     import argparse
     from unittest import mock
 
-    from bincounter.sm import pipeline
+    from bincounter.cli import sm_pipeline
 
     sm = mock.Mock()
     sm.describe_pipeline_execution.return_value = {"PipelineExecutionStatus": "Failed", "FailureReason": "Step failed"}
@@ -206,7 +206,7 @@ def test_status_shows_each_steps_outcome_and_the_processing_exit_message(capsys)
     args = argparse.Namespace(region="us-east-1", profile=None, endpoint_url=None, name="p",
                               execution="arn:aws:sagemaker:us-east-1:1:pipeline/p/execution/e")
     with mock.patch("bincounter.aws.client", return_value=sm):
-        assert pipeline.cmd_status(args) == 0
+        assert sm_pipeline.cmd_status(args) == 0
     out = capsys.readouterr().out.splitlines()
     sm.describe_processing_job.assert_called_once_with(ProcessingJobName="pipelines-x-prepare")
     assert "no metadata/*.json" in out[1] and "See job logs" not in out[1]
@@ -233,7 +233,7 @@ def _fake_weights(folder, arch: str = LITE0):
 def test_local_pipeline_fine_tunes_from_the_pretrained_channel_by_default(monkeypatch, tmp_path):
     """The README's `sm pipeline local` must pass the default gate: the demo's recipe (ImageNet weights as Train's
     pretrained channel, 96 px), not 1 epoch at 64 px from random init (0.2 accuracy: chance)."""
-    from bincounter.sm import hyperparameters, local
+    from bincounter.sm import hyperparameters, local, sdk_compat
     from bincounter.sm import pipeline_local as pl
 
     hps = pl.DEFAULT_HYPERPARAMETERS
@@ -244,11 +244,11 @@ def test_local_pipeline_fine_tunes_from_the_pretrained_channel_by_default(monkey
               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "SAGEMAKER_VALIDATE_ROLE"):
         monkeypatch.setenv(k, ENV.get(k, "x"))  # restored after the test
     local.offline_sdk_env(tmp_path)
-    steps, _ = local.pipeline_sessions(tmp_path)
+    steps, _ = sdk_compat.pipeline_sessions(tmp_path)
     weights = _fake_weights(tmp_path / "weights")
-    pipe = pl.build_local(steps, local.model_step_session(), name="t", image="bincounter:local", role=local.LOCAL_ROLE,
-                          data_uri="file:///raw", out_uri=f"file://{tmp_path}/runs", hyperparameters=hps,
-                          min_accuracy=0.5, pretrained_uri=f"file://{weights}")
+    pipe = pl.build_local(steps, sdk_compat.model_step_session(), name="t", image="bincounter:local",
+                          role=local.LOCAL_ROLE, data_uri="file:///raw", out_uri=f"file://{tmp_path}/runs",
+                          hyperparameters=hps, min_accuracy=0.5, pretrained_uri=f"file://{weights}")
     train = next(s for s in json.loads(pipe.definition())["Steps"] if s["Name"] == "Train")["Arguments"]
     chans = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in train["InputDataConfig"]}
     assert chans["pretrained"] == f"file://{weights}" and set(chans) == {"train", "val", "pretrained"}

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -18,6 +19,17 @@ from bincounter.errors import UserError
 from bincounter.sm import local
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _sdk_env_restored(monkeypatch):
+    """local.offline_sdk_env sets process-wide variables: each is put back after the test (a leaked
+    SAGEMAKER_USER_CONFIG_OVERRIDE opted later CLI runs, e.g. test_sm_errors', out of telemetry)."""
+    for k in ("SAGEMAKER_USER_CONFIG_OVERRIDE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, os.environ.get(k, "unset"))  # recorded as it was (a missing one: removed after)
+        if os.environ[k] == "unset":
+            monkeypatch.delenv(k)
 
 
 def _script(name: str):
@@ -201,12 +213,15 @@ def test_an_endpoint_that_never_comes_up_shows_the_container_log(tmp_path, monke
 
 
 def test_the_region_notice_is_silenced_only_when_a_region_is_set(monkeypatch, caplog, tmp_path):
-    from bincounter.sm.sdk import REGION_NOTICE, quiet_region_notice
+    from bincounter.sm.sdk_compat import REGION_NOTICE, quiet_region_notice
 
     quiet_region_notice()
     sdk_log = logging.getLogger("sagemaker.core.utils.utils")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    # botocore reads AWS_DEFAULT_REGION (sdk_session and offline_sdk_env set it); this test had it only from the
+    # local_train tests before it, which left it set
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     with caplog.at_level(logging.WARNING):
         sdk_log.warning(REGION_NOTICE)
         sdk_log.warning("something else")

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials/endpoint ..." on every client
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(args, "sm_command", None) and not getattr(args, "verbose", False):
-        from ..sm.sdk import quiet_sdk_logs
+        from ..sm.sdk_compat import quiet_sdk_logs
 
         quiet_sdk_logs()
     try:

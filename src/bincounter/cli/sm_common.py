@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..sm import cost, jobs
+from ..sm import cost
 from ..sm.target import AwsTarget
 
 
@@ -14,9 +14,17 @@ def text(*paragraphs: str) -> str:
     return "\n".join(textwrap.fill(p, 100) for p in paragraphs)
 
 
+def add_aws_options(p) -> None:
+    """--region, --profile, --endpoint-url: what every `sm` command that talks to AWS takes."""
+    p.add_argument("--region")
+    p.add_argument("--profile")
+    p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also the SageMaker SDK's own INFO/DEBUG log lines")
+
+
 def add_common(p, needs_role: bool = False, costed: bool = True) -> None:
     """--region/--profile/--endpoint-url/-v, --dry-run and (needs_role) --role."""
-    jobs.add_aws_options(p)
+    add_aws_options(p)
     p.add_argument("--dry-run", action="store_true",
                    help=("print the estimated cost and the request(s)" if costed else "print the request(s)")
                    + "; no network call, no credentials needed (values that would come from AWS are "

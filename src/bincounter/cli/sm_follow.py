@@ -7,9 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from ..sm import jobs
 from ..sm.follow import KINDS
-from .sm_common import target
+from .sm_common import add_aws_options, target
 
 log = logging.getLogger("bincounter")
 
@@ -18,7 +17,7 @@ def add_status(sub, formatter) -> None:
     s = sub.add_parser("status", help="where a job or endpoint stands (one JSON line)", formatter_class=formatter,
                        description="Status of a training job, tuning job (trials, best job and its "
                        "hyperparameters), transform job or endpoint, found by name.")
-    jobs.add_aws_options(s)
+    add_aws_options(s)
     s.add_argument("name")
     s.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
     s.set_defaults(func=cmd_status)
@@ -28,7 +27,7 @@ def add_logs(sub, formatter) -> None:
     lg = sub.add_parser("logs", help="a job's or endpoint's log (CloudWatch)", formatter_class=formatter,
                         description="The CloudWatch log of a training job, transform job or endpoint (every "
                         "instance, in time order); for a tuning job, its best (else latest) training job's.")
-    jobs.add_aws_options(lg)
+    add_aws_options(lg)
     lg.add_argument("name")
     lg.add_argument("--kind", choices=KINDS, help="skip the search over kinds")
     lg.add_argument("--tail", type=int, default=100, help="last N lines (0: all)")
@@ -45,7 +44,7 @@ def add_report(sub, formatter) -> None:
                        "job name means its best training job.")
     r.add_argument("job", metavar="JOB", help="training job name (or tuning job: its best training job)")
     r.add_argument("--out", help="folder for the downloaded files and report.html (default: reports/JOB)")
-    jobs.add_aws_options(r)
+    add_aws_options(r)
     r.set_defaults(func=cmd_report)
 
 
@@ -56,7 +55,7 @@ def add_collect(sub, formatter) -> None:
                        "once its job has completed.")
     c.add_argument("job", metavar="JOB", help="transform job name")
     c.add_argument("--csv", required=True, help="CSV file to write")
-    jobs.add_aws_options(c)
+    add_aws_options(c)
     c.set_defaults(func=cmd_collect)
 
 

@@ -270,7 +270,7 @@ def batch_sizes(n: int, batch_size: int, batches: int | None = None) -> list[int
 class ShardDataset:
     """A sharded channel with the face of a `ChannelDataset`: `len` (samples), `class_counts()`,
     `set_epoch()` (shared memory, so persistent workers see it), `root`, and `samples` (one
-    (shard path, sha256) per shard: what `train.data_fingerprint` hashes, so a checkpoint notices changed
+    (shard path, sha256) per shard: what `checkpoint.data_fingerprint` hashes, so a checkpoint notices changed
     data); `loader()` gives a rank its DataLoader."""
 
     def __init__(self, root: str | Path, pre: Preprocess, train: bool = False, seed: int = 0,

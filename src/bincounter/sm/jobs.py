@@ -124,13 +124,5 @@ def parse_kv(pairs: list[str]) -> dict:
     return out
 
 
-def add_aws_options(p) -> None:
-    """--region, --profile, --endpoint-url: what every `sm` command that talks to AWS takes."""
-    p.add_argument("--region")
-    p.add_argument("--profile")
-    p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
-    p.add_argument("-v", "--verbose", action="store_true", help="also the SageMaker SDK's own INFO/DEBUG log lines")
-
-
 def print_request(api: str, request: dict) -> None:
     print(json.dumps({"api": api, "request": request}, indent=2, sort_keys=True))

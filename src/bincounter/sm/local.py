@@ -13,16 +13,9 @@
 * The SDK leaves exited `algo-*` containers and the `sagemaker-local` network: `cleanup_docker` removes
   what a job started, on success, failure and Ctrl-C alike.
 
-Local pipelines (`pipeline_sessions`, for `sm pipeline local`):
-* Steps must be built under `sagemaker.core.workflow.pipeline_context.LocalPipelineSession` (its job calls
-  return step arguments), but only `sagemaker.mlops.local.LocalPipelineSession` can run them
-  (`Pipeline.create()` fails locally: the local client has no create_pipeline).
-* `ModelBuilder.build()` needs the real SageMaker client (`_user_agent_creator`): a CreateModel step's
-  arguments are built under a plain PipelineSession, which only records them.
-* The local executor reads a JsonGet's property file with S3 GetObject, even when the processing output is
-  a file:// URI: `_FileJsonGetExecutor` reads file:// property files from disk.
-* A file:// input that names a file (a model.tar.gz) mounts its whole folder (next to output.tar.gz): the
-  Evaluate step names its model file with `--model` (pipeline_local).
+The local pipeline's own gaps (two local sessions, the executor's JsonGet on file:// outputs, ModelBuilder.build's
+client) are worked around in sdk_compat. A file:// input that names a file (a model.tar.gz) mounts its whole folder
+(next to output.tar.gz): the Evaluate step names its model file with `--model` (pipeline_local).
 """
 
 from __future__ import annotations
@@ -40,25 +33,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
+from . import sdk_compat
+from .sdk import write_offline_config
 
 log = logging.getLogger("bincounter")
 #: what `local_train` records in its workdir (the channels it trained on), for serve_local's test channel
 TRAIN_RECORD = "local-train.json"
 LOCAL_ROLE = "arn:aws:iam::111111111111:role/bincounter-local-mode"
-_CONFIG = """SchemaVersion: '1.0'
-SageMaker:
-  PythonSDK:
-    Modules:
-      TelemetryOptOut: true
-"""
-
-
-def write_offline_config(workdir: Path) -> Path:
-    """The SDK defaults file that opts out of telemetry (for SAGEMAKER_USER_CONFIG_OVERRIDE)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "sagemaker-config.yaml"
-    cfg.write_text(_CONFIG)
-    return cfg
 
 
 class LocalJobFailed(UserError):
@@ -67,92 +48,13 @@ class LocalJobFailed(UserError):
 
 def offline_sdk_env(workdir: Path) -> None:
     """Make the SDK work with no AWS account: call before importing sagemaker."""
-    from .sdk import quiet_region_notice
-
-    quiet_region_notice()
+    sdk_compat.quiet_region_notice()
     os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(workdir))
     os.environ.setdefault("AWS_REGION", "us-east-1")
     os.environ.setdefault("AWS_DEFAULT_REGION", os.environ["AWS_REGION"])
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     if not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
         os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "local-mode"
-
-
-def pipeline_sessions(container_root: Path):
-    """(step session, run session): build the steps under the first, `create_pipeline` and
-    `start_pipeline_execution` on the second (synchronous; returns the execution). Every job's
-    docker-compose project lives under `container_root` (cleanup_docker)."""
-    from sagemaker.core.workflow.pipeline_context import LocalPipelineSession as StepSession
-    from sagemaker.mlops.local import LocalPipelineSession as RunSession
-
-    class _RunSession(RunSession):
-        def start_pipeline_execution(self, PipelineName, **kwargs):  # noqa: N803 - the API's casing
-            from unittest import mock
-
-            import sagemaker.mlops.local.pipeline as executor_module
-
-            # _LocalPipeline.start imports LocalPipelineExecutor from the module when it runs
-            with mock.patch.object(executor_module, "LocalPipelineExecutor", _file_json_get_executor()):
-                return super().start_pipeline_execution(PipelineName, **kwargs)
-
-    config = {"local": {"container_root": str(container_root)}}
-    steps, run = StepSession(), _RunSession()
-    steps.config, run.config = dict(config), dict(config)
-    return steps, run
-
-
-def model_step_session():
-    """A PipelineSession for ModelBuilder.build(): records the CreateModel request, sends nothing (the local
-    session's client lacks what build() reads)."""
-    import boto3
-    from sagemaker.core.workflow.pipeline_context import PipelineSession
-
-    return PipelineSession(boto_session=boto3.Session(region_name=os.environ.get("AWS_REGION", "us-east-1")),
-                           default_bucket="bincounter-local-unused")
-
-
-def _file_json_get_executor():
-    from urllib.parse import urlparse
-
-    from sagemaker.core.local.utils import get_using_dot_notation
-    from sagemaker.mlops.local.pipeline import LocalPipelineExecutor
-
-    class _FileJsonGetExecutor(LocalPipelineExecutor):
-        """JsonGet on a processing step's property file that was written to a file:// output."""
-
-        def _property_file_path(self, json_get) -> Path | None:
-            pf = json_get.property_file
-            if not pf:
-                return None
-            if isinstance(pf, str):
-                step = self.pipeline_dag.step_map[json_get.step_name]
-                pf = next((f for f in step.property_files if f.name == pf), None)
-                if pf is None:
-                    return None
-            try:
-                uri = self.execution.step_execution.get(json_get.step_name).properties[
-                    "ProcessingOutputConfig"]["Outputs"][pf.output_name]["S3Output"]["S3Uri"]
-            except (KeyError, TypeError, AttributeError):
-                return None
-            parsed = urlparse(uri)
-            return Path(parsed.netloc + parsed.path) / pf.path if parsed.scheme == "file" else None
-
-        def _evaluate_json_get_function(self, pipeline_variable, step_name):
-            path = self._property_file_path(pipeline_variable)
-            if path is None:
-                return super()._evaluate_json_get_function(pipeline_variable, step_name)
-            try:
-                doc = json.loads(path.read_text())
-            except OSError as e:
-                self.execution.update_step_failure(step_name, f"cannot read {path}: {e.strerror}")
-            except ValueError:
-                self.execution.update_step_failure(step_name, f"{path} is not valid JSON")
-            try:
-                return get_using_dot_notation(doc, pipeline_variable.json_path)
-            except ValueError:
-                self.execution.update_step_failure(step_name, f"{path} has no {pipeline_variable.json_path}")
-
-    return _FileJsonGetExecutor
 
 
 def _docker(*args) -> subprocess.CompletedProcess:

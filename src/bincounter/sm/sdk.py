@@ -13,53 +13,38 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import os
 import sys
 import tempfile
 from contextlib import ExitStack, contextmanager, redirect_stdout
-from functools import lru_cache
 from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
+from . import sdk_compat
+from .target import DRY_ACCOUNT  # the dry run names it in ARNs
 
 
 class _Captured(Exception):
     pass
 
 
-class _OnlyOurs(logging.Filter):
-    """In a dry run the SDK's INFO lines ("Model has been created", "Deployment started", ...) describe
-    things that did not happen: only bincounter's own lines and warnings pass."""
-
-    def filter(self, record):
-        return record.levelno >= logging.WARNING or record.name.startswith("bincounter")
-
-
-@contextmanager
-def _quiet_sdk():
-    handlers = list(logging.getLogger().handlers)
-    f = _OnlyOurs()
-    for h in handlers:
-        h.addFilter(f)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(f)
-
-
-def quiet_sdk_logs() -> None:
-    """For `sm` commands without -v: the SDK's INFO/DEBUG lines ("Not applying SDK defaults ...", "Creating
-    model with name ...", the telemetry notice) leave the output; bincounter's lines and every warning stay. A
-    filter on the root handlers, since the SDK sets its own loggers' levels when imported."""
-    for h in logging.getLogger().handlers:
-        if not any(isinstance(f, _OnlyOurs) for f in h.filters):
-            h.addFilter(_OnlyOurs())
-
-
 TELEMETRY_KEY = "TelemetryOptOut"
+_OFFLINE_CONFIG = f"""SchemaVersion: '1.0'
+SageMaker:
+  PythonSDK:
+    Modules:
+      {TELEMETRY_KEY}: true
+"""
+
+
+def write_offline_config(workdir: Path) -> Path:
+    """The SDK defaults file that opts out of telemetry (for SAGEMAKER_USER_CONFIG_OVERRIDE): a dry run and local
+    mode make no network call, whatever the user's config says."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "sagemaker-config.yaml"
+    cfg.write_text(_OFFLINE_CONFIG)
+    return cfg
 
 
 def opt_out_of_telemetry(stack: ExitStack) -> None:
@@ -90,28 +75,6 @@ def opt_out_of_telemetry(stack: ExitStack) -> None:
     os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(tmp / "config.yaml")
     stack.callback(lambda: os.environ.__setitem__("SAGEMAKER_USER_CONFIG_OVERRIDE", given) if given else
                    os.environ.pop("SAGEMAKER_USER_CONFIG_OVERRIDE", None))
-
-
-REGION_NOTICE = "No region provided. Using default region."
-
-
-class _RegionNoticeWhenSet(logging.Filter):
-    """The SDK warns "No region provided" whenever a client is made without region_name, though the region does
-    come from AWS_REGION / the profile: that warning passes only when no region is configured at all."""
-
-    def filter(self, record):
-        if record.getMessage() != REGION_NOTICE:
-            return True
-        import botocore.session
-
-        return not botocore.session.get_session().get_config_variable("region")
-
-
-def quiet_region_notice() -> None:
-    """Install `_RegionNoticeWhenSet` on the SDK logger that writes the notice (once)."""
-    sdk_log = logging.getLogger("sagemaker.core.utils.utils")
-    if not any(isinstance(f, _RegionNoticeWhenSet) for f in sdk_log.filters):
-        sdk_log.addFilter(_RegionNoticeWhenSet())
 
 
 def _unparsable_line(e: Exception) -> str | None:
@@ -150,9 +113,6 @@ def _sdk_error_line(e: Exception) -> str | None:
     return None
 
 
-from .target import DRY_ACCOUNT  # noqa: E402 (re-exported: the dry run names it in ARNs)
-
-
 def _dry_answer(api: str, request: dict, writes: list[dict], region: str) -> dict | None:
     """The response AWS would give a dry-run call, from the requests recorded before it; None: no answer."""
     def arn(kind, name):
@@ -185,40 +145,13 @@ def _is_write(api: str) -> bool:
     return not api.startswith(("Describe", "Get", "List", "Filter", "Search"))
 
 
-def validate_config_once() -> None:
-    """The SDK validates its defaults config (our telemetry opt-out in a dry run, ~/.config/sagemaker/config.yaml)
-    with `jsonschema.validate` on every config lookup, a dozen times per request, each time checking its large
-    schema against the JSON Schema meta-schema first (~0.3 s of CPU each): most of a dry run's own time. The same
-    config against the same schema passes (or fails) the same way every time, so each pair that passed is not
-    validated again in this process."""
-    import jsonschema
-
-    validate = jsonschema.validate
-    if getattr(validate, "once", False):
-        return
-    passed: set[tuple[int, str]] = set()  # (id(schema), the instance as canonical JSON) pairs that passed
-
-    def once(instance, schema, *args, **kwargs):
-        try:  # JSON text tells true from 1 and 1 from 1.0, which == does not
-            key = (id(schema), json.dumps(instance, sort_keys=True))
-        except (TypeError, ValueError):
-            key = None
-        if args or kwargs or key is None or key not in passed:
-            validate(instance, schema, *args, **kwargs)
-            if not (args or kwargs) and key is not None:
-                passed.add(key)
-
-    once.once = True
-    jsonschema.validate = once
-
-
 @contextmanager
 def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_run: bool):
     """Yields (sagemaker Session, recorded writes). In a dry run every API call is answered locally
     (`_dry_answer`) or, where there is no local answer, stopped: that ends the SDK call (caught here)."""
     import boto3
 
-    quiet_region_notice()
+    sdk_compat.quiet_region_notice()
     if endpoint_url:  # every client the SDK makes (sagemaker, sts, logs, s3) talks to it
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
     os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
@@ -226,11 +159,9 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
         if not dry_run:
             opt_out_of_telemetry(stack)
         if dry_run:
-            stack.enter_context(_quiet_sdk())
+            stack.enter_context(sdk_compat.dry_run_logs_quiet())
             os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
-            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either, whatever the user's
-                from .local import write_offline_config  # config says: a dry run makes no network call
-
+            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either
                 tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-dry-run-")))
                 os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(tmp))
                 stack.callback(os.environ.pop, "SAGEMAKER_USER_CONFIG_OVERRIDE", None)
@@ -258,7 +189,7 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
             boto_session.events.register("before-call", answer)
         from sagemaker.core.helper.session_helper import Session
 
-        validate_config_once()
+        sdk_compat.validate_config_once()
         # the SDK prints progress panels and notices to stdout; ours carries only results (JSON lines)
         stack.enter_context(redirect_stdout(sys.stderr))
         try:
@@ -301,41 +232,6 @@ def profiler_settings(output_path: str, region: str, interval_ms: int = 500) -> 
             "ProfilerRuleConfigurations": [rule.to_profiler_rule_config_dict()]}
 
 
-@lru_cache(maxsize=1)
-def _profiled_trainer_class():
-    """ModelTrainer (SDK v3.27) has no argument for ProfilerConfig / ProfilerRuleConfigurations, although the
-    TrainingJob.create it calls takes both: this subclass adds them to the request ModelTrainer builds
-    (`_create_training_job_args`), so they go out in the same CreateTrainingJob call."""
-    from pydantic import PrivateAttr
-    from sagemaker.core.shapes import ProfilerConfig, ProfilerRuleConfiguration
-    from sagemaker.train import ModelTrainer
-
-    class ProfiledModelTrainer(ModelTrainer):
-        _profiler: dict | None = PrivateAttr(default=None)
-
-        def with_profiler(self, settings: dict | None):
-            self._profiler = settings
-            return self
-
-        def _create_training_job_args(self, *args, **kwargs):
-            request = super()._create_training_job_args(*args, **kwargs)
-            if self._profiler and isinstance(request, dict):
-                cfg, rules = self._profiler["ProfilerConfig"], self._profiler["ProfilerRuleConfigurations"]
-                if "algorithm_specification" in request:  # snake_case keys and shapes, for TrainingJob.create
-                    request["profiler_config"] = ProfilerConfig(
-                        s3_output_path=cfg.get("S3OutputPath"), disable_profiler=cfg.get("DisableProfiler"),
-                        profiling_interval_in_milliseconds=cfg.get("ProfilingIntervalInMilliseconds"))
-                    request["profiler_rule_configurations"] = [ProfilerRuleConfiguration(
-                        rule_configuration_name=r["RuleConfigurationName"],
-                        rule_evaluator_image=r["RuleEvaluatorImage"], rule_parameters=r.get("RuleParameters"))
-                        for r in rules]
-                else:  # the serialized (API-shaped) request of a pipeline step
-                    request.update(self._profiler)
-            return request
-
-    return ProfiledModelTrainer
-
-
 def model_trainer(session, *, image: str, role: str, instance_type: str, instance_count: int, hyperparameters: dict,
                   output_path: str, spot: bool, checkpoint_s3: str | None, max_runtime_s: int, base_name: str,
                   volume_gb: int = 50, input_mode: str = "File", spot_needs_checkpoint: bool = True,
@@ -349,7 +245,7 @@ def model_trainer(session, *, image: str, role: str, instance_type: str, instanc
 
     if spot and not checkpoint_s3 and spot_needs_checkpoint:
         raise UserError("spot training needs --checkpoint-s3 (a spot interruption resumes from it)")
-    trainer = _profiled_trainer_class()(
+    trainer = sdk_compat.profiled_trainer_class()(
         sagemaker_session=session, training_image=image, role=role, base_job_name=base_name,
         compute=Compute(instance_type=instance_type, instance_count=instance_count, volume_size_in_gb=volume_gb,
                         enable_managed_spot_training=spot),
