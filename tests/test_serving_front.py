@@ -476,6 +476,23 @@ def test_requests_over_the_inflight_limit_get_a_fast_503_and_the_rest_are_served
     assert b"\xff\xd8over" not in run.fake.requests
 
 
+def test_over_the_inflight_limit_the_503_comes_before_the_body_is_read(front):
+    """Shedding costs the front a request's headers, not its upload: over the limit the 503 is sent without waiting
+    for a body that has not arrived (a flood of large uploads is refused as cheaply as small ones)."""
+    run = front(max_inflight=1, timeout_s=10.0)
+    run.fake.mode = "slow"
+    busy = threading.Thread(target=lambda: run.request("POST", "/invocations", b"\xff\xd8s"))
+    busy.start()
+    wait_for(lambda: len(run.fake.requests) == 1, 10, 0.02, "one request in flight")
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as s:
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 1000000\r\n\r\n\xff\xd8")  # 2 of 1,000,000 bytes, and no more
+        s.settimeout(8.0)  # (the old order waited for the rest of the body until the read deadline, 60 s)
+        head = s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 503") and b"over capacity" in head and b"Retry-After: 1" in head, head
+    busy.join(20)
+
+
 def test_a_lost_worker_is_degraded_capacity_in_ping_and_log(front, caplog):
     """Issue 21, item 2: one dead worker of two halved capacity with nothing said anywhere."""
     run = front(workers=2)

@@ -325,6 +325,18 @@ class Front:
                 return self._json(413, too_big)
         return bytes(body)
 
+    def _shed(self) -> web.Response | None:
+        """The 503 for a request the model server cannot take now (not ready, or max_inflight reached), else None."""
+        state, reason = self.health.state(self.now())
+        if not state.admits:
+            return self._json(503, error_body(503, f"model not ready: {reason}"), retry_after=5)
+        if self.inflight >= self.limits.max_inflight:
+            self.health.outcome(self.now(), H.SHED)
+            return self._json(503, error_body(503, f"over capacity: {self.inflight} requests in flight "
+                                                   f"(BINCOUNTER_MAX_INFLIGHT); retry later"),
+                              retry_after=self.limits.retry_after_s)
+        return None
+
     async def invocations(self, request: web.BaseRequest, conn: _Conn | None) -> web.Response:
         chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
         if request.content_length is None and not chunked:
@@ -333,6 +345,8 @@ class Front:
         if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
             return self._json(415, error_body(415, f"Content-Encoding {request.headers['Content-Encoding']!r} is "
                                                    f"not supported; send the body unencoded"), close=True)
+        if (shed := self._shed()) is not None:  # before the body: a flood is refused for the price of its headers
+            return shed
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -343,14 +357,8 @@ class Front:
             check_accept(request.headers.get("Accept"))
         except RequestError as e:
             return self._json(e.status, e.body())
-        state, reason = self.health.state(self.now())
-        if not state.admits:
-            return self._json(503, error_body(503, f"model not ready: {reason}"), retry_after=5)
-        if self.inflight >= self.limits.max_inflight:
-            self.health.outcome(self.now(), H.SHED)
-            return self._json(503, error_body(503, f"over capacity: {self.inflight} requests in flight "
-                                                   f"(BINCOUNTER_MAX_INFLIGHT); retry later"),
-                              retry_after=self.limits.retry_after_s)
+        if (shed := self._shed()) is not None:  # again: others were admitted while this body was read
+            return shed
         if self._stopping.is_set():
             return self._json(503, error_body(503, "the server is shutting down"), close=True)
         self.inflight += 1
