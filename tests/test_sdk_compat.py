@@ -144,6 +144,23 @@ def test_model_trainer_still_lacks_a_profiler_and_builds_its_request_where_the_s
     assert "self._create_training_job_args(" in inspect.getsource(ModelTrainer.train)
 
 
+def test_the_profiler_request_and_the_started_job_are_still_only_private():
+    """profiler_config_request / latest_training_job: the SDK still builds ProfilerConfig's request dict only in
+    `_to_request_dict` (and it is the CreateTrainingJob shape), and ModelTrainer.train still keeps the job it started
+    only in `_latest_training_job` (it returns None)."""
+    from sagemaker.core.debugger import ProfilerConfig
+    from sagemaker.train import ModelTrainer
+
+    req = sdk_compat.profiler_config_request(ProfilerConfig(s3_output_path="s3://b/p",
+                                                            system_monitor_interval_millis=500))
+    assert req["S3OutputPath"] == "s3://b/p" and req["ProfilingIntervalInMilliseconds"] == 500, req
+    assert not [n for n in dir(ProfilerConfig) if not n.startswith("_") and "request" in n.lower()], \
+        "ProfilerConfig has a public request builder now: use it"
+    train_src = inspect.getsource(ModelTrainer.train)
+    assert "self._latest_training_job = " in train_src and "return self._latest_training_job" not in train_src
+    assert sdk_compat.latest_training_job(SimpleNamespace(_latest_training_job="job")) == "job"
+
+
 def test_the_profiled_trainer_puts_the_profiler_in_both_request_shapes():
     from bincounter.sm import sdk
 

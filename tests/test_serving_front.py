@@ -490,6 +490,15 @@ def test_over_the_inflight_limit_the_503_comes_before_the_body_is_read(front):
         s.settimeout(8.0)  # (the old order waited for the rest of the body until the read deadline, 60 s)
         head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 503") and b"over capacity" in head and b"Retry-After: 1" in head, head
+    # a client that waits for "100 Continue" never sends the body: the 503 ends the connection (Connection: close),
+    # so the client's next request goes on a new one instead of being read as this request's body
+    with socket.create_connection(("127.0.0.1", run.port), timeout=10) as s:
+        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n")
+        s.settimeout(8.0)
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503") and b"over capacity" in answer, answer
+    assert b"connection: close" in answer.lower(), answer
     busy.join(20)
 
 

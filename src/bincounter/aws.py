@@ -62,7 +62,7 @@ _HINTS = {
 @contextmanager
 def user_errors(what: str, no_credentials: str = "--dry-run needs none"):
     """Turn credential, region, endpoint and API errors raised inside into one UserError line that says what
-    to do. Used around boto3 calls (`aws_call`) and around whole SDK flows (`sagemaker.sdk.sdk_session`).
+    to do. Used around boto3 calls (`aws_call`) and around whole SDK flows (`sm.sdk.sdk_session`).
     `no_credentials`: what the missing-credentials line adds to how to configure them."""
     from botocore.exceptions import (
         BotoCoreError,

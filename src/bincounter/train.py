@@ -1,8 +1,8 @@
 """The trainer: plain typed arguments in (`TrainConfig`), a model directory out.
 
 The same function runs from the CLI (`bincounter train ...`), under torchrun, and in the container
-(`container/train.py` parses the SageMaker contract into a `TrainConfig` at the edge). `_train` reads top to
-bottom: build the model, the data and the `TrainingState` (train_state.py), resume from a checkpoint
+(`bincounter.sagemaker.train_entry` parses the SageMaker contract into a `TrainConfig` at the edge). `_train` reads
+top to bottom: build the model, the data and the `TrainingState` (train_state.py), resume from a checkpoint
 (checkpoint.py), run the epochs (`_fit`, over engine.py's loops), then write the best model and the results.
 
 Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only; `best_val_acc` is the tuning

@@ -22,8 +22,10 @@ from .distributed import DistInfo
 from .errors import UserError
 from .rules import Rules
 
-#: The version of `TrainingState.state_dict()`. 1: the unversioned checkpoints written before it had one.
+#: The version of `TrainingState.state_dict()`. 1: the unversioned checkpoints written before it had one: the same
+#: keys as 2, so they resume (a run interrupted before an upgrade is not lost).
 CHECKPOINT_VERSION = 2
+READS = (1, 2)
 
 
 @dataclass(eq=False)
@@ -94,7 +96,7 @@ def version_problem(sd: dict, name: str = "checkpoint") -> str | None:
     """One line saying why this bincounter cannot resume the checkpoint contents `sd` (written with another
     CHECKPOINT_VERSION) and what to do, or None when it can. `name`: how to call it in that line."""
     version = sd.get("version", 1) if isinstance(sd, dict) else None
-    if version == CHECKPOINT_VERSION:
+    if version in READS:
         return None
     older = isinstance(version, int) and version < CHECKPOINT_VERSION
     return (f"{name} has format version {version!r}, this bincounter reads version {CHECKPOINT_VERSION} (written by "

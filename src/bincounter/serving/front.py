@@ -1,5 +1,6 @@
 """The front: /ping and /invocations on :8080, an aiohttp low-level server (`web.Server`, public API only) in
-front of multi-model-server. Its own job, nothing else:
+front of multi-model-server. Its own job, nothing else (about 420 lines: the five jobs below share one request's
+life cycle and its connection state; split, each would reach into the others' state):
 
 * the health gate: /ping is 200 while the health model (health.py) says the container can serve; a request is
   admitted only then, and its outcome (answered, shed, timed out, worker died...) is reported back to it;
@@ -325,16 +326,17 @@ class Front:
                 return self._json(413, too_big)
         return bytes(body)
 
-    def _shed(self) -> web.Response | None:
-        """The 503 for a request the model server cannot take now (not ready, or max_inflight reached), else None."""
+    def _shed(self, close: bool = False) -> web.Response | None:
+        """The 503 for a request the model server cannot take now (not ready, or max_inflight reached), else None.
+        close: end the connection after it (a body that was not read and may never come: Expect: 100-continue)."""
         state, reason = self.health.state(self.now())
         if not state.admits:
-            return self._json(503, error_body(503, f"model not ready: {reason}"), retry_after=5)
+            return self._json(503, error_body(503, f"model not ready: {reason}"), close=close, retry_after=5)
         if self.inflight >= self.limits.max_inflight:
             self.health.outcome(self.now(), H.SHED)
             return self._json(503, error_body(503, f"over capacity: {self.inflight} requests in flight "
                                                    f"(BINCOUNTER_MAX_INFLIGHT); retry later"),
-                              retry_after=self.limits.retry_after_s)
+                              close=close, retry_after=self.limits.retry_after_s)
         return None
 
     async def invocations(self, request: web.BaseRequest, conn: _Conn | None) -> web.Response:
@@ -345,7 +347,9 @@ class Front:
         if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
             return self._json(415, error_body(415, f"Content-Encoding {request.headers['Content-Encoding']!r} is "
                                                    f"not supported; send the body unencoded"), close=True)
-        if (shed := self._shed()) is not None:  # before the body: a flood is refused for the price of its headers
+        # before the body: a flood is refused for the price of its headers; a client waiting for "100 Continue"
+        # never sends the body, so that connection is closed (aiohttp would read its next request as the body)
+        if (shed := self._shed(close="Expect" in request.headers)) is not None:
             return shed
         body = await self._read_body(request)
         if isinstance(body, web.Response):

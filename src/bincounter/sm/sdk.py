@@ -228,7 +228,7 @@ def profiler_settings(output_path: str, region: str, interval_ms: int = 500) -> 
     except ValueError:
         raise UserError(f"SageMaker Debugger has no rule image in {region}; pass --no-profiler") from None
     config = ProfilerConfig(s3_output_path=output_path, system_monitor_interval_millis=interval_ms)
-    return {"ProfilerConfig": config._to_request_dict(),
+    return {"ProfilerConfig": sdk_compat.profiler_config_request(config),
             "ProfilerRuleConfigurations": [rule.to_profiler_rule_config_dict()]}
 
 

@@ -10,7 +10,8 @@ stays where the job is built (sdk.py, pipeline.py, pipeline_local.py, local.py).
 Shims, by where the SDK needs them:
 * logs: `quiet_sdk_logs`, `dry_run_logs_quiet`, `quiet_region_notice`, `quiet_pipeline_sdk`, `model_build_quiet`;
 * config: `validate_config_once` (jsonschema.validate);
-* training: `profiled_trainer_class` (ModelTrainer._create_training_job_args);
+* training: `profiled_trainer_class` (ModelTrainer._create_training_job_args), `profiler_config_request`
+  (ProfilerConfig._to_request_dict), `latest_training_job` (ModelTrainer._latest_training_job);
 * pipelines: `tuning_step_class` (TuningStep.arguments), `model_step_session` (ModelBuilder.build's client),
   `pipeline_sessions` + `FileJsonGetExecutor` (the local executor's JsonGet).
 """
@@ -206,6 +207,19 @@ def profiled_trainer_class():
             return request
 
     return ProfiledModelTrainer
+
+
+def profiler_config_request(config) -> dict:
+    """A `ProfilerConfig` as its CreateTrainingJob request dict. The SDK v3 builds it only in the private
+    `sagemaker.core.debugger.ProfilerConfig._to_request_dict` (ModelTrainer takes no profiler: see
+    `profiled_trainer_class`). Delete when: ModelTrainer takes a ProfilerConfig itself."""
+    return config._to_request_dict()
+
+
+def latest_training_job(trainer):
+    """The TrainingJob a `ModelTrainer.train(wait=False)` started: the SDK keeps it only in the private
+    `ModelTrainer._latest_training_job` (train() returns None). Delete when: train() returns the job."""
+    return trainer._latest_training_job
 
 
 # ------------------------------------------------------------------------------------------------ pipelines

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import UserError
-from . import channels, cost, hyperparameters, jobs, printing, sdk
+from . import channels, cost, hyperparameters, jobs, printing, sdk, sdk_compat
 from .checks import DEFAULT_INSTANCE, check_instance_type, check_s3_uri
 from .specs import TRAIN_INSTANCE_COUNT, TrainingJobSpec
 from .target import AwsTarget
@@ -139,7 +139,7 @@ def start(spec: TrainingJobSpec, target: AwsTarget) -> int:
     if target.dry_run:
         printing.captured(captured, "CreateTrainingJob")
         return 0
-    job = trainer._latest_training_job  # the SDK's ModelTrainer keeps the job it started only here
+    job = sdk_compat.latest_training_job(trainer)
     name = job.training_job_name
     printing.created("training job", name, job.training_job_arn, jobs.console_link(region, "training", name),
                      f"aws sagemaker stop-training-job --training-job-name {name}",
