@@ -16,8 +16,8 @@ def text(*paragraphs: str) -> str:
 
 def add_aws_options(p) -> None:
     """--region, --profile, --endpoint-url: what every `sm` command that talks to AWS takes."""
-    p.add_argument("--region")
-    p.add_argument("--profile")
+    p.add_argument("--region", help="AWS region (default: the profile's, else AWS_DEFAULT_REGION)")
+    p.add_argument("--profile", help="AWS named profile (~/.aws/config); default: the environment's credentials")
     p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
     p.add_argument("-v", "--verbose", action="store_true", help="also the SageMaker SDK's own INFO/DEBUG log lines")
 

@@ -17,6 +17,9 @@ DRY_ACCOUNT = "000000000000"  # the account a dry run names in ARNs (no STS call
 
 @dataclass(frozen=True)
 class AwsTarget:
+    """Where requests go and whether they are sent. From Python: `AwsTarget(region="eu-west-1", dry_run=True)`;
+    `dry_run` prints the requests instead of sending them (no network, no credentials)."""
+
     region: str | None = None
     profile: str | None = None
     endpoint_url: str | None = None  # e.g. a moto server; None: AWS itself
