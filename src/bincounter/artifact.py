@@ -4,6 +4,8 @@ Artifact (what `model.tar.gz` holds, what the servers load)::
 
     model.safetensors   the weights (no pickle)                          -> the PyTorch runtime (GPU image)
     model.onnx          the same network + softmax, dynamic batch        -> the ONNX Runtime (CPU image)
+    model.int8.onnx     optional: model.onnx quantized (`export --quantize int8`) -> the CPU image, when
+                        config.json's onnx_int8 record marks it servable
     config.json         arch, backend, counts (class index -> item count), preprocessing, version, both sha256s
 
 `model.py` writes and loads the PyTorch side, each file through `write_hashed` (its sha256 taken from the bytes
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
+#: the INT8 model (`bincounter export --quantize int8`, bincounter/quantize.py) and its record in config.json
+ONNX_INT8 = "model.int8.onnx"
+INT8_RECORD = "onnx_int8"
 CONFIG = "config.json"
 FORMAT = "bincounter-model/1"
 #: ONNX opset of the export. 17 is the newest the TorchScript exporter (`dynamo=False`) handles for every op

@@ -18,8 +18,10 @@ from torch import nn
 from . import COUNTS, __version__
 from .artifact import (
     FORMAT,
+    INT8_RECORD,
     ONNX,
     ONNX_INPUT,
+    ONNX_INT8,
     ONNX_OPSET,
     ONNX_OPSETS,
     ONNX_OUTPUT,
@@ -286,6 +288,7 @@ def save_artifact(model_dir: str | Path, model: nn.Module, arch: str, backend: s
     model_dir.mkdir(parents=True, exist_ok=True)
     digest = write_hashed(model_dir / WEIGHTS, weights_bytes(model))
     (model_dir / ONNX).unlink(missing_ok=True)  # made from other weights: export_onnx writes the new one
+    (model_dir / ONNX_INT8).unlink(missing_ok=True)  # and `export --quantize int8` the INT8 one
     config = {
         "format": FORMAT, "arch": arch, "backend": backend, "num_classes": len(COUNTS),
         "counts": list(COUNTS), "preprocess": pre.to_dict(),
@@ -366,6 +369,9 @@ def export_onnx(model_dir: str | Path, model: nn.Module | None = None, opset: in
         digest = write_hashed(model_dir / ONNX, data)
         config["onnx"] = {"file": ONNX, "sha256": digest, "opset": opset, "input": ONNX_INPUT,
                           "output": ONNX_OUTPUT, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        if config.get(INT8_RECORD, {}).get("weights_sha256") not in (None, config["onnx"]["weights_sha256"]):
+            del config[INT8_RECORD]  # quantized from other weights: `export --quantize int8` makes the new one
+            (model_dir / ONNX_INT8).unlink(missing_ok=True)
         write_config(model_dir, config)
     except OSError as e:
         raise UserError(f"cannot write {model_dir / ONNX}: {e.strerror or e}") from None

@@ -47,6 +47,18 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from ..artifact import ONNX
+
+    int8_flags = [f for f, v in (("--calibration", args.calibration), ("--test", args.test),
+                                 ("--force-servable", args.force_servable)) if v]
+    if args.quantize and not args.calibration:
+        raise UserError("--quantize int8 needs --calibration DIR (a val channel: its images set the INT8 ranges)")
+    if int8_flags and not args.quantize:
+        raise UserError(f"{int8_flags[0]} only applies with --quantize int8")
+    if args.quantize:
+        import importlib.util
+
+        if not importlib.util.find_spec("onnxruntime"):
+            raise UserError("--quantize needs ONNX Runtime: pip install onnxruntime")
     from ..model import export_onnx
 
     config = export_onnx(args.model_dir, opset=args.opset)
@@ -70,6 +82,15 @@ def cmd_export(args) -> int:
         if diff > 1e-4:
             raise UserError(f"{path}: ONNX Runtime and PyTorch disagree by {diff:.2e} (> 1e-4)")
     print(f"{path}  opset {meta['opset']}  {path.stat().st_size / 1e6:.1f} MB  sha256 {meta['sha256'][:12]}")
+    if args.quantize:
+        from ..artifact import ONNX_INT8
+        from ..quantize import quantize_int8
+
+        record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images,
+                               args.max_accuracy_drop, args.force_servable)
+        path = Path(args.model_dir) / ONNX_INT8
+        print(f"{path}  {record['settings']['quant_format']} {path.stat().st_size / 1e6:.1f} MB  "
+              f"sha256 {record['sha256'][:12]}  {record['why']}")
     return 0
 
 
@@ -142,13 +163,28 @@ def register(sub) -> None:
                                     "`image` float32 N x 3 x S x S, preprocessed as config.json says; output "
                                     "`probabilities`; N dynamic) and record its sha256 in config.json. `bincounter "
                                     "train` does this itself; use it for models trained before, or after copying "
-                                    "in other weights. The CPU image (`make image-cpu`) serves model.onnx.")
+                                    "in other weights. The CPU image (`make image-cpu`) serves model.onnx, or "
+                                    "model.int8.onnx (--quantize int8) when config.json marks it servable.")
     ex.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
                                                       "an unpacked model.tar.gz")
     ex.add_argument("--opset", type=positive_int, default=ONNX_OPSET,
                     help=f"ONNX opset, {ONNX_OPSETS[0]}..{ONNX_OPSETS[1]} (why {ONNX_OPSET}: artifact.ONNX_OPSET)")
     ex.add_argument("--check", action="store_true",
                     help="also run ONNX Runtime against PyTorch and fail beyond 1e-4 (needs onnxruntime)")
+    q = ex.add_argument_group("INT8 (the CPU image serves model.int8.onnx when config.json marks it servable)")
+    q.add_argument("--quantize", choices=["int8"],
+                   help="also write model.int8.onnx: ONNX Runtime static quantization (QDQ, per-channel, uint8 "
+                        "activations, 7-bit int8 weights), evaluated against model.onnx on --test")
+    q.add_argument("--calibration", metavar="DIR", help="val channel whose images calibrate the INT8 ranges "
+                                                        "(per-image or sharded)")
+    q.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
+                   help="calibration images taken from --calibration")
+    q.add_argument("--test", metavar="DIR", help="test channel: accuracy, RMSE and changed counts of both models, "
+                                                 "in config.json; without it INT8 is not marked servable")
+    q.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F",
+                   help="mark INT8 servable only if its test accuracy is at most F below fp32's")
+    q.add_argument("--force-servable", action="store_true",
+                   help="mark INT8 servable even over the drop limit or without --test (recorded as forced)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="count the items in image files with a saved model",

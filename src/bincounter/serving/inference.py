@@ -43,8 +43,9 @@ class InferenceHandler(DefaultInferenceHandler):
     def default_model_fn(self, model_dir, context=None):
         if runtime_name() == "onnx":
             pred = OnnxPredictor(model_dir)
-            log.info("model %s (%s, %d px) loaded on ONNX Runtime, %d threads", pred.config["model_version"],
-                     pred.config["arch"], pred.pre.image_size, pred.session.get_session_options().intra_op_num_threads)
+            log.info("model %s (%s, %d px) loaded on ONNX Runtime from %s (%s), %d threads", pred.model_version,
+                     pred.config["arch"], pred.pre.image_size, pred.model_file, pred.why,
+                     pred.session.get_session_options().intra_op_num_threads)
             return pred
         import torch
 

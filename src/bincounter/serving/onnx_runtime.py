@@ -2,8 +2,10 @@
 
 The same interface as `evaluate.Predictor` (preprocess / forward / format), the same preprocessing
 (`preprocess.Preprocess`, numpy + PIL) and the same answers (`artifact.format_predictions`): the runtime
-behind the worker is the only difference. model.onnx is checked against config.json before it is used: its
-sha256, and that it was exported from the weights config.json describes.
+behind the worker is the only difference. The file served is model.onnx, or model.int8.onnx when config.json
+marks it servable (`served_onnx`; BINCOUNTER_ONNX_PRECISION=fp32 forces model.onnx); either is checked against
+config.json before it is used: its sha256, and that it was made from the weights config.json describes. Answers
+of the INT8 model carry model_version "<version>-int8".
 """
 
 from __future__ import annotations
@@ -15,10 +17,25 @@ from pathlib import Path
 import numpy as np
 
 from .. import artifact
-from ..artifact import ONNX, WEIGHTS, format_predictions, preprocess_of, read_config, sha256_file
+from ..artifact import (
+    INT8_RECORD,
+    ONNX,
+    ONNX_INT8,
+    WEIGHTS,
+    format_predictions,
+    preprocess_of,
+    read_config,
+    sha256_file,
+)
 from ..errors import UserError
 
 log = logging.getLogger("bincounter.serving")
+
+
+#: BINCOUNTER_ONNX_PRECISION: auto (INT8 when config.json marks it servable, else fp32), fp32 (model.onnx
+#: whatever config.json says), int8 (model.int8.onnx, refused unless config.json marks it servable)
+PRECISIONS = ("auto", "fp32", "int8")
+INT8_SUFFIX = "-int8"  # model_version of the answers the INT8 model gives
 
 
 def check_onnx(model_dir: str | Path) -> dict:
@@ -26,21 +43,56 @@ def check_onnx(model_dir: str | Path) -> dict:
     problem is a one-line UserError that says how to fix it."""
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    meta = config.get("onnx")
     fix = ("add it where bincounter runs with PyTorch (unpack model.tar.gz, `bincounter export --model-dir DIR`, "
            "pack it again), or serve this model with the default (PyTorch) image")
-    if not (model_dir / ONNX).is_file() or not meta:
-        raise UserError(f"{model_dir} has no {ONNX} (this image serves with ONNX Runtime): {fix}")
-    weights = model_dir / WEIGHTS
-    exported_from = sha256_file(weights) if weights.is_file() else config.get("weights_sha256")
-    if meta.get("weights_sha256") != exported_from:
-        raise UserError(f"{model_dir}/{ONNX} was exported from other weights than {model_dir}/{WEIGHTS}: "
-                        f"{fix.replace('add it', 'export it again')}")
-    digest = sha256_file(model_dir / ONNX)
-    if digest != meta.get("sha256"):
-        raise UserError(f"{model_dir}/{ONNX}: sha256 {digest[:12]} is not the {str(meta.get('sha256'))[:12]} "
-                        f"config.json records (a partial copy?): {fix.replace('add it', 'export it again')}")
+    _check_file(model_dir, config, ONNX, config.get("onnx"), fix, "exported")
     return config
+
+
+def _check_file(model_dir: Path, config: dict, name: str, meta: dict | None, fix: str, made: str) -> None:
+    """The hash gate of an ONNX file: present, recorded in config.json (`meta`), made from this directory's
+    weights (`made`: exported, quantized) and the very bytes config.json records."""
+    if not (model_dir / name).is_file() or not meta:
+        raise UserError(f"{model_dir} has no {name} (this image serves with ONNX Runtime): {fix}")
+    weights = model_dir / WEIGHTS
+    made_from = sha256_file(weights) if weights.is_file() else config.get("weights_sha256")
+    again = fix.replace("add it", f"{made[:-2]} it again")
+    if meta.get("weights_sha256") != made_from:
+        raise UserError(f"{model_dir}/{name} was {made} from other weights than {model_dir}/{WEIGHTS}: {again}")
+    digest = sha256_file(model_dir / name)
+    if digest != meta.get("sha256"):
+        raise UserError(f"{model_dir}/{name}: sha256 {digest[:12]} is not the {str(meta.get('sha256'))[:12]} "
+                        f"config.json records (a partial copy?): {again}")
+
+
+def onnx_precision(value: str | None = None) -> str:
+    """auto, fp32 or int8: `value`, else $BINCOUNTER_ONNX_PRECISION, else auto."""
+    value = (value or os.environ.get("BINCOUNTER_ONNX_PRECISION") or "auto").strip().lower()
+    if value not in PRECISIONS:
+        raise UserError(f"BINCOUNTER_ONNX_PRECISION={value!r}: expected {', '.join(PRECISIONS)}")
+    return value
+
+
+def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[dict, str, str]:
+    """Which ONNX file this model directory is served from, checked like model.onnx (`_check_file`):
+    (config, file name, one line saying why). INT8 when config.json's record marks it servable (unless
+    BINCOUNTER_ONNX_PRECISION=fp32); a servable INT8 file that fails the gate is refused, not replaced."""
+    model_dir = Path(model_dir)
+    precision = onnx_precision(precision)
+    config = read_config(model_dir)
+    meta = config.get(INT8_RECORD)
+    if precision == "fp32":
+        return check_onnx(model_dir), ONNX, "fp32: BINCOUNTER_ONNX_PRECISION=fp32"
+    if not (meta and meta.get("servable") is True):
+        state = "no INT8 model" if not meta else f"INT8 {meta.get('why') or 'not servable'}"
+        if precision == "int8":
+            raise UserError(f"BINCOUNTER_ONNX_PRECISION=int8 but {model_dir}: {state} (`bincounter export "
+                            "--quantize int8 --test DIR` marks it servable when it holds the accuracy)")
+        return check_onnx(model_dir), ONNX, f"fp32: {state}"
+    fix = ("quantize it again where bincounter runs (`bincounter export --model-dir DIR --quantize int8 ...`), or "
+           "set BINCOUNTER_ONNX_PRECISION=fp32")
+    _check_file(model_dir, config, ONNX_INT8, meta, fix, "quantized")
+    return config, ONNX_INT8, f"INT8: config.json marks it {meta.get('why') or 'servable'}"
 
 
 def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
@@ -66,18 +118,22 @@ def session_threads(workers: int | None = None) -> int:
 class OnnxPredictor:
     runtime = "onnx"
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, max_forward_batch: int | None = None):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, max_forward_batch: int | None = None,
+                 precision: str | None = None):
         import onnxruntime as ort
 
         self.max_forward_batch = artifact.forward_batch_limit(max_forward_batch)
-        self.config = check_onnx(model_dir)
+        #: the file served (model.onnx or model.int8.onnx) and why (BINCOUNTER_ONNX_PRECISION, config.json)
+        self.config, self.model_file, self.why = served_onnx(model_dir, precision)
+        self.model_version = self.config["model_version"] + (INT8_SUFFIX if self.model_file == ONNX_INT8 else "")
         self.pre = preprocess_of(self.config)
         self.counts = tuple(self.config["counts"])
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or session_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
-        self.session = ort.InferenceSession(str(Path(model_dir) / ONNX), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(Path(model_dir) / self.model_file), opts,
+                                            providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.device = "cpu"
 
@@ -92,7 +148,7 @@ class OnnxPredictor:
         return self.session.run(None, {self.input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def format(self, probs: np.ndarray) -> list[dict]:
-        return format_predictions(probs, self.counts, self.config["model_version"])
+        return format_predictions(probs, self.counts, self.model_version)
 
     def predict(self, images: list[bytes]) -> list[dict]:
         return self.format(self.forward(np.stack([self.preprocess(b) for b in images])))

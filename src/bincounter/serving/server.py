@@ -60,23 +60,25 @@ def model_dir() -> Path:
 
 def check_artifact(path: Path, runtime: str = "torch") -> str | None:
     """A cheap check before MMS starts: config.json is ours (artifact.read_config) and the file the runtime
-    loads is usable: for torch, a safetensors header with tensors in it; for onnx, model.onnx present, exported
-    from these weights and intact (onnx_runtime.check_onnx). Returns the problem, or None."""
+    loads is usable: for torch, a safetensors header with tensors in it; for onnx, the file served (model.onnx, or
+    model.int8.onnx when config.json marks it servable) present, made from these weights and intact
+    (onnx_runtime.served_onnx). Returns the problem, or None."""
     import struct
 
-    from ..artifact import ONNX, WEIGHTS, check_weights, read_config
+    from ..artifact import WEIGHTS, check_weights, read_config
     from ..errors import UserError
-    from .onnx_runtime import check_onnx
+    from .onnx_runtime import served_onnx
 
     try:
         if runtime == "onnx":
-            check_onnx(path)
+            _, name, why = served_onnx(path)  # model.onnx, or model.int8.onnx when config.json marks it servable
+            log.info("ONNX Runtime serves %s/%s (%s)", path, name, why)
             # the session the workers will make: an opset or operator this ONNX Runtime lacks fails here, once
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            ort.InferenceSession(str(path / ONNX), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(path / name), opts, providers=["CPUExecutionProvider"])
             return None
         read_config(path)
         # the safetensors layout: u64 header length, then a JSON header naming the tensors (read without torch)

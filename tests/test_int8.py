@@ -1,0 +1,235 @@
+"""model.int8.onnx (`bincounter export --quantize int8`): written with ONNX Runtime's quantization tools, measured
+against model.onnx on a test channel, recorded in config.json, marked servable only within the accuracy limit,
+and served by OnnxPredictor (the CPU image's runtime) behind the same hash gate as model.onnx."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bincounter.artifact import INT8_RECORD, ONNX, ONNX_INT8, read_config, sha256_file
+from bincounter.errors import UserError
+
+pytest.importorskip("onnxruntime")
+from bincounter.serving.onnx_runtime import OnnxPredictor, served_onnx  # noqa: E402
+from bincounter.serving.server import check_artifact  # noqa: E402
+
+CAL = 8  # calibration images: enough for the tiny test model, fast
+
+
+def quantize(model_dir: Path, channels: Path, *extra: str, test: bool = True) -> int:
+    from bincounter.cli import main
+
+    args = ["export", "--model-dir", str(model_dir), "--quantize", "int8", "--calibration", str(channels / "val"),
+            "--calibration-images", str(CAL), *extra]
+    return main(args + (["--test", str(channels / "test")] if test else []))
+
+
+@pytest.fixture(scope="module")
+def int8_model(trained_model, channels, tmp_path_factory) -> Path:
+    """The session's tiny model with model.int8.onnx, marked servable (a limit the random-init model meets)."""
+    dst = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(trained_model, dst)
+    assert quantize(dst, channels, "--max-accuracy-drop", "1") == 0
+    return dst
+
+
+@pytest.fixture()
+def int8_copy(int8_model, tmp_path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(int8_model, dst)
+    return dst
+
+
+def set_record(model_dir: Path, **changes) -> None:
+    config = read_config(model_dir)
+    config[INT8_RECORD].update(changes)
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_quantize_writes_the_int8_model_and_its_record(int8_model, channels):
+    import onnx
+
+    config = read_config(int8_model)
+    r = config[INT8_RECORD]
+    assert r["file"] == ONNX_INT8 and r["sha256"] == sha256_file(int8_model / ONNX_INT8)
+    assert r["weights_sha256"] == config["weights_sha256"] == config["onnx"]["weights_sha256"]
+    assert r["onnx_sha256"] == config["onnx"]["sha256"] == sha256_file(int8_model / ONNX)
+    s = r["settings"]
+    assert (s["quant_format"], s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"],
+            s["calibrate_method"], s["calibration_images"]) == ("QDQ", "uint8", "int8", True, True, "MinMax", CAL)
+    n_test = len(list((channels / "test").rglob("*.jpg")))
+    t = r["test"]
+    assert t["n"] == n_test and 0 <= t["changed_share"] <= 1
+    assert t["accuracy_drop"] == pytest.approx(t["fp32"]["accuracy"] - t["int8"]["accuracy"], abs=1e-4)
+    assert r["servable"] is True and r["forced"] is False and r["why"].startswith("servable: test accuracy")
+    assert r["max_accuracy_drop"] == 1.0
+    # really quantized: QDQ nodes, 8-bit weights, smaller than fp32
+    graph = onnx.load(int8_model / ONNX_INT8).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)
+    assert (int8_model / ONNX_INT8).stat().st_size < 0.5 * (int8_model / ONNX).stat().st_size
+
+
+def test_fp32_figures_are_model_onnx_on_the_test_channel(int8_model, channels):
+    """The recorded fp32 accuracy is what model.onnx gives on the test channel (the comparison is not made up)."""
+    from bincounter.quantize import channel_arrays
+
+    pred = OnnxPredictor(int8_model, precision="fp32")
+    xs, ys = channel_arrays(channels / "test", pred.pre)
+    acc = float(np.mean(pred.forward(xs).argmax(1) == ys))
+    assert read_config(int8_model)[INT8_RECORD]["test"]["fp32"]["accuracy"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_predictor_serves_int8_when_servable_and_fp32_when_forced(int8_model, channels, monkeypatch):
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    version = read_config(int8_model)["model_version"]
+    q = OnnxPredictor(int8_model)
+    assert q.model_file == ONNX_INT8 and q.why.startswith("INT8: config.json marks it servable")
+    img = next((channels / "test").rglob("*.jpg")).read_bytes()
+    answer = q.predict([img])[0]
+    assert answer["model_version"] == f"{version}-int8"
+    assert set(answer) == {"count", "expected_count", "probabilities", "model_version"}
+    monkeypatch.setenv("BINCOUNTER_ONNX_PRECISION", "fp32")
+    f = OnnxPredictor(int8_model)
+    assert f.model_file == ONNX and "BINCOUNTER_ONNX_PRECISION=fp32" in f.why
+    assert f.predict([img])[0]["model_version"] == version
+    # the INT8 model is an approximation of the fp32 one, not another model
+    x = np.stack([q.preprocess(img)])
+    assert np.abs(q.forward(x) - f.forward(x)).max() < 0.2
+    monkeypatch.setenv("BINCOUNTER_ONNX_PRECISION", "bf16")
+    with pytest.raises(UserError, match="expected auto, fp32, int8"):
+        OnnxPredictor(int8_model)
+
+
+def test_over_the_drop_limit_is_not_servable_and_fp32_is_served(int8_copy, channels, capsys, monkeypatch):
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "-1") == 0  # any drop is over -1
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "not servable: test accuracy" in out and "limit -1" in out
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["servable"] is False and r["forced"] is False and r["sha256"] == sha256_file(int8_copy / ONNX_INT8)
+    pred = OnnxPredictor(int8_copy)
+    assert pred.model_file == ONNX and pred.why.startswith("fp32: INT8 not servable")
+    assert pred.model_version == read_config(int8_copy)["model_version"]
+    with pytest.raises(UserError, match="BINCOUNTER_ONNX_PRECISION=int8 but .*not servable"):
+        OnnxPredictor(int8_copy, precision="int8")
+    # told to: served, and the record says it was forced
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "-1", "--force-servable") == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["servable"] is True and r["forced"] is True and r["why"].startswith("servable (--force-servable)")
+    assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
+
+
+def test_without_a_test_channel_it_is_servable_only_when_forced(int8_copy, channels):
+    assert quantize(int8_copy, channels, test=False) == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["test"] is None and r["servable"] is False and "no --test channel" in r["why"]
+    assert served_onnx(int8_copy, "auto")[1] == ONNX
+    assert quantize(int8_copy, channels, "--force-servable", test=False) == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["servable"] is True and r["forced"] is True
+    assert served_onnx(int8_copy, "auto")[1] == ONNX_INT8
+
+
+def test_verdict_limits():
+    from bincounter.quantize import verdict
+
+    def t(drop):
+        return {"n": 10, "fp32": {"accuracy": 0.7}, "int8": {"accuracy": 0.7 - drop}, "changed_share": 0.1,
+                "accuracy_drop": drop}
+
+    assert verdict(t(0.01), 0.01, False)[0] is True  # at the limit
+    assert verdict(t(0.0101), 0.01, False)[0] is False
+    assert verdict(t(-0.05), 0.01, False)[0] is True  # INT8 better
+    assert verdict(t(0.2), 0.01, True) == (True, verdict(t(0.2), 0.01, True)[1])
+    assert verdict(None, 0.01, False)[0] is False and verdict(None, 0.01, True)[0] is True
+    assert all("\n" not in verdict(x, 0.01, f)[1] for x in (t(0.2), None) for f in (False, True))
+
+
+def test_tampered_int8_model_is_refused(int8_copy, monkeypatch):
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    data = (int8_copy / ONNX_INT8).read_bytes()
+    (int8_copy / ONNX_INT8).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(UserError, match="model.int8.onnx: sha256 .* config.json records"):
+        OnnxPredictor(int8_copy)
+    problem = check_artifact(int8_copy, "onnx")
+    assert "model.int8.onnx: sha256" in problem and "\n" not in problem and "BINCOUNTER_ONNX_PRECISION=fp32" in problem
+    # the fp32 model is still there, and fp32 can be forced
+    assert OnnxPredictor(int8_copy, precision="fp32").model_file == ONNX
+    (int8_copy / ONNX_INT8).unlink()
+    assert "has no model.int8.onnx" in check_artifact(int8_copy, "onnx")
+
+
+def test_int8_model_of_other_weights_is_refused(int8_copy):
+    set_record(int8_copy, weights_sha256="0" * 64)
+    with pytest.raises(UserError, match="model.int8.onnx was quantized from other weights"):
+        OnnxPredictor(int8_copy)
+    assert check_artifact(int8_copy, "torch") is None  # the PyTorch runtime serves the weights, not this file
+
+
+def test_check_artifact_logs_the_file_served(int8_model, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    with caplog.at_level(logging.INFO, logger="bincounter.serving"):
+        assert check_artifact(int8_model, "onnx") is None
+    assert any("model.int8.onnx (INT8: config.json marks it servable" in r.getMessage() for r in caplog.records)
+
+
+def test_new_weights_drop_the_stale_int8_model(int8_copy):
+    from bincounter.model import export_onnx, load_artifact, save_artifact
+
+    model, config, pre = load_artifact(int8_copy)
+    for p in model.parameters():
+        p.data.add_(0.01)
+    export_onnx(int8_copy, model)  # model.onnx of other weights beside the old ones: the INT8 record goes
+    assert INT8_RECORD not in read_config(int8_copy) and not (int8_copy / ONNX_INT8).exists()
+    (int8_copy / ONNX_INT8).write_bytes(b"left by an earlier quantization")
+    save_artifact(int8_copy, model, config["arch"], config["backend"], pre)
+    assert not (int8_copy / ONNX_INT8).exists()
+
+
+def test_export_cli_errors_are_one_line(int8_copy, channels):
+    from .conftest import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8"), "needs --calibration")
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--test", channels / "test"),
+                          "--test only applies with --quantize int8")
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
+                                  int8_copy / "nowhere"), "does not exist")
+
+
+def test_calibration_from_a_sharded_channel(channels, trained_model, tmp_path):
+    """--calibration and --test take sharded channels too (`open_channel`): the same images as per-image."""
+    from bincounter.artifact import preprocess_of
+    from bincounter.data.shards import write_shards
+    from bincounter.quantize import channel_arrays
+
+    write_shards(channels, tmp_path / "shards")
+    pre = preprocess_of(read_config(trained_model))
+    xs, ys = channel_arrays(tmp_path / "shards" / "test", pre)
+    xi, yi = channel_arrays(channels / "test", pre)
+    assert sorted(ys.tolist()) == sorted(yi.tolist()) and xs.shape == xi.shape
+    key = np.round(xs.reshape(len(xs), -1).sum(1), 2)
+    assert sorted(key.tolist()) == sorted(np.round(xi.reshape(len(xi), -1).sum(1), 2).tolist())
+    few, _ = channel_arrays(tmp_path / "shards" / "val", pre, limit=3)
+    assert len(few) == 3
+
+
+def test_the_server_check_opens_the_file_served(int8_copy, monkeypatch):
+    """check_artifact makes the session the workers will make, of model.int8.onnx: a file config.json vouches for
+    (its sha256 recorded) that ONNX Runtime cannot load is caught before MMS starts, in one line."""
+    from bincounter.artifact import write_hashed
+
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    set_record(int8_copy, sha256=write_hashed(int8_copy / ONNX_INT8, b"not an onnx model"))
+    problem = check_artifact(int8_copy, "onnx")
+    assert problem and "\n" not in problem
+    monkeypatch.setenv("BINCOUNTER_ONNX_PRECISION", "fp32")
+    assert check_artifact(int8_copy, "onnx") is None
