@@ -138,3 +138,27 @@ def test_a_stale_output_dir_does_not_hide_the_model_dir_s_own_results(trained_mo
     text = (out / "report.html").read_text()
     assert "no metrics.json" not in text and "test accuracy" in text and "data:image/png" in text, text[:2000]
     assert sum("0123456789ab" in ln for ln in proc.stderr.splitlines()) == 3, proc.stderr
+
+
+def test_endpoint_metrics_name_the_model_that_answered(tmp_path, caplog):
+    """sm evaluate's endpoint_metrics.json says which model answered (report.py refuses another model's results);
+    answers from two models (an endpoint mid-update) are counted per model and warned about, not stamped as one."""
+    import json
+
+    from bincounter.data.split import split_dataset
+    from bincounter.data.synth import synth_dataset
+    from bincounter.evaluate import evaluate_remote
+
+    raw = tmp_path / "raw"
+    synth_dataset(raw, per_class=4, size=64, seed=0)
+    split_dataset(raw, tmp_path / "ch", val=0.25, test=0.25, seed=0)
+    test = tmp_path / "ch" / "test"
+    summary, (path, _) = evaluate_remote(lambda imgs: [{"count": 1, "model_version": "abc"} for _ in imgs], test,
+                                         tmp_path / "out")
+    assert summary["model_version"] == "abc" and json.loads(path.read_text())["model_version"] == "abc"
+    calls = iter(range(10**6))
+    summary, _ = evaluate_remote(lambda imgs: [{"count": 1, "model_version": "ab"[next(calls) % 2]} for _ in imgs],
+                                 test, tmp_path / "out2")
+    assert "model_version" not in summary and set(summary["model_versions"]) == {"a", "b"}
+    assert sum(summary["model_versions"].values()) == summary["n"]
+    assert "answers came from 2 models" in caplog.text

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from .distributed import DistInfo, pick_device
 from .engine import evaluate
 from .metrics import summarize, summarize_eval, write_report
 from .model import load_artifact
+
+log = logging.getLogger("bincounter")
 
 
 class Predictor:
@@ -89,15 +92,25 @@ def evaluate_remote(predict_batch, channel: str | Path, out_dir: str | Path | No
     from .progress import progress
 
     samples = list_channel(channel)
-    labels, preds = [], []
+    labels, preds, versions = [], [], {}
     with progress(len(samples), stem, unit="img") as bar:
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
             out = predict_batch([p.read_bytes() for p, _ in chunk])
             labels += [c for _, c in chunk]
             preds += [COUNTS.index(int(o["count"])) for o in out]
+            for o in out:
+                versions[o.get("model_version")] = versions.get(o.get("model_version"), 0) + 1
             bar.update(len(chunk))
     summary = summarize(confusion_matrix(labels, preds))
+    # the result names the model that answered (report.py refuses results of another model); an endpoint whose
+    # traffic was split between models (an update in progress) names each, with its share of the answers
+    if len(versions) == 1:
+        summary["model_version"] = next(iter(versions))
+    else:
+        summary["model_versions"] = {str(v): n for v, n in versions.items()}
+        log.warning("%s: the answers came from %d models (%s): an update in progress? The figures mix them",
+                    stem, len(versions), ", ".join(f"{v}: {n}" for v, n in summary["model_versions"].items()))
     paths = (write_report(summary, out_dir, stem, title=f"{_channel_name(channel)} set, {stem}")
              if out_dir is not None else ())
     return summary, paths
