@@ -79,3 +79,34 @@ def test_a_model_without_onnx_is_named_in_one_line(cpu_image, trained_model, tmp
     logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
     lines = [ln for ln in (logs.stdout + logs.stderr).splitlines() if "no model.onnx" in ln]
     assert lines and "bincounter export" in lines[0] and "Traceback" not in logs.stdout + logs.stderr
+
+
+def test_the_cpu_image_serves_the_int8_model_when_it_is_servable(cpu_image, trained_model, channels, tmp_path,
+                                                                   names):
+    """Issue 25: with a servable model.int8.onnx the CPU image answers from it (model_version '<v>-int8'), and
+    BINCOUNTER_ONNX_PRECISION=fp32 puts the fp32 model back; the same hash gate: a tampered INT8 file is refused
+    at start in one line, not swapped for fp32."""
+    from bincounter.quantize import quantize_int8
+
+    model = tmp_path / "int8"
+    shutil.copytree(trained_model, model)
+    quantize_int8(model, channels / "val", force_servable=True)  # no test channel: servable only when forced
+    version = json.loads((model / "config.json").read_text())["model_version"]
+    image = sorted((channels / "test").rglob("*.jpg"))[0].read_bytes()
+    for extra, want in (((), f"{version}-int8"), (("-e", "BINCOUNTER_ONNX_PRECISION=fp32"), version)):
+        url = _start(cpu_image, model, names(), *extra)
+        wait_for(lambda u=url: _up(u) and http("GET", u + "/ping", timeout=2)[0] == 200, PING_WITHIN_S,
+                 what="/ping 200")
+        status, _, out = http("POST", url + "/invocations", image, "image/jpeg")
+        assert status == 200 and json.loads(out)["model_version"] == want, out
+    with open(model / "model.int8.onnx", "r+b") as f:  # one byte changed: not the file config.json hashed
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    name = names()
+    url = _start(cpu_image, model, name)
+    wait_for(lambda: _up(url), 60, what="the front to answer")
+    wait_for(lambda: http("GET", url + "/ping", timeout=2)[0] == 503, 30, what="/ping 503")
+    reason = json.loads(http("GET", url + "/ping")[2])["reason"]
+    assert "model.int8.onnx" in reason and "sha256" in reason, reason
