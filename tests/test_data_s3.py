@@ -461,3 +461,25 @@ def test_a_fetch_with_nothing_to_do_sends_no_request_per_object(abid_bucket, pro
     verify = _fetch(proxy.url, out, "--verify", file_list=fl)
     assert "downloaded 0 files" in verify.stderr and "skipped 10 already complete" in verify.stderr, verify.stderr
     assert sum(n for k, n in proxy.calls.items() if k.startswith(f"/{bucket}/bin-images/")) == 5, proxy.calls
+
+
+def test_a_file_deleted_or_cut_on_disk_is_fetched_again_though_the_ledger_lists_it(abid_bucket, proxy, aws_env,
+                                                                                    tmp_path):
+    """Issue 26.10's other half: the ledger is trusted only while the file on disk has the size it recorded. A
+    deleted image and a truncated metadata file are fetched again (two GETs), the rest still costs no request."""
+    src, bucket, _ = abid_bucket
+    fl = tmp_path / "fl.json"
+    fl.write_text(json.dumps({"4": json.loads((src / "file_list.json").read_text())["4"][:5]}))
+    out = tmp_path / "abid"
+    assert _fetch(proxy.url, out, file_list=fl).returncode == 0
+    gone = sorted((out / "bin-images").glob("*.jpg"))[0]
+    cut = sorted((out / "metadata").glob("*.json"))[1]
+    original = (gone.read_bytes(), cut.read_bytes())
+    gone.unlink()
+    cut.write_bytes(original[1][:10])
+    proxy.calls.clear()
+    again = _fetch(proxy.url, out, file_list=fl)
+    assert "downloaded 2 files" in again.stderr and "skipped 8 already complete" in again.stderr, again.stderr
+    object_gets = {k: n for k, n in proxy.calls.items() if k.startswith(f"/{bucket}/")}
+    assert sum(object_gets.values()) == 2, proxy.calls
+    assert (gone.read_bytes(), cut.read_bytes()) == original
