@@ -110,6 +110,21 @@ def test_a_reused_model_dir_keeps_no_results_of_the_earlier_run(trained_model, t
     assert "test accuracy" not in text and "no test metrics" in text
 
 
+def test_a_reused_output_dir_keeps_no_results_of_the_earlier_run(trained_model, tmp_path, channels):
+    """The same for --output-dir: an earlier run's reports there are removed before training, so the folder ends
+    with this run's files only (no test metrics from a run that had a test channel)."""
+    from bincounter.train import TrainConfig, train
+
+    out = tmp_path / "out"
+    shutil.copytree(trained_model, out)  # an earlier run's results (and model files, which are not results)
+    train(TrainConfig(train_dir=str(channels / "train"), val_dir=str(channels / "val"), model_dir=str(tmp_path / "m"),
+                      output_dir=str(out), epochs=1, image_size=64, pretrained=False, workers=0, batch_size=16,
+                      show_progress=False, seed=1))
+    for gone in ("test_metrics.json", "test_confusion_matrix.png"):
+        assert not (out / gone).exists(), gone
+    assert json.loads((out / "metrics.json").read_text())["model_version"] == _version(tmp_path / "m")
+
+
 def test_results_of_another_model_are_refused_in_one_line(trained_model, tmp_path):
     model = tmp_path / "m"
     shutil.copytree(trained_model, model)
