@@ -130,12 +130,10 @@ def probabilities(sess, xs: np.ndarray) -> np.ndarray:
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray, counts) -> dict:
     """accuracy and count RMSE of `probs` (argmax) against `labels`, and the share of images whose count differs
     from `reference`'s."""
-    from .metrics import summarize
+    from .metrics import confusion_matrix, summarize
 
     pred = probs.argmax(1)
-    cm = np.zeros((len(counts), len(counts)), dtype=np.int64)
-    np.add.at(cm, (labels, pred), 1)
-    s = summarize(cm, counts=counts)
+    s = summarize(confusion_matrix(labels, pred, len(counts)), counts=counts)
     return {"accuracy": round(s["accuracy"], 4), "rmse": round(s["rmse"], 4),
             "changed_share": round(float(np.mean(pred != reference.argmax(1))), 4)}
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import UserError
-from ..sm import hyperparameters, jobs, pipeline, pipeline_local
+from ..sm import hyperparameters, jobs, pipeline, pipeline_local, printing
 from ..sm.hyperparameters import DEFAULT_RANGES
 from ..sm.target import AwsTarget
 from .sm_common import add_aws_options
@@ -124,7 +124,7 @@ def cmd_start(args) -> int:
         params[k] = v
     request = pipeline.start_request(args.name, params)
     if args.dry_run:
-        jobs.print_request("StartPipelineExecution", request)
+        printing.print_request("StartPipelineExecution", request)
         return 0
     arn = pipeline.start(request, _target(args))
     print(json.dumps({"started": "pipeline execution", "name": args.name, "arn": arn}))

@@ -8,7 +8,7 @@ import logging
 
 from .. import aws
 from ..errors import UserError
-from . import jobs
+from . import jobs, printing
 from .target import AwsTarget
 
 log = logging.getLogger("bincounter")
@@ -24,15 +24,15 @@ def _print_dry_run(endpoint: str | None, model: str | None) -> None:
         log.info("dry run: the autoscaling target is deregistered only if one is registered (a real delete "
                  "reads it with DescribeScalableTargets); the endpoint's config and models as sm deploy named "
                  "them (a real delete reads them from the endpoint)")
-        jobs.print_request("DeregisterScalableTarget", {
+        printing.print_request("DeregisterScalableTarget", {
             "ServiceNamespace": "sagemaker", "ResourceId": f"endpoint/{endpoint}/variant/{jobs.VARIANT}",
             "ScalableDimension": jobs.SCALABLE_DIMENSION})
         for api, req in (("DeleteEndpoint", {"EndpointName": endpoint}),
                          ("DeleteEndpointConfig", {"EndpointConfigName": endpoint}),
                          ("DeleteModel", {"ModelName": endpoint})):
-            jobs.print_request(api, req)
+            printing.print_request(api, req)
     if model and model != endpoint:
-        jobs.print_request("DeleteModel", {"ModelName": model})
+        printing.print_request("DeleteModel", {"ModelName": model})
 
 
 def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = None) -> int:

@@ -125,8 +125,8 @@ def deploy(spec: EndpointSpec, target: AwsTarget) -> int:
     if target.dry_run:
         printing.captured(captured, "CreateEndpoint")
         if scaling:
-            jobs.print_request("RegisterScalableTarget", scaling[0])
-            jobs.print_request("PutScalingPolicy", scaling[1])
+            printing.print_request("RegisterScalableTarget", scaling[0])
+            printing.print_request("PutScalingPolicy", scaling[1])
         return 0
     if scaling:
         _autoscale(target, name, scaling, spec.invocations_per_instance)

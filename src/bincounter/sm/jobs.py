@@ -6,7 +6,6 @@ links. The jobs themselves go through the SageMaker SDK v3 (`sdk.py`).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import re
 
@@ -122,7 +121,3 @@ def parse_kv(pairs: list[str]) -> dict:
             raise UserError(f"--hp {p}: {k} is given twice (--hp {k}={out[k]} before); give it once")
         out[k] = v
     return out
-
-
-def print_request(api: str, request: dict) -> None:
-    print(json.dumps({"api": api, "request": request}, indent=2, sort_keys=True))

@@ -9,7 +9,6 @@ import logging
 import sys
 
 from ..errors import UserError
-from .jobs import print_request
 
 log = logging.getLogger("bincounter")
 
@@ -17,6 +16,11 @@ log = logging.getLogger("bincounter")
 def cost(line: str) -> None:
     """Printed before anything is requested, also with -q."""
     print(line, file=sys.stderr, flush=True)
+
+
+def print_request(api: str, request: dict) -> None:
+    """One request of a dry run: {"api": ..., "request": ...}, one JSON document on stdout."""
+    print(json.dumps({"api": api, "request": request}, indent=2, sort_keys=True))
 
 
 def captured(requests: list[dict], want: str) -> None:
