@@ -9,6 +9,7 @@ import logging
 import sys
 
 from ..errors import UserError
+from . import validate
 
 log = logging.getLogger("bincounter")
 
@@ -18,8 +19,10 @@ def cost(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def print_request(api: str, request: dict) -> None:
-    """One request of a dry run: {"api": ..., "request": ...}, one JSON document on stdout."""
+def print_request(api: str, request: dict, service: str | None = None) -> None:
+    """One request of a dry run: {"api": ..., "request": ...}, one JSON document on stdout, after botocore's
+    offline validation of it against the API's input shape (`validate.check`; a failure is a bincounter bug)."""
+    validate.check(api, request, service)
     print(json.dumps({"api": api, "request": request}, indent=2, sort_keys=True))
 
 
