@@ -49,10 +49,20 @@ def make_model(tmp: Path, image_size: int) -> tuple[Path, bytes]:
 
 
 def post(conn: http.client.HTTPConnection, body: bytes) -> int:
+    return post_answer(conn, body)[0]
+
+
+def post_answer(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, str]:
+    """(status, the error's message when not 200)."""
     conn.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
     r = conn.getresponse()
-    r.read()
-    return r.status
+    data = r.read()
+    if r.status == 200:
+        return 200, ""
+    try:
+        return r.status, str(json.loads(data).get("error", ""))[:80]
+    except (ValueError, AttributeError):
+        return r.status, data[:80].decode("utf-8", "replace")
 
 
 def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dict:
@@ -64,8 +74,8 @@ def load(host: str, port: int, body: bytes, concurrency: int, total: int) -> dic
         for _ in range(per):
             t0 = time.perf_counter()
             try:
-                status = post(conn, body)
-                kind = None if status == 200 else str(status)
+                status, why = post_answer(conn, body)
+                kind = None if status == 200 else f"{status} {why}"
             except OSError as e:
                 kind = type(e).__name__
                 conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -171,7 +181,7 @@ def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms:
         try:
             if post(http.client.HTTPConnection(host, 8080, timeout=5), body) == 200:
                 return {"image": image, "batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
-                        "cold_start_s": time.perf_counter() - t0}
+                        "container": name, "cold_start_s": time.perf_counter() - t0}
         except OSError:
             pass
         time.sleep(0.2)
@@ -253,11 +263,16 @@ def main() -> None:
             references_threads = {img: ref.threads for img, ref in references.items()}
             for ref in references.values():
                 ref.close()
+            for i, run in enumerate(runs):  # the server's own account of any error, before it is removed
+                if any(r["errors"] for rows in per_round[i] for r in rows):
+                    logs = subprocess.run(["docker", "logs", "--tail", "60", run["container"]], capture_output=True,
+                                          text=True)
+                    run["log_tail"] = (logs.stdout + logs.stderr)[-6000:]
         finally:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
     for run, rows in zip(runs, per_round, strict=True):
         run["rows"] = median_rows(rows)
-        del run["host"]
+        del run["host"], run["container"]
     inproc = {img: {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
                     for bs, lat in per_bs.items()} for img, per_bs in inproc_lat.items()}
     sizes = {img: int(subprocess.run(["docker", "image", "inspect", img, "--format", "{{.Size}}"], check=True,
@@ -301,6 +316,8 @@ def main() -> None:
         for r in run["rows"]:
             if r["errors"]:
                 print(f"{label(run)}, conc {r['concurrency']}: errors {r['error_kinds']}")
+        if "log_tail" in run:
+            print(f"--- {label(run)}: the server's log, last lines\n{run['log_tail']}")
     for run in runs:
         print(f"{label(run)} ({run['runtime']}, {run['image_size_mb'] / 1000:.2f} GB): "
               f"cold start {run['cold_start_s']:.1f} s, "
