@@ -241,6 +241,34 @@ def test_named_alarms_autoscaling_and_mistakes(moto):
     assert_one_line_error(proc, "nope")
 
 
+def test_wait_follows_the_update_to_its_end(moto, aws_env, caplog):
+    """--wait: 0 when the new config serves; an error line when SageMaker rolled back. The fake deployment
+    engine moves one step per poll (the `sleep` the watcher calls), so nothing waits on a clock."""
+    from bincounter.sm.target import AwsTarget
+
+    name, target = "bc-upd-wait", AwsTarget(endpoint_url=moto)
+    _live_endpoint(moto, name)
+
+    def engine(*steps):
+        it = iter(steps)
+        return lambda _s: next(it)()
+
+    def baking():
+        _backend().endpoints[name].pending_deployment_summary["ProductionVariants"][0]["VariantStatus"] = [
+            {"Status": "Baking"}]
+
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/w1.tar.gz")
+    assert rc == 0, err
+    caplog.set_level("INFO", logger="bincounter")
+    assert update.watch(target, name, out[0]["config"], sleep=engine(baking, lambda: _sagemaker_finishes(name))) \
+        == 0
+    assert any("AllTraffic: Baking" in r.getMessage() for r in caplog.records)
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/w2.tar.gz")
+    assert rc == 0, err
+    with pytest.raises(UserError, match="rolled back or failed"):
+        update.watch(target, name, out[0]["config"], sleep=engine(lambda: _sagemaker_rolls_back(name)))
+
+
 # ------------------------------------------------------------------ dry runs: offline, every request valid
 def _dry(*args):
     proc = run_cli("sm", *args, "--dry-run", "--endpoint-url", "http://127.0.0.1:9", env=ENV)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 from .. import aws
@@ -60,6 +61,7 @@ class UpdateSpec:
     alarm_names: tuple[str, ...] = ()  # existing alarms to roll back on; empty: create ours
     thresholds: Thresholds = field(default_factory=Thresholds)
     price_per_hour: float | None = None
+    wait: bool = False  # follow the update until it completes (exit 0) or is rolled back (an error)
 
 
 def parse_size(text: str, count: int) -> dict:
@@ -284,7 +286,31 @@ def update(spec: UpdateSpec, target: AwsTarget) -> int:
     log.info("follow:  bincounter sm status %s", spec.endpoint)
     log.info("undo:    bincounter sm rollback %s   (during the update: rolls it back now; after it: back to %s)",
              spec.endpoint, live.config_name)
-    return 0
+    return watch(target, spec.endpoint, new) if spec.wait else 0
+
+
+def watch(target: AwsTarget, endpoint: str, new_config: str, poll_s: float = 30.0, sleep=time.sleep) -> int:
+    """`sm update --wait`: a line whenever the update's steps change, until the endpoint is out of it. 0 when the
+    new config serves; one error line when SageMaker rolled back (an alarm fired) or the update failed."""
+    sm, last = target.client(), None
+    while True:
+        ep = aws.aws_call(f"endpoint {endpoint}", sm.describe_endpoint, EndpointName=endpoint)
+        pending = ep.get("PendingDeploymentSummary") or {}
+        steps = [f"{v['VariantName']}: {'/'.join(s['Status'] for s in v.get('VariantStatus', [])) or '-'}"
+                 for v in pending.get("ProductionVariants", [])]
+        line = f"{ep['EndpointStatus']}" + (f" ({', '.join(steps)})" if steps else "")
+        if line != last:
+            log.info("endpoint %s: %s", endpoint, line)
+            last = line
+        if ep["EndpointStatus"] not in ("Updating", "RollingBack", "SystemUpdating", "Creating"):
+            break
+        sleep(poll_s)
+    if ep["EndpointStatus"] == "InService" and ep["EndpointConfigName"] == new_config:
+        log.info("endpoint %s: the update completed; config %s serves", endpoint, new_config)
+        return 0
+    why = f": {ep['FailureReason']}" if ep.get("FailureReason") else ""
+    raise UserError(f"endpoint {endpoint} is {ep['EndpointStatus']} on config {ep['EndpointConfigName']}, not "
+                    f"{new_config}: the update was rolled back or failed{why} (bincounter sm status {endpoint})")
 
 
 # ---------------------------------------------------------------------------------------------- rollback
