@@ -93,16 +93,17 @@ def summary(kind: str, d: dict) -> dict:
 def _endpoint(d: dict) -> dict:
     """What serves (config, variants) and an update in progress (sm update): the config it goes to, its variants'
     steps (Creating, ActivatingTraffic, Baking, ...), and how it shifts traffic and on which alarms it rolls back."""
-    out = {"config": d.get("EndpointConfigName"),
-           "variants": [{"variant": v.get("VariantName"), "instances": v.get("CurrentInstanceCount"),
-                         "weight": v.get("CurrentWeight")} for v in d.get("ProductionVariants", [])]}
+    def variant(v: dict, steps: bool = False) -> dict:
+        got = {"variant": v.get("VariantName"), "instances": v.get("CurrentInstanceCount"),
+               "weight": v.get("CurrentWeight"),
+               "steps": [s.get("Status") for s in v.get("VariantStatus", [])] if steps else None}
+        return {k: x for k, x in got.items() if x is not None}
+
+    out = {"config": d.get("EndpointConfigName"), "variants": [variant(v) for v in d.get("ProductionVariants", [])]}
     if pending := d.get("PendingDeploymentSummary"):
         out["update_in_progress"] = {
             "to_config": pending.get("EndpointConfigName"), "started": _iso(pending.get("StartTime")),
-            "variants": [{"variant": v.get("VariantName"), "instances": v.get("CurrentInstanceCount"),
-                          "weight": v.get("CurrentWeight"),
-                          "steps": [s.get("Status") for s in v.get("VariantStatus", [])]}
-                         for v in pending.get("ProductionVariants", [])]}
+            "variants": [variant(v, steps=True) for v in pending.get("ProductionVariants", [])]}
     if last := d.get("LastDeploymentConfig"):
         routing = (last.get("BlueGreenUpdatePolicy") or {}).get("TrafficRoutingConfiguration") or {}
         rollback = last.get("AutoRollbackConfiguration") or {}
