@@ -19,6 +19,7 @@ from bincounter.errors import UserError
 from bincounter.sm import alarms, update, validate
 
 from .conftest import assert_one_line_error, run_cli
+from .test_sm_jobs import _run_offline, offline  # noqa: F401 - offline is a fixture
 
 ROLE = "arn:aws:iam::123456789012:role/bincounter-sm"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/bincounter:abc123"
@@ -293,6 +294,29 @@ def test_update_dry_run_prints_valid_requests_and_the_cost():
     # the new fleet's rate, and the overlap: 4 old instances for 4 steps x 300 s + 60 s = 21 min
     assert "estimated cost: $5.63/h while the endpoint exists" in err
     assert "4 old instance(s) for ~21 min" in err and "about $1.97 more" in err
+
+
+def test_update_and_rollback_dry_runs_make_no_network_call_and_need_no_credentials(offline, moto):  # noqa: F811
+    import os
+
+    if os.environ.get("PYTHONPATH"):  # the source tree under test, after the network guard
+        offline["env"]["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+    proc, calls = _run_offline(offline, "update", "bc-ep", "--model-package", "arn:aws:sagemaker:us-east-1:1:"
+                               "model-package/bc/3", "--cpu-image", IMAGE, "--role", "bincounter-sm", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith(("estimated cost:", "during the update"))] == [
+        "estimated cost: $1.41/h while the endpoint exists (the new fleet) (1 ml.g5.xlarge x $1.408/h; $1,013.76 "
+        "per 30 days; us-east-1 prices of 2026-11-27)",
+        "during the update both fleets bill: about $0.23 more (1 old instance(s) for ~10 min of traffic shifting "
+        "and baking, plus the new fleet's start-up)"]
+    assert "placeholders" in proc.stderr and _docs(proc.stdout)[-1]["api"] == "UpdateEndpoint"
+    proc, calls = _run_offline(offline, "rollback", "bc-ep", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    no_creds = {**ENV, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/none",
+                "AWS_CONFIG_FILE": "/none"}
+    for args in (["update", "bc-ep", "--model-data", "s3://b/m.tar.gz"], ["rollback", "bc-ep"]):
+        proc = run_cli("sm", *args, "--endpoint-url", moto, env=no_creds)
+        assert_one_line_error(proc, "no AWS credentials found", "--dry-run needs none")
 
 
 def test_rollback_dry_run_is_a_valid_update_to_the_named_config():
