@@ -102,8 +102,9 @@ def _live_endpoint(moto: str, name: str, count: int = 1) -> None:
     """An endpoint as sm deploy leaves it (model, config, endpoint named alike), with what an update must keep:
     an environment variable, data capture, a tag; and the log group SageMaker writes the container's log to."""
     sm = _client(moto)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={
-        "Image": IMAGE, "ModelDataUrl": "s3://bkt/old/model.tar.gz", "Environment": {"BINCOUNTER_BATCH_SIZE": "8"}})
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, Tags=[{"Key": "cost-centre", "Value": "wh-7"}],
+                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": "s3://bkt/old/model.tar.gz",
+                                      "Environment": {"BINCOUNTER_BATCH_SIZE": "8"}})
     sm.create_endpoint_config(EndpointConfigName=name, Tags=[{"Key": "team", "Value": "bins"}], ProductionVariants=[
         {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.xlarge",
          "InitialInstanceCount": count, "InitialVariantWeight": 1.0}],
@@ -135,6 +136,7 @@ def test_update_copies_the_live_endpoint_and_rolls_back_on_alarms_then_by_hand(m
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://bkt/new/model.tar.gz"
     assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
     assert model["PrimaryContainer"]["Environment"] == {"BINCOUNTER_BATCH_SIZE": "8"}
+    assert sm.list_tags(ResourceArn=model["ModelArn"])["Tags"] == [{"Key": "cost-centre", "Value": "wh-7"}]
     # the new config: the live one pointing at it; capture and tags kept, the config it replaces named
     cfg = sm.describe_endpoint_config(EndpointConfigName=new)
     (variant,) = cfg["ProductionVariants"]

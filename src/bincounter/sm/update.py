@@ -141,8 +141,9 @@ class Live:
     variant: dict
     model: dict  # the DescribeModel fields CreateModel takes
     current_count: int | None
-    tags: list[dict]
+    tags: list[dict]  # the config's
     autoscaled: bool
+    model_tags: tuple = ()
 
 
 def _creatable(desc: dict, api: str) -> dict:
@@ -164,14 +165,19 @@ def read_live(target: AwsTarget, endpoint: str) -> Live:
                         "(what sm deploy makes)")
     model = aws.aws_call(f"model {variants[0]['ModelName']}", sm.describe_model, ModelName=variants[0]["ModelName"])
     tags = aws.aws_call("ListTags", sm.list_tags, ResourceArn=cfg["EndpointConfigArn"]).get("Tags", [])
+    model_tags = aws.aws_call("ListTags", sm.list_tags, ResourceArn=model["ModelArn"]).get("Tags", [])
     current = next((v.get("CurrentInstanceCount") for v in ep.get("ProductionVariants", [])
                     if v["VariantName"] == variants[0]["VariantName"]), None)
     aas = target.client("application-autoscaling")
     scaled = aws.aws_call("DescribeScalableTargets", aas.describe_scalable_targets, ServiceNamespace="sagemaker",
                           ResourceIds=[f"endpoint/{endpoint}/variant/{variants[0]['VariantName']}"])
     return Live(name, _creatable(cfg, "CreateEndpointConfig"), variants[0], _creatable(model, "CreateModel"),
-                current, [t for t in tags if not t["Key"].startswith("aws:") and t["Key"] != PREVIOUS_TAG],
-                bool(scaled["ScalableTargets"]))
+                current, _own(tags), bool(scaled["ScalableTargets"]), tuple(_own(model_tags)))
+
+
+def _own(tags: list[dict]) -> list[dict]:
+    """Tags a new resource may carry over: not AWS's own (aws:...), not the config sm update names."""
+    return [t for t in tags if not t["Key"].startswith("aws:") and t["Key"] != PREVIOUS_TAG]
 
 
 def _dry_live(spec: UpdateSpec, image: str | None, role: str) -> Live:
@@ -195,7 +201,8 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
     if model_data:
         container.pop("ModelDataSource", None)  # the new model.tar.gz replaces either form of the old one
         container["ModelDataUrl"] = model_data
-    model.update(ModelName=new, PrimaryContainer=container, **({"ExecutionRoleArn": role} if role else {}))
+    model.update(ModelName=new, PrimaryContainer=container, **({"ExecutionRoleArn": role} if role else {}),
+                 **({"Tags": list(live.model_tags)} if live.model_tags else {}))
     if spec.instance_type and live.autoscaled and spec.instance_type != live.variant.get("InstanceType"):
         raise UserError(f"--instance-type {spec.instance_type}: endpoint {spec.endpoint} has autoscaling, which "
                         "refuses an update that changes the instance type; update the model alone, or remove the "
