@@ -360,6 +360,27 @@ def test_traffic_routing_within_sagemakers_limits():
     assert update.overlap_minutes(update.traffic_routing("linear:25%", 8, 60), 8, 120) == 6
 
 
+def test_a_serverless_endpoint_is_updated_all_at_once_without_instances():
+    """`plan` on a serverless live endpoint: the variant keeps its ServerlessConfig and gets no instance count;
+    canary/linear and instance flags are refused (a serverless endpoint has no instances)."""
+    variant = {"VariantName": "AllTraffic", "ModelName": "m", "ServerlessConfig": {"MemorySizeInMB": 3072,
+                                                                                   "MaxConcurrency": 10}}
+    live = update.Live("old", {"ProductionVariants": [variant]}, variant,
+                       {"ExecutionRoleArn": ROLE, "PrimaryContainer": {"Image": IMAGE}}, None, [], False)
+    spec = update.UpdateSpec(endpoint="bc-sl", model_data="s3://b/n.tar.gz")
+    _, reqs = update.plan(spec, live, "s3://b/n.tar.gz", None, None, ["a"])
+    for api, req in reqs:
+        assert validate.errors(api, req, "sagemaker") is None
+    (v,) = reqs[1][1]["ProductionVariants"]
+    assert "InitialInstanceCount" not in v and v["ServerlessConfig"]["MemorySizeInMB"] == 3072
+    assert reqs[2][1]["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == \
+        "ALL_AT_ONCE"
+    with pytest.raises(UserError, match="serverless"):
+        update.plan(update.UpdateSpec(endpoint="bc-sl", instance_count=2), live, None, None, None, ["a"])
+    with pytest.raises(UserError, match="serverless"):
+        update.plan(update.UpdateSpec(endpoint="bc-sl", traffic="linear:10%"), live, None, None, None, ["a"])
+
+
 def test_an_update_dry_run_imports_neither_torch_nor_the_sagemaker_sdk():
     from .test_cli import _heavy_imported
 

@@ -196,6 +196,9 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
     """(new name, [(api, request)]): CreateModel, CreateEndpointConfig, UpdateEndpoint. Pure."""
     new = jobs.job_name(spec.endpoint)
     model = json.loads(json.dumps(live.model))  # a deep copy
+    if len(model.get("Containers") or []) > 1:
+        raise UserError(f"endpoint {spec.endpoint} serves a model of {len(model['Containers'])} containers: sm update "
+                        "replaces one-container models (what sm deploy makes)")
     container = model.pop("PrimaryContainer", None) or (model.pop("Containers", None) or [{}])[0]
     container["Image"] = image or container.get("Image")
     if model_data:
@@ -207,13 +210,16 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
         raise UserError(f"--instance-type {spec.instance_type}: endpoint {spec.endpoint} has autoscaling, which "
                         "refuses an update that changes the instance type; update the model alone, or remove the "
                         "scaling first (aws application-autoscaling deregister-scalable-target)")
+    serverless = "ServerlessConfig" in live.variant
+    if serverless and (spec.instance_type or spec.instance_count):
+        raise UserError(f"endpoint {spec.endpoint} is serverless: it has no instance type or count to change")
     count = spec.instance_count or live.current_count or live.variant.get("InitialInstanceCount") or 1
-    variant = {**live.variant, "ModelName": new, "InitialInstanceCount": count,
+    variant = {**live.variant, "ModelName": new, **({} if serverless else {"InitialInstanceCount": count}),
                **({"InstanceType": spec.instance_type} if spec.instance_type else {})}
     config = {**json.loads(json.dumps(live.config, default=str)), "EndpointConfigName": new,
               "ProductionVariants": [variant],
               "Tags": live.tags + [{"Key": PREVIOUS_TAG, "Value": live.config_name}]}
-    routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless="ServerlessConfig" in variant)
+    routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless=serverless)
     update = {"EndpointName": spec.endpoint, "EndpointConfigName": new,
               "DeploymentConfig": deployment_config(routing, spec.keep_old_s, spec.max_time_s, alarm_names)}
     if live.autoscaled and spec.instance_count is None:
