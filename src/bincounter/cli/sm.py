@@ -6,7 +6,7 @@ estimated cost line, then the request(s) printed with --dry-run (no network call
 what was created, where to look and how to undo it.
 
   cli/sm_jobs.py      tune, train, batch
-  cli/sm_endpoint.py  deploy, predict, evaluate, delete
+  cli/sm_endpoint.py  deploy, update, rollback, predict, evaluate, delete
   cli/sm_follow.py    status, logs, report, collect
   cli/sm_pipeline.py  pipeline upsert, start, status, local
 """
@@ -34,6 +34,8 @@ def add_arguments(sub) -> None:
     sm_jobs.add_tune(sub, _Help)
     sm_jobs.add_train(sub, _Help)
     sm_endpoint.add_deploy(sub, _Help)
+    sm_endpoint.add_update(sub, _Help)
+    sm_endpoint.add_rollback(sub, _Help)
     sm_endpoint.add_predict(sub, _Help)
     sm_endpoint.add_evaluate(sub, _Help)
     sm_jobs.add_batch(sub, _Help)

@@ -1,5 +1,6 @@
-"""`bincounter sm deploy`, `sm predict`, `sm evaluate`, `sm delete`: their flags, and each command's flags turned
-into the calls of `sm.endpoint` (an `EndpointSpec` for deploy) and `sm.delete`."""
+"""`bincounter sm deploy`, `sm update`, `sm rollback`, `sm predict`, `sm evaluate`, `sm delete`: their flags, and
+each command's flags turned into the calls of `sm.endpoint` (an `EndpointSpec` for deploy), `sm.update` (an
+`UpdateSpec`) and `sm.delete`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,64 @@ def add_deploy(sub, formatter) -> None:
                         "deployment's progress and logs; --autoscale always waits)")
     add_price(d)
     d.set_defaults(func=cmd_deploy)
+
+
+def add_update(sub, formatter) -> None:
+    u = sub.add_parser("update", help="a new model behind a live endpoint: blue/green, rolled back on alarms",
+                       formatter_class=formatter,
+                       description="A new model and endpoint config (copied from the live ones: role, environment, "
+                       "instances, data capture, KMS key and tags kept), then SageMaker's blue/green update: a new "
+                       "fleet, traffic shifted to it (--traffic) in steps, each followed by a baking period (--bake), "
+                       "the old fleet kept until the end. If a rollback alarm fires while a step bakes (the endpoint's "
+                       "5xx rate, p99 model latency, the container's ERROR log lines: created here; or --alarm NAME), "
+                       "SageMaker shifts traffic back. No downtime. "
+                       "Both fleets bill during the update. Roll back by hand: bincounter sm rollback ENDPOINT.")
+    add_common(u)
+    u.add_argument("endpoint", metavar="ENDPOINT", help="the live endpoint (InService)")
+    u.add_argument("--role", help="execution role of the new model (default: the live model's)")
+    src = u.add_mutually_exclusive_group(required=True)
+    src.add_argument("--training-job")
+    src.add_argument("--model-data", help="s3://.../model.tar.gz (image: --image, else the live one's)")
+    src.add_argument("--model-package", metavar="ARN", help="an Approved Model Registry version")
+    img = u.add_mutually_exclusive_group()
+    img.add_argument("--image", help="serving image URI (default: the model source's, else the live one's)")
+    img.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (model.onnx in the model)")
+    u.add_argument("--instance-type", help="default: the live variant's (not with autoscaling)")
+    u.add_argument("--instance-count", type=int, help="default: the live variant's current count")
+    u.add_argument("--traffic", default="auto", metavar="MODE",
+                   help="auto (a canary of 1 instance with 2+ instances, else all at once), all-at-once, "
+                        "canary:SIZE or linear:SIZE; SIZE in instances (1) or a share of the fleet (10%%): a canary "
+                        "is at most half the fleet, a linear step 10-50%%")
+    u.add_argument("--bake", type=int, default=600, metavar="S",
+                   help="baking period after each traffic step, the alarms watched (rollback if one fires), 0..3600")
+    u.add_argument("--keep-old", type=int, default=0, metavar="S",
+                   help="seconds the old fleet is kept after the update completed (no automatic rollback then), "
+                        "0..3600")
+    u.add_argument("--max-time", type=int, metavar="S", help="the whole deployment's time limit, 600..28800")
+    u.add_argument("--alarm", action="append", default=[], metavar="NAME",
+                   help="an existing CloudWatch alarm to roll back on (repeat, up to 10); then none is created")
+    u.add_argument("--max-5xx-rate", type=float, default=0.01, metavar="SHARE",
+                   help="alarm: share of requests answered 5xx (Invocation5XXErrors average)")
+    u.add_argument("--max-p99-ms", type=float, default=2000.0, metavar="MS", help="alarm: p99 ModelLatency")
+    u.add_argument("--max-container-errors", type=int, default=5, metavar="N",
+                   help="alarm: ERROR lines in the endpoint's container log per period")
+    u.add_argument("--alarm-period", type=int, default=60, metavar="S", help="the alarms' period")
+    u.add_argument("--wait", action="store_true", help="follow the update until it ends: exit 0 when the new model "
+                   "serves, an error when SageMaker rolled it back")
+    add_price(u)
+    u.set_defaults(func=cmd_update)
+
+
+def add_rollback(sub, formatter) -> None:
+    r = sub.add_parser("rollback", help="roll an endpoint update back by hand", formatter_class=formatter,
+                       description="During an sm update: sets one of its rollback alarms to ALARM, and SageMaker "
+                       "shifts traffic back to the old fleet. After it: updates the endpoint back to the config the "
+                       "live one replaced (blue/green, all at once: no downtime), or to --to CONFIG.")
+    add_common(r, costed=False)
+    r.add_argument("endpoint", metavar="ENDPOINT")
+    r.add_argument("--to", metavar="CONFIG", help="the endpoint config to go back to (default: the one sm update "
+                   "replaced, from the live config's tag)")
+    r.set_defaults(func=cmd_rollback)
 
 
 def add_predict(sub, formatter) -> None:
@@ -103,6 +162,32 @@ def cmd_deploy(args) -> int:
     from ..sm import endpoint
 
     return endpoint.deploy(endpoint_spec(args), target(args))
+
+
+def update_spec(args):
+    from ..sm.alarms import Thresholds
+    from ..sm.update import UpdateSpec
+
+    return UpdateSpec(
+        endpoint=args.endpoint, role=args.role, training_job=args.training_job, model_data=args.model_data,
+        model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
+        instance_type=args.instance_type, instance_count=args.instance_count, traffic=args.traffic,
+        bake_s=args.bake, keep_old_s=args.keep_old, max_time_s=args.max_time, alarm_names=tuple(args.alarm),
+        thresholds=Thresholds(error_rate=args.max_5xx_rate, p99_ms=args.max_p99_ms,
+                              container_errors=args.max_container_errors, period_s=args.alarm_period),
+        price_per_hour=args.price_per_hour, wait=args.wait)
+
+
+def cmd_update(args) -> int:
+    from ..sm import update
+
+    return update.update(update_spec(args), target(args))
+
+
+def cmd_rollback(args) -> int:
+    from ..sm import update
+
+    return update.rollback(target(args), args.endpoint, args.to)
 
 
 def cmd_predict(args) -> int:

@@ -94,6 +94,9 @@ def _model(spec: EndpointSpec, target: AwsTarget, region: str) -> tuple[str | No
     return model_data, image
 
 
+model_source = _model  # public: sm update (update.py) takes a new model from the same sources
+
+
 def deploy(spec: EndpointSpec, target: AwsTarget) -> int:
     """Check, price and create the endpoint (a dry run prints its requests); then register its autoscaling."""
     name = spec.name or jobs.job_name("bincounter")

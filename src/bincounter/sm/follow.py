@@ -86,14 +86,47 @@ def summary(kind: str, d: dict) -> dict:
     elif kind == "transform":
         out["output"] = d.get("TransformOutput", {}).get("S3OutputPath")
     elif kind == "endpoint":
-        out["variants"] = [{"variant": v.get("VariantName"), "instances": v.get("CurrentInstanceCount")}
-                           for v in d.get("ProductionVariants", [])]
+        out.update(_endpoint(d))
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _endpoint(d: dict) -> dict:
+    """What serves (config, variants) and an update in progress (sm update): the config it goes to, its variants'
+    steps (Creating, ActivatingTraffic, Baking, ...), and how it shifts traffic and on which alarms it rolls back."""
+    def variant(v: dict, steps: bool = False) -> dict:
+        got = {"variant": v.get("VariantName"), "instances": v.get("CurrentInstanceCount"),
+               "weight": v.get("CurrentWeight"),
+               "steps": [s.get("Status") for s in v.get("VariantStatus", [])] if steps else None}
+        return {k: x for k, x in got.items() if x is not None}
+
+    out = {"config": d.get("EndpointConfigName"), "variants": [variant(v) for v in d.get("ProductionVariants", [])]}
+    if pending := d.get("PendingDeploymentSummary"):
+        out["update_in_progress"] = {
+            "to_config": pending.get("EndpointConfigName"), "started": _iso(pending.get("StartTime")),
+            "variants": [variant(v, steps=True) for v in pending.get("ProductionVariants", [])]}
+    if last := d.get("LastDeploymentConfig"):
+        routing = (last.get("BlueGreenUpdatePolicy") or {}).get("TrafficRoutingConfiguration") or {}
+        rollback = last.get("AutoRollbackConfiguration") or {}
+        out["last_deployment"] = {
+            "traffic": routing.get("Type"), "bake_s": routing.get("WaitIntervalInSeconds"),
+            "step": routing.get("CanarySize") or routing.get("LinearStepSize"),
+            "rollback_alarms": [a["AlarmName"] for a in rollback.get("Alarms", [])]}
+    return out
 
 
 def status(sm, name: str, kind: str | None, region: str) -> dict:
     k, d = find(sm, name, kind, region)
-    return summary(k, d)
+    out = summary(k, d)
+    if k == "endpoint" and d.get("EndpointConfigName"):  # which model each live variant serves
+        try:
+            cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config,
+                               EndpointConfigName=d["EndpointConfigName"])
+        except UserError:
+            return out  # the config may be gone (deleted by hand); the endpoint's own state is still shown
+        models = {v["VariantName"]: v.get("ModelName") for v in cfg.get("ProductionVariants", [])}
+        for v in out.get("variants", []):
+            v["model"] = models.get(v["variant"])
+    return out
 
 
 def _log_target(sm, kind: str, d: dict, name: str) -> tuple[str, str | None, str]:

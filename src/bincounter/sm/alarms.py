@@ -1,0 +1,112 @@
+"""The CloudWatch alarms a blue/green update (`sm update`) rolls back on: the endpoint's 5xx rate
+(`Invocation5XXErrors`, whose Average is the share of requests answered 5xx), its p99 `ModelLatency`, and the
+container's own error count (a CloudWatch Logs metric filter on the endpoint's log group counting ERROR lines:
+the serving front, the model server and the worker all log failures at that level). Or alarms the user names,
+which must already exist.
+
+`requests` builds every request (pure: a dry run prints them, a real run sends them with `put`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .. import aws
+from ..errors import UserError
+from .target import AwsTarget
+
+log = logging.getLogger("bincounter")
+
+NAMESPACE = "bincounter"  # the container-error metric's namespace (the metric is named after the endpoint)
+ERROR_PATTERN = "ERROR"  # a log line at ERROR level, whichever process of the container wrote it
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When each alarm fires, over `period_s` windows: 5xx share (0..1), p99 model latency (ms), ERROR lines."""
+
+    error_rate: float = 0.01
+    p99_ms: float = 2000.0
+    container_errors: int = 5
+    period_s: int = 60
+
+    def check(self) -> None:
+        if not 0 < self.error_rate <= 1:
+            raise UserError(f"--max-5xx-rate {self.error_rate}: a share of requests in (0, 1], e.g. 0.01 for 1%")
+        if self.p99_ms <= 0:
+            raise UserError(f"--max-p99-ms {self.p99_ms:g}: must be > 0")
+        if self.container_errors < 1:
+            raise UserError(f"--max-container-errors {self.container_errors}: must be >= 1")
+        if self.period_s not in (10, 30) and (self.period_s < 60 or self.period_s % 60):
+            raise UserError(f"--alarm-period {self.period_s}: CloudWatch takes 10, 30 or a multiple of 60 seconds")
+
+
+def log_group(endpoint: str) -> str:
+    """Where SageMaker writes an endpoint's container logs (every instance, old fleet and new)."""
+    return f"/aws/sagemaker/Endpoints/{endpoint}"
+
+
+def names(endpoint: str) -> list[str]:
+    """The alarms `requests` creates, by name."""
+    return [f"bincounter-{endpoint}-{what}" for what in ("5xx-rate", "p99-latency", "container-errors")]
+
+
+def requests(endpoint: str, variant: str, t: Thresholds) -> tuple[dict, list[dict]]:
+    """(PutMetricFilter request, three PutMetricAlarm requests) for the endpoint's variant. Alarms have no
+    actions: SageMaker watches them during an update. Missing data (no traffic) is not breaching."""
+    rate, latency, errors = names(endpoint)
+    dims = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+    metric = f"{endpoint}/ContainerErrors"
+    common = {"Period": t.period_s, "EvaluationPeriods": 2, "ActionsEnabled": False,
+              "TreatMissingData": "notBreaching", "ComparisonOperator": "GreaterThanOrEqualToThreshold"}
+    metric_filter = {"logGroupName": log_group(endpoint), "filterName": f"bincounter-{endpoint}-errors",
+                     "filterPattern": ERROR_PATTERN,
+                     "metricTransformations": [{"metricName": metric, "metricNamespace": NAMESPACE,
+                                                "metricValue": "1", "defaultValue": 0.0, "unit": "Count"}]}
+    alarms = [
+        {**common, "AlarmName": rate, "DatapointsToAlarm": 1, "Namespace": "AWS/SageMaker",
+         "MetricName": "Invocation5XXErrors", "Dimensions": dims, "Statistic": "Average",
+         "Threshold": t.error_rate,
+         "AlarmDescription": f"{endpoint}: share of requests answered 5xx >= {t.error_rate:g} (sm update rolls back)"},
+        {**common, "AlarmName": latency, "DatapointsToAlarm": 2, "Namespace": "AWS/SageMaker",
+         "MetricName": "ModelLatency", "Dimensions": dims, "ExtendedStatistic": "p99", "Unit": "Microseconds",
+         "Threshold": t.p99_ms * 1000.0,
+         "AlarmDescription": f"{endpoint}: p99 model latency >= {t.p99_ms:g} ms (sm update rolls back)"},
+        {**common, "AlarmName": errors, "DatapointsToAlarm": 1, "Namespace": NAMESPACE, "MetricName": metric,
+         "Statistic": "Sum", "Threshold": float(t.container_errors),
+         "AlarmDescription": f"{endpoint}: >= {t.container_errors} ERROR lines in the container log per "
+                             f"{t.period_s} s (sm update rolls back)"},
+    ]
+    return metric_filter, alarms
+
+
+def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]:
+    """Create or update the metric filter and the alarms (both calls are idempotent); their names."""
+    logs = target.client("logs")
+    try:
+        aws.aws_call("PutMetricFilter", logs.put_metric_filter, **metric_filter)
+    except UserError as e:
+        if "ResourceNotFound" not in str(e):
+            raise
+        # an endpoint that never logged yet: the group SageMaker will write to is created here
+        log.info("log group %s does not exist yet: creating it for the container-error metric",
+                 metric_filter["logGroupName"])
+        aws.aws_call("CreateLogGroup", logs.create_log_group, logGroupName=metric_filter["logGroupName"])
+        aws.aws_call("PutMetricFilter", logs.put_metric_filter, **metric_filter)
+    cw = target.client("cloudwatch")
+    for a in alarms:
+        aws.aws_call(f"PutMetricAlarm {a['AlarmName']}", cw.put_metric_alarm, **a)
+    return [a["AlarmName"] for a in alarms]
+
+
+def check_named(target: AwsTarget, alarm_names: list[str]) -> None:
+    """Alarms the user names must exist (SageMaker would accept a missing one and never roll back on it)."""
+    cw = target.client("cloudwatch")
+    got = aws.aws_call("DescribeAlarms", cw.describe_alarms, AlarmNames=alarm_names,
+                       AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+    found = {a["AlarmName"] for a in got.get("MetricAlarms", []) + got.get("CompositeAlarms", [])}
+    missing = [n for n in alarm_names if n not in found]
+    if missing:
+        raise UserError(f"--alarm {', '.join(missing)}: no such CloudWatch alarm in {target.resolved_region()} "
+                        "(names are case-sensitive; aws cloudwatch describe-alarms)")

@@ -1,0 +1,390 @@
+"""`sm update` (blue/green endpoint update with alarm rollback), `sm rollback`, and what `sm status` says about an
+endpoint. Real parts: moto in server mode for SageMaker (models, endpoint configs, endpoints, tags), CloudWatch
+(alarms, SetAlarmState), CloudWatch Logs (the metric filter) and Application Auto Scaling; botocore's validator for
+every request a dry run prints.
+
+Mocked, because moto (5.2) cannot do it: UpdateEndpoint. `_fake_update_endpoint` adds it to the moto server:
+it checks what SageMaker checks (the endpoint InService, the config and variant names existing) and records the
+update as SageMaker shows one in progress (EndpointStatus Updating, PendingDeploymentSummary, LastDeploymentConfig);
+`_sagemaker_finishes` / `_sagemaker_rolls_back` stand for SageMaker's deployment engine ending it."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from bincounter.errors import UserError
+from bincounter.sm import alarms, update, validate
+
+from .conftest import assert_one_line_error, run_cli
+from .test_sm_jobs import _run_offline, offline  # noqa: F401 - offline is a fixture
+
+ROLE = "arn:aws:iam::123456789012:role/bincounter-sm"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/bincounter:abc123"
+ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _docs(stdout: str) -> list[dict]:
+    return [json.loads(d) for d in stdout.replace("}\n{", "}\x00{").split("\x00")] if stdout.strip() else []
+
+
+def _client(endpoint: str, service: str = "sagemaker"):
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
+# ------------------------------------------------------------------ UpdateEndpoint, which moto lacks
+def _backend():
+    from moto.sagemaker.models import sagemaker_backends
+
+    return sagemaker_backends["123456789012"]["us-east-1"]
+
+
+def _fake_update_endpoint() -> None:
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.responses import SageMakerResponse
+
+    if hasattr(SageMakerResponse, "update_endpoint"):
+        return
+
+    def update_endpoint(self) -> ActionResult:
+        be, name = self.sagemaker_backend, self._get_param("EndpointName")
+        ep, cfg = be.endpoints.get(name), be.endpoint_configs.get(self._get_param("EndpointConfigName"))
+        if ep is None:
+            raise ValidationError(message=f"Could not find endpoint '{name}'.")
+        if ep.endpoint_status != "InService":
+            raise ValidationError(message=f"Cannot update in-progress endpoint '{ep.arn}'.")
+        if cfg is None:
+            raise ValidationError(message="Could not find endpoint configuration "
+                                          f"'{self._get_param('EndpointConfigName')}'.")
+        live = {v["VariantName"] for v in ep.production_variants}
+        if {v["VariantName"] for v in cfg.production_variants} != live:
+            raise ValidationError(message="a blue/green update keeps the variant names")
+        ep.endpoint_status = "Updating"
+        ep.pending_deployment_summary = {
+            "EndpointConfigName": cfg.endpoint_config_name, "StartTime": utcnow(),
+            "ProductionVariants": [{"VariantName": v["VariantName"], "CurrentInstanceCount": 0,
+                                    "DesiredInstanceCount": v["InitialInstanceCount"],
+                                    "VariantStatus": [{"Status": "Creating"}]} for v in cfg.production_variants]}
+        ep.last_deployment_config = self._get_param("DeploymentConfig")
+        ep.retained = self._get_param("RetainAllVariantProperties")
+        return ActionResult({"EndpointArn": ep.arn})
+
+    SageMakerResponse.update_endpoint = update_endpoint
+
+
+def _sagemaker_finishes(name: str) -> None:
+    ep = _backend().endpoints[name]
+    cfg = _backend().endpoint_configs[ep.pending_deployment_summary["EndpointConfigName"]]
+    ep.endpoint_config_name = cfg.endpoint_config_name
+    ep.production_variants = ep._process_production_variants(cfg.production_variants)
+    ep.endpoint_status, ep.pending_deployment_summary = "InService", None
+
+
+def _sagemaker_rolls_back(name: str) -> None:
+    ep = _backend().endpoints[name]
+    ep.endpoint_status, ep.pending_deployment_summary = "InService", None
+
+
+@pytest.fixture(scope="module")
+def moto(moto_endpoint):
+    _fake_update_endpoint()
+    _client(moto_endpoint, "s3").create_bucket(Bucket="bkt")
+    return moto_endpoint
+
+
+def _live_endpoint(moto: str, name: str, count: int = 1) -> None:
+    """An endpoint as sm deploy leaves it (model, config, endpoint named alike), with what an update must keep:
+    an environment variable, data capture, a tag; and the log group SageMaker writes the container's log to."""
+    sm = _client(moto)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, Tags=[{"Key": "cost-centre", "Value": "wh-7"}],
+                    PrimaryContainer={"Image": IMAGE, "ModelDataUrl": "s3://bkt/old/model.tar.gz",
+                                      "Environment": {"BINCOUNTER_BATCH_SIZE": "8"}})
+    sm.create_endpoint_config(EndpointConfigName=name, Tags=[{"Key": "team", "Value": "bins"}], ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.xlarge",
+         "InitialInstanceCount": count, "InitialVariantWeight": 1.0}],
+        DataCaptureConfig={"EnableCapture": True, "InitialSamplingPercentage": 20,
+                           "DestinationS3Uri": "s3://bkt/capture", "CaptureOptions": [{"CaptureMode": "Input"}]})
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+    _client(moto, "logs").create_log_group(logGroupName=alarms.log_group(name))
+
+
+def _cli(moto: str, *args) -> tuple[int, list[dict], str]:
+    proc = run_cli("sm", *args, "--endpoint-url", moto, env=ENV)
+    return proc.returncode, (_docs(proc.stdout) if proc.returncode == 0 else []), proc.stderr
+
+
+# ------------------------------------------------------------------ against moto
+def test_update_copies_the_live_endpoint_and_rolls_back_on_alarms_then_by_hand(moto):
+    name = "bc-upd"
+    _live_endpoint(moto, name, count=2)
+    sm, cw = _client(moto), _client(moto, "cloudwatch")
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/new/model.tar.gz", "--bake", "120")
+    assert rc == 0, err
+    got = out[0]
+    new = got["config"]
+    assert got["updating"] == name and got["previous_config"] == name and new.startswith(f"{name}-")
+    assert f"bincounter sm rollback {name}" in err and "during the update both fleets bill" in err
+
+    # the new model: the live container with the new model.tar.gz; role, image and environment kept
+    model = sm.describe_model(ModelName=new)
+    assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://bkt/new/model.tar.gz"
+    assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"]["Environment"] == {"BINCOUNTER_BATCH_SIZE": "8"}
+    assert sm.list_tags(ResourceArn=model["ModelArn"])["Tags"] == [{"Key": "cost-centre", "Value": "wh-7"}]
+    # the new config: the live one pointing at it; capture and tags kept, the config it replaces named
+    cfg = sm.describe_endpoint_config(EndpointConfigName=new)
+    (variant,) = cfg["ProductionVariants"]
+    assert (variant["ModelName"], variant["VariantName"], variant["InstanceType"], variant["InitialInstanceCount"]) \
+        == (new, "AllTraffic", "ml.m5.xlarge", 2)
+    assert cfg["DataCaptureConfig"]["DestinationS3Uri"] == "s3://bkt/capture"
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=cfg["EndpointConfigArn"])["Tags"]}
+    assert tags == {"team": "bins", update.PREVIOUS_TAG: name}
+
+    # the update SageMaker was asked for: a canary of one instance (2 instances), 120 s baking, three alarms
+    ep = sm.describe_endpoint(EndpointName=name)
+    dc = ep["LastDeploymentConfig"]
+    routing = dc["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert routing == {"Type": "CANARY", "WaitIntervalInSeconds": 120,
+                       "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1}}
+    names = alarms.names(name)
+    assert [a["AlarmName"] for a in dc["AutoRollbackConfiguration"]["Alarms"]] == names
+    # ... and the alarms exist in CloudWatch, on the endpoint's variant, the metric filter on its log group
+    made = {a["AlarmName"]: a for a in cw.describe_alarms(AlarmNames=names)["MetricAlarms"]}
+    assert set(made) == set(names)
+    rate, p99, errors = (made[n] for n in names)
+    assert (rate["MetricName"], rate["Statistic"], rate["Threshold"]) == ("Invocation5XXErrors", "Average", 0.01)
+    assert {d["Name"]: d["Value"] for d in rate["Dimensions"]} == {"EndpointName": name, "VariantName": "AllTraffic"}
+    assert (p99["MetricName"], p99["ExtendedStatistic"], p99["Threshold"]) == ("ModelLatency", "p99", 2e6)
+    (mf,) = _client(moto, "logs").describe_metric_filters(logGroupName=alarms.log_group(name))["metricFilters"]
+    assert mf["metricTransformations"][0]["metricName"] == errors["MetricName"] == f"{name}/ContainerErrors"
+    assert mf["filterPattern"] == alarms.ERROR_PATTERN
+
+    # sm status: the old config still serves; the update in progress, its traffic mode and alarms
+    rc, (st,), err = _cli(moto, "status", name, "--kind", "endpoint")
+    assert rc == 0, err
+    assert st["status"] == "Updating" and st["config"] == name and st["variants"][0]["model"] == name
+    assert st["update_in_progress"]["to_config"] == new
+    assert st["update_in_progress"]["variants"][0]["steps"] == ["Creating"]
+    assert st["last_deployment"]["traffic"] == "CANARY" and st["last_deployment"]["rollback_alarms"] == names
+
+    # a second update while this one runs: one line, pointing at status and rollback
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/x.tar.gz", "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "Updating", f"sm rollback {name}")
+
+    # rollback during the update: an alarm goes to ALARM (SageMaker then rolls back)
+    rc, (rb,), err = _cli(moto, "rollback", name)
+    assert rc == 0, err
+    assert rb["alarm"] == names[0]
+    state = cw.describe_alarms(AlarmNames=[names[0]])["MetricAlarms"][0]
+    assert state["StateValue"] == "ALARM" and "rolled back by hand" in state["StateReason"]
+    _sagemaker_rolls_back(name)
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == name
+
+    # update again, SageMaker completes it: status shows the new config and model live
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/new2/model.tar.gz", "--traffic",
+                        "linear:50%")
+    assert rc == 0, err
+    new2 = out[0]["config"]
+    _sagemaker_finishes(name)
+    rc, (st,), err = _cli(moto, "status", name, "--kind", "endpoint")
+    assert st["status"] == "InService" and st["config"] == new2 and st["variants"][0]["model"] == new2
+    assert "update_in_progress" not in st
+
+    # rollback after it: back to the config it replaced, blue/green all at once
+    rc, (rb,), err = _cli(moto, "rollback", name)
+    assert rc == 0, err
+    assert (rb["from_config"], rb["to_config"]) == (new2, name)
+    ep = sm.describe_endpoint(EndpointName=name)
+    assert ep["PendingDeploymentSummary"]["EndpointConfigName"] == name
+    assert ep["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == \
+        "ALL_AT_ONCE"
+    _sagemaker_finishes(name)
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == name
+
+    # the first config was not made by sm update: nothing to go back to unless named
+    proc = run_cli("sm", "rollback", name, "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "--to CONFIG")
+
+
+def test_named_alarms_autoscaling_and_mistakes(moto):
+    name = "bc-upd-scaled"
+    _live_endpoint(moto, name, count=2)
+    aas = _client(moto, "application-autoscaling")
+    aas.register_scalable_target(ServiceNamespace="sagemaker", ResourceId=f"endpoint/{name}/variant/AllTraffic",
+                                 ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=1,
+                                 MaxCapacity=4)
+    # a named alarm must exist
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/n.tar.gz", "--alarm", "nope", "--endpoint-url",
+                   moto, env=ENV)
+    assert_one_line_error(proc, "--alarm nope", "no such CloudWatch alarm")
+    # autoscaling refuses a new instance type
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/n.tar.gz", "--instance-type", "ml.c6i.xlarge",
+                   "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "--instance-type ml.c6i.xlarge", "autoscaling")
+    _client(moto, "cloudwatch").put_metric_alarm(
+        AlarmName="team-5xx", Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors", Statistic="Sum",
+        Period=60, EvaluationPeriods=1, Threshold=1.0, ComparisonOperator="GreaterThanOrEqualToThreshold")
+    rc, (got,), err = _cli(moto, "update", name, "--model-data", "s3://bkt/n.tar.gz", "--alarm", "team-5xx",
+                           "--image", IMAGE + "-v2")
+    assert rc == 0, err
+    assert got["alarms"] == ["team-5xx"]
+    ep = _backend().endpoints[name]
+    assert ep.last_deployment_config["AutoRollbackConfiguration"]["Alarms"] == [{"AlarmName": "team-5xx"}]
+    assert ep.retained is True  # the count autoscaling chose is kept
+    assert _client(moto).describe_model(ModelName=got["model"])["PrimaryContainer"]["Image"] == IMAGE + "-v2"
+    assert not _client(moto, "cloudwatch").describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"]
+    # a missing endpoint: one line
+    proc = run_cli("sm", "update", "nope", "--model-data", "s3://bkt/n.tar.gz", "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "nope")
+
+
+def test_wait_follows_the_update_to_its_end(moto, aws_env, caplog):
+    """--wait: 0 when the new config serves; an error line when SageMaker rolled back. The fake deployment
+    engine moves one step per poll (the `sleep` the watcher calls), so nothing waits on a clock."""
+    from bincounter.sm.target import AwsTarget
+
+    name, target = "bc-upd-wait", AwsTarget(endpoint_url=moto)
+    _live_endpoint(moto, name)
+
+    def engine(*steps):
+        it = iter(steps)
+        return lambda _s: next(it)()
+
+    def baking():
+        _backend().endpoints[name].pending_deployment_summary["ProductionVariants"][0]["VariantStatus"] = [
+            {"Status": "Baking"}]
+
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/w1.tar.gz")
+    assert rc == 0, err
+    caplog.set_level("INFO", logger="bincounter")
+    assert update.watch(target, name, out[0]["config"], sleep=engine(baking, lambda: _sagemaker_finishes(name))) \
+        == 0
+    assert any("AllTraffic: Baking" in r.getMessage() for r in caplog.records)
+    rc, out, err = _cli(moto, "update", name, "--model-data", "s3://bkt/w2.tar.gz")
+    assert rc == 0, err
+    with pytest.raises(UserError, match="rolled back or failed"):
+        update.watch(target, name, out[0]["config"], sleep=engine(lambda: _sagemaker_rolls_back(name)))
+
+
+# ------------------------------------------------------------------ dry runs: offline, every request valid
+def _dry(*args):
+    proc = run_cli("sm", *args, "--dry-run", "--endpoint-url", "http://127.0.0.1:9", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return _docs(proc.stdout), proc.stderr
+
+
+def test_update_dry_run_prints_valid_requests_and_the_cost():
+    docs, err = _dry("update", "bc-ep", "--training-job", "bc-train-1", "--instance-count", "4", "--traffic",
+                     "linear:25%", "--bake", "300", "--keep-old", "60", "--max-time", "7200", "--max-p99-ms", "500")
+    assert [d["api"] for d in docs] == ["PutMetricFilter"] + ["PutMetricAlarm"] * 3 + [
+        "CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
+    for d in docs:  # botocore's validator on the SageMaker, CloudWatch and CloudWatch Logs shapes
+        service = {"PutMetricFilter": "logs", "PutMetricAlarm": "cloudwatch"}.get(d["api"], "sagemaker")
+        assert validate.errors(d["api"], d["request"], service) is None
+    policy = docs[-1]["request"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy == {"TrafficRoutingConfiguration": {"Type": "LINEAR", "WaitIntervalInSeconds": 300,
+                                                      "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
+                      "TerminationWaitInSeconds": 60, "MaximumExecutionTimeoutInSeconds": 7200}
+    assert docs[2]["request"]["Threshold"] == 500_000.0
+    assert docs[4]["request"]["PrimaryContainer"]["ModelDataUrl"].endswith("bc-train-1/output/model.tar.gz")
+    # the new fleet's rate, and the overlap: 4 old instances for 4 steps x 300 s + 60 s = 21 min
+    assert "estimated cost: $5.63/h while the endpoint exists" in err
+    assert "4 old instance(s) for ~21 min" in err and "about $1.97 more" in err
+
+
+def test_update_and_rollback_dry_runs_make_no_network_call_and_need_no_credentials(offline, moto):  # noqa: F811
+    import os
+
+    if os.environ.get("PYTHONPATH"):  # the source tree under test, after the network guard
+        offline["env"]["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+    proc, calls = _run_offline(offline, "update", "bc-ep", "--model-package", "arn:aws:sagemaker:us-east-1:1:"
+                               "model-package/bc/3", "--cpu-image", IMAGE, "--role", "bincounter-sm", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith(("estimated cost:", "during the update"))] == [
+        "estimated cost: $1.41/h while the endpoint exists (the new fleet) (1 ml.g5.xlarge x $1.408/h; $1,013.76 "
+        "per 30 days; us-east-1 prices of 2026-11-27)",
+        "during the update both fleets bill: about $0.23 more (1 old instance(s) for ~10 min of traffic shifting "
+        "and baking, plus the new fleet's start-up)"]
+    assert "placeholders" in proc.stderr and _docs(proc.stdout)[-1]["api"] == "UpdateEndpoint"
+    proc, calls = _run_offline(offline, "rollback", "bc-ep", "--dry-run")
+    assert proc.returncode == 0 and calls == "", (proc.stderr, calls)
+    no_creds = {**ENV, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE": "/none",
+                "AWS_CONFIG_FILE": "/none"}
+    for args in (["update", "bc-ep", "--model-data", "s3://b/m.tar.gz"], ["rollback", "bc-ep"]):
+        proc = run_cli("sm", *args, "--endpoint-url", moto, env=no_creds)
+        assert_one_line_error(proc, "no AWS credentials found", "--dry-run needs none")
+
+
+def test_rollback_dry_run_is_a_valid_update_to_the_named_config():
+    (doc,), _ = _dry("rollback", "bc-ep", "--to", "bc-ep-old")
+    assert doc["api"] == "UpdateEndpoint" and doc["request"]["EndpointConfigName"] == "bc-ep-old"
+    assert validate.errors("UpdateEndpoint", doc["request"]) is None
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--traffic", "canary:1"], "at most half of the fleet"),
+    (["--traffic", "canary:3", "--instance-count", "4"], "at most half"),
+    (["--traffic", "linear:5%", "--instance-count", "4"], "10-50%"),
+    (["--traffic", "linear:1", "--instance-count", "20"], "10-50%"),
+    (["--traffic", "blue"], "expected auto, all-at-once"),
+    (["--traffic", "canary:x"], "expected instances"),
+    (["--bake", "4000"], "0..3600"),
+    (["--max-time", "60"], "600..28800"),
+    (["--max-5xx-rate", "5"], "(0, 1]"),
+    (["--alarm-period", "45"], "10, 30 or a multiple of 60"),
+    (["--instance-type", "ml.nope"], "ml.nope"),
+])
+def test_update_mistakes_are_one_line_before_any_request(args, needle):
+    proc = run_cli("sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", *args, "--dry-run", env=ENV)
+    assert_one_line_error(proc, needle)
+    assert proc.stdout == ""
+
+
+def test_traffic_routing_within_sagemakers_limits():
+    assert update.traffic_routing("auto", 1, 60) == {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 60}
+    assert update.traffic_routing("auto", 3, 60)["CanarySize"] == {"Type": "INSTANCE_COUNT", "Value": 1}
+    assert update.traffic_routing("canary:50%", 2, 0)["CanarySize"] == {"Type": "CAPACITY_PERCENT", "Value": 50}
+    assert update.traffic_routing("linear:2", 4, 0)["LinearStepSize"] == {"Type": "INSTANCE_COUNT", "Value": 2}
+    with pytest.raises(UserError, match="serverless"):
+        update.traffic_routing("canary:1", 4, 0, serverless=True)
+    with pytest.raises(UserError, match="at most half"):
+        update.traffic_routing("canary:60%", 10, 0)
+    # a canary, then the rest: two baking periods; a linear 25% step: four
+    assert update.overlap_minutes(update.traffic_routing("canary:1", 2, 600), 2, 0) == 20
+    assert update.overlap_minutes(update.traffic_routing("linear:25%", 8, 60), 8, 120) == 6
+
+
+def test_a_serverless_endpoint_is_updated_all_at_once_without_instances():
+    """`plan` on a serverless live endpoint: the variant keeps its ServerlessConfig and gets no instance count;
+    canary/linear and instance flags are refused (a serverless endpoint has no instances)."""
+    variant = {"VariantName": "AllTraffic", "ModelName": "m", "ServerlessConfig": {"MemorySizeInMB": 3072,
+                                                                                   "MaxConcurrency": 10}}
+    live = update.Live("old", {"ProductionVariants": [variant]}, variant,
+                       {"ExecutionRoleArn": ROLE, "PrimaryContainer": {"Image": IMAGE}}, None, [], False)
+    spec = update.UpdateSpec(endpoint="bc-sl", model_data="s3://b/n.tar.gz")
+    _, reqs = update.plan(spec, live, "s3://b/n.tar.gz", None, None, ["a"])
+    for api, req in reqs:
+        assert validate.errors(api, req, "sagemaker") is None
+    (v,) = reqs[1][1]["ProductionVariants"]
+    assert "InitialInstanceCount" not in v and v["ServerlessConfig"]["MemorySizeInMB"] == 3072
+    assert reqs[2][1]["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == \
+        "ALL_AT_ONCE"
+    with pytest.raises(UserError, match="serverless"):
+        update.plan(update.UpdateSpec(endpoint="bc-sl", instance_count=2), live, None, None, None, ["a"])
+    with pytest.raises(UserError, match="serverless"):
+        update.plan(update.UpdateSpec(endpoint="bc-sl", traffic="linear:10%"), live, None, None, None, ["a"])
+
+
+def test_an_update_dry_run_imports_neither_torch_nor_the_sagemaker_sdk():
+    from .test_cli import _heavy_imported
+
+    argv = ["sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", "--region", "us-east-1", "--dry-run", "-q"]
+    code = ("import contextlib, io\nfrom bincounter.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
+    assert not {"torch", "timm", "sagemaker"} & set(_heavy_imported(code, {"AWS_EC2_METADATA_DISABLED": "true"}))
