@@ -1,5 +1,6 @@
 """Sharded channels: WebDataset-format tar shards plus an index, and the dataset that streams them (writer and
-reader of one format in one module, about 440 lines: the index schema and the member naming are defined once).
+reader of one format in one module, about 470 lines: the index schema and the member naming are defined once;
+`combine_indexes` joins the index parts that several machines write).
 
 A sharded channel is one directory per split, readable on its own (local disk, or a SageMaker channel in
 File or FastFile mode)::
@@ -110,7 +111,6 @@ def _metadata(metadata_dir: Path | None, key: str) -> dict | None:
 def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, metadata_dir: Path | None = None,
                 seed: int = 0) -> dict:
     """One per-image channel -> `out/<split>-NNNNNN.tar` + `out/index.json`. Returns the index."""
-    split = out.name
     samples = list_channel(channel)
     keys: dict[str, Path] = {}
     for path, _ in samples:
@@ -118,7 +118,16 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
             raise DataError(f"{channel}: image id {path.stem!r} is {'used twice' if path.stem in keys else 'dotted'} "
                             f"({keys.get(path.stem, path)} and {path}); a shard key must be unique and dot-free")
         keys[path.stem] = path
-    samples.sort(key=lambda s: s[0].stem)
+    return write_samples(samples, out, shard_size=shard_size, metadata_dir=metadata_dir, seed=seed)
+
+
+def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                  metadata_dir: Path | None = None, seed: int = 0, stem: str | None = None,
+                  index_path: Path | None = None) -> dict:
+    """(image path, label) samples -> `out/<stem>-NNNNNN.tar` (stem: the split, `out`'s name) + their index,
+    written to `index_path` (default `out/index.json`; elsewhere: an index part for `combine_indexes`)."""
+    split, stem = out.name, stem or out.name
+    samples = sorted(samples, key=lambda s: s[0].stem)
     order = np.random.default_rng(seed).permutation(len(samples))  # counts mixed within every shard
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
@@ -150,7 +159,7 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
             close()
             tf = None
         if tf is None:
-            cur = {"name": f"{split}-{len(shards):06d}.tar", "samples": 0, "counts": [0] * len(COUNTS), "payload": 0}
+            cur = {"name": f"{stem}-{len(shards):06d}.tar", "samples": 0, "counts": [0] * len(COUNTS), "payload": 0}
             f = open(out / (cur["name"] + ".part"), "wb")
             tf = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
         ext = path.suffix.lower().lstrip(".")
@@ -166,10 +175,30 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
     index = {"format": FORMAT, "split": split, "samples": len(samples),
              "counts": [sum(s["counts"][c] for s in shards) for c in range(len(COUNTS))],
              "bytes": sum(s["bytes"] for s in shards), "shard_size": shard_size, "seed": seed, "shards": shards}
-    tmp = out / (INDEX + ".part")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / INDEX)  # last: an index means a complete channel
+    write_index(index, index_path or out / INDEX)  # last: an index means a complete channel
     return index
+
+
+def write_index(index: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, path)
+
+
+def combine_indexes(parts: list[dict]) -> dict:
+    """Index parts of one split (`write_samples` on several machines, shards named apart) -> the one index of the
+    channel: shards in name order, samples/counts/bytes summed."""
+    splits = {p.get("split") for p in parts}
+    if len(splits) != 1 or any(p.get("format") != FORMAT for p in parts):
+        raise DataError(f"index parts of different splits or formats ({sorted(map(str, splits))}) cannot combine")
+    shards = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["name"])
+    if len({s["name"] for s in shards}) != len(shards):
+        raise DataError("index parts name the same shard twice; each part must name its shards apart")
+    return {"format": FORMAT, "split": splits.pop(), "samples": sum(s["samples"] for s in shards),
+            "counts": [sum(s["counts"][c] for s in shards) for c in range(len(COUNTS))],
+            "bytes": sum(s["bytes"] for s in shards), "shard_size": max(p["shard_size"] for p in parts),
+            "seed": parts[0]["seed"], "shards": shards}
 
 
 def write_shards(channels: str | Path, out: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -437,5 +466,6 @@ def open_channel(root: str | Path, pre: Preprocess, train: bool = False, seed: i
     return ChannelDataset(root, pre, train=train, seed=seed)
 
 
-__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "read_index", "is_sharded",
+__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "write_samples", "combine_indexes",
+           "write_index", "read_index", "is_sharded",
            "parse_size", "IMAGE_SUFFIXES"]
