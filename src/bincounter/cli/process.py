@@ -39,7 +39,7 @@ def cmd_process_shard(args) -> int:
     from ..sagemaker.processing import shard
 
     print(json.dumps(shard(args.parts, args.source, args.out, parse_size(args.shard_size), workers=args.workers,
-                           endpoint_url=args.endpoint_url)))
+                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host)))
     return 0
 
 
@@ -71,6 +71,9 @@ def _register_sharded(psub) -> None:
     sh.add_argument("--shard-size", default="256MB", help="bytes per shard (256MB, 1GB, ...)")
     sh.add_argument("--workers", type=positive_int, default=32, help="parallel GETs")
     sh.add_argument("--endpoint-url", help="another S3 API (tests: moto)")
+    sh.add_argument("--slice-by-host", action="store_true", help="take this host's share of the parts "
+                    "(/opt/ml/config/resourceconfig.json), where the executor gives every instance all of them "
+                    "(SageMaker local mode)")
     sh.set_defaults(func=cmd_process_shard)
     ix = psub.add_parser("index", help="every instance's index parts -> index.json per split + the summary",
                          formatter_class=Formatter)

@@ -105,8 +105,20 @@ def _source(source: str) -> tuple[str | None, str]:
     return None, source
 
 
+def host_slice(items: list, config: Path = Path("/opt/ml/config/resourceconfig.json")) -> list:
+    """This host's share of `items` (every n-th from its position in the job's hosts): for an executor that gives
+    every instance every input (SageMaker's local mode ignores ShardedByS3Key)."""
+    try:
+        rc = json.loads(config.read_text())
+        hosts = sorted(rc["hosts"])
+        i = hosts.index(rc["current_host"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--slice-by-host: {config} does not name this host among the job's hosts ({e})") from None
+    return items[i::len(hosts)]
+
+
 def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, workers: int = 32,
-          endpoint_url: str | None = None) -> dict:
+          endpoint_url: str | None = None, slice_by_host: bool = False) -> dict:
     """Every manifest part under `parts` (this instance's slice): fetch its bins from `source` with the parallel,
     retried fetch (or read them from a directory), check each image as `data split` does, and write its shards
     and index parts. Shard names carry the part number, so instances never collide and the result does not
@@ -116,6 +128,8 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
     from ..preprocess import decode
 
     out, parts = Path(out), sorted(Path(parts).rglob("part-*.csv"))
+    if slice_by_host:
+        parts = host_slice(parts)
     bucket, where = _source(source)
     client = s3.s3_client(endpoint_url=endpoint_url, max_pool=workers) if bucket else None
     total, skips = Counter(), Counter()

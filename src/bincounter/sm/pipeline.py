@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from dataclasses import dataclass, field, replace
 
 from .. import aws
@@ -243,19 +244,6 @@ def check_spec(spec: PipelineSpec) -> PipelineSpec:
     check_parameter("TrainInstances", str(spec.train_instances), "--train-instances")
     check_parameter("ShardInstances", str(spec.shard_instances), "--shard-instances")
     check_parameter("DataVersion", spec.data_version, "--data-version")
-    from ..sagemaker.contract import is_false
-
-    pretrained = not is_false(spec.hyperparameters.get("pretrained", "true"))
-    if pretrained and not spec.weights:
-        raise UserError("--weights S3URI is needed: the training steps run with network isolation, so the ImageNet "
-                        "weights come as their pretrained channel (bincounter weights fetch, then upload the "
-                        "folder); or --hp pretrained=false")
-    if spec.weights:
-        check_s3_uri("--weights", spec.weights)
-        if not pretrained:
-            raise UserError("--weights with --hp pretrained=false: choose one")
-    if "pretrained" in spec.hyperparameters and pretrained:
-        raise UserError("--hp pretrained=true: --weights gives the pretrained channel; leave pretrained out")
     bad = [b for b in spec.batch_sizes if b < 1]
     if not spec.batch_sizes or bad:
         raise UserError(f"--batch-sizes {','.join(map(str, spec.batch_sizes))}: positive integers")
@@ -270,6 +258,19 @@ def check_spec(spec: PipelineSpec) -> PipelineSpec:
         raise UserError("--hp lr=...: the pipeline tunes lr (--lr-range); fix the other hyperparameters with --hp")
     if spec.hyperparameters:
         hp_checks.validate(spec.hyperparameters)
+    from ..sagemaker.contract import is_false
+
+    pretrained = not is_false(spec.hyperparameters.get("pretrained", "true"))
+    if pretrained and not spec.weights:
+        raise UserError("--weights S3URI is needed: the training steps run with network isolation, so the ImageNet "
+                        "weights come as their pretrained channel (bincounter weights fetch, then upload the "
+                        "folder); or --hp pretrained=false")
+    if spec.weights:
+        check_s3_uri("--weights", spec.weights)
+        if not pretrained:
+            raise UserError("--weights with --hp pretrained=false: choose one")
+    if "pretrained" in spec.hyperparameters and pretrained:
+        raise UserError("--hp pretrained=true: --weights gives the pretrained channel; leave pretrained out")
     return replace(spec, data=data)
 
 
@@ -308,7 +309,8 @@ def start_request(name: str, params: dict[str, str]) -> dict:
         if k not in PARAMETERS:
             raise UserError(f"--param {k}: not a parameter of the pipeline ({', '.join(PARAMETERS)})")
         checked[k] = check_parameter(k, v)
-    return {"PipelineName": name, "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in checked.items()]}
+    return {"PipelineName": name, "PipelineParameters": [{"Name": k, "Value": str(v)} for k, v in checked.items()],
+            "ClientRequestToken": uuid.uuid4().hex}  # idempotent: a retried request starts one execution
 
 
 def start_cost(request: dict, target: AwsTarget) -> list[str]:

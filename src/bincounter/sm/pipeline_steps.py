@@ -80,13 +80,15 @@ class Flow:
     def shard_step(self, instances, source, shard_size: str = "256MB", raw=None):
         """Shard: `instances` processing instances, each given its manifest parts (ShardedByS3Key), fetching its
         bins from `source` (the raw data's S3 URI; or, with `raw` (a URI mounted as an input), the mounted folder)
-        -> shards/<split>/*.tar + index parts."""
+        -> shards/<split>/*.tar + index parts. With `raw` (local mode, whose executor mounts every input whole on
+        every instance) each instance takes its own slice of the parts by host (--slice-by-host)."""
         inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", "ShardedByS3Key")]
         if raw is not None:
             inputs.append(self.p_in("raw", raw, f"{PROC}/input/raw"))
             source = f"{PROC}/input/raw"
+        by_host = ["--slice-by-host"] if raw is not None else []
         self.shard = self._step("Shard", self.processor("shard", instances).run(
-            inputs=inputs, arguments=["--source", source, "--shard-size", shard_size],
+            inputs=inputs, arguments=["--source", source, "--shard-size", shard_size, *by_host],
             outputs=[self.p_out("shards", f"{PROC}/output/shards", self.data_uri("shards")),
                      self.p_out("index-parts", f"{PROC}/output/index-parts", self.data_uri("index-parts"))]))
         return self.shard
