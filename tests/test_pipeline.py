@@ -331,3 +331,105 @@ def test_local_pipeline_weights_for_another_arch_are_one_line_before_docker(caps
     line = _local_error(capsys, "--data", str(abid_root), "--workdir", str(tmp_path / "w"), "--hp",
                         "arch=efficientnet_b0", "--image", "no-such-image:never-pulled")
     assert "--weights DIR" in line and "--no-pretrained" in line, line
+
+
+# ------------------------------------------------------------------ what issue #23 asks the definition to show
+GPU_DIGEST = IMAGE.rsplit(":", 1)[0] + "@sha256:" + "a" * 64
+CPU_DIGEST = IMAGE.rsplit(":", 1)[0] + "-cpu@sha256:" + "b" * 64
+
+
+@pytest.fixture(scope="module")
+def pinned_definition() -> tuple[dict, str]:
+    args = list(UPSERT)
+    args[args.index(IMAGE)] = GPU_DIGEST
+    proc = run_cli(*args, "--cpu-image", CPU_DIGEST, "--shard-instances", "16", "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_the_definition_shows_what_the_issue_asks(pinned_definition):
+    import re
+
+    definition, stderr = pinned_definition
+    s = _steps(definition)
+    params = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+
+    def value(x):
+        return params[x["Get"][len("Parameters."):]] if isinstance(x, dict) and "Get" in x else x
+
+    # a processing step on more than one instance, its input sharded by S3 key
+    fanned = [n for n, st in s.items() if st["Type"] == "Processing"
+              and value(st["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"]) > 1
+              and any(i["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key"
+                      for i in st["Arguments"]["ProcessingInputs"])]
+    assert fanned == ["Shard"] and params["ShardInstances"] == 16
+    # FastFile for the training steps' data channels
+    for job in (s["Tune"]["Arguments"]["TrainingJobDefinition"], s["Train"]["Arguments"]):
+        assert {c["ChannelName"]: c["InputMode"] for c in job["InputDataConfig"]} == {
+            "train": "FastFile", "val": "FastFile", "pretrained": "File"}
+    # retries on every job step, caching on the data steps
+    for name, st in s.items():
+        if st["Type"] in ("Processing", "Training", "Tuning", "RegisterModel"):
+            kinds = {k for p in st["RetryPolicies"] for k in p["ExceptionType"]}
+            assert {"Step.THROTTLING", "Step.SERVICE_FAULT"} <= kinds, name
+            if st["Type"] != "RegisterModel":
+                assert "SageMaker.CAPACITY_ERROR" in kinds, name
+        assert ("CacheConfig" in st) == (name in ("Prepare", "Shard", "Index")), name
+    assert s["Shard"]["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P45D"}
+    # every image by digest, the CPU image registered as the additional inference specification
+    images = re.findall(r'"(?:ImageUri|TrainingImage|Image)": "([^"]+)"', json.dumps(definition))
+    assert images and all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in images), images
+    (extra,) = s["Register"]["Arguments"]["AdditionalInferenceSpecifications"]
+    assert extra["Containers"] == [{"Image": CPU_DIGEST,
+                                    "ModelDataUrl": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}}]
+    # the cost line, per step, before anything
+    assert "estimated cost: up to $" in stderr and "16 ml.m5.xlarge x 6 h" in stderr
+
+
+def test_every_step_request_passes_botocore(pinned_definition):
+    """Each job step's Arguments against botocore's own model of the API (pipeline expressions stood in for)."""
+    import copy
+
+    from bincounter.sm.pipeline_settings import step_request_errors
+
+    definition, _ = pinned_definition
+    assert step_request_errors(definition) == {}
+    broken = copy.deepcopy(definition)
+    _steps(broken)["Shard"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["VolumeSizeGB"] = 100
+    _steps(broken)["Register"]["Arguments"]["AdditionalInferenceSpecifications"][0]["Containers"][0]["Image"] = 7
+    bad = step_request_errors(broken)
+    assert set(bad) == {"Shard", "Register"} and "VolumeSizeGB" in bad["Shard"], bad
+
+
+def test_a_tag_stays_a_tag_only_in_a_dry_run_and_says_so(definition):
+    from bincounter.errors import UserError
+    from bincounter.sm.pipeline_settings import pin_image
+
+    assert pin_image(GPU_DIGEST, dry_run=False) == (GPU_DIGEST, None)
+    image, warning = pin_image(IMAGE, dry_run=True)
+    assert image == IMAGE and "by tag in this dry run" in warning
+    with pytest.raises(UserError, match="references its image by digest"):
+        pin_image("bincounter:local", dry_run=False)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--hp", "pretrained=false"], "--weights with --hp pretrained=false"),
+    (["--shard-instances", "0"], "--shard-instances: a number of instances, 1..100"),
+    (["--data-version", "bad/label"], "a label for the prepared data"),
+    (["--batch-sizes", "32,x"], "comma-separated integers"),
+])
+def test_new_upsert_mistakes_are_one_line(extra, needle):
+    assert_one_line_error(run_cli(*UPSERT, *extra, "--dry-run", env=ENV), needle)
+
+
+def test_upsert_without_weights_names_the_pretrained_channel():
+    args = list(UPSERT)
+    i = args.index("--weights")
+    del args[i:i + 2]
+    assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), "--weights S3URI is needed", "network isolation")
+
+
+@pytest.mark.parametrize("param, needle", [("ShardInstances=0", "a number of instances"),
+                                           ("DataVersion=a b", "a label for the prepared data")])
+def test_new_start_params_are_checked(param, needle):
+    assert_one_line_error(run_cli("sm", "pipeline", "start", "--param", param, "--dry-run", env=ENV), needle)
