@@ -117,6 +117,13 @@ def host_slice(items: list, config: Path = Path("/opt/ml/config/resourceconfig.j
     return items[i::len(hosts)]
 
 
+def _current_host(config: Path = Path("/opt/ml/config/resourceconfig.json")) -> str | None:
+    try:
+        return json.loads(config.read_text())["current_host"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, workers: int = 32,
           endpoint_url: str | None = None, slice_by_host: bool = False) -> dict:
     """Every manifest part under `parts` (this instance's slice): fetch its bins from `source` with the parallel,
@@ -130,6 +137,7 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
     out, parts = Path(out), sorted(Path(parts).rglob("part-*.csv"))
     if slice_by_host:
         parts = host_slice(parts)
+    host = _current_host()
     bucket, where = _source(source)
     client = s3.s3_client(endpoint_url=endpoint_url, max_pool=workers) if bucket else None
     total, skips = Counter(), Counter()
@@ -164,7 +172,7 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
                 total[split_name] += len(items)
             (out / "index-parts" / "skips").mkdir(parents=True, exist_ok=True)
             (out / "index-parts" / "skips" / f"part-{k}.json").write_text(json.dumps(
-                {"part": k, "bins": len(rows), "skips": dict(mine)}))
+                {"part": k, "bins": len(rows), "skips": dict(mine), "host": host}))
             skips.update(mine)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

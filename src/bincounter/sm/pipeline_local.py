@@ -47,6 +47,8 @@ STEPS = ("Prepare", "Shard", "Index", "Train", "Evaluate", "CheckAccuracy", "Cre
 #: to the job as its pretrained channel, 96 px), so that the README's run passes the default gate on CPU
 DEFAULT_HYPERPARAMETERS = {"lr": "0.001", "epochs": "6", "image_size": "96", "arch": "tf_efficientnet_lite0",
                            "pretrained": "true", "batch_size": "16"}
+#: bins per manifest part locally: small data still makes several parts, so both Shard instances get some
+LOCAL_PART_SIZE = 16
 REPLACED = ("Tune -> fixed hyperparameters (the local executor runs no tuning jobs)",
             "Register -> CreateModel + a 'would register' line (the local executor has no Model Registry)")
 
@@ -84,7 +86,8 @@ def build_local(step_session, model_session, *, name: str, image: str, role: str
                 processing_instance_type="local_cpu", uri=uri, max_runtime_s=6 * 3600)
     # the sharded Prepare as in the cloud, the raw folder mounted instead of fetched; small shards, so that each
     # split has several and the two Train instances read different ones
-    data_steps = flow.data_steps(Join(on="", values=[p_data, "/metadata"]), shard_instances, None, "2MB", raw=p_data)
+    data_steps = flow.data_steps(Join(on="", values=[p_data, "/metadata"]), shard_instances, None, "2MB", raw=p_data,
+                                 part_size=LOCAL_PART_SIZE)
     train = flow.train_step(instances, {"progress": "false", **hyperparameters}, pretrained=pretrained_uri,
                             mode="File")
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts

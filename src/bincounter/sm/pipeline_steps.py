@@ -68,21 +68,24 @@ class Flow:
     def out_uri(step, output):
         return step.properties.ProcessingOutputConfig.Outputs[output].S3Output.S3Uri
 
-    def prepare_step(self, metadata):
+    def prepare_step(self, metadata, part_size: int | None = None):
         """Prepare: EDA + stratified split from `metadata` (the raw data's metadata/ prefix) alone -> the manifest
-        (an output of the pipeline), its parts, the EDA report."""
+        (an output of the pipeline), its parts (`part_size` bins each; default: the image's), the EDA report."""
         outputs = [self.p_out(o, f"{PROC}/output/{o}", self.data_uri("prepare", o))
                    for o in ("manifest", "parts", "eda")]
         self.prepare = self._step("Prepare", self.processor("plan").run(
-            inputs=[self.p_in("metadata", metadata, f"{PROC}/input/raw/metadata")], outputs=outputs))
+            inputs=[self.p_in("metadata", metadata, f"{PROC}/input/raw/metadata")], outputs=outputs,
+            arguments=["--part-size", str(part_size)] if part_size else None))
         return self.prepare
 
     def shard_step(self, instances, source, shard_size: str = "256MB", raw=None):
         """Shard: `instances` processing instances, each given its manifest parts (ShardedByS3Key), fetching its
         bins from `source` (the raw data's S3 URI; or, with `raw` (a URI mounted as an input), the mounted folder)
         -> shards/<split>/*.tar + index parts. With `raw` (local mode, whose executor mounts every input whole on
-        every instance) each instance takes its own slice of the parts by host (--slice-by-host)."""
-        inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", "ShardedByS3Key")]
+        every instance) each instance takes its own slice of the parts by host (--slice-by-host) instead of ShardedByS3Key."""
+        # local mode refuses ShardedByS3Key: every instance gets every part there and takes its share by host
+        spread = "ShardedByS3Key" if raw is None else "FullyReplicated"
+        inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", spread)]
         if raw is not None:
             inputs.append(self.p_in("raw", raw, f"{PROC}/input/raw"))
             source = f"{PROC}/input/raw"
@@ -106,8 +109,10 @@ class Flow:
             outputs=outputs))
         return self.index
 
-    def data_steps(self, metadata, instances, source, shard_size: str = "256MB", raw=None) -> list:
-        return [self.prepare_step(metadata), self.shard_step(instances, source, shard_size, raw), self.index_step()]
+    def data_steps(self, metadata, instances, source, shard_size: str = "256MB", raw=None,
+                   part_size: int | None = None) -> list:
+        return [self.prepare_step(metadata, part_size), self.shard_step(instances, source, shard_size, raw),
+                self.index_step()]
 
     def split_uri(self, split):
         """A sharded split (index.json + shards), as the Index step wrote it."""
