@@ -157,7 +157,8 @@ def test_shard_fetches_its_slice_from_s3(abid_root, tmp_path, moto_endpoint, aws
 
 
 def test_index_parts_naming_the_same_shard_twice_are_refused():
-    from bincounter.data.shards import FORMAT, combine_indexes
+    from bincounter.data.shard_parts import combine_indexes
+    from bincounter.data.shards import FORMAT
     from bincounter.errors import DataError
 
     part = {"format": FORMAT, "split": "train", "shard_size": 1, "seed": 0,

@@ -1,6 +1,6 @@
 """`bincounter sm pipeline local`: the pipeline's steps for real, on Docker with the image, through the SDK v3's
-local pipeline executor (Prepare -> Shard on 2 instances -> Index -> Train on 2 instances -> Evaluate -> CheckAccuracy -> CreateModel |
-Fail)."""
+local pipeline executor (Prepare -> Shard on 2 instances -> Index -> Train on 2 instances -> Evaluate ->
+CheckAccuracy -> CreateModel | Fail)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
     assert doc["bincounter"]["n"] == test_index["samples"] > 0  # the model evaluated on the test shards
     # the shards came from two local instances, each writing the parts it took; the index parts combined
     hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "index-parts" / "skips").glob("part-*.json")}
-    assert hosts == {"algo-1", "algo-2"}
+    assert len(hosts) == 2 and all(h.startswith(("algo-1", "algo-2")) for h in hosts), hosts
     for split in ("train", "val", "test"):
         index = json.loads((run_dir / "shards" / split / "index.json").read_text())
         assert {s["name"] for s in index["shards"]} == {p.name for p in (run_dir / "shards" / split).glob("*.tar")}
@@ -132,7 +132,8 @@ def test_a_failing_step_reports_the_containers_reason(image, tmp_path):
     status = {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("  ")
               and not ln.strip().startswith("container:")}
     assert status == {"Prepare": "Failed", "Shard": "NotRun", "Index": "NotRun", "Train": "NotRun",
-                      "Evaluate": "NotRun", "CheckAccuracy": "NotRun", "CreateModel": "NotRun", "AccuracyTooLow": "NotRun"}
+                      "Evaluate": "NotRun", "CheckAccuracy": "NotRun", "CreateModel": "NotRun",
+                      "AccuracyTooLow": "NotRun"}
     reason = "container: bincounter: error: /opt/ml/processing/input/raw: no metadata/*.json"
     assert reason in proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("bincounter: local pipeline failed:")]

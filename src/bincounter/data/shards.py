@@ -1,6 +1,6 @@
 """Sharded channels: WebDataset-format tar shards plus an index, and the dataset that streams them (writer and
-reader of one format in one module, about 470 lines: the index schema and the member naming are defined once;
-`combine_indexes` joins the index parts that several machines write).
+reader of one format in one module, about 450 lines: the index schema and the member naming are defined once;
+`shard_parts.combine_indexes` joins the index parts that several machines write).
 
 A sharded channel is one directory per split, readable on its own (local disk, or a SageMaker channel in
 File or FastFile mode)::
@@ -124,8 +124,8 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
 def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
                   metadata_dir: Path | None = None, seed: int = 0, stem: str | None = None,
                   index_path: Path | None = None) -> dict:
-    """(image path, label) samples -> `out/<stem>-NNNNNN.tar` (stem: the split, `out`'s name) + their index,
-    written to `index_path` (default `out/index.json`; elsewhere: an index part for `combine_indexes`)."""
+    """(image path, label) samples -> `out/<stem>-NNNNNN.tar` (stem: the split, `out`'s name) + their index at
+    `index_path` (default `out/index.json`; elsewhere: an index part, see shard_parts)."""
     split, stem = out.name, stem or out.name
     samples = sorted(samples, key=lambda s: s[0].stem)
     order = np.random.default_rng(seed).permutation(len(samples))  # counts mixed within every shard
@@ -137,13 +137,10 @@ def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int
     def close():
         tf.close()
         f.close()
-        tmp = out / (cur["name"] + ".part")
-        h = hashlib.sha256()
-        with open(tmp, "rb") as r:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                h.update(chunk)
+        with open(tmp := out / (cur["name"] + ".part"), "rb") as r:
+            digest = hashlib.file_digest(r, "sha256").hexdigest()
         os.replace(tmp, out / cur["name"])
-        cur.update(bytes=(out / cur["name"]).stat().st_size, sha256=h.hexdigest())
+        cur.update(bytes=(out / cur["name"]).stat().st_size, sha256=digest)
         shards.append(dict(cur))
 
     for i in order:
@@ -170,8 +167,7 @@ def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int
         cur["payload"] += need
     if tf is not None:
         close()
-    for s in shards:
-        s.pop("payload")
+    _ = [s.pop("payload") for s in shards]
     index = {"format": FORMAT, "split": split, "samples": len(samples),
              "counts": [sum(s["counts"][c] for s in shards) for c in range(len(COUNTS))],
              "bytes": sum(s["bytes"] for s in shards), "shard_size": shard_size, "seed": seed, "shards": shards}
@@ -181,24 +177,8 @@ def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int
 
 def write_index(index: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(index, indent=1))
+    (tmp := path.with_name(path.name + ".part")).write_text(json.dumps(index, indent=1))
     os.replace(tmp, path)
-
-
-def combine_indexes(parts: list[dict]) -> dict:
-    """Index parts of one split (`write_samples` on several machines, shards named apart) -> the one index of the
-    channel: shards in name order, samples/counts/bytes summed."""
-    splits = {p.get("split") for p in parts}
-    if len(splits) != 1 or any(p.get("format") != FORMAT for p in parts):
-        raise DataError(f"index parts of different splits or formats ({sorted(map(str, splits))}) cannot combine")
-    shards = sorted((s for p in parts for s in p["shards"]), key=lambda s: s["name"])
-    if len({s["name"] for s in shards}) != len(shards):
-        raise DataError("index parts name the same shard twice; each part must name its shards apart")
-    return {"format": FORMAT, "split": splits.pop(), "samples": sum(s["samples"] for s in shards),
-            "counts": [sum(s["counts"][c] for s in shards) for c in range(len(COUNTS))],
-            "bytes": sum(s["bytes"] for s in shards), "shard_size": max(p["shard_size"] for p in parts),
-            "seed": parts[0]["seed"], "shards": shards}
 
 
 def write_shards(channels: str | Path, out: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -466,6 +446,5 @@ def open_channel(root: str | Path, pre: Preprocess, train: bool = False, seed: i
     return ChannelDataset(root, pre, train=train, seed=seed)
 
 
-__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "write_samples", "combine_indexes",
-           "write_index", "read_index", "is_sharded",
-           "parse_size", "IMAGE_SUFFIXES"]
+__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "write_samples", "write_index",
+           "read_index", "is_sharded", "parse_size", "IMAGE_SUFFIXES"]

@@ -70,7 +70,7 @@ def plan(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, 
     for s in split.SPLITS:
         if not splits[s]:
             raise UserError(f"{raw}: the {s} split is empty; the split needs more bins per count")
-    rows = sorted(((b.id, b.count, s) for s in split.SPLITS for b in splits[s]))
+    rows = sorted((b.id, b.count, s) for s in split.SPLITS for b in splits[s])
     (out / "manifest").mkdir(parents=True, exist_ok=True)
     _write_rows(out / "manifest" / "manifest.csv", rows)
     random.Random(seed).shuffle(rows)
@@ -183,7 +183,8 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
 def index(parts: str | Path, out: str | Path) -> dict:
     """Every instance's index parts -> one index.json per split (written where the shards are uploaded) and the
     pipeline's summary: bins per split, bad images summed over every part."""
-    from ..data.shards import combine_indexes, write_index
+    from ..data.shard_parts import combine_indexes
+    from ..data.shards import write_index
 
     parts, out = Path(parts), Path(out)
     summary = {"splits": {}, "skips": Counter(), "parts": 0}

@@ -180,7 +180,8 @@ def register_step(ps, spec: PipelineSpec, role: str, model_data, evaluate, appro
     args = builder.register(
         model_package_group_name=spec.model_package_group, approval_status=approval,
         content_types=content, response_types=["application/json"],
-        inference_instances=GPU_INSTANCES + CPU_INSTANCES[:2], transform_instances=GPU_INSTANCES[:1] + CPU_INSTANCES[:1],
+        inference_instances=GPU_INSTANCES + CPU_INSTANCES[:2],
+        transform_instances=GPU_INSTANCES[:1] + CPU_INSTANCES[:1],
         model_metrics=ModelMetrics(model_statistics=MetricsSource(content_type="application/json",
                                                                   s3_uri=evaluation_json)))
     if spec.cpu_image:  # the request the step args carry (public attribute): one more field

@@ -1,8 +1,9 @@
 """The cloud pipeline's production settings: retry policies, step caching, the image pinned by digest, request
 fields the SDK's shapes cannot take as pipeline parameters, and the cost line per step read from a definition.
 
-* Retries: every job step retries throttling and service faults (StepRetryPolicy: 5 attempts, 10 s doubling) and
-  the job-level capacity/internal/resource-limit errors (SageMakerJobStepRetryPolicy: 3 attempts, 60 s doubling); a failed container (AlgorithmError) is not retried: the same data fails the same way.
+* Retries: every job step retries throttling and service faults (StepRetryPolicy: 5 attempts, 10 s doubling)
+  and the job-level capacity/internal/resource-limit errors (SageMakerJobStepRetryPolicy: 3 attempts, 60 s
+  doubling); a failed container (AlgorithmError) is not retried: the same data fails the same way.
 * Caching: the data steps (Prepare, Shard, Index) are cached for 45 days (`CACHE_EXPIRE`, a monthly retrain plus
   slack): a rerun with the same RawData/DataVersion/instance settings reuses their outputs. Their outputs are keyed
   by DataVersion, not by execution, so a cache hit's locations are the ones the later steps read.
@@ -24,8 +25,12 @@ ECR_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?
 
 
 def retry_policies() -> list:
-    from sagemaker.mlops.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
-                                                StepExceptionTypeEnum, StepRetryPolicy)
+    from sagemaker.mlops.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
 
     return [StepRetryPolicy(exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
                             interval_seconds=10, backoff_rate=2.0, max_attempts=5),

@@ -41,7 +41,8 @@ class Flow:
 
         return Processor(role=self.role, image_uri=self.image, instance_count=count,
                          instance_type=self.processing_instance_type, volume_size_in_gb=100,
-                         max_runtime_in_seconds=PROCESSING_MAX_RUNTIME_S[action], entrypoint=[*ENTRYPOINT, "process", action],
+                         max_runtime_in_seconds=PROCESSING_MAX_RUNTIME_S[action],
+                         entrypoint=[*ENTRYPOINT, "process", action],
                          base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
 
     @staticmethod
@@ -82,7 +83,7 @@ class Flow:
         """Shard: `instances` processing instances, each given its manifest parts (ShardedByS3Key), fetching its
         bins from `source` (the raw data's S3 URI; or, with `raw` (a URI mounted as an input), the mounted folder)
         -> shards/<split>/*.tar + index parts. With `raw` (local mode, whose executor mounts every input whole on
-        every instance) each instance takes its own slice of the parts by host (--slice-by-host) instead of ShardedByS3Key."""
+        every instance) each instance takes its own slice of the parts by host (--slice-by-host)."""
         # local mode refuses ShardedByS3Key: every instance gets every part there and takes its share by host
         spread = "ShardedByS3Key" if raw is None else "FullyReplicated"
         inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", spread)]
