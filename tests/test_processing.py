@@ -167,3 +167,19 @@ def test_index_parts_naming_the_same_shard_twice_are_refused():
         combine_indexes([part, part])
     with pytest.raises(DataError, match="different splits"):
         combine_indexes([part, {**part, "split": "val"}])
+
+
+def test_each_local_host_takes_its_own_share_of_the_parts(tmp_path):
+    """SageMaker local mode gives every instance every part: --slice-by-host splits them by the host's position."""
+    from bincounter.errors import UserError
+    from bincounter.sagemaker.processing import host_slice
+
+    parts = [f"part-{k:05d}.csv" for k in range(5)]
+    got = []
+    for host in ("algo-2-x", "algo-1-x"):
+        cfg = tmp_path / f"{host}.json"
+        cfg.write_text(json.dumps({"current_host": host, "hosts": ["algo-2-x", "algo-1-x"]}))
+        got.append(host_slice(parts, cfg))
+    assert got == [parts[1::2], parts[0::2]]  # hosts in sorted order: algo-1 takes 0, 2, 4
+    with pytest.raises(UserError, match="does not name this host"):
+        host_slice(parts, tmp_path / "missing.json")
