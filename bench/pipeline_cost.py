@@ -58,7 +58,8 @@ def table(rates: dict) -> list[str]:
     # a 4-vCPU m5.xlarge packs 2x this 2-core VM's rate; each instance waits on whichever is slower
     per_inst = min(FETCH_PER_S, 2 * rates["shard_bins_s"])
     shard_h = ABID_BINS / SHARD_INSTANCES / per_inst / 3600
-    rows.append(("Shard", f"{SHARD_INSTANCES} ml.m5.xlarge", shard_h, shard_h * SHARD_INSTANCES * price["ml.m5.xlarge"]))
+    rows.append(("Shard", f"{SHARD_INSTANCES} ml.m5.xlarge", shard_h,
+                 shard_h * SHARD_INSTANCES * price["ml.m5.xlarge"]))
     for name, jobs, waves in (("Tune (8 trials, 2 at a time)", MAX_JOBS, MAX_JOBS // 2), ("Train", 1, 1)):
         lo, hi = (train_imgs / (TRAIN_INSTANCES * r * 0.85) / 3600 for r in reversed(GPU_IMG_S))  # 0.85: DDP
         rows.append((name, f"{jobs} x {TRAIN_INSTANCES} ml.g5.xlarge", (waves * lo, waves * hi),
