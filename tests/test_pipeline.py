@@ -12,7 +12,8 @@ from .conftest import assert_one_line_error, run_cli
 from .test_sm_jobs import ENV, IMAGE, ROLE
 
 UPSERT = ("sm", "pipeline", "upsert", "--role", ROLE, "--image", IMAGE, "--data", "s3://raw/abid/",
-          "--output", "s3://out/pipe", "--hp", "epochs=3", "--min-accuracy", "0.6", "--max-jobs", "6")
+          "--output", "s3://out/pipe", "--hp", "epochs=3", "--min-accuracy", "0.6", "--max-jobs", "6",
+          "--weights", "s3://out/weights/")
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,16 @@ def _steps(d: dict) -> dict[str, dict]:
 
 def test_every_step_runs_our_image_in_order(definition):
     s = _steps(definition)
-    assert list(s) == ["Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register", "AccuracyTooLow"]
-    assert [s[n]["Type"] for n in s] == ["Processing", "Tuning", "Training", "Processing", "Condition",
-                                         "RegisterModel", "Fail"]
-    for name, action in (("Prepare", "prepare"), ("Evaluate", "evaluate")):
+    assert list(s) == ["Prepare", "Shard", "Index", "Tune", "Train", "Evaluate", "CheckAccuracy", "Register",
+                       "AccuracyTooLow"]
+    assert [s[n]["Type"] for n in s] == ["Processing", "Processing", "Processing", "Tuning", "Training", "Processing",
+                                         "Condition", "RegisterModel", "Fail"]
+    for name, action in (("Prepare", "plan"), ("Shard", "shard"), ("Index", "index"), ("Evaluate", "evaluate")):
         app = s[name]["Arguments"]["AppSpecification"]
         # tini first: the entrypoint replaces the image's ENTRYPOINT, and tini must stay PID 1
-        assert app == {"ImageUri": IMAGE, "ContainerEntrypoint": ["/usr/bin/tini", "--",
-                                                                    "/opt/bincounter/container/entrypoint.sh",
-                                                                    "process", action]}
+        assert {k: v for k, v in app.items() if k != "ContainerArguments"} == {
+            "ImageUri": IMAGE, "ContainerEntrypoint": ["/usr/bin/tini", "--", "/opt/bincounter/container/entrypoint.sh",
+                                                       "process", action]}
     assert s["Tune"]["Arguments"]["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert s["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == IMAGE
     assert s["Register"]["Arguments"]["InferenceSpecification"]["Containers"][0]["Image"] == IMAGE
@@ -53,41 +55,75 @@ def test_every_step_runs_our_image_in_order(definition):
 
 def test_parameters_and_their_defaults(definition):
     params = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
-    assert params == {"RawData": "s3://raw/abid/", "InstanceType": "ml.g5.xlarge",
-                      "ProcessingInstanceType": "ml.m5.xlarge", "MaxJobs": 6, "MinAccuracy": 0.6,
-                      "ApprovalStatus": "PendingManualApproval"}
+    assert params == {"RawData": "s3://raw/abid/", "DataVersion": "v1", "InstanceType": "ml.g5.xlarge",
+                      "TrainInstances": 2, "ProcessingInstanceType": "ml.m5.xlarge", "ShardInstances": 8,
+                      "MaxJobs": 6, "MinAccuracy": 0.6, "ApprovalStatus": "PendingManualApproval"}
     s = _steps(definition)
     limits = s["Tune"]["Arguments"]["HyperParameterTuningJobConfig"]["ResourceLimits"]
     assert limits["MaxNumberOfTrainingJobs"] == {"Get": "Parameters.MaxJobs"}
     assert s["Train"]["Arguments"]["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.InstanceType"}
-    assert s["Prepare"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == \
-        {"Get": "Parameters.ProcessingInstanceType"}
+    for name in ("Prepare", "Shard", "Index", "Evaluate"):
+        assert s[name]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == \
+            {"Get": "Parameters.ProcessingInstanceType"}
+    assert s["Shard"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == \
+        {"Get": "Parameters.ShardInstances"}
+
+
+def _out(step, name):
+    return {"Get": f"Steps.{step}.ProcessingOutputConfig.Outputs['{name}'].S3Output.S3Uri"}
 
 
 def test_steps_feed_each_other(definition):
     s = _steps(definition)
-    raw = s["Prepare"]["Arguments"]["ProcessingInputs"][0]["S3Input"]
-    assert (raw["S3Uri"], raw["LocalPath"]) == ({"Get": "Parameters.RawData"}, "/opt/ml/processing/input/raw")
-    outs = {o["OutputName"]: o["S3Output"]["LocalPath"] for o in
-            s["Prepare"]["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
-    assert outs == {"train": "/opt/ml/processing/output/channels/train",
-                    "val": "/opt/ml/processing/output/channels/val",
-                    "test": "/opt/ml/processing/output/channels/test", "eda": "/opt/ml/processing/output/eda"}
 
-    def prepared(split):
-        return {"Get": f"Steps.Prepare.ProcessingOutputConfig.Outputs['{split}'].S3Output.S3Uri"}
+    def data(*parts):
+        return {"Std:Join": {"On": "/", "Values": ["s3://out/pipe", "data", {"Get": "Parameters.DataVersion"}, *parts]}}
+
+    meta = s["Prepare"]["Arguments"]["ProcessingInputs"][0]["S3Input"]  # the metadata alone, not the images
+    assert (meta["S3Uri"], meta["LocalPath"]) == ({"Std:Join": {"On": "", "Values": [
+        {"Get": "Parameters.RawData"}, "metadata/"]}}, "/opt/ml/processing/input/raw/metadata")
+    outs = {o["OutputName"]: (o["S3Output"]["LocalPath"], o["S3Output"]["S3Uri"]) for o in
+            s["Prepare"]["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
+    assert outs == {n: (f"/opt/ml/processing/output/{n}", data("prepare", n)) for n in ("manifest", "parts", "eda")}
+    shard = s["Shard"]["Arguments"]
+    (parts,) = shard["ProcessingInputs"]
+    assert parts["S3Input"]["S3Uri"] == _out("Prepare", "parts")
+    assert parts["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key"
+    assert shard["AppSpecification"]["ContainerArguments"][:2] == ["--source", {"Get": "Parameters.RawData"}]
+    assert {o["OutputName"]: o["S3Output"]["S3Uri"] for o in shard["ProcessingOutputConfig"]["Outputs"]} == \
+        {"shards": data("shards"), "index-parts": data("index-parts")}
+    index = s["Index"]["Arguments"]
+    assert index["ProcessingInputs"][0]["S3Input"]["S3Uri"] == _out("Shard", "index-parts")
+    written = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in index["ProcessingOutputConfig"]["Outputs"]}
+    for split in ("train", "val", "test"):  # index.json lands next to that split's shards
+        assert written[split] == {"Std:Join": {"On": "/", "Values": [_out("Shard", "shards"), split]}}
 
     for step, chans in ((s["Tune"]["Arguments"]["TrainingJobDefinition"], "InputDataConfig"),
                         (s["Train"]["Arguments"], "InputDataConfig")):
         got = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in step[chans]}
-        assert got == {"train": prepared("train"), "val": prepared("val")}
+        assert got == {"train": _out("Index", "train"), "val": _out("Index", "val"), "pretrained": "s3://out/weights/"}
     hps = s["Train"]["Arguments"]["HyperParameters"]
     assert hps["lr"] == {"Get": "Steps.Tune.BestTrainingJob.TunedHyperParameters['lr']"} and hps["epochs"] == "3"
-    assert s["Train"]["Arguments"]["ResourceConfig"]["InstanceCount"] == 2
+    assert s["Train"]["Arguments"]["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainInstances"}
     inputs = {i["InputName"]: (i["S3Input"]["S3Uri"], i["S3Input"]["LocalPath"])
               for i in s["Evaluate"]["Arguments"]["ProcessingInputs"]}
     assert inputs == {"model": ({"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}, "/opt/ml/processing/model"),
-                      "test": (prepared("test"), "/opt/ml/processing/test")}
+                      "test": (_out("Index", "test"), "/opt/ml/processing/test")}
+
+
+def test_trials_match_the_final_train_and_every_tuned_value_reaches_it(definition):
+    s = _steps(definition)
+    trial = s["Tune"]["Arguments"]["TrainingJobDefinition"]
+    train = s["Train"]["Arguments"]
+    assert trial["ResourceConfig"]["InstanceCount"] == train["ResourceConfig"]["InstanceCount"] == \
+        {"Get": "Parameters.TrainInstances"}  # the same global batch: the tuned lr is the lr Train needs
+    ranges = s["Tune"]["Arguments"]["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    tuned = [r["Name"] for kind in ranges.values() for r in kind]
+    assert sorted(tuned) == ["batch_size", "lr"]
+    for name in tuned:
+        assert train["HyperParameters"][name] == {"Get": f"Steps.Tune.BestTrainingJob.TunedHyperParameters['{name}']"}
+    assert trial["EnableNetworkIsolation"] is True and train["EnableNetworkIsolation"] is True
+    assert trial["StaticHyperParameters"]["pretrained"] == train["HyperParameters"]["pretrained"] == "true"
 
 
 def test_the_quality_gate_and_the_registry(definition):
@@ -109,22 +145,44 @@ def test_the_quality_gate_and_the_registry(definition):
     assert prop == [{"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}]
 
 
+def _pushed_image(moto_endpoint) -> str:
+    """IMAGE (a tag) in moto's ECR, as ./build_and_push.sh leaves it -> its digest."""
+    ecr = boto3.client("ecr", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    try:
+        ecr.create_repository(repositoryName="bincounter")
+    except ecr.exceptions.RepositoryAlreadyExistsException:
+        pass
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                                      "digest": "sha256:" + "c" * 64}, "layers": []})
+    ecr.put_image(repositoryName="bincounter", imageManifest=manifest, imageTag=IMAGE.rsplit(":", 1)[1])
+    return ecr.describe_images(repositoryName="bincounter")["imageDetails"][0]["imageDigest"]
+
+
 def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
     env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
+    digest = _pushed_image(moto_endpoint)
     proc = run_cli(*UPSERT, "--name", "bc-pipe", "--endpoint-url", moto_endpoint, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["upserted"] == "pipeline"
     sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     stored = json.loads(sm.describe_pipeline(PipelineName="bc-pipe")["PipelineDefinition"])
-    assert [st["Name"] for st in stored["Steps"]] == ["Prepare", "Tune", "Train", "Evaluate", "CheckAccuracy"]
+    assert [st["Name"] for st in stored["Steps"]] == ["Prepare", "Shard", "Index", "Tune", "Train", "Evaluate",
+                                                      "CheckAccuracy"]
+    pinned = f"{IMAGE.rsplit(':', 1)[0]}@{digest}"  # the tag resolved through ECR: the definition names the digest
+    assert stored["Steps"][4]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == pinned
     again = run_cli(*UPSERT, "--name", "bc-pipe", "--min-accuracy", "0.7", "--endpoint-url", moto_endpoint, env=env)
     assert again.returncode == 0, again.stderr  # an update, not a "pipeline exists" error
     stored = json.loads(sm.describe_pipeline(PipelineName="bc-pipe")["PipelineDefinition"])
     assert {p["Name"]: p.get("DefaultValue") for p in stored["Parameters"]}["MinAccuracy"] == 0.7
     started = run_cli("sm", "pipeline", "start", "--name", "bc-pipe", "--param", "MinAccuracy=0.8",
-                      "--endpoint-url", moto_endpoint, env=env)
+                      "--param", "MaxJobs=2", "--endpoint-url", moto_endpoint, env=env)
     assert started.returncode == 0, started.stderr
+    cost = started.stderr.splitlines()  # before the execution starts: the stored definition, the overrides applied
+    assert cost[0].startswith("estimated cost: up to $") and any(
+        ln.split()[0] == "Tune" and "2 jobs x 2 ml.g5.xlarge x 6 h" in ln for ln in cost), started.stderr
     arn = json.loads(started.stdout)["arn"]
     params = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
     assert {"Name": "MinAccuracy", "Value": "0.8"} in params
@@ -273,3 +331,105 @@ def test_local_pipeline_weights_for_another_arch_are_one_line_before_docker(caps
     line = _local_error(capsys, "--data", str(abid_root), "--workdir", str(tmp_path / "w"), "--hp",
                         "arch=efficientnet_b0", "--image", "no-such-image:never-pulled")
     assert "--weights DIR" in line and "--no-pretrained" in line, line
+
+
+# ------------------------------------------------------------------ what issue #23 asks the definition to show
+GPU_DIGEST = IMAGE.rsplit(":", 1)[0] + "@sha256:" + "a" * 64
+CPU_DIGEST = IMAGE.rsplit(":", 1)[0] + "-cpu@sha256:" + "b" * 64
+
+
+@pytest.fixture(scope="module")
+def pinned_definition() -> tuple[dict, str]:
+    args = list(UPSERT)
+    args[args.index(IMAGE)] = GPU_DIGEST
+    proc = run_cli(*args, "--cpu-image", CPU_DIGEST, "--shard-instances", "16", "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_the_definition_shows_what_the_issue_asks(pinned_definition):
+    import re
+
+    definition, stderr = pinned_definition
+    s = _steps(definition)
+    params = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+
+    def value(x):
+        return params[x["Get"][len("Parameters."):]] if isinstance(x, dict) and "Get" in x else x
+
+    # a processing step on more than one instance, its input sharded by S3 key
+    fanned = [n for n, st in s.items() if st["Type"] == "Processing"
+              and value(st["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"]) > 1
+              and any(i["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key"
+                      for i in st["Arguments"]["ProcessingInputs"])]
+    assert fanned == ["Shard"] and params["ShardInstances"] == 16
+    # FastFile for the training steps' data channels
+    for job in (s["Tune"]["Arguments"]["TrainingJobDefinition"], s["Train"]["Arguments"]):
+        assert {c["ChannelName"]: c["InputMode"] for c in job["InputDataConfig"]} == {
+            "train": "FastFile", "val": "FastFile", "pretrained": "File"}
+    # retries on every job step, caching on the data steps
+    for name, st in s.items():
+        if st["Type"] in ("Processing", "Training", "Tuning", "RegisterModel"):
+            kinds = {k for p in st["RetryPolicies"] for k in p["ExceptionType"]}
+            assert {"Step.THROTTLING", "Step.SERVICE_FAULT"} <= kinds, name
+            if st["Type"] != "RegisterModel":
+                assert "SageMaker.CAPACITY_ERROR" in kinds, name
+        assert ("CacheConfig" in st) == (name in ("Prepare", "Shard", "Index")), name
+    assert s["Shard"]["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P45D"}
+    # every image by digest, the CPU image registered as the additional inference specification
+    images = re.findall(r'"(?:ImageUri|TrainingImage|Image)": "([^"]+)"', json.dumps(definition))
+    assert images and all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in images), images
+    (extra,) = s["Register"]["Arguments"]["AdditionalInferenceSpecifications"]
+    assert extra["Containers"] == [{"Image": CPU_DIGEST,
+                                    "ModelDataUrl": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}}]
+    # the cost line, per step, before anything
+    assert "estimated cost: up to $" in stderr and "16 ml.m5.xlarge x 6 h" in stderr
+
+
+def test_every_step_request_passes_botocore(pinned_definition):
+    """Each job step's Arguments against botocore's own model of the API (pipeline expressions stood in for)."""
+    import copy
+
+    from bincounter.sm.pipeline_settings import step_request_errors
+
+    definition, _ = pinned_definition
+    assert step_request_errors(definition) == {}
+    broken = copy.deepcopy(definition)
+    _steps(broken)["Shard"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["VolumeSizeGB"] = 100
+    _steps(broken)["Register"]["Arguments"]["AdditionalInferenceSpecifications"][0]["Containers"][0]["Image"] = 7
+    bad = step_request_errors(broken)
+    assert set(bad) == {"Shard", "Register"} and "VolumeSizeGB" in bad["Shard"], bad
+
+
+def test_a_tag_stays_a_tag_only_in_a_dry_run_and_says_so(definition):
+    from bincounter.errors import UserError
+    from bincounter.sm.pipeline_settings import pin_image
+
+    assert pin_image(GPU_DIGEST, dry_run=False) == (GPU_DIGEST, None)
+    image, warning = pin_image(IMAGE, dry_run=True)
+    assert image == IMAGE and "by tag in this dry run" in warning
+    with pytest.raises(UserError, match="references its image by digest"):
+        pin_image("bincounter:local", dry_run=False)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--hp", "pretrained=false"], "--weights with --hp pretrained=false"),
+    (["--shard-instances", "0"], "--shard-instances: a number of instances, 1..100"),
+    (["--data-version", "bad/label"], "a label for the prepared data"),
+    (["--batch-sizes", "32,x"], "comma-separated integers"),
+])
+def test_new_upsert_mistakes_are_one_line(extra, needle):
+    assert_one_line_error(run_cli(*UPSERT, *extra, "--dry-run", env=ENV), needle)
+
+
+def test_upsert_without_weights_names_the_pretrained_channel():
+    args = list(UPSERT)
+    i = args.index("--weights")
+    del args[i:i + 2]
+    assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), "--weights S3URI is needed", "network isolation")
+
+
+@pytest.mark.parametrize("param, needle", [("ShardInstances=0", "a number of instances"),
+                                           ("DataVersion=a b", "a label for the prepared data")])
+def test_new_start_params_are_checked(param, needle):
+    assert_one_line_error(run_cli("sm", "pipeline", "start", "--param", param, "--dry-run", env=ENV), needle)

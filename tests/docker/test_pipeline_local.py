@@ -1,5 +1,6 @@
 """`bincounter sm pipeline local`: the pipeline's steps for real, on Docker with the image, through the SDK v3's
-local pipeline executor (Prepare -> Train on 2 instances -> Evaluate -> CheckAccuracy -> CreateModel | Fail)."""
+local pipeline executor (Prepare -> Shard on 2 instances -> Index -> Train on 2 instances -> Evaluate ->
+CheckAccuracy -> CreateModel | Fail)."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
             in out)
     assert "loaded" in proc.stderr and "backbone tensors of pretrained weights" in proc.stderr  # the channel
     status = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.startswith("  ")}
-    assert status == {"Prepare": "Succeeded", "Train": "Succeeded", "Evaluate": "Succeeded",
-                      "CheckAccuracy": "Succeeded", "CreateModel": "Succeeded", "AccuracyTooLow": "NotRun"}
+    assert status == {"Prepare": "Succeeded", "Shard": "Succeeded", "Index": "Succeeded", "Train": "Succeeded",
+                      "Evaluate": "Succeeded", "CheckAccuracy": "Succeeded", "CreateModel": "Succeeded",
+                      "AccuracyTooLow": "NotRun"}
     assert "outcome=True" in next(ln for ln in out.splitlines() if "CheckAccuracy" in ln)
     # Train ran on 2 local instances that formed one process group
     assert "rank 0/2" in proc.stderr and "rank 1/2" in proc.stderr
@@ -63,11 +65,19 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
     acc = doc["multiclass_classification_metrics"]["accuracy"]["value"]
     rmse = doc["regression_metrics"]["rmse"]["value"]
     assert 0 <= acc <= 1 and rmse >= 0
-    assert doc["bincounter"]["n"] == sum(1 for _ in (run_dir / "prepare" / "test").rglob("*.jpg")) > 0
+    test_index = json.loads((run_dir / "shards" / "test" / "index.json").read_text())
+    assert doc["bincounter"]["n"] == test_index["samples"] > 0  # the model evaluated on the test shards
+    # the shards came from two local instances, each writing the parts it took; the index parts combined
+    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "index-parts" / "skips").glob("part-*.json")}
+    assert len(hosts) == 2 and all(h.startswith(("algo-1", "algo-2")) for h in hosts), hosts
+    for split in ("train", "val", "test"):
+        index = json.loads((run_dir / "shards" / split / "index.json").read_text())
+        assert {s["name"] for s in index["shards"]} == {p.name for p in (run_dir / "shards" / split).glob("*.tar")}
+    assert json.loads((run_dir / "summary" / "summary.json").read_text())["parts"] == 3  # 40 bins, 16 per part
     assert f"would register bincounter (PendingManualApproval) with accuracy {acc:.4f}" in out
     assert f"evaluation: accuracy {acc:.4f}, RMSE {rmse:.4f} on {doc['bincounter']['n']} test images" in out
     assert (run_dir / "train" / "model.tar.gz").is_file() and (run_dir / "prepare" / "eda" / "index.html").is_file()
-    assert sorted(p.name for p in (run_dir / "prepare").iterdir()) == ["eda", "test", "train", "val"]
+    assert sorted(p.name for p in (run_dir / "prepare").iterdir()) == ["eda", "manifest", "parts"]
     _nothing_left(work, nets)
 
 
@@ -95,8 +105,8 @@ def test_an_unreachable_min_accuracy_ends_in_the_fail_step(image, abid_root, tmp
     report = json.loads(proc.stdout)
     steps = {s["name"]: s for s in report["steps"]}
     assert {n: s["status"] for n, s in steps.items()} == {
-        "Prepare": "Succeeded", "Train": "Succeeded", "Evaluate": "Succeeded", "CheckAccuracy": "Succeeded",
-        "CreateModel": "NotRun", "AccuracyTooLow": "Failed"}
+        "Prepare": "Succeeded", "Shard": "Succeeded", "Index": "Succeeded", "Train": "Succeeded",
+        "Evaluate": "Succeeded", "CheckAccuracy": "Succeeded", "CreateModel": "NotRun", "AccuracyTooLow": "Failed"}
     assert steps["CheckAccuracy"]["outcome"] is False
     acc = json.loads((work / "runs" / report["execution"] / "evaluate" / "evaluation.json").read_text())[
         "multiclass_classification_metrics"]["accuracy"]["value"]
@@ -121,8 +131,9 @@ def test_a_failing_step_reports_the_containers_reason(image, tmp_path):
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-5000:]
     status = {ln.split()[0]: ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("  ")
               and not ln.strip().startswith("container:")}
-    assert status == {"Prepare": "Failed", "Train": "NotRun", "Evaluate": "NotRun", "CheckAccuracy": "NotRun",
-                      "CreateModel": "NotRun", "AccuracyTooLow": "NotRun"}
+    assert status == {"Prepare": "Failed", "Shard": "NotRun", "Index": "NotRun", "Train": "NotRun",
+                      "Evaluate": "NotRun", "CheckAccuracy": "NotRun", "CreateModel": "NotRun",
+                      "AccuracyTooLow": "NotRun"}
     reason = "container: bincounter: error: /opt/ml/processing/input/raw: no metadata/*.json"
     assert reason in proc.stdout
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("bincounter: local pipeline failed:")]

@@ -26,11 +26,68 @@ def cmd_process_evaluate(args) -> int:
     return 0
 
 
+def cmd_process_plan(args) -> int:
+    from ..sagemaker.processing import plan
+
+    print(json.dumps(plan(args.raw, args.out, val=args.val, test=args.test, seed=args.seed,
+                          part_size=args.part_size)))
+    return 0
+
+
+def cmd_process_shard(args) -> int:
+    from ..data.shards import parse_size
+    from ..sagemaker.processing import shard
+
+    print(json.dumps(shard(args.parts, args.source, args.out, parse_size(args.shard_size), workers=args.workers,
+                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host)))
+    return 0
+
+
+def cmd_process_index(args) -> int:
+    from ..sagemaker.processing import index
+
+    print(json.dumps(index(args.parts, args.out)))
+    return 0
+
+
+def _register_sharded(psub) -> None:
+    """The sharded Prepare: plan (1 instance, metadata only) -> shard (N instances) -> index (1 instance)."""
+    from ..sagemaker.processing import PART_SIZE
+
+    pl = psub.add_parser("plan", help="EDA + stratified split from the metadata alone -> manifest + manifest parts",
+                         formatter_class=Formatter)
+    pl.add_argument("--raw", default="/opt/ml/processing/input/raw", help="holds metadata/ (images not needed)")
+    pl.add_argument("--out", default="/opt/ml/processing/output", help="writes manifest/, parts/ and eda/")
+    pl.add_argument("--val", type=float, default=0.1)
+    pl.add_argument("--test", type=float, default=0.1)
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--part-size", type=positive_int, default=PART_SIZE, help="bins per manifest part")
+    pl.set_defaults(func=cmd_process_plan)
+    sh = psub.add_parser("shard", help="this instance's manifest parts: fetch the bins, write shards + index parts",
+                         formatter_class=Formatter)
+    sh.add_argument("--parts", default="/opt/ml/processing/input/parts", help="manifest parts (part-NNNNN.csv)")
+    sh.add_argument("--source", required=True, help="raw ABID: s3://bucket[/prefix] or a directory")
+    sh.add_argument("--out", default="/opt/ml/processing/output", help="writes shards/ and index-parts/")
+    sh.add_argument("--shard-size", default="256MB", help="bytes per shard (256MB, 1GB, ...)")
+    sh.add_argument("--workers", type=positive_int, default=32, help="parallel GETs")
+    sh.add_argument("--endpoint-url", help="another S3 API (tests: moto)")
+    sh.add_argument("--slice-by-host", action="store_true", help="take this host's share of the parts "
+                    "(/opt/ml/config/resourceconfig.json), where the executor gives every instance all of them "
+                    "(SageMaker local mode)")
+    sh.set_defaults(func=cmd_process_shard)
+    ix = psub.add_parser("index", help="every instance's index parts -> index.json per split + the summary",
+                         formatter_class=Formatter)
+    ix.add_argument("--parts", default="/opt/ml/processing/input/index-parts")
+    ix.add_argument("--out", default="/opt/ml/processing/output", help="writes <split>/index.json, summary/")
+    ix.set_defaults(func=cmd_process_index)
+
+
 def register(sub) -> None:
     pc = sub.add_parser("process", help="the pipeline's processing steps (what `docker run IMAGE process` runs)",
                         formatter_class=Formatter,
                         description="SageMaker Processing jobs with the bincounter image: `prepare` (raw ABID -> EDA "
-                        "report + train/val/test channels) and `evaluate` (a model on the test channel -> "
+                        "report + train/val/test channels), the sharded prepare of the pipeline (`plan` -> `shard` on "
+                        "N instances -> `index`) and `evaluate` (a model on the test channel -> "
                         "evaluation.json in SageMaker's model-metrics layout). Defaults are the paths of the "
                         "processing contract under /opt/ml/processing; any local paths work too.")
     psub = pc.add_subparsers(dest="process_cmd", required=True, metavar="STEP")
@@ -50,3 +107,4 @@ def register(sub) -> None:
     pe.add_argument("--out", default="/opt/ml/processing/evaluation")
     pe.add_argument("--batch-size", type=positive_int, default=32)
     pe.set_defaults(func=cmd_process_evaluate)
+    _register_sharded(psub)

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from ..errors import UserError
-from ..sm import hyperparameters, jobs, pipeline, pipeline_local, printing
+from ..sm import hyperparameters, jobs, pipeline, pipeline_local, pipeline_settings, printing
 from ..sm.hyperparameters import DEFAULT_RANGES
 from ..sm.target import AwsTarget
 from .sm_common import add_aws_options
@@ -38,6 +39,20 @@ def add_arguments(sub, formatter) -> None:
     u.add_argument("--name", default="bincounter", help="pipeline name")
     u.add_argument("--instance-type", default="ml.g5.xlarge", help="training instances (InstanceType)")
     u.add_argument("--processing-instance-type", default="ml.m5.xlarge", help="prepare/evaluate instances")
+    u.add_argument("--train-instances", type=int, default=2,
+                   help="instances of the final Train AND of every tuning trial (TrainInstances)")
+    u.add_argument("--shard-instances", type=int, default=8,
+                   help="processing instances of the Shard step, each fetching its slice of bins (ShardInstances)")
+    u.add_argument("--data-version", default="v1", help="label of the prepared data (DataVersion): the data steps "
+                   "write under OUTPUT/data/LABEL/ and are cached; a new label prepares the data again")
+    u.add_argument("--shard-size", default="256MB", help="bytes per tar shard")
+    u.add_argument("--weights", metavar="S3URI", help="the ImageNet weights folder (bincounter weights fetch, "
+                   "uploaded): the training steps' pretrained channel (they run with network isolation); required "
+                   "unless --hp pretrained=false")
+    u.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (model.onnx): registered as the "
+                   "model package's additional inference specification")
+    u.add_argument("--batch-sizes", default="32,64,128", help="per-device batch sizes the tuner tries "
+                   "(unless --hp batch_size=N fixes it)")
     u.add_argument("--max-jobs", type=int, default=8, help="tuning trials (MaxJobs)")
     u.add_argument("--max-parallel", type=int, default=2, help="tuning trials at once")
     u.add_argument("--min-accuracy", type=float, default=0.5, help="the quality gate: test accuracy (MinAccuracy)")
@@ -100,13 +115,31 @@ def upsert_spec(args) -> pipeline.PipelineSpec:
         instance_type=args.instance_type, processing_instance_type=args.processing_instance_type,
         max_jobs=args.max_jobs, max_parallel=args.max_parallel, min_accuracy=args.min_accuracy,
         lr_range=hyperparameters.lr_range(args.lr_range), hyperparameters=jobs.hp_strings(jobs.parse_kv(args.hp)),
-        model_package_group=args.model_package_group, approval_status=args.approval_status)
+        model_package_group=args.model_package_group, approval_status=args.approval_status,
+        train_instances=args.train_instances, shard_instances=args.shard_instances, data_version=args.data_version,
+        shard_size=_shard_size(args.shard_size), weights=args.weights, cpu_image=args.cpu_image,
+        batch_sizes=_batch_sizes(args.batch_sizes))
+
+
+def _shard_size(text: str) -> str:
+    if not re.fullmatch(r"[0-9]+(KB|MB|GB|KiB|MiB|GiB)?", text):
+        raise UserError(f"--shard-size {text!r}: expected a size like 256MB, 1GB or 64MiB")
+    return text
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--batch-sizes {text!r}: comma-separated integers, e.g. 32,64,128") from None
 
 
 def cmd_upsert(args) -> int:
     doc, arn = pipeline.upsert(upsert_spec(args), _target(args))
     print(f"pipeline {args.name}: steps {' -> '.join(pipeline.step_names(doc))}; parameters "
           f"{', '.join(p['Name'] for p in doc['Parameters'])}", file=sys.stderr)
+    for line in pipeline_settings.cost_lines(doc):
+        printing.cost(line)
     if args.dry_run:
         print(json.dumps(doc, indent=2))
         return 0
@@ -124,9 +157,14 @@ def cmd_start(args) -> int:
         params[k] = v
     request = pipeline.start_request(args.name, params)
     if args.dry_run:
+        printing.cost("estimated cost: read from the stored definition when not a dry run (upsert --dry-run "
+                      "prints it per step)")
         printing.print_request("StartPipelineExecution", request)
         return 0
-    arn = pipeline.start(request, _target(args))
+    target = _target(args)
+    for line in pipeline.start_cost(request, target):
+        printing.cost(line)
+    arn = pipeline.start(request, target)
     print(json.dumps({"started": "pipeline execution", "name": args.name, "arn": arn}))
     print(f"follow:  bincounter sm pipeline status --name {args.name}", file=sys.stderr)
     return 0

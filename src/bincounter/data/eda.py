@@ -47,7 +47,7 @@ def _shard_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / INDEX).is_file()) if root.is_dir() else []
 
 
-def _records(root: Path):
+def _records(root: Path, metadata_only: bool = False):
     """(bin id, metadata text or None, image bytes or None) per bin: from an ABID directory (metadata/ +
     bin-images/) or from shards (each sample's JSON holds {"count", "metadata"}). -> (number of bins, records)."""
     shard_dirs = _shard_dirs(root)
@@ -77,28 +77,29 @@ def _records(root: Path):
     def from_dir():
         for m in metas:
             img = root / "bin-images" / f"{m.stem}.jpg"
-            yield m.stem, m.read_text(), img.read_bytes() if img.is_file() else None
+            yield m.stem, m.read_text(), None if metadata_only else img.read_bytes() if img.is_file() else None
 
     return len(metas), from_dir()
 
 
-def run(src: str | Path, out: str | Path) -> Path:
+def run(src: str | Path, out: str | Path, metadata_only: bool = False) -> Path:
     """`data eda` (and the pipeline's Prepare step): analyse with a progress bar, write the report, log each
-    warning. -> the report's index.html."""
+    warning. -> the report's index.html. `metadata_only`: no image is read (the image checks are the sharding
+    step's)."""
     from ..progress import progress
 
     with progress(None, "eda", unit="bin") as bar:
-        stats = analyse(src, progress=bar)
+        stats = analyse(src, progress=bar, metadata_only=metadata_only)
     index = write_report(stats, out)
     for w in stats["warnings"]:
         log.warning(w)
     return index
 
 
-def analyse(root: str | Path, progress=None) -> dict:
+def analyse(root: str | Path, progress=None, metadata_only: bool = False) -> dict:
     """Statistics and warnings of an ABID directory, or of sharded channels (`data shard`'s output)."""
     root = Path(root)
-    n_bins, records = _records(root)
+    n_bins, records = _records(root, metadata_only)
     quantities: Counter = Counter()
     bad_meta, missing_img, corrupt, tiny = [], [], [], []
     sizes, dims, weights, by_count = [], [], [], defaultdict(list)
@@ -119,7 +120,8 @@ def analyse(root: str | Path, progress=None) -> dict:
             except (KeyError, TypeError, ValueError):
                 pass
         if data is None:
-            missing_img.append(bid)
+            if not metadata_only:
+                missing_img.append(bid)
             continue
         hashes[hashlib.sha256(data).hexdigest()].append(bid)
         try:

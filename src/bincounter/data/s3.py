@@ -226,9 +226,10 @@ def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") ->
 
 
 def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=None, workers: int = 16,
-          verify: bool = False) -> TransferReport:
+          verify: bool = False, prefix: str = "") -> TransferReport:
     """Download images + metadata for the bin ids into `out` (ABID layout). Files complete per the ledger are
-    skipped without a request, or with `verify` checked against the bucket's ETag (conditional GETs)."""
+    skipped without a request, or with `verify` checked against the bucket's ETag (conditional GETs). `prefix`:
+    where the ABID layout starts in the bucket ("" or "abid/")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.rglob("*.part-*"):  # left by a killed process (not a Ctrl-C, which cleans up)
@@ -245,7 +246,7 @@ def fetch(out: str | Path, ids: list[str], bucket: str = ABID_BUCKET, client=Non
 
     def work(job, stop):
         key, etag = job
-        n, new_etag = _download(client, bucket, key, out / key, stop, if_none_match=etag)
+        n, new_etag = _download(client, bucket, prefix + key, out / key, stop, if_none_match=etag)
         ledger.add(key, n, new_etag)
         return n
 

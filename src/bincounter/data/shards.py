@@ -1,5 +1,6 @@
 """Sharded channels: WebDataset-format tar shards plus an index, and the dataset that streams them (writer and
-reader of one format in one module, about 440 lines: the index schema and the member naming are defined once).
+reader of one format in one module, about 450 lines: the index schema and the member naming are defined once;
+`shard_parts.combine_indexes` joins the index parts that several machines write).
 
 A sharded channel is one directory per split, readable on its own (local disk, or a SageMaker channel in
 File or FastFile mode)::
@@ -110,7 +111,6 @@ def _metadata(metadata_dir: Path | None, key: str) -> dict | None:
 def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, metadata_dir: Path | None = None,
                 seed: int = 0) -> dict:
     """One per-image channel -> `out/<split>-NNNNNN.tar` + `out/index.json`. Returns the index."""
-    split = out.name
     samples = list_channel(channel)
     keys: dict[str, Path] = {}
     for path, _ in samples:
@@ -118,7 +118,16 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
             raise DataError(f"{channel}: image id {path.stem!r} is {'used twice' if path.stem in keys else 'dotted'} "
                             f"({keys.get(path.stem, path)} and {path}); a shard key must be unique and dot-free")
         keys[path.stem] = path
-    samples.sort(key=lambda s: s[0].stem)
+    return write_samples(samples, out, shard_size=shard_size, metadata_dir=metadata_dir, seed=seed)
+
+
+def write_samples(samples: list[tuple[Path, int]], out: Path, *, shard_size: int = DEFAULT_SHARD_SIZE,
+                  metadata_dir: Path | None = None, seed: int = 0, stem: str | None = None,
+                  index_path: Path | None = None) -> dict:
+    """(image path, label) samples -> `out/<stem>-NNNNNN.tar` (stem: the split, `out`'s name) + their index at
+    `index_path` (default `out/index.json`; elsewhere: an index part, see shard_parts)."""
+    split, stem = out.name, stem or out.name
+    samples = sorted(samples, key=lambda s: s[0].stem)
     order = np.random.default_rng(seed).permutation(len(samples))  # counts mixed within every shard
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
@@ -128,13 +137,10 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
     def close():
         tf.close()
         f.close()
-        tmp = out / (cur["name"] + ".part")
-        h = hashlib.sha256()
-        with open(tmp, "rb") as r:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                h.update(chunk)
+        with open(tmp := out / (cur["name"] + ".part"), "rb") as r:
+            digest = hashlib.file_digest(r, "sha256").hexdigest()
         os.replace(tmp, out / cur["name"])
-        cur.update(bytes=(out / cur["name"]).stat().st_size, sha256=h.hexdigest())
+        cur.update(bytes=(out / cur["name"]).stat().st_size, sha256=digest)
         shards.append(dict(cur))
 
     for i in order:
@@ -150,7 +156,7 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
             close()
             tf = None
         if tf is None:
-            cur = {"name": f"{split}-{len(shards):06d}.tar", "samples": 0, "counts": [0] * len(COUNTS), "payload": 0}
+            cur = {"name": f"{stem}-{len(shards):06d}.tar", "samples": 0, "counts": [0] * len(COUNTS), "payload": 0}
             f = open(out / (cur["name"] + ".part"), "wb")
             tf = tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT)
         ext = path.suffix.lower().lstrip(".")
@@ -161,15 +167,18 @@ def write_split(channel: Path, out: Path, shard_size: int = DEFAULT_SHARD_SIZE, 
         cur["payload"] += need
     if tf is not None:
         close()
-    for s in shards:
-        s.pop("payload")
+    _ = [s.pop("payload") for s in shards]
     index = {"format": FORMAT, "split": split, "samples": len(samples),
              "counts": [sum(s["counts"][c] for s in shards) for c in range(len(COUNTS))],
              "bytes": sum(s["bytes"] for s in shards), "shard_size": shard_size, "seed": seed, "shards": shards}
-    tmp = out / (INDEX + ".part")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out / INDEX)  # last: an index means a complete channel
+    write_index(index, index_path or out / INDEX)  # last: an index means a complete channel
     return index
+
+
+def write_index(index: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (tmp := path.with_name(path.name + ".part")).write_text(json.dumps(index, indent=1))
+    os.replace(tmp, path)
 
 
 def write_shards(channels: str | Path, out: str | Path, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -437,5 +446,5 @@ def open_channel(root: str | Path, pre: Preprocess, train: bool = False, seed: i
     return ChannelDataset(root, pre, train=train, seed=seed)
 
 
-__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "read_index", "is_sharded",
-           "parse_size", "IMAGE_SUFFIXES"]
+__all__ = ["ShardDataset", "ShardStream", "open_channel", "write_shards", "write_samples", "write_index",
+           "read_index", "is_sharded", "parse_size", "IMAGE_SUFFIXES"]

@@ -23,7 +23,7 @@ import numpy as np
 from .. import COUNTS
 from ..errors import DataError, UserError
 from ..preprocess import decode
-from .abid import Bin, Skips, scan
+from .abid import Bin, Skips, read_count, scan
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -112,6 +112,25 @@ def run(src: str | Path, dst: str | Path, **kw) -> dict[str, list[Bin]]:
         per = [sum(1 for b in splits[s] if b.count == c) for c in COUNTS]
         log.info("%-5s %5d bins  per count %s  -> %s", s, len(splits[s]), per, Path(dst) / s)
     return splits
+
+
+def split_metadata(src: str | Path, val: float = 0.1, test: float = 0.1,
+                   seed: int = 0) -> tuple[dict[str, list[Bin]], Skips]:
+    """The split from the metadata alone (the pipeline's light Prepare: no image is read or needed here; the
+    sharding step checks each image as it fetches it). Bad metadata and counts out of range are counted skips."""
+    src = Path(src)
+    metas = sorted((src / "metadata").glob("*.json"))
+    if not metas:
+        raise DataError(f"{src}: no metadata/*.json (the ABID metadata)")
+    bins, skips = [], Skips()
+    for m in metas:
+        try:
+            bins.append(Bin(m.stem, read_count(m), src / "bin-images" / f"{m.stem}.jpg", m))
+        except DataError as e:
+            skips.add("count out of range" if "outside" in str(e) else "bad metadata", m.stem)
+    if not bins:
+        raise DataError(f"{src}: no usable bins ({skips.summary()})")
+    return assign_splits(bins, val, test, seed), skips
 
 
 def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,

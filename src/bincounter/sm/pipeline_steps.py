@@ -1,7 +1,8 @@
 """The pipeline's steps that the cloud pipeline (`sm pipeline upsert`, pipeline.py) and the local one
-(`sm pipeline local`, pipeline_local.py) share, built on one pipeline session: Prepare (processing), the channels it
-feeds, trainers and Train, Evaluate (processing) with its EvaluationReport property file, and the accuracy gate.
-Every step runs our image.
+(`sm pipeline local`, pipeline_local.py) share, built on one pipeline session: the sharded Prepare (Prepare: the
+metadata-only plan on 1 instance -> Shard: N instances, each its manifest parts (ShardedByS3Key) -> Index: the
+index parts combined), the channels it feeds, trainers and Train, Evaluate with its EvaluationReport property
+file, and the accuracy gate. Every step runs our image.
 """
 
 from __future__ import annotations
@@ -13,35 +14,44 @@ PROC = "/opt/ml/processing"
 ENTRYPOINT = ["/usr/bin/tini", "--", "/opt/bincounter/container/entrypoint.sh"]
 SPLITS = ("train", "val", "test")
 ACCURACY_PATH = "multiclass_classification_metrics.accuracy.value"
+DATA_STEPS = ("Prepare", "Shard", "Index")
+#: each processing step's MaxRuntimeInSeconds: the bound the cost line multiplies (ABID in full: Prepare reads 535k
+#: metadata files, each Shard instance fetches and packs its slice, see the README's cost table)
+PROCESSING_MAX_RUNTIME_S = {"plan": 2 * 3600, "shard": 6 * 3600, "index": 3600, "evaluate": 2 * 3600}
 
 
 class Flow:
     """The steps the cloud pipeline (pipeline.build) and the local one (pipeline_local) share, on a pipeline session
-    `ps` (PipelineSession, or the SDK's LocalPipelineSession): Prepare, the channels it feeds, trainers, Evaluate
-    and the accuracy gate. `uri(*parts)`: where an execution writes (a per-execution Join)."""
+    `ps` (PipelineSession, or the SDK's LocalPipelineSession). `uri(*parts)`: where an execution writes (a
+    per-execution Join); `data_uri(*parts)`: where the data steps write (the cloud keys it by DataVersion, not by
+    execution, so a cached data step's outputs stay where later steps look). `step_options(name)`: extra keyword
+    arguments per step (cache_config, retry_policies)."""
 
     def __init__(self, ps, *, image: str, role: str, instance_type, processing_instance_type, uri,
-                 max_runtime_s: int):
+                 max_runtime_s: int, data_uri=None, step_options=None):
         self.ps, self.image, self.role, self.uri = ps, image, role, uri
+        self.data_uri = data_uri or uri
         self.instance_type, self.processing_instance_type = instance_type, processing_instance_type
         self.max_runtime_s = max_runtime_s
-        self.prepare = None
+        self.options = step_options or (lambda name: {})
+        self.prepare = self.shard = self.index = None
 
-    def processor(self, action: str):
+    def processor(self, action: str, count=1):
         from sagemaker.core.processing import Processor
 
-        return Processor(role=self.role, image_uri=self.image, instance_count=1,
+        return Processor(role=self.role, image_uri=self.image, instance_count=count,
                          instance_type=self.processing_instance_type, volume_size_in_gb=100,
+                         max_runtime_in_seconds=PROCESSING_MAX_RUNTIME_S[action],
                          entrypoint=[*ENTRYPOINT, "process", action],
                          base_job_name=f"bincounter-{action}", sagemaker_session=self.ps)
 
     @staticmethod
-    def p_in(input_name, source, dest):
+    def p_in(input_name, source, dest, distribution="FullyReplicated"):
         from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
 
         return ProcessingInput(input_name=input_name, s3_input=ProcessingS3Input(
             s3_uri=source, local_path=dest, s3_data_type="S3Prefix", s3_input_mode="File",
-            s3_data_distribution_type="FullyReplicated"))
+            s3_data_distribution_type=distribution))
 
     @staticmethod
     def p_out(output_name, local, dest):
@@ -50,57 +60,112 @@ class Flow:
         return ProcessingOutput(output_name=output_name, s3_output=ProcessingS3Output(
             s3_uri=dest, local_path=local, s3_upload_mode="EndOfJob"))
 
-    def prepare_step(self, raw):
+    def _step(self, name, step_args, **kw):
         from sagemaker.mlops.workflow.steps import ProcessingStep
 
-        outputs = [self.p_out(s, f"{PROC}/output/channels/{s}", self.uri("prepare", s)) for s in SPLITS]
-        outputs.append(self.p_out("eda", f"{PROC}/output/eda", self.uri("prepare", "eda")))
-        self.prepare = ProcessingStep(name="Prepare", step_args=self.processor("prepare").run(
-            inputs=[self.p_in("raw", raw, f"{PROC}/input/raw")], outputs=outputs))
+        return ProcessingStep(name=name, step_args=step_args, **kw, **self.options(name))
+
+    @staticmethod
+    def out_uri(step, output):
+        return step.properties.ProcessingOutputConfig.Outputs[output].S3Output.S3Uri
+
+    def prepare_step(self, metadata, part_size: int | None = None):
+        """Prepare: EDA + stratified split from `metadata` (the raw data's metadata/ prefix) alone -> the manifest
+        (an output of the pipeline), its parts (`part_size` bins each; default: the image's), the EDA report."""
+        outputs = [self.p_out(o, f"{PROC}/output/{o}", self.data_uri("prepare", o))
+                   for o in ("manifest", "parts", "eda")]
+        self.prepare = self._step("Prepare", self.processor("plan").run(
+            inputs=[self.p_in("metadata", metadata, f"{PROC}/input/raw/metadata")], outputs=outputs,
+            arguments=["--part-size", str(part_size)] if part_size else None))
         return self.prepare
 
-    def split_uri(self, split):
-        return self.prepare.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri
+    def shard_step(self, instances, source, shard_size: str = "256MB", raw=None):
+        """Shard: `instances` processing instances, each given its manifest parts (ShardedByS3Key), fetching its
+        bins from `source` (the raw data's S3 URI; or, with `raw` (a URI mounted as an input), the mounted folder)
+        -> shards/<split>/*.tar + index parts. With `raw` (local mode, whose executor mounts every input whole on
+        every instance) each instance takes its own slice of the parts by host (--slice-by-host)."""
+        # local mode refuses ShardedByS3Key: every instance gets every part there and takes its share by host
+        spread = "ShardedByS3Key" if raw is None else "FullyReplicated"
+        inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", spread)]
+        if raw is not None:
+            inputs.append(self.p_in("raw", raw, f"{PROC}/input/raw"))
+            source = f"{PROC}/input/raw"
+        by_host = ["--slice-by-host"] if raw is not None else []
+        self.shard = self._step("Shard", self.processor("shard", instances).run(
+            inputs=inputs, arguments=["--source", source, "--shard-size", shard_size, *by_host],
+            outputs=[self.p_out("shards", f"{PROC}/output/shards", self.data_uri("shards")),
+                     self.p_out("index-parts", f"{PROC}/output/index-parts", self.data_uri("index-parts"))]))
+        return self.shard
 
-    def channels(self, *names):
+    def index_step(self):
+        """Index: every instance's index parts -> <split>/index.json next to that split's shards + the summary
+        (bad images summed over the instances)."""
+        from sagemaker.core.workflow.functions import Join
+
+        shards = self.out_uri(self.shard, "shards")
+        outputs = [self.p_out(s, f"{PROC}/output/{s}", Join(on="/", values=[shards, s])) for s in SPLITS]
+        outputs.append(self.p_out("summary", f"{PROC}/output/summary", self.data_uri("summary")))
+        self.index = self._step("Index", self.processor("index").run(
+            inputs=[self.p_in("index-parts", self.out_uri(self.shard, "index-parts"), f"{PROC}/input/index-parts")],
+            outputs=outputs))
+        return self.index
+
+    def data_steps(self, metadata, instances, source, shard_size: str = "256MB", raw=None,
+                   part_size: int | None = None) -> list:
+        return [self.prepare_step(metadata, part_size), self.shard_step(instances, source, shard_size, raw),
+                self.index_step()]
+
+    def split_uri(self, split):
+        """A sharded split (index.json + shards), as the Index step wrote it."""
+        return self.out_uri(self.index, split)
+
+    def channels(self, *names, mode: str = "FastFile"):
+        """Sharded channels: FastFile (SageMaker streams byte ranges of a few large objects as the trainer reads,
+        nothing copied first), FullyReplicated (the trainer splits samples per rank itself)."""
         from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
-        return [Channel(channel_name=n, input_mode="File", data_source=DataSource(s3_data_source=S3DataSource(
+        return [Channel(channel_name=n, input_mode=mode, data_source=DataSource(s3_data_source=S3DataSource(
             s3_data_type="S3Prefix", s3_uri=self.split_uri(n), s3_data_distribution_type="FullyReplicated")))
             for n in names]
+
+    @staticmethod
+    def pretrained_channel(uri: str):
+        """The ImageNet weights (a `bincounter weights fetch` folder) as the job's `pretrained` channel."""
+        from sagemaker.train.configs import Channel, DataSource, S3DataSource
+
+        return Channel(channel_name="pretrained", input_mode="File", data_source=DataSource(
+            s3_data_source=S3DataSource(s3_data_type="S3Prefix", s3_uri=uri,
+                                        s3_data_distribution_type="FullyReplicated")))
 
     def trainer(self, count, hps, out, base):
         from . import sdk
 
         return sdk.model_trainer(self.ps, image=self.image, role=self.role, instance_type=self.instance_type,
                                  instance_count=count, hyperparameters=hps, output_path=out, spot=False,
-                                 checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base)
+                                 checkpoint_s3=None, max_runtime_s=self.max_runtime_s, base_name=base,
+                                 volume_gb=30, input_mode="FastFile")
 
-    def train_step(self, count, hps, pretrained: str | None = None):
+    def train_step(self, count, hps, pretrained: str | None = None, mode: str = "FastFile", step_class=None):
         """`pretrained`: a URI (file:// locally) of a `bincounter weights fetch` folder, the job's pretrained
-        channel."""
+        channel. `step_class`: a TrainingStep subclass (the cloud's patches its request)."""
         from sagemaker.mlops.workflow.steps import TrainingStep
-        from sagemaker.train.configs import Channel, DataSource, S3DataSource
 
-        chans = self.channels("train", "val")
+        chans = self.channels("train", "val", mode=mode)
         if pretrained:
-            chans.append(Channel(channel_name="pretrained", input_mode="File", data_source=DataSource(
-                s3_data_source=S3DataSource(s3_data_type="S3Prefix", s3_uri=pretrained,
-                                            s3_data_distribution_type="FullyReplicated"))))
-        return TrainingStep(name="Train", step_args=self.trainer(count, hps, self.uri("train"), "bincounter").train(
-            input_data_config=chans))
+            chans.append(self.pretrained_channel(pretrained))
+        return (step_class or TrainingStep)(name="Train", step_args=self.trainer(
+            count, hps, self.uri("train"), "bincounter").train(input_data_config=chans), **self.options("Train"))
 
     def evaluate_step(self, model_data, arguments: list[str] | None = None):
         """-> (the Evaluate step, its EvaluationReport property file)."""
         from sagemaker.core.workflow.properties import PropertyFile
-        from sagemaker.mlops.workflow.steps import ProcessingStep
 
         report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-        evaluate = ProcessingStep(name="Evaluate", property_files=[report], step_args=self.processor("evaluate").run(
+        evaluate = self._step("Evaluate", self.processor("evaluate").run(
             inputs=[self.p_in("model", model_data, f"{PROC}/model"),
                     self.p_in("test", self.split_uri("test"), f"{PROC}/test")],
             outputs=[self.p_out("evaluation", f"{PROC}/evaluation", self.uri("evaluate"))],
-            arguments=arguments))
+            arguments=arguments), property_files=[report])
         return evaluate, report
 
     @staticmethod
