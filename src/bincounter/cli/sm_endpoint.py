@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..errors import UserError
 from ..sm.checks import DEFAULT_INSTANCE
 from ..sm.specs import EndpointSpec
-from .sm_common import add_common, add_price, target
+from .sm_common import add_common, add_platform_options, add_price, platform_settings, role, target
 
 
 def add_deploy(sub, formatter) -> None:
@@ -43,6 +43,7 @@ def add_deploy(sub, formatter) -> None:
                    help="return once the endpoint is being created (default: wait for InService, showing the "
                         "deployment's progress and logs; --autoscale always waits)")
     add_price(d)
+    add_platform_options(d, "deploy")
     d.set_defaults(func=cmd_deploy)
 
 
@@ -90,13 +91,14 @@ def endpoint_spec(args) -> EndpointSpec:
     from ..sm.endpoint import parse_serverless
 
     return EndpointSpec(
-        role=args.role, name=args.name, training_job=args.training_job, model_data=args.model_data,
+        role=role(args), name=args.name, training_job=args.training_job, model_data=args.model_data,
         model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
         serverless=parse_serverless(args.serverless) if args.serverless else None,
         instance_type=args.instance_type, instance_count=args.instance_count,
         autoscale=_ints(args.autoscale) if args.autoscale else None,
         invocations_per_instance=args.invocations_per_instance, capture_s3=args.capture_s3,
-        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour)
+        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour,
+        platform=platform_settings(args))
 
 
 def cmd_deploy(args) -> int:
