@@ -1,0 +1,241 @@
+"""Issue 27: what a platform team asks of every `sm` resource: tags, VPC, KMS, network isolation, inter-container
+encryption, a least-privilege role (`sm policy`) and one project config file.
+
+Dry runs show the exact requests (each validated by botocore on the way out, `printing.print_request`); the same
+commands sent to moto's SageMaker (server mode) are read back with Describe*/ListTags. moto keeps every field
+used here except CreateModel's EnableNetworkIsolation (its CreateModel ignores the field and answers False):
+the model's isolation is checked in the dry run's request only."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from bincounter.errors import UserError
+from bincounter.sm import platform
+from bincounter.sm.platform import PlatformSettings
+
+from .conftest import run_cli
+from .test_sm_jobs import ENV, IMAGE, ROLE, TRAIN, _docs, _sm, moto_endpoint  # noqa: F401 - the module's fixture
+
+SUBNETS, SGS = "subnet-0123abcd,subnet-0123456789abcdef0", "sg-89abcdef"
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+VPC = {"SecurityGroupIds": ["sg-89abcdef"], "Subnets": ["subnet-0123abcd", "subnet-0123456789abcdef0"]}
+PLATFORM = ["--subnets", SUBNETS, "--security-groups", SGS, "--kms-key", KEY, "--tag", "team=vision",
+            "--tag", "project=bins"]
+NOWHERE = ["--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1"]
+PRETRAINED = ["--pretrained", "s3://bkt/weights/"]
+
+
+@pytest.fixture()
+def cli(capsys, monkeypatch, caplog):
+    """The CLI in-process: cli(*argv, cwd=None) -> (exit code, the requests printed, stderr + log lines).
+    Variables the SDK session sets are registered with monkeypatch first, so they are restored."""
+    from bincounter.cli import main
+
+    def run(*argv, env=ENV, cwd=None):
+        for k, v in {**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}.items():
+            monkeypatch.setenv(k, v)
+        if cwd:
+            monkeypatch.chdir(cwd)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="bincounter"):
+            rc = main(["sm", *argv])
+        out = capsys.readouterr()
+        return rc, (_docs(out.out) if rc == 0 and out.out.strip() else []), out.err + caplog.text
+
+    return run
+
+
+def _request(docs, api):
+    [r] = [d["request"] for d in docs if d["api"] == api]
+    return r
+
+
+def _tags(r) -> dict:
+    return {t["Key"]: t["Value"] for t in r["Tags"]}
+
+
+def test_train_dry_run_carries_every_setting(cli):
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PLATFORM, *PRETRAINED, "--isolation",
+                          "--inter-container-encryption", "--dry-run")
+    assert rc == 0, err
+    r = _request(docs, "CreateTrainingJob")
+    assert r["VpcConfig"] == VPC
+    assert r["EnableNetworkIsolation"] is True and r["EnableInterContainerTrafficEncryption"] is True
+    assert r["Environment"] == {"HF_HUB_OFFLINE": "1"}  # isolated: the trainer never tries the hub
+    assert r["OutputDataConfig"]["KmsKeyId"] == KEY and r["ResourceConfig"]["VolumeKmsKeyId"] == KEY
+    # the defaults, the user's tag replacing the default of the same key
+    assert _tags(r) == {"project": "bins", "bincounter:version": "0.1.0", "team": "vision"}
+    assert "not checked offline: that the subnets are in one VPC" in err
+    assert "slows the all-reduce" in err
+
+
+def test_without_settings_only_the_default_tags_are_added(cli):
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, "--dry-run")
+    r = _request(docs, "CreateTrainingJob")
+    assert _tags(r) == {"project": "bincounter", "bincounter:version": "0.1.0"}
+    for absent in ("VpcConfig", "EnableNetworkIsolation", "EnableInterContainerTrafficEncryption", "Environment"):
+        assert absent not in r
+    assert "KmsKeyId" not in r["OutputDataConfig"] and "VolumeKmsKeyId" not in r["ResourceConfig"]
+    assert "not checked offline" not in err
+
+
+def test_tune_dry_run_puts_the_settings_on_every_trial(cli):
+    """The SDK's tuner drops the volume key, isolation and encryption of the trials' definition: they are there."""
+    rc, docs, err = cli("tune", *TRAIN, *NOWHERE, *PLATFORM, *PRETRAINED, "--isolation",
+                          "--inter-container-encryption", "--instance-count", "2", "--dry-run")
+    assert rc == 0, err
+    r = _request(docs, "CreateHyperParameterTuningJob")
+    d = r["TrainingJobDefinition"]
+    assert _tags(r)["team"] == "vision"  # AWS copies a tuning job's tags to its trials
+    assert d["VpcConfig"] == VPC and d["EnableNetworkIsolation"] and d["EnableInterContainerTrafficEncryption"]
+    assert d["ResourceConfig"]["VolumeKmsKeyId"] == KEY and d["OutputDataConfig"]["KmsKeyId"] == KEY
+
+
+def test_deploy_dry_run_tags_and_encrypts_every_resource(cli):
+    rc, docs, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz",
+                          "--image", IMAGE, "--name", "bc-ep", "--instance-type", "ml.m5.xlarge", "--capture-s3",
+                          "s3://bkt/capture", "--autoscale", "1,3", "--isolation", *PLATFORM, *NOWHERE, "--dry-run")
+    assert rc == 0, err
+    model, config = _request(docs, "CreateModel"), _request(docs, "CreateEndpointConfig")
+    assert model["VpcConfig"] == VPC and model["EnableNetworkIsolation"] is True
+    assert config["KmsKeyId"] == KEY and config["DataCaptureConfig"]["KmsKeyId"] == KEY
+    for api in ("CreateModel", "CreateEndpointConfig", "CreateEndpoint"):
+        assert _tags(_request(docs, api))["team"] == "vision", api
+    assert _request(docs, "RegisterScalableTarget")["Tags"]["team"] == "vision"
+
+
+def test_deploy_on_local_nvme_or_serverless_leaves_the_volume_key_out(cli):
+    """SageMaker refuses an endpoint config KmsKeyId on instances with local NVMe storage (g5, ...)."""
+    rc, docs, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz",
+                          "--image", IMAGE, "--instance-type", "ml.g5.xlarge", "--capture-s3", "s3://bkt/c",
+                          "--kms-key", KEY, *NOWHERE, "--dry-run")
+    assert rc == 0, err
+    config = _request(docs, "CreateEndpointConfig")
+    assert "KmsKeyId" not in config and config["DataCaptureConfig"]["KmsKeyId"] == KEY
+    assert "local NVMe storage is encrypted by the hardware" in err
+
+
+def test_batch_dry_run_and_what_belongs_to_the_model(cli, tmp_path):
+    (tmp_path / "bincounter.toml").write_text(f'[sm]\nsubnets = ["subnet-0123abcd"]\nsecurity_groups = ["{SGS}"]\n')
+    rc, docs, err = cli("batch", "--model", "m", "--input", "s3://bkt/in/", "--output",
+                          "s3://bkt/out/", "--instance-type", "ml.m5.xlarge", "--kms-key", KEY, "--tag", "a=b",
+                          *NOWHERE, "--dry-run", cwd=tmp_path)
+    assert rc == 0, err
+    r = _request(docs, "CreateTransformJob")
+    assert r["TransformOutput"]["KmsKeyId"] == KEY and r["TransformResources"]["VolumeKmsKeyId"] == KEY
+    assert _tags(r)["a"] == "b" and "VpcConfig" not in r
+    assert "subnets from" in err and "the model's VPC" in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--subnets", "subnet-12345", "--security-groups", SGS], "--subnets 'subnet-12345': not an id of the form"),
+    (["--subnets", "subnet-0123abcd", "--security-groups", "sg-xyz"], "--security-groups 'sg-xyz'"),
+    (["--subnets", "subnet-0123abcd"], "--subnets and --security-groups go together"),
+    (["--kms-key", "my-key"], "--kms-key 'my-key': not a KMS key id"),
+    (["--kms-key", KEY.replace("us-east-1", "eu-west-1")], "the key is in eu-west-1, the job in us-east-1"),
+    (["--kms-key", "alias/bins"], "a training job's volume takes a key id or key ARN, not an alias"),
+    (["--tag", "aws:owner=me"], "keys starting with 'aws:' are reserved"),
+    (["--tag", "team=a", "--tag", "team=b"], "--tag team given twice"),
+    (["--tag", "team"], "--tag 'team': expected KEY=VALUE"),
+    (["--tag", "team=a<b"], "--tag team=a<b: a key of 1..128"),
+    (["--isolation"], "--isolation with ImageNet weights downloaded by the job"),
+], ids=["subnet", "sg", "vpc-half", "kms", "kms-region", "kms-alias", "tag-aws", "tag-twice", "tag-syntax",
+        "tag-chars", "isolation-timm"])
+def test_platform_mistakes_are_one_line_even_in_a_dry_run(cli, extra, needle):
+    rc, _, err = cli("train", *TRAIN, *NOWHERE, *extra, "--dry-run")
+    lines = [ln for ln in err.splitlines() if ln.startswith("bincounter: error:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0], lines[0]
+
+
+def test_isolation_goes_through_with_weights_from_a_channel_or_none(cli):
+    for extra in (PRETRAINED, ["--hp", "pretrained=false"]):
+        rc, docs, err = cli("train", *TRAIN, *NOWHERE, "--isolation", *extra, "--dry-run")
+        assert rc == 0, err
+        assert _request(docs, "CreateTrainingJob")["EnableNetworkIsolation"] is True
+
+
+def test_endpoint_settings_that_do_not_apply_are_refused(cli):
+    rc, _, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz",
+                       "--image", IMAGE, "--kms-key", "nope", *NOWHERE, "--dry-run")
+    assert rc == 2 and "--kms-key 'nope'" in err
+
+
+# ------------------------------------------------------------------------------------------ the fragments
+def test_fields_merge_into_a_request_without_losing_what_it_had():
+    s = PlatformSettings(tags=(("team", "v"),), subnets=("subnet-0123abcd",), security_groups=("sg-0123abcd",),
+                         kms_key=KEY, isolation=True)
+    req = {"Tags": [{"Key": "team", "Value": "old"}, {"Key": "sdk", "Value": "x"}],
+           "OutputDataConfig": {"S3OutputPath": "s3://b/o"}, "ResourceConfig": {"InstanceCount": 1}}
+    platform.apply("CreateTrainingJob", req, s)
+    assert req["Tags"] == [{"Key": "sdk", "Value": "x"}, {"Key": "team", "Value": "v"}]
+    assert req["OutputDataConfig"] == {"S3OutputPath": "s3://b/o", "KmsKeyId": KEY}
+    assert req["ResourceConfig"] == {"InstanceCount": 1, "VolumeKmsKeyId": KEY}
+    # a processing step (the pipeline's): network config created, no output config invented
+    proc = platform.apply("CreateProcessingJob", {"ProcessingResources": {"ClusterConfig": {"InstanceCount": 1}}}, s)
+    assert proc["NetworkConfig"] == {"VpcConfig": s.vpc_config, "EnableNetworkIsolation": True}
+    assert proc["ProcessingResources"]["ClusterConfig"] == {"InstanceCount": 1, "VolumeKmsKeyId": KEY}
+    assert "ProcessingOutputConfig" not in proc
+    # what the update helper reuses for its own CreateModel / CreateEndpointConfig
+    assert platform.model_fields(s) == {"Tags": [{"Key": "team", "Value": "v"}], "VpcConfig": s.vpc_config,
+                                        "EnableNetworkIsolation": True}
+    assert platform.endpoint_config_fields(s, ["ml.c6i.xlarge"], capture=True)["KmsKeyId"] == KEY
+    assert "KmsKeyId" not in platform.endpoint_config_fields(s, [None])  # serverless
+    assert platform.fields("DescribeTrainingJob", {}, s) == {}
+
+
+def test_kms_key_forms():
+    for good in ("1234abcd-12ab-34cd-56ef-1234567890ab", "mrk-1234abcd12ab34cd56ef1234567890ab", "alias/bins",
+                 KEY, "arn:aws:kms:us-east-1:123456789012:alias/bins"):
+        platform.check_kms_key(good, "us-east-1")
+    for bad in ("1234", "key/1234abcd-12ab-34cd-56ef-1234567890ab", "arn:aws:kms:us-east-1:1234:key/x"):
+        with pytest.raises(UserError):
+            platform.check_kms_key(bad)
+
+
+# ------------------------------------------------------------------------------------------ against moto
+def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):
+    sm = _sm(moto_endpoint)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.put_object(Bucket="bkt", Key="weights/efficientnet_b0.safetensors", Body=b"w")
+    moto = ["--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge"]
+    proc = run_cli("sm", "train", *TRAIN, *moto, *PLATFORM, *PRETRAINED, "--isolation",
+                   "--inter-container-encryption", "--name", "bc-plat", "--no-profiler", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    name = json.loads(proc.stdout)["name"]
+    d = sm.describe_training_job(TrainingJobName=name)
+    assert d["VpcConfig"] == VPC and d["EnableNetworkIsolation"] and d["EnableInterContainerTrafficEncryption"]
+    assert d["OutputDataConfig"]["KmsKeyId"] == KEY and d["ResourceConfig"]["VolumeKmsKeyId"] == KEY
+    assert _tags(sm.list_tags(ResourceArn=d["TrainingJobArn"]))["team"] == "vision"
+
+    proc = run_cli("sm", "tune", *TRAIN, *moto, *PLATFORM, *PRETRAINED, "--isolation", "--name", "bc-plat-hpo",
+                   env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    t = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bc-plat-hpo")
+    assert t["TrainingJobDefinition"]["VpcConfig"] == VPC and t["TrainingJobDefinition"]["EnableNetworkIsolation"]
+    assert t["TrainingJobDefinition"]["ResourceConfig"]["VolumeKmsKeyId"] == KEY
+    assert _tags(sm.list_tags(ResourceArn=t["HyperParameterTuningJobArn"]))["project"] == "bins"
+
+    proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
+                   "--name", "bc-plat-ep", "--capture-s3", "s3://bkt/capture", "--isolation", "--no-wait", *moto, *PLATFORM,
+                   env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    m = sm.describe_model(ModelName="bc-plat-ep")
+    c = sm.describe_endpoint_config(EndpointConfigName="bc-plat-ep")
+    e = sm.describe_endpoint(EndpointName="bc-plat-ep")
+    assert m["VpcConfig"] == VPC
+    assert c["KmsKeyId"] == KEY and c["DataCaptureConfig"]["KmsKeyId"] == KEY
+    for arn in (m["ModelArn"], c["EndpointConfigArn"], e["EndpointArn"]):
+        assert _tags(sm.list_tags(ResourceArn=arn))["team"] == "vision", arn
+
+    proc = run_cli("sm", "batch", "--model", "bc-plat-ep", "--input", "s3://bkt/in/", "--output", "s3://bkt/o/",
+                   "--name", "bc-plat-batch", "--kms-key", KEY, "--tag", "team=vision", *moto, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    b = sm.describe_transform_job(TransformJobName="bc-plat-batch")
+    assert b["TransformOutput"]["KmsKeyId"] == KEY and b["TransformResources"]["VolumeKmsKeyId"] == KEY
+    assert _tags(sm.list_tags(ResourceArn=b["TransformJobArn"]))["team"] == "vision"
