@@ -198,7 +198,7 @@ def test_kms_key_forms():
 
 
 # ------------------------------------------------------------------------------------------ against moto
-def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):
+def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):  # noqa: F811
     sm = _sm(moto_endpoint)
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
                       aws_secret_access_key="testing")
@@ -222,8 +222,8 @@ def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):
     assert _tags(sm.list_tags(ResourceArn=t["HyperParameterTuningJobArn"]))["project"] == "bins"
 
     proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
-                   "--name", "bc-plat-ep", "--capture-s3", "s3://bkt/capture", "--isolation", "--no-wait", *moto, *PLATFORM,
-                   env=ENV)
+                   "--name", "bc-plat-ep", "--capture-s3", "s3://bkt/capture", "--isolation", "--no-wait", *moto,
+                   *PLATFORM, env=ENV)
     assert proc.returncode == 0, proc.stderr
     m = sm.describe_model(ModelName="bc-plat-ep")
     c = sm.describe_endpoint_config(EndpointConfigName="bc-plat-ep")
