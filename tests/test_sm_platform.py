@@ -239,3 +239,27 @@ def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):  # noqa: 
     b = sm.describe_transform_job(TransformJobName="bc-plat-batch")
     assert b["TransformOutput"]["KmsKeyId"] == KEY and b["TransformResources"]["VolumeKmsKeyId"] == KEY
     assert _tags(sm.list_tags(ResourceArn=b["TransformJobArn"]))["team"] == "vision"
+
+
+# ------------------------------------------------------------------------------------------ data upload
+def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, channels, tmp_path):  # noqa: F811
+    """SSE-KMS on every object; a second upload skips them all (their MD5 ETag is kept as metadata, since an
+    SSE-KMS object's ETag is not its MD5); objects uploaded unencrypted before are uploaded again, encrypted."""
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="sealed")
+    files = sum(1 for p in channels.rglob("*") if p.is_file())
+    up = ("data", "upload", channels, "s3://sealed/bins", "--endpoint-url", moto_endpoint)
+    proc = run_cli(*up)  # unencrypted first
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(*up, "--kms-key", KEY)
+    assert proc.returncode == 0 and f"uploaded {files} files" in proc.stderr, proc.stderr
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="sealed")["Contents"]]
+    for k in keys:
+        head = s3.head_object(Bucket="sealed", Key=k)
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == KEY, k
+    again = run_cli(*up, "--kms-key", KEY)
+    assert "uploaded 0 files" in again.stderr and f"skipped {files}" in again.stderr, again.stderr
+    dry = run_cli(*up, "--kms-key", KEY.replace("1234abcd-12ab", "0000abcd-12ab"), "--dry-run")
+    assert f"would upload {files} files" in dry.stdout and "SSE-KMS key" in dry.stdout, dry.stdout
+    bad = run_cli(*up, "--kms-key", "nope")
+    assert bad.returncode == 2 and "--kms-key 'nope'" in bad.stderr
