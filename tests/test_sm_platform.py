@@ -263,3 +263,71 @@ def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, chan
     assert f"would upload {files} files" in dry.stdout and "SSE-KMS key" in dry.stdout, dry.stdout
     bad = run_cli(*up, "--kms-key", "nope")
     assert bad.returncode == 2 and "--kms-key 'nope'" in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------ sm policy
+POLICY = ["policy", "--account", "123456789012", "--region", "us-east-1", "--s3-read", "s3://bkt/bins",
+          "--s3-write", "s3://bkt/out", "--ecr", IMAGE, "--kms-key", KEY, "--subnets", SUBNETS,
+          "--security-groups", SGS]
+
+
+def test_policy_is_scoped_to_what_was_given(capsys, monkeypatch):
+    from bincounter.cli import main
+    from bincounter.sm import policy
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    assert main(["sm", *POLICY]) == 0
+    out = json.loads(capsys.readouterr().out)
+    doc, trust = out["policy"], out["trust_policy"]
+    policy.check(doc)
+    policy.check(trust, trust=True)
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["S3Read"]["Resource"] == ["arn:aws:s3:::bkt/bins/*"]
+    assert by_sid["S3Write"]["Resource"] == ["arn:aws:s3:::bkt/out/*"]
+    assert by_sid["S3List0"]["Condition"]["StringLike"]["s3:prefix"] == ["bins", "bins/*", "out", "out/*"]
+    assert by_sid["EcrPull"]["Resource"] == ["arn:aws:ecr:us-east-1:123456789012:repository/bincounter"]
+    assert by_sid["KmsUse"]["Resource"] == KEY and by_sid["KmsGrantsForVolumes"]["Condition"]
+    assert "arn:aws:ec2:us-east-1:123456789012:subnet/subnet-0123abcd" in by_sid["VpcEniCreate"]["Resource"]
+    assert "s3:*" not in json.dumps(doc) and '"Action": "*"' not in json.dumps(doc)
+    # every Resource "*" is an action IAM cannot scope, each named here
+    assert {s["Sid"] for s in doc["Statement"] if s["Resource"] == "*"} == {"EcrToken", "Metrics", "VpcDescribe"}
+    cond = trust["Statement"][0]["Condition"]
+    assert cond["StringEquals"]["aws:SourceAccount"] == "123456789012"
+    # without a VPC or key, their statements are left out
+    assert main(["sm", "policy", "--account", "123456789012", "--region", "us-east-1", "--for", "train"]) == 0
+    sids = {s["Sid"] for s in json.loads(capsys.readouterr().out)["policy"]["Statement"]}
+    assert not sids & {"KmsUse", "VpcEniCreate", "PipelineSteps"}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--kms-key", "alias/bins"], "names the key itself, not an alias"),
+    (["--ecr", "Not A Repo"], "--ecr 'Not A Repo'"),
+    (["--s3-read", "bkt/bins"], "--s3-read 'bkt/bins': must be an s3:// URI"),
+    (["--for", "train,serve"], "--for serve"),
+    (["--subnets", "subnet-0123abcd"], "--subnets and --security-groups go together"),
+])
+def test_policy_mistakes_are_one_line(extra, needle):
+    proc = run_cli("sm", "policy", "--account", "123456789012", "--region", "us-east-1", *extra, env=ENV)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_policy_creates_the_role_in_iam(moto_endpoint):  # noqa: F811
+    """The dry run prints CreateRole/PutRolePolicy (validated against IAM's API shapes); sent to moto's IAM, the
+    role comes back with both documents as printed (moto's IAM checks a policy document's grammar)."""
+    proc = run_cli("sm", *POLICY, "--create-role", "bc-exec", "--tag", "team=vision", "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    docs = _docs(proc.stdout)
+    assert [d["api"] for d in docs] == ["CreateRole", "PutRolePolicy"]
+    proc = run_cli("sm", *POLICY, "--create-role", "bc-exec", "--tag", "team=vision", "--endpoint-url",
+                   moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["arn"] == "arn:aws:iam::123456789012:role/bc-exec"
+    iam = boto3.client("iam", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                       aws_secret_access_key="testing")
+    role = iam.get_role(RoleName="bc-exec")["Role"]
+    assert role["AssumeRolePolicyDocument"] == json.loads(docs[0]["request"]["AssumeRolePolicyDocument"])
+    assert {t["Key"]: t["Value"] for t in role["Tags"]}["team"] == "vision"
+    got = iam.get_role_policy(RoleName="bc-exec", PolicyName="bincounter-sm")["PolicyDocument"]
+    assert got == json.loads(docs[1]["request"]["PolicyDocument"])
+    # moto refuses a malformed document (MalformedPolicyDocument); as a managed policy it passes too
+    iam.create_policy(PolicyName="bc-exec-check", PolicyDocument=docs[1]["request"]["PolicyDocument"])
