@@ -331,3 +331,64 @@ def test_policy_creates_the_role_in_iam(moto_endpoint):  # noqa: F811
     assert got == json.loads(docs[1]["request"]["PolicyDocument"])
     # moto refuses a malformed document (MalformedPolicyDocument); as a managed policy it passes too
     iam.create_policy(PolicyName="bc-exec-check", PolicyDocument=docs[1]["request"]["PolicyDocument"])
+
+
+# ------------------------------------------------------------------------------------------ project config
+CONFIG = f"""[sm]
+role = "{ROLE}"
+region = "us-east-1"
+project = "bin-counter"
+subnets = ["subnet-0123abcd"]
+security_groups = ["sg-89abcdef"]
+kms_key = "{KEY}"
+[sm.tags]
+team = "vision"
+"""
+
+
+def test_project_config_sets_what_flags_would_and_says_so(cli, tmp_path):
+    (tmp_path / "bincounter.toml").write_text(CONFIG)
+    no_role = [a for a in TRAIN if a not in ("--role", ROLE)]
+    rc, docs, err = cli("train", *no_role, "--endpoint-url", "http://127.0.0.1:9", "--tag", "team=ml",
+                        "--dry-run", cwd=tmp_path)
+    assert rc == 0, err
+    r = _request(docs, "CreateTrainingJob")
+    assert r["RoleArn"] == ROLE and r["VpcConfig"]["Subnets"] == ["subnet-0123abcd"]
+    assert r["OutputDataConfig"]["KmsKeyId"] == KEY
+    assert _tags(r) == {"project": "bin-counter", "bincounter:version": "0.1.0", "team": "ml"}  # the flag wins
+    src = str(tmp_path / "bincounter.toml").replace(str(tmp_path) + "/", "")
+    for line in (f"setting: role = {ROLE} (from {src})", f"setting: region = us-east-1 (from {src})",
+                 f"setting: kms_key = {KEY} (from {src})", "setting: tags = {'team': 'ml'} (from --tag)"):
+        assert line in err, err
+    # a flag wins over the file
+    rc, docs, err = cli("train", *TRAIN, "--endpoint-url", "http://127.0.0.1:9", "--subnets", "subnet-0123ffff",
+                        "--dry-run", cwd=tmp_path)
+    assert _request(docs, "CreateTrainingJob")["VpcConfig"]["Subnets"] == ["subnet-0123ffff"]
+    assert "setting: subnets = ('subnet-0123ffff',) (from --subnets)" in err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[sm]\nsubnet = ['subnet-0123abcd']\n", "unknown key sm.subnet (did you mean subnets?)"),
+    ("[sm]\nisolation = 'yes'\n", "sm.isolation must be a bool, got 'yes'"),
+    ("[sm\n", "bincounter.toml: "),
+])
+def test_a_bad_project_config_is_one_line(cli, tmp_path, text, needle):
+    (tmp_path / "bincounter.toml").write_text(text)
+    rc, _, err = cli("train", *TRAIN, *NOWHERE, "--dry-run", cwd=tmp_path)
+    assert rc == 2 and needle in err, err
+
+
+def test_every_sm_command_reads_the_config_and_help_names_it(cli, tmp_path, capsys):
+    from bincounter.cli import main
+
+    (tmp_path / "elsewhere.toml").write_text('[sm]\nrole = "nope"\nregion = "eu-west-1"\n')
+    rc, docs, err = cli("batch", "--model", "m", "--input", "s3://bkt/in/", "--output", "s3://bkt/out/",
+                        "--instance-type", "ml.m5.xlarge", "--config", str(tmp_path / "elsewhere.toml"),
+                        "--endpoint-url", "http://127.0.0.1:9", "--dry-run")
+    assert rc == 0 and "region = eu-west-1" in err, err
+    rc, _, err = cli("train", *TRAIN, "--config", str(tmp_path / "missing.toml"), *NOWHERE, "--dry-run")
+    assert rc == 2 and "missing.toml: no such file (--config)" in err
+    for cmd in ("train", "tune", "deploy", "batch", "delete", "status", "policy"):
+        with pytest.raises(SystemExit):
+            main(["sm", cmd, "--help"])
+        assert "bincounter.toml" in " ".join(capsys.readouterr().out.split()), cmd
