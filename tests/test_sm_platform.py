@@ -392,3 +392,12 @@ def test_every_sm_command_reads_the_config_and_help_names_it(cli, tmp_path, caps
         with pytest.raises(SystemExit):
             main(["sm", cmd, "--help"])
         assert "bincounter.toml" in " ".join(capsys.readouterr().out.split()), cmd
+
+
+def test_the_instance_type_comes_from_the_config_unless_typed(cli, tmp_path):
+    (tmp_path / "bincounter.toml").write_text('[sm]\ninstance_type = "ml.m5.xlarge"\n')
+    args = ["batch", "--model", "m", "--input", "s3://bkt/in/", "--output", "s3://bkt/out/", *NOWHERE, "--dry-run"]
+    rc, docs, err = cli(*args, cwd=tmp_path)
+    assert _request(docs, "CreateTransformJob")["TransformResources"]["InstanceType"] == "ml.m5.xlarge", err
+    rc, docs, err = cli(*args, "--instance-type", "ml.g5.xlarge", cwd=tmp_path)  # typed, though the default
+    assert _request(docs, "CreateTransformJob")["TransformResources"]["InstanceType"] == "ml.g5.xlarge", err

@@ -74,6 +74,22 @@ def add_platform_options(p, kind: str) -> None:
                    f"{what}")
 
 
+class Default(str):
+    """A flag's default that --help shows as usual but that the project config may replace (a value the user
+    typed is a plain str)."""
+
+
+def instance_type(args) -> str | None:
+    """--instance-type if typed, else the project config's, else the flag's default (None: the command's own)."""
+    given = args.instance_type
+    default = str(given) if isinstance(given, Default) else None
+    value, source = project_config.resolve(given if default is None else None, "instance_type", config(args),
+                                           "--instance-type", default)
+    if source != "default":
+        _say(args, "instance_type", value, source)
+    return value
+
+
 def config(args) -> project_config.ProjectConfig:
     return project_config.load(getattr(args, "config", None))
 
