@@ -128,8 +128,12 @@ def cmd_upload(args) -> int:
     from ..data.upload import plan_upload, upload, upload_pool_size
 
     with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
+        if args.kms_key:
+            from ..sm.platform import check_kms_key
+
+            check_kms_key(args.kms_key, args.region)
         client = _s3(args, upload_pool_size(args.workers))
-        plan = plan_upload(args.src, args.dest, client)
+        plan = plan_upload(args.src, args.dest, client, kms_key=args.kms_key)
         if args.dry_run:
             print("\n".join(plan.describe(args.force)))
             return 0
@@ -250,5 +254,8 @@ def register(sub) -> None:
     up.add_argument("--force", action="store_true",
                     help="delete the objects DIR does not hold even when they are not bincounter channels or more "
                     "than half of the prefix")
+    up.add_argument("--kms-key", metavar="KEY", help="encrypt every object with SSE-KMS under this customer key "
+                    "(id, ARN, alias); unchanged objects are then found with one HeadObject each (an SSE-KMS "
+                    "object's ETag is not its MD5)")
     _s3_options(up)
     up.set_defaults(func=cmd_upload)

@@ -9,6 +9,7 @@ what was created, where to look and how to undo it.
   cli/sm_endpoint.py  deploy, update, rollback, predict, evaluate, delete
   cli/sm_follow.py    status, logs, report, collect
   cli/sm_pipeline.py  pipeline upsert, start, status, local
+  cli/sm_policy.py    policy
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ..sm import cost
-from . import sm_endpoint, sm_follow, sm_jobs, sm_pipeline
+from . import sm_endpoint, sm_follow, sm_jobs, sm_pipeline, sm_policy
 from .sm_common import text
 
 
@@ -45,6 +46,7 @@ def add_arguments(sub) -> None:
     sm_follow.add_logs(sub, _Help)
     sm_follow.add_report(sub, _Help)
     sm_follow.add_collect(sub, _Help)
+    sm_policy.add_policy(sub, _Help)
 
 
 def epilog() -> str:

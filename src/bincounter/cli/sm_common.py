@@ -1,12 +1,19 @@
-"""The options every `bincounter sm` sub-command shares (AWS target, --dry-run, --role, --price-per-hour), and the
-one way the CLI turns them into an `AwsTarget`."""
+"""The options every `bincounter sm` sub-command shares (AWS target, --dry-run, --role, --price-per-hour, --config,
+the platform settings), and the one way the CLI turns them into an `AwsTarget`, a role and `PlatformSettings`,
+each flag resolved against the project config (`sm.project_config`)."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 
-from ..sm import cost
+from .. import __version__
+from ..errors import UserError
+from ..sm import cost, project_config
+from ..sm.platform import INTER_CONTAINER_COST, PlatformSettings, parse_tags, split_ids
 from ..sm.target import AwsTarget
+
+log = logging.getLogger("bincounter")
 
 
 def text(*paragraphs: str) -> str:
@@ -20,6 +27,7 @@ def add_aws_options(p) -> None:
     p.add_argument("--profile", help="AWS named profile (~/.aws/config); default: the environment's credentials")
     p.add_argument("--endpoint-url", help="one endpoint for every AWS API (tests: moto in server mode)")
     p.add_argument("-v", "--verbose", action="store_true", help="also the SageMaker SDK's own INFO/DEBUG log lines")
+    p.add_argument("--config", metavar="FILE", help=project_config.HELP)
 
 
 def add_common(p, needs_role: bool = False, costed: bool = True) -> None:
@@ -30,8 +38,9 @@ def add_common(p, needs_role: bool = False, costed: bool = True) -> None:
                    + "; no network call, no credentials needed (values that would come from AWS are "
                      "placeholders)")
     if needs_role:
-        p.add_argument("--role", required=True, help="SageMaker execution role: an ARN, or a role name (expanded "
-                       "with your account from STS)")
+        p.add_argument("--role", help="SageMaker execution role: an ARN, or a role name (expanded with your account "
+                       "from STS); required here or as role in the project config (bincounter sm policy prints "
+                       "what it needs)")
 
 
 def add_price(p) -> None:
@@ -41,6 +50,103 @@ def add_price(p) -> None:
                         "bincounter sm --help)")
 
 
+def add_platform_options(p, kind: str) -> None:
+    """--tag, and by `kind` (train, tune, deploy, batch) the VPC, KMS, isolation and encryption flags."""
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag every resource the command creates, "
+                   "repeatable; added to the project config's tags and the defaults project=bincounter, "
+                   f"bincounter:version={__version__}")
+    if kind != "batch":
+        where = "the training instances" if kind in ("train", "tune") else "the model's containers"
+        p.add_argument("--subnets", metavar="ID,ID", help=f"run {where} in these VPC subnets (subnet-...; with "
+                       "--security-groups); ids are checked offline, that they share one VPC is not")
+        p.add_argument("--security-groups", metavar="ID,ID", help="VPC security groups (sg-...; with --subnets)")
+        p.add_argument("--isolation", action="store_true", default=None,
+                       help="network isolation (EnableNetworkIsolation): the container reaches no network; "
+                            + ("ImageNet weights must then come from --pretrained (or --hp pretrained=false)"
+                               if kind in ("train", "tune") else "the model must not need one"))
+    if kind in ("train", "tune"):
+        p.add_argument("--inter-container-encryption", action="store_true", default=None,
+                       help=f"encrypt traffic between training instances; {INTER_CONTAINER_COST}")
+    what = {"train": "the training volume and output (model.tar.gz)", "tune": "every trial's volume and output",
+            "deploy": "the endpoint's storage volume and data capture",
+            "batch": "the transform job's volume and output"}[kind]
+    p.add_argument("--kms-key", metavar="KEY", help=f"customer KMS key (id, ARN; alias where the API takes one) for "
+                   f"{what}")
+
+
+class Default(str):
+    """A flag's default that --help shows as usual but that the project config may replace (a value the user
+    typed is a plain str)."""
+
+
+def instance_type(args) -> str | None:
+    """--instance-type if typed, else the project config's, else the flag's default (None: the command's own)."""
+    given = args.instance_type
+    default = str(given) if isinstance(given, Default) else None
+    value, source = project_config.resolve(given if default is None else None, "instance_type", config(args),
+                                           "--instance-type", default)
+    if source != "default":
+        _say(args, "instance_type", value, source)
+    return value
+
+
+def config(args) -> project_config.ProjectConfig:
+    return project_config.load(getattr(args, "config", None))
+
+
+def _say(args, what: str, value, source: str) -> None:
+    if getattr(args, "dry_run", False) and value not in (None, (), [], {}) and not (source == "default"
+                                                                                    and value is False):
+        log.info("setting: %s = %s (from %s)", what, value, source)
+
+
 def target(args) -> AwsTarget:
-    """Where the command sends its requests; sub-commands without --dry-run are never dry runs."""
-    return AwsTarget(args.region, args.profile, args.endpoint_url, bool(getattr(args, "dry_run", False)))
+    """Where the command sends its requests; sub-commands without --dry-run are never dry runs. --region and
+    --profile fall back to the project config's."""
+    cfg = config(args)
+    region, rsrc = project_config.resolve(args.region, "region", cfg, "--region")
+    profile, psrc = project_config.resolve(args.profile, "profile", cfg, "--profile")
+    _say(args, "region", region, rsrc)
+    _say(args, "profile", profile, psrc)
+    return AwsTarget(region, profile, args.endpoint_url, bool(getattr(args, "dry_run", False)))
+
+
+def role(args) -> str:
+    """--role, else the project config's role."""
+    value, source = project_config.resolve(args.role, "role", config(args), "--role")
+    if not value:
+        raise UserError("no execution role: pass --role ARN_OR_NAME or set role in the project config "
+                        f"(./{project_config.DEFAULT_FILE}, [sm] role = ...)")
+    _say(args, "role", value, source)
+    return value
+
+
+def platform_settings(args) -> PlatformSettings:
+    """The platform flags the command has, each resolved against the project config, with the default tags."""
+    cfg = config(args)
+
+    def pick(attr, key, flag, default=None, convert=lambda v: v):
+        given = getattr(args, attr, None)
+        value, source = project_config.resolve(convert(given) if given is not None else None, key, cfg, flag,
+                                               default)
+        if not hasattr(args, attr) and source != "default":  # a setting this command does not take
+            if getattr(args, "dry_run", False):
+                log.info("setting: %s from %s is not used by this command (sm batch: the model's VPC and "
+                         "isolation apply)", key, source)
+            return default
+        _say(args, key, value, source)
+        return value
+
+    project, source = project_config.resolve(None, "project", cfg, "", "bincounter")
+    defaults = {"project": project, "bincounter:version": __version__, **cfg.get("tags", {})}
+    _say(args, "default tags", defaults, source if "tags" not in cfg.values else cfg.source)
+    tags = parse_tags(getattr(args, "tag", None))
+    _say(args, "tags", dict(tags), "--tag")
+    return PlatformSettings(
+        tags=tags, subnets=tuple(pick("subnets", "subnets", "--subnets", (), split_ids)),
+        security_groups=tuple(pick("security_groups", "security_groups", "--security-groups", (), split_ids)),
+        kms_key=pick("kms_key", "kms_key", "--kms-key"), isolation=bool(pick("isolation", "isolation",
+                                                                             "--isolation", False)),
+        inter_container_encryption=bool(pick("inter_container_encryption", "inter_container_encryption",
+                                             "--inter-container-encryption", False)),
+    ).with_default_tags(defaults)

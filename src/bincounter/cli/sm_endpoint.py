@@ -7,7 +7,16 @@ from __future__ import annotations
 from ..errors import UserError
 from ..sm.checks import DEFAULT_INSTANCE
 from ..sm.specs import EndpointSpec
-from .sm_common import add_common, add_price, target
+from .sm_common import (
+    Default,
+    add_common,
+    add_platform_options,
+    add_price,
+    instance_type,
+    platform_settings,
+    role,
+    target,
+)
 
 
 def add_deploy(sub, formatter) -> None:
@@ -34,7 +43,7 @@ def add_deploy(sub, formatter) -> None:
                    help="a serverless endpoint instead of instances: memory 1024..6144 in steps of 1024, max "
                         "concurrency 1..200 (default 5); no idle cost, cold starts after idle periods. Images over "
                         "10 GiB are refused by SageMaker: use --cpu-image")
-    d.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
+    d.add_argument("--instance-type", default=Default(DEFAULT_INSTANCE), help="billed per instance-hour")
     d.add_argument("--instance-count", type=int, default=1)
     d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
     d.add_argument("--invocations-per-instance", type=int, default=300)
@@ -44,6 +53,7 @@ def add_deploy(sub, formatter) -> None:
                    help="return once the endpoint is being created (default: wait for InService, showing the "
                         "deployment's progress and logs; --autoscale always waits)")
     add_price(d)
+    add_platform_options(d, "deploy")
     d.set_defaults(func=cmd_deploy)
 
 
@@ -149,13 +159,14 @@ def endpoint_spec(args) -> EndpointSpec:
     from ..sm.endpoint import parse_serverless
 
     return EndpointSpec(
-        role=args.role, name=args.name, training_job=args.training_job, model_data=args.model_data,
+        role=role(args), name=args.name, training_job=args.training_job, model_data=args.model_data,
         model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
         serverless=parse_serverless(args.serverless) if args.serverless else None,
-        instance_type=args.instance_type, instance_count=args.instance_count,
+        instance_type=instance_type(args), instance_count=args.instance_count,
         autoscale=_ints(args.autoscale) if args.autoscale else None,
         invocations_per_instance=args.invocations_per_instance, capture_s3=args.capture_s3,
-        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour)
+        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour,
+        platform=platform_settings(args))
 
 
 def cmd_deploy(args) -> int:

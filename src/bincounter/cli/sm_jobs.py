@@ -6,7 +6,17 @@ from __future__ import annotations
 from ..sm import channels, hyperparameters, jobs, sdk
 from ..sm.checks import DEFAULT_INSTANCE
 from ..sm.specs import DEFAULT_MAX_RUNTIME_S, TRAIN_INSTANCE_COUNT, BatchSpec, TrainingJobSpec, TuningJobSpec
-from .sm_common import add_common, add_price, target, text
+from .sm_common import (
+    Default,
+    add_common,
+    add_platform_options,
+    add_price,
+    instance_type,
+    platform_settings,
+    role,
+    target,
+    text,
+)
 
 RULE = ("batch_size is per training process (one per GPU, or one per instance without GPUs); lr is used as "
         "given, not scaled: more instances train with a larger global batch at the same lr.")
@@ -20,7 +30,7 @@ def _add_training_options(p, type_help: str = "billed per instance-hour") -> Non
     p.add_argument("--test", help="s3:// test channel (evaluated after training)")
     p.add_argument("--pretrained", help="s3:// channel with ImageNet weights (offline pretraining)")
     p.add_argument("--output", required=True, help="s3:// output path (model.tar.gz, reports)")
-    p.add_argument("--instance-type", default=DEFAULT_INSTANCE, help=type_help)
+    p.add_argument("--instance-type", default=Default(DEFAULT_INSTANCE), help=type_help)
     p.add_argument("--spot", action="store_true", help="managed spot training (cheaper, may be interrupted)")
     p.add_argument("--max-runtime", type=int, default=DEFAULT_MAX_RUNTIME_S, help="seconds per job; bounds the cost")
     p.add_argument("--wait", action="store_true", help="stay until the job ends, printing its log (tune: its "
@@ -49,6 +59,7 @@ def add_tune(sub, formatter) -> None:
                            "No checkpoints: SageMaker would give every trial the same checkpoint URI."))
     add_common(t, True)
     _add_training_options(t)
+    add_platform_options(t, "tune")
     t.add_argument("--checkpoint-s3", help="refused: SageMaker would give every trial this one URI")
     t.add_argument("--name", help="tuning job name (<= 32 characters; default bc-hpo-<time>)")
     t.add_argument("--instance-count", type=int, default=1, help="instances per trial")
@@ -78,6 +89,7 @@ def add_train(sub, formatter) -> None:
     _add_training_options(tr, f"billed per instance-hour; default {DEFAULT_INSTANCE}, with --from-tuning-job the "
                           "trials' type")
     tr.set_defaults(instance_type=None)
+    add_platform_options(tr, "train")
     tr.add_argument("--checkpoint-s3", help="s3:// checkpoint prefix, one per job (resumes after a spot "
                     "interruption; needed with --spot)")
     tr.add_argument("--name", help="job name prefix (the SDK appends a timestamp)")
@@ -102,7 +114,7 @@ def add_batch(sub, formatter) -> None:
     b.add_argument("--model", required=True, help="SageMaker model name (from deploy)")
     b.add_argument("--input", required=True, help="s3:// prefix of images")
     b.add_argument("--output", required=True, help="s3:// output prefix")
-    b.add_argument("--instance-type", default=DEFAULT_INSTANCE, help="billed per instance-hour")
+    b.add_argument("--instance-type", default=Default(DEFAULT_INSTANCE), help="billed per instance-hour")
     b.add_argument("--instance-count", type=int, default=1)
     b.add_argument("--name")
     b.add_argument("--wait", action="store_true", help="stay until the job ends, printing its log; exit non-zero "
@@ -110,6 +122,7 @@ def add_batch(sub, formatter) -> None:
     b.add_argument("--collect", metavar="CSV", help="wait for the job, then write its results as one CSV (image, "
                    "count, p1..p5, ...; later: bincounter sm collect JOB --csv FILE)")
     add_price(b)
+    add_platform_options(b, "batch")
     b.set_defaults(func=cmd_batch)
 
 
@@ -117,12 +130,12 @@ def training_spec(args, **train_only) -> TrainingJobSpec:
     """The flags sm train and sm tune share -> the training job (a tuning job: its trials'); `train_only`: the
     spec's fields only sm train has flags for."""
     return TrainingJobSpec(
-        image=args.image, role=args.role, train=args.train, val=args.val, output=args.output, test=args.test,
-        pretrained=args.pretrained, instance_type=args.instance_type, instance_count=args.instance_count,
+        image=args.image, role=role(args), train=args.train, val=args.val, output=args.output, test=args.test,
+        pretrained=args.pretrained, instance_type=instance_type(args), instance_count=args.instance_count,
         hyperparameters=jobs.parse_kv(args.hp), input_mode=args.input_mode, volume_gb=args.volume_size,
         data_size_gb=args.data_size_gb, max_runtime_s=args.max_runtime, spot=args.spot,
         checkpoint_s3=args.checkpoint_s3, price_per_hour=args.price_per_hour, name=args.name, wait=args.wait,
-        **train_only)
+        platform=platform_settings(args), **train_only)
 
 
 def cmd_tune(args) -> int:
@@ -145,7 +158,7 @@ def cmd_train(args) -> int:
 def cmd_batch(args) -> int:
     from ..sm import batch
 
-    spec = BatchSpec(model=args.model, input=args.input, output=args.output, instance_type=args.instance_type,
+    spec = BatchSpec(model=args.model, input=args.input, output=args.output, instance_type=instance_type(args),
                      instance_count=args.instance_count, name=args.name, wait=args.wait, collect_csv=args.collect,
-                     price_per_hour=args.price_per_hour)
+                     price_per_hour=args.price_per_hour, platform=platform_settings(args))
     return batch.start(spec, target(args))

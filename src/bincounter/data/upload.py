@@ -8,7 +8,11 @@
 * it refuses in one line, before anything is sent, when the deletions look like a mistake: objects that are not a
   channel layout (another tool's files), or more than half of what the prefix holds with names the local tree
   lacks (another data set? a re-split only moves the same bins between splits); `force` overrides;
-* `describe` is the dry run: counts and the first keys of each kind.
+* `describe` is the dry run: counts and the first keys of each kind;
+* `kms_key` (SSE-KMS): every object is written encrypted with the customer key. S3's ETag of an SSE-KMS object is
+  not an MD5, so each object is also given its MD5 ETag as metadata (`x-amz-meta-bincounter-etag`), and an object
+  of the same size counts as unchanged only when a HeadObject shows it under that key with that metadata (one
+  HEAD per such file; an object stored unencrypted, or under another key, is uploaded again).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ CHANNEL_KEY = re.compile(r"^(manifest\.csv|(train|val|test)/(\d+/[^/]+\.(jpe?g|p
 MAX_DELETE_FRACTION = 0.5
 #: keys shown per kind by the dry run
 PREVIEW = 5
+#: the object metadata carrying a file's MD5 ETag (an SSE-KMS object's own ETag is not its MD5)
+ETAG_META = "bincounter-etag"
 #: S3's limit on keys per DeleteObjects request
 DELETE_BATCH = 1000
 
@@ -68,6 +74,7 @@ class UploadPlan:
     todo: list[tuple[str, Path]]  # those whose object is missing or differs
     extra: list[str] = field(default_factory=list)  # keys under the prefix that the local tree does not hold
     remote: int = 0  # objects under the prefix before the upload
+    kms_key: str | None = None  # SSE-KMS with this customer key
 
     @property
     def uri(self) -> str:
@@ -100,6 +107,9 @@ class UploadPlan:
         lines = [f"dry run: {self.src} -> {self.uri}: would upload {len(self.todo)} files ({mb:.1f} MB), skip "
                  f"{len(self.files) - len(self.todo)} unchanged, would delete {len(self.extra)} objects that "
                  f"{self.src} does not hold"]
+        if self.kms_key:
+            lines.append(f"  encrypted with SSE-KMS key {self.kms_key} (objects there unencrypted or under another "
+                         "key count as changed; that the key exists and you may use it is not checked here)")
         for verb, keys in (("upload", sorted(k for k, _ in self.todo)), ("delete", sorted(self.extra))):
             lines += [f"  {verb} s3://{self.bucket}/{k}" for k in keys[:PREVIEW]]
             if len(keys) > PREVIEW:
@@ -111,9 +121,35 @@ class UploadPlan:
         return lines
 
 
-def plan_upload(src: str | Path, uri: str, client) -> UploadPlan:
+def _kms_matches(given: str, got: str | None) -> bool:
+    """Is an object's SSEKMSKeyId (S3 answers the key ARN) the key given (an id, ARN, alias or alias ARN)? An alias
+    cannot be resolved without KMS: any customer key passes then."""
+    if not got:
+        return False
+    if "alias/" in given:
+        return True
+    return got == given or got.endswith(f"/{given}") or given.endswith(f"/{got}")
+
+
+def _unchanged_under_key(client, bucket: str, candidates: list[tuple[str, Path]], kms_key: str,
+                         workers: int = 16) -> set[str]:
+    """The keys among `candidates` (same size as the local file) stored with SSE-KMS under `kms_key` and holding
+    the local file's MD5 ETag as metadata (one HeadObject each, in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def same(job):
+        key, path = job
+        head = client.head_object(Bucket=bucket, Key=key)
+        return (head.get("ServerSideEncryption") == "aws:kms" and _kms_matches(kms_key, head.get("SSEKMSKeyId"))
+                and head.get("Metadata", {}).get(ETAG_META) == etag(path))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return {k for (k, _), ok in zip(candidates, pool.map(same, candidates), strict=True) if ok}
+
+
+def plan_upload(src: str | Path, uri: str, client, kms_key: str | None = None) -> UploadPlan:
     """Compare `src` (train/, val/, test/, manifest.csv) with what s3://bucket/prefix holds. Sends only list
-    requests."""
+    requests (with `kms_key`: a HeadObject per file whose object has its size)."""
     src = Path(src)
     bucket, prefix = parse_s3_uri(uri)
     if not src.is_dir():
@@ -134,9 +170,14 @@ def plan_upload(src: str | Path, uri: str, client) -> UploadPlan:
         for o in page.get("Contents", []):
             if not (o["Key"].endswith("/") and o["Size"] == 0):  # a console "folder": neither ours nor harmful
                 remote[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
-    todo = [(k, p) for k, p in files if remote.get(k) != (p.stat().st_size, etag(p))]
+    if kms_key:
+        sized = [(k, p) for k, p in files if k in remote and remote[k][0] == p.stat().st_size]
+        same = _unchanged_under_key(client, bucket, sized, kms_key)
+        todo = [(k, p) for k, p in files if k not in same]
+    else:
+        todo = [(k, p) for k, p in files if remote.get(k) != (p.stat().st_size, etag(p))]
     local = {k for k, _ in files}
-    return UploadPlan(src, bucket, prefix, channels, files, todo, sorted(set(remote) - local), len(remote))
+    return UploadPlan(src, bucket, prefix, channels, files, todo, sorted(set(remote) - local), len(remote), kms_key)
 
 
 def delete_keys(client, bucket: str, keys: list[str]) -> dict[str, str]:
@@ -168,7 +209,9 @@ def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> 
         if stop.is_set():
             raise KeyboardInterrupt
         try:
-            client.upload_file(str(path), plan.bucket, key, Config=config)
+            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": plan.kms_key,
+                     "Metadata": {ETAG_META: etag(path)}} if plan.kms_key else None
+            client.upload_file(str(path), plan.bucket, key, Config=config, ExtraArgs=extra)
         except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
             raise OSError(" ".join(str(e).split())) from None
         return path.stat().st_size

@@ -6,6 +6,7 @@ a model (one request per image) and its JSON answer written under the output pre
 from __future__ import annotations
 
 import json
+import logging
 
 from .. import aws
 from ..errors import UserError
@@ -13,6 +14,18 @@ from . import cost, jobs, printing, sdk
 from .checks import check_instance_type
 from .specs import BatchSpec
 from .target import AwsTarget
+
+log = logging.getLogger("bincounter")
+
+
+def _check_platform(spec: BatchSpec, region: str) -> None:
+    """A transform job runs in its model's VPC, with its model's isolation: they are set when the model is
+    created (sm deploy --subnets/--isolation), not here."""
+    p = spec.platform
+    if p.subnets or p.isolation or p.inter_container_encryption:
+        raise UserError("sm batch: a transform job runs in its model's VPC and with its model's network isolation; "
+                        "set --subnets/--security-groups/--isolation when the model is created (sm deploy)")
+    p.check(region)
 
 
 def start(spec: BatchSpec, target: AwsTarget) -> int:
@@ -23,10 +36,15 @@ def start(spec: BatchSpec, target: AwsTarget) -> int:
     region = target.resolved_region()
     if spec.instance_count < 1:
         raise UserError(f"--instance-count {spec.instance_count}: must be >= 1")
+    _check_platform(spec, region)
+    if target.dry_run:
+        for n in spec.platform.dry_run_notes():
+            log.warning("%s", n)
     printing.cost(cost.hourly_line(what="while the job runs", instance_type=spec.instance_type,
                                    instance_count=spec.instance_count, price_per_hour=spec.price_per_hour,
                                    region=region))
-    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run) as (session, captured):
+    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
+                         spec.platform) as (session, captured):
         sdk.batch_transform(session, name=name, model=spec.model, input_s3=spec.input, output_s3=spec.output,
                             instance_type=spec.instance_type, instance_count=spec.instance_count)
     if target.dry_run:

@@ -105,6 +105,15 @@ def deploy(spec: EndpointSpec, target: AwsTarget) -> int:
     _check(spec)
     scaling = jobs.autoscaling_requests(name, *spec.autoscale, spec.invocations_per_instance) if spec.autoscale \
         else None
+    spec.platform.check(region)
+    if spec.platform.inter_container_encryption:
+        raise UserError("--inter-container-encryption is a training setting (traffic between training instances); "
+                        "an endpoint's instances do not talk to each other")
+    if target.dry_run:
+        for n in spec.platform.dry_run_notes():
+            log.warning("%s", n)
+    if scaling and spec.platform.tags:  # the scalable target is tagged like the endpoint
+        scaling = ({**scaling[0], "Tags": dict(spec.platform.tags)}, scaling[1])
     role = target.role_arn(spec.role, region)
     model_data, image = _model(spec, target, region)
     if serverless:
@@ -120,7 +129,8 @@ def deploy(spec: EndpointSpec, target: AwsTarget) -> int:
                                        max_count=scaling[0]["MaxCapacity"] if scaling else None,
                                        price_per_hour=spec.price_per_hour, region=region))
     sdk_wait = spec.wait and not (target.dry_run or scaling)
-    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run) as (session, captured):
+    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
+                         spec.platform) as (session, captured):
         endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=role,
                                        instance_type=spec.instance_type, instance_count=spec.instance_count,
                                        capture_s3=spec.capture_s3, capture_percent=spec.capture_percent,

@@ -146,9 +146,11 @@ def _is_write(api: str) -> bool:
 
 
 @contextmanager
-def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_run: bool):
+def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_run: bool, platform=None):
     """Yields (sagemaker Session, recorded writes). In a dry run every API call is answered locally
-    (`_dry_answer`) or, where there is no local answer, stopped: that ends the SDK call (caught here)."""
+    (`_dry_answer`) or, where there is no local answer, stopped: that ends the SDK call (caught here).
+    `platform` (a `platform.PlatformSettings`): its tags/VPC/KMS/isolation fields are added to every SageMaker
+    request the SDK makes (`platform.hook`), before botocore validates and sends it (or the dry run records it)."""
     import boto3
 
     sdk_compat.quiet_region_notice()
@@ -170,6 +172,10 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
             os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
         captured: list[dict] = []  # the writes, in order
         boto_session = boto3.Session(region_name=region, profile_name=profile)
+        if platform is not None:
+            from .platform import hook
+
+            boto_session.events.register("before-parameter-build.sagemaker", hook(platform))
         if dry_run:
             from botocore.awsrequest import AWSResponse
 

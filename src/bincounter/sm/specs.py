@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .checks import DEFAULT_INSTANCE
+from .platform import PlatformSettings
 
 DEFAULT_MAX_RUNTIME_S = 4 * 3600
 TRAIN_INSTANCE_COUNT = 2  # sm train's default (a tuning trial's: 1)
@@ -45,6 +46,7 @@ class TrainingJobSpec:
     from_tuning_job: str | None = None  # training only: start from this tuning job's best hyperparameters
     profiler: bool = True  # training only: SageMaker's system profiler and its ProfilerReport rule
     profiler_interval_ms: int = 500
+    platform: PlatformSettings = PlatformSettings()  # tags, VPC, KMS key, isolation (a tuning job: its trials')
 
     @property
     def channels(self) -> dict[str, str]:
@@ -91,6 +93,7 @@ class EndpointSpec:
     capture_percent: int = 100
     wait: bool = True  # wait for InService (autoscaling always does)
     price_per_hour: float | None = None
+    platform: PlatformSettings = PlatformSettings()  # the model's VPC/isolation, every resource's tags, the key
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,4 @@ class BatchSpec:
     wait: bool = False
     collect_csv: str | None = None  # wait, then write the results as one CSV
     price_per_hour: float | None = None
+    platform: PlatformSettings = PlatformSettings()  # tags and KMS key (VPC and isolation: the model's)

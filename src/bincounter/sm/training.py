@@ -37,6 +37,30 @@ def check_job(spec: TrainingJobSpec) -> None:
         raise UserError("--price-per-hour must be >= 0")
 
 
+def check_isolation(spec: TrainingJobSpec, hps: dict) -> None:
+    """A job without network access (isolation) cannot download ImageNet weights: they must come from the
+    pretrained channel, or the job must not start from them. Refused before any request, a dry run too."""
+    if not spec.platform.isolation or spec.pretrained:
+        return
+    if str(hps.get("pretrained", "true")).strip().lower() in ("false", "0", "no"):
+        return
+    raise UserError("--isolation with ImageNet weights downloaded by the job (timm's source, which needs the "
+                    "network): give them as a channel (bincounter weights fetch --arch ARCH --out w; data upload; "
+                    "--pretrained s3://.../w/) or pass --hp pretrained=false")
+
+
+def platform_checks(spec: TrainingJobSpec, hps: dict, region: str, instance_count: int | None) -> None:
+    """The platform settings' offline checks (`platform.PlatformSettings.check_training`) and isolation's."""
+    spec.platform.check_training(region, instance_count)
+    check_isolation(spec, hps)
+
+
+def dry_run_notes(spec: TrainingJobSpec, target: AwsTarget) -> None:
+    if target.dry_run:
+        for n in spec.platform.dry_run_notes():
+            log.warning("%s", n)
+
+
 def check_pretrained(spec: TrainingJobSpec, target: AwsTarget, archs: list[str]) -> None:
     """The `pretrained` channel must hold weights for the arch(s) the job trains: its provenance JSON (written by
     `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any request,
@@ -123,11 +147,14 @@ def start(spec: TrainingJobSpec, target: AwsTarget) -> int:
     hyperparameters.validate({k: v for k, v in hps.items() if not (target.dry_run and k in tuned and k not in user)})
     check_pretrained(spec, target, [hps.get("arch") or hyperparameters.default("arch")])
     itype, count = instances_for_training(spec.instance_type, spec.instance_count, trial_type, trial_count)
+    platform_checks(spec, hps, region, count)
+    dry_run_notes(spec, target)
     role = target.role_arn(spec.role, region)
     printing.cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=spec.max_runtime_s,
                                 spot=spec.spot, price_per_hour=spec.price_per_hour, region=region))
     chans, volume = input_plan(spec, target)
-    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run) as (session, captured):
+    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
+                         spec.platform) as (session, captured):
         trainer = sdk.model_trainer(session, image=spec.image, role=role, instance_type=itype,
                                     instance_count=count, hyperparameters=jobs.hp_strings({"progress": False, **hps}),
                                     output_path=spec.output, spot=spec.spot, checkpoint_s3=spec.checkpoint_s3,

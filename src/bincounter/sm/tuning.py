@@ -41,6 +41,8 @@ def start(spec: TuningJobSpec, target: AwsTarget) -> int:
                               list(ranges.get("arch") or [user.get("arch") or hyperparameters.default("arch")]))
     name = job.name or jobs.job_name("bc-hpo", 32)
     region = target.resolved_region()
+    training.platform_checks(job, user, region, count)
+    training.dry_run_notes(job, target)
     role = target.role_arn(job.role, region)
     printing.cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=job.max_runtime_s,
                                 jobs=spec.max_jobs, spot=job.spot, price_per_hour=job.price_per_hour, region=region))
@@ -49,7 +51,8 @@ def start(spec: TuningJobSpec, target: AwsTarget) -> int:
     log.info("profiler: a tuning job's TrainingJobDefinition has no ProfilerConfig field (CreateHyperParameterTuning"
              "Job takes none), so trials run with SageMaker's own profiling defaults; bincounter sm report TRIAL "
              "shows what a trial wrote, and sm train --from-tuning-job %s runs the winner with the profiler", name)
-    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run) as (session, captured):
+    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
+                         job.platform) as (session, captured):
         trainer = sdk.model_trainer(session, image=job.image, role=role, instance_type=itype, instance_count=count,
                                     hyperparameters=hps, output_path=job.output, spot=job.spot, checkpoint_s3=None,
                                     max_runtime_s=job.max_runtime_s, base_name="bincounter-hpo",
