@@ -8,7 +8,7 @@
                  S3 for a time window (DEST/ENDPOINT/VARIANT/yyyy/mm/dd/hh/*.jsonl) -> images and answers
     drift.py     the comparison, pure: PSI per numeric signal, a chi-square test on the predicted-count mix,
                  each with its threshold -> a verdict
-    report.py    the verdict as JSON and as one HTML page with a plot per signal
+    report.py    the verdict as JSON and as one HTML page with the plots
     check.py     the whole run (`bincounter sm monitor`, `IMAGE process monitor`): baseline + window -> files,
                  exit code (0 no drift, 1 drift, 3 too few captured images to judge)
 

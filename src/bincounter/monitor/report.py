@@ -1,6 +1,6 @@
 """The verdict on disk: VERDICT (JSON, for machines: a scheduler's alarm, a pipeline's condition) and PAGE (one
-self-contained HTML page for people: the verdict, then per signal the baseline's and the window's fractions per
-bin as bars, embedded as base64 PNGs so the file can be attached to a ticket on its own)."""
+self-contained HTML page for people: the verdict, a line per signal, then one figure of the baseline's and the
+window's fractions per bin for every signal, embedded as a base64 PNG so the file can be attached to a ticket)."""
 
 from __future__ import annotations
 
@@ -24,24 +24,29 @@ def write(verdict: dict, out_dir: str | Path) -> tuple[Path, Path]:
     return out / VERDICT, out / PAGE
 
 
-def _plot(row: dict) -> str:
-    """The signal's bars (baseline vs window per bin) as a base64 PNG."""
+def _plot(rows: list[dict]) -> str:
+    """Every signal's bars (baseline vs window per bin) in one figure, as a base64 PNG (one figure: one draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    bins = row["bins"]
-    x = np.arange(len(bins["labels"]))
-    fig, ax = plt.subplots(figsize=(7, 2.8), dpi=80)
-    ax.bar(x - 0.2, bins["baseline"], 0.4, label="baseline (val split)", color="#7a9cc6")
-    ax.bar(x + 0.2, bins["window"], 0.4, label="captured window", color="#d9534f" if row["drift"] else "#5cb85c")
-    ax.set_xticks(x, bins["labels"], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("fraction")
-    ax.set_title(row["signal"], fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    cols = 2
+    lines = -(-len(rows) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(11, 2.6 * lines), dpi=72, squeeze=False)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        bins = row["bins"]
+        x = np.arange(len(bins["labels"]))
+        ax.bar(x - 0.2, bins["baseline"], 0.4, label="baseline (val split)", color="#7a9cc6")
+        ax.bar(x + 0.2, bins["window"], 0.4, label="captured window", color="#d9534f" if row["drift"] else "#5cb85c")
+        ax.set_xticks(x, bins["labels"], rotation=30, ha="right", fontsize=6)
+        ax.set_title(f"{row['signal']}{' (DRIFT)' if row['drift'] else ''}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=6)
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.95, bottom=0.08, hspace=0.9, wspace=0.15)  # no 2nd draw
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -78,8 +83,10 @@ def page(verdict: dict) -> str:
     rows = []
     for r in verdict["signals"]:
         state = "DRIFT" if r["drift"] else "warning" if r["warning"] else "ok"
-        img = f"<img src='data:image/png;base64,{_plot(r)}'>" if r.get("bins") else ""
         rows.append(f"<h2>{e(r['signal'])}: {state}</h2><p>{e(DESCRIPTIONS.get(r['signal'], ''))}. "
-                    f"{e(_value(r))}; n = {r['n_window']} (baseline {r['n_baseline']})</p>{img}")
+                    f"{e(_value(r))}; n = {r['n_window']} (baseline {r['n_baseline']})</p>")
+    plotted = [r for r in verdict["signals"] if r.get("bins")]
+    img = (f"<h2>Baseline and window, per bin</h2><img style='max-width:100%' src='data:image/png;base64,"
+           f"{_plot(plotted)}'>" if plotted else "")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>bincounter drift</title></head>"
-            f"<body style='font-family:sans-serif;max-width:900px'>{head}{notes}{''.join(rows)}</body></html>")
+            f"<body style='font-family:sans-serif;max-width:900px'>{head}{notes}{''.join(rows)}{img}</body></html>")
