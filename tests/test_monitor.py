@@ -262,6 +262,7 @@ def test_schedule_dry_run_prints_a_validated_create_schedule():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["api"] == "CreateSchedule"
+    assert "estimated cost per run: up to $" in proc.stderr and "1 ml.m5.large x 1 h" in proc.stderr
     req = doc["request"]
     assert req["ScheduleExpression"] == "rate(1 day)" and req["FlexibleTimeWindow"] == {"Mode": "OFF"}
     target = req["Target"]

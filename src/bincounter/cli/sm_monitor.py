@@ -165,6 +165,10 @@ def _schedule(args, t) -> int:
                         region=region, instance_type=args.instance_type, name=args.schedule_name,
                         extra_args=tuple(extra))
     req = schedule_request(spec)
+    from ..sm import cost
+
+    printing.cost(cost.job_line(instance_type=spec.instance_type, instance_count=1, max_runtime_s=spec.max_runtime_s,
+                                region=region).replace("estimated cost:", "estimated cost per run:", 1))
     if t.dry_run:
         printing.print_request("CreateSchedule", req, "scheduler")
         return 0
