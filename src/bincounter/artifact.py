@@ -53,7 +53,7 @@ ONNX_OUTPUT = "probabilities"
 #: the `model_version` it describes; a run removes the earlier run's from its folders before it starts (train.py),
 #: and `bincounter report` refuses one that names another model (`result_mismatch`).
 RESULT_FILES = ("metrics.json", "rules.json", "test_metrics.json", "test_confusion_matrix.png", "training_curves.png",
-                "eval_metrics.json", "eval_confusion_matrix.png", "report.html", "profile")
+                "drift_baseline.json", "eval_metrics.json", "eval_confusion_matrix.png", "report.html", "profile")
 
 
 def result_mismatch(doc: dict, name: str, model_version: str | None) -> str | None:

@@ -122,6 +122,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
               "config": dataclasses.asdict(cfg)}
     # of the model in cfg.model_dir: every result file names it
     result["model_version"] = _write_best_model(state, cfg, info, pre, version)
+    if info.is_main and result["model_version"]:  # the drift watch's baseline next to the model (monitor/)
+        from .monitor.baseline import after_training
+        after_training(cfg.model_dir, cfg.val_dir, info.device)
     if data.test is not None:
         result["test"] = _evaluate_test(state.model, data, cfg, info, out_dir, state.best, result["model_version"])
     result["rules_fired"] = _finish_rules(state, info, result["model_version"])

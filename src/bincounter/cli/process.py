@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ..train_config import positive_int
+from . import sm_monitor
 from .base import Formatter
 
 
@@ -108,3 +109,4 @@ def register(sub) -> None:
     pe.add_argument("--batch-size", type=positive_int, default=32)
     pe.set_defaults(func=cmd_process_evaluate)
     _register_sharded(psub)
+    sm_monitor.add_process(psub, Formatter)  # `process monitor`: the drift check (cli/sm_monitor.py)

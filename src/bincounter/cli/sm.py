@@ -10,6 +10,7 @@ what was created, where to look and how to undo it.
   cli/sm_follow.py    status, logs, report, collect
   cli/sm_pipeline.py  pipeline upsert, start, status, local
   cli/sm_policy.py    policy
+  cli/sm_monitor.py   monitor (drift watch; also `process monitor`)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from ..sm import cost
-from . import sm_endpoint, sm_follow, sm_jobs, sm_pipeline, sm_policy
+from . import sm_endpoint, sm_follow, sm_jobs, sm_monitor, sm_pipeline, sm_policy
 from .sm_common import text
 
 
@@ -41,6 +42,7 @@ def add_arguments(sub) -> None:
     sm_endpoint.add_evaluate(sub, _Help)
     sm_jobs.add_batch(sub, _Help)
     sm_endpoint.add_delete(sub, _Help)
+    sm_monitor.add_monitor(sub, _Help)
     sm_pipeline.add_arguments(sub, _Help)
     sm_follow.add_status(sub, _Help)
     sm_follow.add_logs(sub, _Help)

@@ -14,6 +14,8 @@ directories the job definition names, a failure's reason goes to /opt/ml/output/
               + OUT/summary/summary.json (bins sharded per split, bad images summed by reason)
     evaluate  a model (dir, or model.tar.gz from a training job) + a test channel
               -> OUT/evaluation.json (SageMaker model-metrics layout + bincounter's full report), confusion PNG
+    monitor   the drift check of an endpoint's capture (bincounter.monitor.check, flags in cli/sm_monitor.py; what
+              `sm monitor --schedule` runs): drift.json + drift.html, exit 1 on drift
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""One drift check, what `bincounter sm monitor` and `IMAGE process monitor` both run: a baseline and an
+endpoint's captured window -> the signals of every captured image -> drift.compare -> drift.json + drift.html ->
+an exit code (EXIT)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from ..errors import DataError, UserError
+from . import drift, report, signals
+from .capture import Window, parse_time, read_window
+
+log = logging.getLogger("bincounter")
+EXIT = {"ok": 0, "drift": 1, "insufficient_data": 3}
+
+
+def window_bounds(since: str, until: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """--since (a time, or a duration before --until: 90m, 24h, 7d) and --until (a time; default now)."""
+    end = parse_time(until) if until else (now or datetime.now(UTC))
+    s = since.strip()
+    if s[:-1].isdigit() and s[-1:] in ("m", "h", "d"):
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[s[-1]]
+        return end - timedelta(**{unit: int(s[:-1])}), end
+    return parse_time(s), end
+
+
+def measure(window: Window) -> dict[str, list]:
+    """The signals of every captured image (an image that cannot be decoded is counted as skipped)."""
+    rows = []
+    for data, formats, answer in window.images:
+        try:
+            row = signals.image_signals(data, formats)
+        except DataError:
+            window.skip("image not decodable")
+            continue
+        rows.append({**row, **((signals.answer_signals(answer) or {}) if answer else {})})
+    return signals.collect(rows)
+
+
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """["brightness=0.3", "predicted_count=0.001"] -> {signal: value}."""
+    out = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if name not in drift.DEFAULT_THRESHOLDS:
+            raise UserError(f"--threshold {item}: unknown signal {name!r} (one of {', '.join(signals.SIGNALS)})")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise UserError(f"--threshold {item}: {value!r} is not a number") from None
+    return out
+
+
+def judge(baseline: dict, window: Window, meta: dict, out_dir, thresholds: dict | None = None,
+          min_samples: int = 100) -> dict:
+    """Compare, write drift.json + drift.html into out_dir -> the verdict (with its "exit_code")."""
+    values = measure(window)
+    verdict = drift.compare(baseline, values, thresholds, min_samples)
+    notes = []
+    others = sorted(set(window.model_versions) - {baseline.get("model_version")})
+    if others:
+        notes.append(f"answers in the window come from model(s) {', '.join(others)}, the baseline from "
+                     f"{baseline.get('model_version')}: the output signals compare different models")
+    if verdict["status"] == "insufficient_data":
+        notes.append(f"only {verdict['n_window']} captured images in the window (--min-samples "
+                     f"{min_samples}): no verdict")
+    src = baseline.get("source", {})
+    verdict = {**meta, **verdict, "exit_code": EXIT[verdict["status"]], "notes": notes,
+               "baseline": {"model_version": baseline.get("model_version"), "images": src.get("images"),
+                            "created": baseline.get("created")},
+               "window": {**meta.get("window", {}), "records": window.records, "files": window.files,
+                          "errors": window.errors, "skipped": window.skipped, "model_versions": window.model_versions}}
+    j, h = report.write(verdict, out_dir)
+    for n in notes:
+        log.warning("%s", n)
+    log.info("drift verdict: %s -> %s, %s", verdict["status"], j, h)
+    return verdict
+
+
+def run(s3, baseline: dict, destination: str, endpoint: str, since: datetime, until: datetime, out_dir,
+        variant: str | None = None, thresholds: dict | None = None, min_samples: int = 100,
+        max_images: int | None = None) -> dict:
+    """Read the window from S3 and judge it."""
+    window = read_window(s3, destination, endpoint, since, until, variant, max_images)
+    meta = {"endpoint": endpoint, "window": {"since": f"{since:%Y-%m-%dT%H:%M:%SZ}",
+                                             "until": f"{until:%Y-%m-%dT%H:%M:%SZ}", "capture": destination,
+                                             "variant": variant}}
+    return judge(baseline, window, meta, out_dir, thresholds, min_samples)
+
+
+def upload(s3, paths, uri: str) -> list[str]:
+    """drift.json + drift.html under the s3:// prefix `uri` -> their URIs."""
+    from ..aws import aws_call
+    from .capture import split_s3
+
+    bucket, prefix = split_s3(uri)
+    out = []
+    for p in paths:
+        ctype = "text/html" if p.suffix == ".html" else "application/json"
+        aws_call(f"uploading to {uri}", s3.put_object, Bucket=bucket, Key=prefix + p.name, Body=p.read_bytes(),
+                 ContentType=ctype)
+        out.append(f"s3://{bucket}/{prefix}{p.name}")
+    return out
+
+
+def summary_line(verdict: dict) -> str:
+    """The one line a failed Processing job shows as its reason, and the CLI's last log line."""
+    if verdict["status"] == "drift":
+        parts = [f"{r['signal']} {'p' if r['statistic'] == 'chi2_p' else 'PSI'} {r['value']:.3g}"
+                 for r in verdict["signals"] if r["drift"]]
+        return f"drift on {verdict.get('endpoint')}: {', '.join(parts)} ({verdict['n_window']} images)"
+    if verdict["status"] == "insufficient_data":
+        return (f"no verdict on {verdict.get('endpoint')}: {verdict['n_window']} captured images, "
+                f"--min-samples {verdict['min_samples']}")
+    return f"no drift on {verdict.get('endpoint')} ({verdict['n_window']} images)"
