@@ -147,14 +147,31 @@ def test_a_run_stopped_by_a_rule_ends_failed_and_names_the_rule(mlflow_server, c
     assert "rules.json" in _artifacts(client, run.info.run_id)
 
 
-def test_a_resumed_run_logs_the_restored_epochs_too(mlflow_server, client, channels, tmp_path):
+def test_a_crash_leaves_a_failed_run_with_its_epochs_and_the_resumed_run_logs_them_too(
+        mlflow_server, client, channels, tmp_path, monkeypatch):
+    import bincounter.train as tr
+
+    real = tr.train_one_epoch
+
+    def crash_at_2(*a, **kw):
+        if kw["epoch"] == 2:
+            raise RuntimeError("killed at epoch 2")
+        return real(*a, **kw)
+
     ck = str(tmp_path / "ck")
-    train(_cfg(channels, tmp_path / "m", checkpoint_dir=ck))  # epoch 1, untracked
+    with monkeypatch.context() as m:
+        m.setattr(tr, "train_one_epoch", crash_at_2)
+        with pytest.raises(RuntimeError):
+            train(_cfg(channels, tmp_path / "m", checkpoint_dir=ck, epochs=2, mlflow=mlflow_server,
+                       mlflow_experiment="resumed"))
+    [failed] = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
+    assert failed.info.status == "FAILED" and "killed at epoch 2" in failed.data.tags["bincounter.error"]
+    assert [m.step for m in client.get_metric_history(failed.info.run_id, "val_loss")] == [1]  # logged as it went
     r = train(_cfg(channels, tmp_path / "m", checkpoint_dir=ck, epochs=2, mlflow=mlflow_server,
                    mlflow_experiment="resumed"))
-    run = _only_run(client, "resumed")
+    [run] = [x for x in client.search_runs([failed.info.experiment_id]) if x.info.run_id != failed.info.run_id]
     hist = client.get_metric_history(run.info.run_id, "val_loss")
-    assert [m.step for m in hist] == [1, 2]
+    assert run.info.status == "FINISHED" and [m.step for m in hist] == [1, 2]
     assert [m.value for m in hist] == pytest.approx([h["val_loss"] for h in r["history"]])
 
 

@@ -97,8 +97,9 @@ def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str,
 
 def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
     """Refuse what the container would refuse: unknown names, values of the wrong type, and values
-    `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...); then the model name. `origin` names
-    the option a value came from, for the message (default `--hp`)."""
+    `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...), an MLflow URI the job cannot reach (a
+    folder, file:, sqlite:, localhost) or a malformed ARN; then the model name. `origin` names the option a value
+    came from, for the message (default `--hp`)."""
     from ..sagemaker.contract import hyperparameters_to_argv
     from ..train_config import config_from_args
 
