@@ -8,7 +8,9 @@ top to bottom: build the model, the data and the `TrainingState` (train_state.py
 Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only; `best_val_acc` is the tuning
 objective, so the tuner ranks a trial by the epoch whose weights become the artifact), keeps the best epoch
 by val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
-`checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
+`checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end. With `--mlflow` (or
+MLFLOW_TRACKING_URI) rank 0 also writes the run to MLflow (tracking.py: opened before the model is built, every
+epoch as it ends, the results at the end, FAILED when training fails).
 
 Randomness: the model is built under `seed` (the same initial weights on every rank); then each rank draws
 its own stream from `seed + rank` (its own dropout masks). Checkpoints resume exactly: the sampler order is a
