@@ -8,7 +8,9 @@ top to bottom: build the model, the data and the `TrainingState` (train_state.py
 Per epoch it prints one line in the `metrics.EPOCH_KEYS` format (rank 0 only; `best_val_acc` is the tuning
 objective, so the tuner ranks a trial by the epoch whose weights become the artifact), keeps the best epoch
 by val_acc (then val_loss), writes that model as the artifact, and a resumable checkpoint when
-`checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end.
+`checkpoint_dir` is set. With a test channel it evaluates the best model on it at the end. With `--mlflow` (or
+MLFLOW_TRACKING_URI) rank 0 also writes the run to MLflow (tracking.py: opened before the model is built, every
+epoch as it ends, the results at the end, FAILED when training fails).
 
 Randomness: the model is built under `seed` (the same initial weights on every rank); then each rank draws
 its own stream from `seed + rank` (its own dropout masks). Checkpoints resume exactly: the sampler order is a
@@ -82,10 +84,13 @@ def train(cfg: TrainConfig) -> dict:
     """Train, save the best model to cfg.model_dir, return the metrics dict (also in metrics.json)."""
     cfg.validate()
     info = init_distributed(cfg.device)
+    run: dict = {}  # what a failure reports to the MLflow run: the tracker, the rules, the output folder
     try:
-        return _train(cfg, info)
-    except Exception as e:
-        if info.enabled and not isinstance(e, UserError):
+        return _train(cfg, info, run)
+    except BaseException as e:
+        if run.get("tracker"):
+            run["tracker"].fail(e, run["rules"].fired if run.get("rules") else None, run.get("out_dir"))
+        if isinstance(e, Exception) and info.enabled and not isinstance(e, UserError):
             # under torchrun on SageMaker: say which rank/host failed and why, in /opt/ml/output/failure
             write_failure_file(_distributed_failure(e, info))
         raise
@@ -93,8 +98,23 @@ def train(cfg: TrainConfig) -> dict:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+def _start_tracking(cfg: TrainConfig, info: DistInfo):
+    """Rank 0, with --mlflow or MLFLOW_TRACKING_URI: the MLflow run (bincounter.tracking, the one module that
+    imports mlflow), before the model is built, so a server that does not answer stops the run first. Else None."""
+    from .tracking import resolve_uri
+
+    uri = resolve_uri(cfg.mlflow) if info.is_main else None
+    if uri is None:
+        return None
+    from .tracking import start
+
+    return start(uri, config=dataclasses.asdict(cfg), experiment=cfg.mlflow_experiment,
+                 from_trial=cfg.mlflow_from_trial, world_size=info.world_size)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, run: dict) -> dict:
     setup_logging(info)
+    tracker = run["tracker"] = _start_tracking(cfg, info)
     _seed_all(cfg.seed)
     if _amp(cfg, info):
         log.info("mixed precision: %s autocast", str(amp_dtype(info.device)).replace("torch.", ""))
@@ -107,6 +127,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     data = load_data(cfg, info, pre)
     out_dir = Path(cfg.output_dir or cfg.model_dir)
     state = _create_state(model, data, cfg, info, out_dir)
+    run.update(rules=state.rules, out_dir=out_dir)
     if cfg.checkpoint_dir:
         # rank 0 alone compares and saves it (a fingerprint stats every file: not on every rank of a big job)
         state.made_with = made_with(cfg, info, data_fingerprint(data.train, data.val)) if info.is_main else {}
@@ -116,7 +137,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     _clear_previous_results(cfg, info)
     state.rules.start(data.train.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
 
-    version = _fit(state, data, cfg, info, pre, out_dir)
+    version = _fit(state, data, cfg, info, pre, out_dir, tracker)
 
     result = {"best": state.best, "history": state.history, "world_size": info.world_size,
               "config": dataclasses.asdict(cfg)}
@@ -129,6 +150,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         result["test"] = _evaluate_test(state.model, data, cfg, info, out_dir, state.best, result["model_version"])
     result["rules_fired"] = _finish_rules(state, info, result["model_version"])
     _write_results(result, cfg, info, out_dir)
+    if tracker:
+        tracker.finish(result, state.rules.fired, out_dir, cfg.model_dir)
     barrier(info)
     return result
 
@@ -146,9 +169,10 @@ def _create_state(model, data: TrainData, cfg: TrainConfig, info: DistInfo, out_
 
 
 def _fit(state: TrainingState, data: TrainData, cfg: TrainConfig, info: DistInfo, pre: Preprocess,
-         out_dir: Path) -> str | None:
-    """The epochs after the last one `state` holds: train, validate, print the metric line, save the best model,
-    checkpoint, stop early. -> the model_version this process saved (None: no epoch improved here)."""
+         out_dir: Path, tracker=None) -> str | None:
+    """The epochs after the last one `state` holds: train, validate, print the metric line (and log it to MLflow:
+    `tracker`), save the best model, checkpoint, stop early. -> the model_version this process saved (None: no
+    epoch improved here)."""
     model, device = state.model, info.device
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None) if info.enabled else model)
@@ -185,6 +209,8 @@ def _fit(state: TrainingState, data: TrainData, cfg: TrainConfig, info: DistInfo
         row["rules_fired"] = state.rules.count
         if info.is_main:
             _log_epoch(row, tr, ev)
+            if tracker:
+                tracker.log_history(state.history)
         state.end_epoch(row, val["confusion_matrix"], improved)
         if profiler:
             profiler.add(tr)

@@ -48,6 +48,9 @@ class TrainConfig:
     show_progress: bool = True
     profile_steps: int = 0  # >0: torch.profiler trace of that many steps + system report in output_dir/profile
     rules: bool = True  # training rules (bincounter.rules): warnings, rules.json, stop on NaN
+    mlflow: str | None = None  # tracking URI (None: $MLFLOW_TRACKING_URI, else none): bincounter.tracking
+    mlflow_experiment: str | None = None  # None: MLFLOW_EXPERIMENT_NAME, else "bincounter"
+    mlflow_from_trial: str | None = None  # the tuning trial these hyperparameters came from (a tag on the run)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -74,6 +77,11 @@ class TrainConfig:
                 raise UserError(f"{flag} {d}: {d} holds {', '.join(s + '/' for s in splits)}: pass --train "
                                 f"{root / 'train'} --val {root / 'val'}"
                                 + (f" (and --test {root / 'test'})" if "test" in splits else ""))
+        if self.mlflow:  # torch- and mlflow-free: a URI that cannot work stops here, before any model is built
+            from .tracking import check_uri, resolve_uri
+
+            if resolve_uri(self.mlflow):
+                check_uri(self.mlflow)
         # output folders are checked before the first epoch, not when the first artifact is written
         for flag, d in (("--model-dir", self.model_dir), ("--output-dir", self.output_dir),
                         ("--checkpoint-dir", self.checkpoint_dir)):
@@ -143,6 +151,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="training rules: poor init, NaN/Inf (stops the run), exploding/vanishing gradients, loss "
                    "not decreasing, overfitting, input-bound, empty/never-predicted/collapsed counts; one WARNING "
                    "each, OUTPUT_DIR/rules.json, rules_fired on the epoch line")
+    t = p.add_argument_group("experiment tracking (MLflow)")
+    t.add_argument("--mlflow", metavar="URI", help="log params, every epoch's metrics, the rules fired, the reports "
+                   "and the model to an MLflow run: an http(s) tracking server, a folder, or a SageMaker MLflow "
+                   "tracking server ARN (needs sagemaker-mlflow). Default: $MLFLOW_TRACKING_URI if set, else no "
+                   "tracking; 'off' turns it off")
+    t.add_argument("--mlflow-experiment", metavar="NAME", help="the run's experiment (default: "
+                   "$MLFLOW_EXPERIMENT_NAME, else 'bincounter'; sm tune: the tuning job's name)")
+    t.add_argument("--mlflow-from-trial", metavar="JOB", help="the tuning trial these hyperparameters came from, "
+                   "tagged on the run (sm train --from-tuning-job sets it)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

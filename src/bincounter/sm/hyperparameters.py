@@ -14,12 +14,14 @@ own flag definitions (the single place they are written); no CLI Namespace comes
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..archs import check_arch, close_matches
 from ..errors import UserError
 
 #: what `sm tune` searches; `sm train --from-tuning-job` takes the best values of these
 TUNED = ("lr", "batch_size", "epochs", "arch", "image_size")
+log = logging.getLogger("bincounter")
 _PLACEHOLDER_CHANNELS = ["--train", "-", "--val", "-", "--model-dir", "-"]
 
 
@@ -95,8 +97,9 @@ def _check_one(parser, key: str, value: str, known: list[str], origin: dict[str,
 
 def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
     """Refuse what the container would refuse: unknown names, values of the wrong type, and values
-    `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...); then the model name. `origin` names
-    the option a value came from, for the message (default `--hp`)."""
+    `TrainConfig.validate()` rejects (epochs < 1, image_size < 32, ...), an MLflow URI the job cannot reach (a
+    folder, file:, sqlite:, localhost) or a malformed ARN; then the model name. `origin` names the option a value
+    came from, for the message (default `--hp`)."""
     from ..sagemaker.contract import hyperparameters_to_argv
     from ..train_config import config_from_args
 
@@ -104,6 +107,11 @@ def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
     known = names()
     for k, v in hps.items():
         _check_one(parser, k, v, known, origin)
+    if hps.get("mlflow"):
+        from ..tracking import check_uri, resolve_uri
+
+        if resolve_uri(hps["mlflow"]):
+            check_uri(hps["mlflow"], _label("mlflow", hps["mlflow"], origin), remote=True)
     argv, _ = hyperparameters_to_argv(hps, parser)
     cfg = config_from_args(parser.parse_args(_PLACEHOLDER_CHANNELS + argv))
     try:
@@ -112,6 +120,40 @@ def validate(hps: dict[str, str], origin: dict[str, str] | None = None) -> None:
         where = ", ".join(_label(k, v, origin) for k, v in hps.items() if k in str(e))
         raise UserError(f"{where or '--hp'}: {e}") from None
     check_arch(cfg.arch, cfg.backend, _label("arch", cfg.arch, origin))
+
+
+# ------------------------------------------------------------------------------- MLflow through to the job
+#: the names `with_tracking` fills in; they mean nothing without `mlflow` (the tracking URI) and are dropped then
+TRACKING_NAMES = ("mlflow_experiment", "mlflow_from_trial")
+
+
+def from_trial(desc: dict) -> dict[str, str]:
+    """What a job started from a tuning job (DescribeHyperParameterTuningJob `desc`) passes on about it: the best
+    trial's name, tagged on the job's MLflow run (kept only with tracking: `with_tracking`)."""
+    best = (desc.get("BestTrainingJob") or {}).get("TrainingJobName")
+    return {"mlflow_from_trial": best} if best else {}
+
+
+def with_tracking(hps: dict, *, experiment: str | None = None, env: dict | None = None) -> dict:
+    """`hps` with what the container needs to name its MLflow run, when `mlflow` (the tracking URI, `--hp
+    mlflow=URI`) is among them: `experiment` (a tuning job's name: its trials become runs of one experiment)
+    unless the user named one. Without tracking the MLflow names are dropped, so the request is what it was.
+    The client's own MLFLOW_TRACKING_URI is not passed on by itself (it often points at a laptop's server); a
+    line says how to pass it."""
+    import os
+
+    from ..tracking import resolve_uri
+
+    env = os.environ if env is None else env
+    if "mlflow" not in hps or not resolve_uri(str(hps["mlflow"])):
+        if env.get("MLFLOW_TRACKING_URI") and "mlflow" not in hps:
+            log.info("MLFLOW_TRACKING_URI is set here, but a SageMaker job tracks only with --hp mlflow=URI (a "
+                     "tracking server the job can reach, or a SageMaker MLflow tracking server ARN)")
+        return {k: v for k, v in hps.items() if k not in TRACKING_NAMES}
+    out = dict(hps)
+    if experiment:
+        out.setdefault("mlflow_experiment", experiment)
+    return out
 
 
 def _numbers(option: str, text: str, cast) -> tuple:

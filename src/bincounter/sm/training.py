@@ -112,10 +112,11 @@ def tuned_hyperparameters(spec: TrainingJobSpec, target: AwsTarget,
                     f"; the request and the cost line show the default instance {' and '.join(defaults)}, not the "
                     "trials' (a real run takes the trials' unless --instance-type/--instance-count say otherwise)"
                     if defaults else "")
-        return {k: f"<best {k} of {name}>" for k in hyperparameters.TUNED[:3]}, None, None
+        return {**{k: f"<best {k} of {name}>" for k in hyperparameters.TUNED[:3]},
+                "mlflow_from_trial": f"<best trial of {name}>"}, None, None
     desc = jobs.describe_tuning_job(target.client(), name, region)
     itype, count = jobs.trial_resources(desc)
-    return jobs.best_hyperparameters(None, name, desc), itype, count
+    return {**jobs.best_hyperparameters(None, name, desc), **hyperparameters.from_trial(desc)}, itype, count
 
 
 def instances_for_training(instance_type: str | None, instance_count: int | None, trial_type: str | None,
@@ -143,7 +144,7 @@ def start(spec: TrainingJobSpec, target: AwsTarget) -> int:
     tuned, trial_type, trial_count = ({}, None, None)
     if spec.from_tuning_job:
         tuned, trial_type, trial_count = tuned_hyperparameters(spec, target, region)
-    hps = {**tuned, **user}
+    hps = hyperparameters.with_tracking({**tuned, **user})  # MLflow: the trial it came from, or nothing
     hyperparameters.validate({k: v for k, v in hps.items() if not (target.dry_run and k in tuned and k not in user)})
     check_pretrained(spec, target, [hps.get("arch") or hyperparameters.default("arch")])
     itype, count = instances_for_training(spec.instance_type, spec.instance_count, trial_type, trial_count)

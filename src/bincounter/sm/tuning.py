@@ -47,7 +47,8 @@ def start(spec: TuningJobSpec, target: AwsTarget) -> int:
     printing.cost(cost.job_line(instance_type=itype, instance_count=count, max_runtime_s=job.max_runtime_s,
                                 jobs=spec.max_jobs, spot=job.spot, price_per_hour=job.price_per_hour, region=region))
     chans, volume = training.input_plan(job, target)
-    hps = jobs.hp_strings({"progress": False, **user})
+    # MLflow (--hp mlflow=URI): every trial a run of the experiment named after this tuning job
+    hps = jobs.hp_strings(hyperparameters.with_tracking({"progress": False, **user}, experiment=name))
     log.info("profiler: a tuning job's TrainingJobDefinition has no ProfilerConfig field (CreateHyperParameterTuning"
              "Job takes none), so trials run with SageMaker's own profiling defaults; bincounter sm report TRIAL "
              "shows what a trial wrote, and sm train --from-tuning-job %s runs the winner with the profiler", name)
