@@ -1,17 +1,22 @@
-"""Offline check of a request against AWS's own API model (botocore's service JSON and its ParamValidator):
-every request a dry run prints goes through `check` first, so a misspelled field, a wrong type or a value out of
-its documented range is our bug, found without an AWS account."""
+"""Offline check of a request against AWS's own API model (botocore's service JSON): every request a dry run prints
+goes through `check` first, so a misspelled field, a wrong type, a missing required field (botocore's ParamValidator)
+or a value outside what the model documents (an enum, a maximum length or value, a name pattern: `constraints`,
+which botocore itself leaves to the service) is found without an AWS account."""
 
 from __future__ import annotations
 
 import functools
+import re
+
+from ..errors import UserError
 
 # the services `sm` talks to, searched in this order for an operation's name
 SERVICES = ("sagemaker", "application-autoscaling", "cloudwatch", "iam", "s3", "scheduler", "events")
 
 
-class InvalidRequest(Exception):
-    """A request botocore's validator rejects (a defect in bincounter, not a user mistake)."""
+class InvalidRequest(UserError):
+    """A request AWS's API model rejects: one line, as a user mistake (a name with spaces, an instance type AWS
+    does not know), though it may be a bincounter defect; either way nothing is sent."""
 
 
 @functools.cache
@@ -30,11 +35,54 @@ def operation(api: str, service: str | None = None):
 
 
 def errors(api: str, request: dict, service: str | None = None) -> str | None:
-    """botocore's report of what is wrong with `request`, None when it is valid."""
+    """What is wrong with `request` (botocore's report, then `constraints`), None when it is valid."""
     from botocore.validate import ParamValidator
 
-    report = ParamValidator().validate(request, operation(api, service).input_shape)
-    return report.generate_report() if report.has_errors() else None
+    shape = operation(api, service).input_shape
+    report = ParamValidator().validate(request, shape)
+    if report.has_errors():
+        return report.generate_report()
+    problems = constraints(request, shape)
+    return "\n".join(problems) if problems else None
+
+
+@functools.cache
+def _pattern(text: str) -> re.Pattern | None:
+    try:
+        return re.compile(text)
+    except re.error:  # a Java-only construct (\p{...}): not checked
+        return None
+
+
+def constraints(value, shape, where: str = "") -> list[str]:
+    """The model's enum, max (length or value) and pattern (matched whole, as Java's matches()) for every value in a
+    request botocore's types already accept; min is botocore's own check."""
+    problems = []
+    meta = shape.metadata
+    kind = shape.type_name
+    if kind == "structure" and isinstance(value, dict):
+        for name, v in value.items():
+            if name in shape.members:
+                problems += constraints(v, shape.members[name], f"{where}.{name}" if where else name)
+    elif kind == "list" and isinstance(value, list):
+        for i, v in enumerate(value):
+            problems += constraints(v, shape.member, f"{where}[{i}]")
+    elif kind == "map" and isinstance(value, dict):
+        for k, v in value.items():
+            problems += constraints(k, shape.key, f"{where} key {k!r}")
+            problems += constraints(v, shape.value, f"{where}[{k!r}]")
+    if kind == "string" and isinstance(value, str):
+        if shape.enum and value not in shape.enum:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(shape.enum[:8])}"
+                            f"{', ...' if len(shape.enum) > 8 else ''}")
+        if "pattern" in meta and (rx := _pattern(meta["pattern"])) is not None and not rx.fullmatch(value):
+            problems.append(f"{where}: {value[:80]!r} does not match the pattern {meta['pattern']}")
+    if "max" in meta:
+        size = len(value) if isinstance(value, str | list | dict) else value
+        if isinstance(size, int | float) and not isinstance(size, bool) and size > meta["max"]:
+            problems.append(f"{where}: {size} over the maximum of {meta['max']}"
+                            f"{' characters' if isinstance(value, str) else ''}")
+    return problems
 
 
 def check(api: str, request: dict, service: str | None = None) -> None:
