@@ -52,6 +52,11 @@ def names(endpoint: str) -> list[str]:
     return [f"bincounter-{endpoint}-{what}" for what in ("5xx-rate", "p99-latency", "container-errors")]
 
 
+def filter_name(endpoint: str) -> str:
+    """The log metric filter `requests` creates (counts the container's ERROR lines)."""
+    return f"bincounter-{endpoint}-errors"
+
+
 def requests(endpoint: str, variant: str, t: Thresholds) -> tuple[dict, list[dict]]:
     """(PutMetricFilter request, three PutMetricAlarm requests) for the endpoint's variant. Alarms have no
     actions: SageMaker watches them during an update. Missing data (no traffic) is not breaching."""
@@ -60,7 +65,7 @@ def requests(endpoint: str, variant: str, t: Thresholds) -> tuple[dict, list[dic
     metric = f"{endpoint}/ContainerErrors"
     common = {"Period": t.period_s, "EvaluationPeriods": 2, "ActionsEnabled": False,
               "TreatMissingData": "notBreaching", "ComparisonOperator": "GreaterThanOrEqualToThreshold"}
-    metric_filter = {"logGroupName": log_group(endpoint), "filterName": f"bincounter-{endpoint}-errors",
+    metric_filter = {"logGroupName": log_group(endpoint), "filterName": filter_name(endpoint),
                      "filterPattern": ERROR_PATTERN,
                      "metricTransformations": [{"metricName": metric, "metricNamespace": NAMESPACE,
                                                 "metricValue": "1", "defaultValue": 0.0, "unit": "Count"}]}

@@ -1,5 +1,6 @@
-"""`sm delete`: everything a deploy may have left (autoscaling target, endpoint, endpoint config, models), each
-step on its own, so a deploy that stopped half-way is cleaned up too; what is missing is listed, not fatal."""
+"""`sm delete`: everything a deploy may have left (autoscaling target, endpoint, endpoint config, models) and what
+`sm update` added (its CloudWatch alarms and log metric filter, which bill monthly), each step on its own, so a
+deploy that stopped half-way is cleaned up too; what is missing is listed, not fatal."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 
 from .. import aws
 from ..errors import UserError
-from . import jobs, printing
+from . import alarms, jobs, printing
 from .target import AwsTarget
 
 log = logging.getLogger("bincounter")
@@ -31,8 +32,38 @@ def _print_dry_run(endpoint: str | None, model: str | None) -> None:
                          ("DeleteEndpointConfig", {"EndpointConfigName": endpoint}),
                          ("DeleteModel", {"ModelName": endpoint})):
             printing.print_request(api, req)
+        log.info("dry run: sm update's alarms and metric filter are deleted only where they exist")
+        printing.print_request("DeleteAlarms", {"AlarmNames": alarms.names(endpoint)}, service="cloudwatch")
+        printing.print_request("DeleteMetricFilter", {"logGroupName": alarms.log_group(endpoint),
+                                                      "filterName": alarms.filter_name(endpoint)}, service="logs")
     if model and model != endpoint:
         printing.print_request("DeleteModel", {"ModelName": model})
+
+
+def _delete_update_alarms(target: AwsTarget, endpoint: str) -> list[str]:
+    """The alarms and the log metric filter `sm update` created for `endpoint`, where they exist; what went."""
+    gone = []
+    cw = target.client("cloudwatch")
+    found = [a["AlarmName"] for a in aws.aws_call("DescribeAlarms", cw.describe_alarms,
+                                                  AlarmNames=alarms.names(endpoint))["MetricAlarms"]]
+    if found:
+        aws.aws_call("DeleteAlarms", cw.delete_alarms, AlarmNames=found)
+        gone += [f"alarm {a}" for a in found]
+    logs = target.client("logs")
+    try:
+        filters = aws.aws_call("DescribeMetricFilters", logs.describe_metric_filters,
+                               logGroupName=alarms.log_group(endpoint),
+                               filterNamePrefix=alarms.filter_name(endpoint))["metricFilters"]
+    except UserError as e:  # no log group: nothing was ever logged or filtered
+        if not _absent(e):
+            raise
+        filters = []
+    for f in filters:
+        if f["filterName"] == alarms.filter_name(endpoint):
+            aws.aws_call("DeleteMetricFilter", logs.delete_metric_filter, logGroupName=alarms.log_group(endpoint),
+                         filterName=f["filterName"])
+            gone.append(f"metric filter {f['filterName']}")
+    return gone
 
 
 def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = None) -> int:
@@ -83,6 +114,7 @@ def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = N
             models = [name]
         attempt(f"endpoint {name}", sm.delete_endpoint, EndpointName=name)
         attempt(f"endpoint config {config}", sm.delete_endpoint_config, EndpointConfigName=config)
+        deleted += _delete_update_alarms(target, name)
     if model and model not in models:
         models.append(model)
     for m in models:
