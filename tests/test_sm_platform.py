@@ -400,7 +400,8 @@ def test_an_object_uri_is_that_object_and_arns_follow_the_partition(capsys, monk
     # China: every ARN (resources and conditions) in aws-cn, the trust policy's too
     from bincounter.sm import policy
 
-    spec = policy.PolicySpec("123456789012", "cn-north-1", s3_read=("s3://bkt/bins",), s3_write=("s3://bkt/o",),
+    spec = policy.PolicySpec("123456789012", "cn-north-1", s3_read=("s3://bkt/bins", "s3://bkt/m/model.tar.gz"),
+                             s3_write=("s3://bkt/o",),
                              ecr=("bincounter", "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/bc:1"),
                              kms_key="1234abcd-12ab-34cd-56ef-1234567890ab", subnets=("subnet-0123abcd",),
                              security_groups=("sg-89abcdef",), commands=policy.COMMANDS, role_name="bc")
