@@ -35,7 +35,8 @@ VERSION = "2012-10-17"
 INLINE_LIMIT = 10240  # IAM: an inline role policy's characters (whitespace not counted)
 POLICY_NAME = "bincounter-sm"
 _ACTION = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*]+$")
-_ECR_URI = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([a-z0-9._/-]+?)(:[\w.-]+|@sha256:\w+)?$")
+_ECR_URI = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([a-z0-9._/-]+?)"
+                     r"(:[\w.-]+|@sha256:\w+)?$")
 _REPO = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
 
 
