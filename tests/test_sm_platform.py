@@ -9,6 +9,7 @@ the model's isolation is checked in the dry run's request only."""
 from __future__ import annotations
 
 import json
+import re
 
 import boto3
 import pytest
@@ -289,6 +290,10 @@ def test_policy_is_scoped_to_what_was_given(capsys, monkeypatch):
     assert by_sid["KmsUse"]["Resource"] == KEY and by_sid["KmsGrantsForVolumes"]["Condition"]
     assert "arn:aws:ec2:us-east-1:123456789012:subnet/subnet-0123abcd" in by_sid["VpcEniCreate"]["Resource"]
     assert "s3:*" not in json.dumps(doc) and '"Action": "*"' not in json.dumps(doc)
+    # no statement grants a whole service (an Action is a list: look at each one)
+    assert not [x for st in doc["Statement"] for x in st["Action"] if x == "*" or x.endswith(":*")]
+    assert by_sid["VpcEniManage"]["Condition"] == {"ArnEquals": {"ec2:Subnet": [
+        f"arn:aws:ec2:us-east-1:123456789012:subnet/{s}" for s in SUBNETS.split(",")]}}
     # every Resource "*" is an action IAM cannot scope, each named here
     assert {s["Sid"] for s in doc["Statement"] if s["Resource"] == "*"} == {"EcrToken", "Metrics", "VpcDescribe"}
     cond = trust["Statement"][0]["Condition"]
@@ -305,10 +310,104 @@ def test_policy_is_scoped_to_what_was_given(capsys, monkeypatch):
     (["--s3-read", "bkt/bins"], "--s3-read 'bkt/bins': must be an s3:// URI"),
     (["--for", "train,serve"], "--for serve"),
     (["--subnets", "subnet-0123abcd"], "--subnets and --security-groups go together"),
+    (["--for", "pipeline"], "--for pipeline: the role it passes to its steps is unknown"),
+    (["--for", "train", "--alarm", "mine"], "--alarm: the rollback alarms of sm update (add update to --for)"),
 ])
 def test_policy_mistakes_are_one_line(extra, needle):
     proc = run_cli("sm", "policy", "--account", "123456789012", "--region", "us-east-1", *extra, env=ENV)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _policy(capsys, *argv) -> dict:
+    from bincounter.cli import main
+
+    assert main(["sm", "policy", "--account", "123456789012", *argv]) == 0
+    out = capsys.readouterr().out
+    if "--create-role" in argv:  # a dry run: the PutRolePolicy request carries it
+        return json.loads(_request(_docs(out), "PutRolePolicy")["PolicyDocument"])
+    return json.loads(out)["policy"]
+
+
+def _allows(doc, action: str, resource: str) -> bool:
+    """Whether an Allow statement names the action and the resource (IAM's * wildcards; conditions not evaluated)."""
+    from fnmatch import fnmatchcase
+
+    def listed(v):
+        return [v] if isinstance(v, str) else v
+
+    return any(st["Effect"] == "Allow" and any(fnmatchcase(action, a) for a in listed(st["Action"]))
+               and any(fnmatchcase(resource, r) for r in listed(st["Resource"])) for st in doc["Statement"])
+
+
+def test_check_refuses_a_whole_service():
+    from bincounter.sm import policy
+
+    for action in ("*", "s3:*", ["s3:GetObject", "sagemaker:*"]):
+        with pytest.raises(ValueError):
+            policy.check({"Version": policy.VERSION, "Statement": [
+                {"Effect": "Allow", "Action": action, "Resource": "arn:aws:s3:::b/*"}]})
+
+
+def test_pipeline_is_a_role_of_its_own_with_every_step_api(capsys, monkeypatch):
+    """The default role (jobs, endpoints) can neither start jobs nor pass itself; --for pipeline grants every API
+    the pipeline's steps call (sm.pipeline_settings.STEP_APIS), the tuning step's watch and stop, and PassRole."""
+    from bincounter.sm.pipeline_settings import STEP_APIS
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    arn = "arn:aws:sagemaker:us-east-1:123456789012"
+    default = _policy(capsys, "--region", "us-east-1")
+    assert not [x for st in default["Statement"] for x in st["Action"]
+                if x.startswith("sagemaker:") or x == "iam:PassRole"]
+    doc = _policy(capsys, "--region", "us-east-1", "--for", "train,tune,pipeline", "--create-role", "bc-pipe",
+                  "--dry-run")
+    for api, _ in STEP_APIS.values():
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "-", api.removeprefix("Create")).lower()  # ModelPackage: model-package
+        assert _allows(doc, f"sagemaker:{api}", f"{arn}:{kind}/bc-x"), api
+    for api in ("DescribeHyperParameterTuningJob", "StopHyperParameterTuningJob",
+                "ListTrainingJobsForHyperParameterTuningJob"):
+        assert _allows(doc, f"sagemaker:{api}", f"{arn}:hyper-parameter-tuning-job/bc-x"), api
+    for api in ("CreateModelPackageGroup", "DescribeModelPackageGroup"):
+        assert _allows(doc, f"sagemaker:{api}", f"{arn}:model-package-group/bincounter"), api
+    assert _allows(doc, "iam:PassRole", "arn:aws:iam::123456789012:role/bc-pipe")
+    assert not _allows(doc, "iam:PassRole", "arn:aws:iam::123456789012:role/admin")
+
+
+def test_update_role_reads_its_rollback_alarms(capsys, monkeypatch):
+    """SageMaker reads the rollback alarms of a blue/green update with the endpoint's role: the ones sm update
+    creates (sm.alarms.names) and the --alarm names, no other."""
+    from bincounter.sm import alarms
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    doc = _policy(capsys, "--region", "eu-west-1", "--alarm", "team-5xx")
+    arn = "arn:aws:cloudwatch:eu-west-1:123456789012:alarm"
+    for name in [*alarms.names("bc-ep"), "team-5xx"]:
+        assert _allows(doc, "cloudwatch:DescribeAlarms", f"{arn}:{name}"), name
+    assert not _allows(doc, "cloudwatch:DescribeAlarms", f"{arn}:billing")
+    assert not _allows(_policy(capsys, "--region", "eu-west-1", "--for", "train,deploy"), "cloudwatch:DescribeAlarms",
+                       f"{arn}:{alarms.names('bc-ep')[0]}")
+
+
+def test_an_object_uri_is_that_object_and_arns_follow_the_partition(capsys, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    doc = _policy(capsys, "--region", "us-east-1", "--s3-read", "s3://bkt/models/model.tar.gz", "--s3-read",
+                  "s3://bkt/data/v1.2/")
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["S3Read"]["Resource"] == ["arn:aws:s3:::bkt/data/v1.2/*", "arn:aws:s3:::bkt/models/model.tar.gz"]
+    assert by_sid["S3List0"]["Condition"]["StringLike"]["s3:prefix"] == ["data/v1.2", "data/v1.2/*",
+                                                                         "models/model.tar.gz"]
+    assert _allows(doc, "s3:GetObject", "arn:aws:s3:::bkt/models/model.tar.gz")
+    assert not _allows(doc, "s3:GetObject", "arn:aws:s3:::bkt/models/other.tar.gz")
+    # China: every ARN (resources and conditions) in aws-cn, the trust policy's too
+    from bincounter.sm import policy
+
+    spec = policy.PolicySpec("123456789012", "cn-north-1", s3_read=("s3://bkt/bins", "s3://bkt/m/model.tar.gz"),
+                             s3_write=("s3://bkt/o",),
+                             ecr=("bincounter", "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/bc:1"),
+                             kms_key="1234abcd-12ab-34cd-56ef-1234567890ab", subnets=("subnet-0123abcd",),
+                             security_groups=("sg-89abcdef",), commands=policy.COMMANDS, role_name="bc")
+    text = json.dumps([policy.execution_policy(spec), policy.trust_policy("123456789012", "cn-north-1")])
+    arns = re.findall(r'"(arn:[^"]*)"', text)
+    assert len(arns) > 15 and all(a.startswith("arn:aws-cn:") for a in arns), arns
 
 
 def test_policy_creates_the_role_in_iam(moto_endpoint):  # noqa: F811
@@ -371,6 +470,8 @@ def test_project_config_sets_what_flags_would_and_says_so(cli, tmp_path):
     ("[sm]\nsubnet = ['subnet-0123abcd']\n", "unknown key sm.subnet (did you mean subnets?)"),
     ("[sm]\nisolation = 'yes'\n", "sm.isolation must be a bool, got 'yes'"),
     ("[sm\n", "bincounter.toml: "),
+    ("role = 'arn:aws:iam::123456789012:role/x'\n[sm]\n", "role at the top level is not read: put it under [sm]"),
+    ("[sm]\n[sn]\nregion = 'us-east-1'\n", "sn at the top level is not read; bincounter reads the [sm] table"),
 ])
 def test_a_bad_project_config_is_one_line(cli, tmp_path, text, needle):
     (tmp_path / "bincounter.toml").write_text(text)
@@ -392,6 +493,15 @@ def test_every_sm_command_reads_the_config_and_help_names_it(cli, tmp_path, caps
         with pytest.raises(SystemExit):
             main(["sm", cmd, "--help"])
         assert "bincounter.toml" in " ".join(capsys.readouterr().out.split()), cmd
+
+
+def test_no_isolation_turns_off_the_configs(cli, tmp_path):
+    (tmp_path / "bincounter.toml").write_text("[sm]\nisolation = true\n")
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PRETRAINED, "--dry-run", cwd=tmp_path)
+    assert rc == 0 and _request(docs, "CreateTrainingJob")["EnableNetworkIsolation"] is True, err
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PRETRAINED, "--no-isolation", "--dry-run", cwd=tmp_path)
+    assert rc == 0 and "EnableNetworkIsolation" not in _request(docs, "CreateTrainingJob"), err
+    assert "setting: isolation = False (from --isolation)" in err  # the flag won over the file, and says so
 
 
 def test_the_instance_type_comes_from_the_config_unless_typed(cli, tmp_path):

@@ -4,6 +4,7 @@ each flag resolved against the project config (`sm.project_config`)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import textwrap
 
@@ -60,8 +61,9 @@ def add_platform_options(p, kind: str) -> None:
         p.add_argument("--subnets", metavar="ID,ID", help=f"run {where} in these VPC subnets (subnet-...; with "
                        "--security-groups); ids are checked offline, that they share one VPC is not")
         p.add_argument("--security-groups", metavar="ID,ID", help="VPC security groups (sg-...; with --subnets)")
-        p.add_argument("--isolation", action="store_true", default=None,
-                       help="network isolation (EnableNetworkIsolation): the container reaches no network; "
+        p.add_argument("--isolation", action=argparse.BooleanOptionalAction, default=None,
+                       help="network isolation (EnableNetworkIsolation): the container reaches no network "
+                            "(--no-isolation: off, whatever the project config says); "
                             + ("ImageNet weights must then come from --pretrained (or --hp pretrained=false)"
                                if kind in ("train", "tune") else "the model must not need one"))
     if kind in ("train", "tune"):

@@ -27,13 +27,19 @@ def add_policy(sub, formatter) -> None:
                            "only. Both are checked (grammar, IAM's size limit) before they are printed.",
                            "--create-role NAME creates the role from them (CreateRole + PutRolePolicy "
                            f"{policy.POLICY_NAME}; --dry-run prints those requests). The caller's own permissions "
-                           "(sagemaker:Create*, iam:PassRole on this role, autoscaling) are not part of it."))
+                           "(sagemaker:Create*, iam:PassRole on this role, autoscaling) are not part of it.",
+                           "--for pipeline (never in the default) adds what a pipeline's role needs to run its steps: "
+                           "create, watch and stop jobs, register the model, and pass itself to the steps. Give the "
+                           "pipeline a role of its own (--create-role bincounter-pipeline --for train,tune,pipeline): "
+                           "a role that can start jobs and pass itself lets any container running with it do so."))
     add_common(p, costed=False)
     p.add_argument("--account", help="12-digit account id (default: from the project config's role ARN, else STS)")
-    p.add_argument("--for", dest="commands", default=",".join(policy.COMMANDS), metavar="CMD,CMD",
-                   help=f"the sm commands the role serves ({', '.join(policy.COMMANDS)})")
+    p.add_argument("--for", dest="commands", default=",".join(policy.DEFAULT_COMMANDS), metavar="CMD,CMD",
+                   help=f"the sm commands the role serves, of {', '.join(policy.COMMANDS)} (default: all but "
+                        "pipeline; pipeline needs the role's name: --create-role or role in the project config)")
     p.add_argument("--s3-read", action="append", default=[], metavar="S3_URI",
-                   help="prefix the jobs read (channels, pretrained weights, model.tar.gz to deploy); repeatable")
+                   help="prefix the jobs read (channels, pretrained weights), or one object (a last segment with an "
+                        "extension: s3://b/models/model.tar.gz to deploy); repeatable")
     p.add_argument("--s3-write", action="append", default=[], metavar="S3_URI",
                    help="prefix the jobs write (training output, checkpoints, data capture, batch output); "
                         "also read; repeatable")
@@ -42,6 +48,9 @@ def add_policy(sub, formatter) -> None:
     p.add_argument("--kms-key", metavar="KEY", help="the customer KMS key (id or key ARN) of the jobs")
     p.add_argument("--subnets", metavar="ID,ID", help="VPC subnets of the jobs (network interfaces there)")
     p.add_argument("--security-groups", metavar="ID,ID", help="their security groups")
+    p.add_argument("--alarm", action="append", default=[], metavar="NAME",
+                   help="an existing CloudWatch alarm sm update --alarm rolls back on (the endpoint's role must "
+                        "read it; the bincounter-* alarms sm update creates are always in); repeatable")
     p.add_argument("--create-role", metavar="NAME", help="create the role with these policies")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag the role (with --create-role), "
                    "repeatable; added to the project config's tags and the default ones")
@@ -69,13 +78,14 @@ def cmd_policy(args) -> int:
     def pick(value, key, flag, default=None):
         return project_config.resolve(value, key, cfg, flag, default)[0]
 
-    role_name = args.create_role or (pick(None, "role", "--role") or "").rsplit("/", 1)[-1] or None
+    configured = pick(None, "role", "--role") or ""  # an ARN (its path kept) or a name
+    role_name = args.create_role or configured.partition(":role/")[2] or configured or None
     spec = policy.PolicySpec(
         account=_account(args, cfg, region), region=region, s3_read=tuple(args.s3_read),
         s3_write=tuple(args.s3_write), ecr=tuple(args.ecr), kms_key=pick(args.kms_key, "kms_key", "--kms-key"),
         subnets=tuple(split_ids(args.subnets) or pick(None, "subnets", "--subnets", ())),
         security_groups=tuple(split_ids(args.security_groups) or pick(None, "security_groups", "", ())),
-        commands=tuple(split_ids(args.commands)), role_name=role_name)
+        commands=tuple(split_ids(args.commands)), role_name=role_name, alarms=tuple(args.alarm))
     if bool(spec.subnets) != bool(spec.security_groups):
         raise UserError("--subnets and --security-groups go together")
     if not (spec.s3_read or spec.s3_write):

@@ -84,6 +84,10 @@ def load(path: str | None = None) -> ProjectConfig:
         doc = tomllib.loads(p.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"config {p}: {e}") from None
+    for k in doc:
+        if k != "sm":
+            raise UserError(f"config {p}: {k} at the top level is not read" + (": put it under [sm] (its keys "
+                            "go below that line)" if k in KEYS else "; bincounter reads the [sm] table only"))
     sm = doc.get("sm", {})
     if not isinstance(sm, dict):
         raise UserError(f"config {p}: [sm] must be a table")
