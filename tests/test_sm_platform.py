@@ -502,6 +502,12 @@ def test_no_isolation_turns_off_the_configs(cli, tmp_path):
     rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PRETRAINED, "--no-isolation", "--dry-run", cwd=tmp_path)
     assert rc == 0 and "EnableNetworkIsolation" not in _request(docs, "CreateTrainingJob"), err
     assert "setting: isolation = False (from --isolation)" in err  # the flag won over the file, and says so
+    (tmp_path / "bincounter.toml").write_text("[sm]\ninter_container_encryption = true\n")
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PRETRAINED, "--instance-count", "2", "--dry-run", cwd=tmp_path)
+    assert rc == 0 and _request(docs, "CreateTrainingJob")["EnableInterContainerTrafficEncryption"] is True, err
+    rc, docs, err = cli("train", *TRAIN, *NOWHERE, *PRETRAINED, "--instance-count", "2",
+                        "--no-inter-container-encryption", "--dry-run", cwd=tmp_path)
+    assert rc == 0 and not _request(docs, "CreateTrainingJob").get("EnableInterContainerTrafficEncryption"), err
 
 
 def test_the_instance_type_comes_from_the_config_unless_typed(cli, tmp_path):

@@ -67,8 +67,9 @@ def add_platform_options(p, kind: str) -> None:
                             + ("ImageNet weights must then come from --pretrained (or --hp pretrained=false)"
                                if kind in ("train", "tune") else "the model must not need one"))
     if kind in ("train", "tune"):
-        p.add_argument("--inter-container-encryption", action="store_true", default=None,
-                       help=f"encrypt traffic between training instances; {INTER_CONTAINER_COST}")
+        p.add_argument("--inter-container-encryption", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"encrypt traffic between training instances (--no-inter-container-encryption: off, "
+                            f"whatever the project config says); {INTER_CONTAINER_COST}")
     what = {"train": "the training volume and output (model.tar.gz)", "tune": "every trial's volume and output",
             "deploy": "the endpoint's storage volume and data capture",
             "batch": "the transform job's volume and output"}[kind]
@@ -133,8 +134,9 @@ def platform_settings(args) -> PlatformSettings:
                                                default)
         if not hasattr(args, attr) and source != "default":  # a setting this command does not take
             if getattr(args, "dry_run", False):
-                log.info("setting: %s from %s is not used by this command (sm batch: the model's VPC and "
-                         "isolation apply)", key, source)
+                why = (" (sm batch: the model's VPC and isolation apply)"
+                       if key in ("subnets", "security_groups", "isolation") else "")
+                log.info("setting: %s from %s is not used by this command%s", key, source, why)
             return default
         _say(args, key, value, source)
         return value
