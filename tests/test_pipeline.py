@@ -433,3 +433,99 @@ def test_upsert_without_weights_names_the_pretrained_channel():
                                            ("DataVersion=a b", "a label for the prepared data")])
 def test_new_start_params_are_checked(param, needle):
     assert_one_line_error(run_cli("sm", "pipeline", "start", "--param", param, "--dry-run", env=ENV), needle)
+
+
+# ------------------------------------------------------------------ issue #27 on the pipeline: platform settings
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+PLATFORM = ("--tag", "team=vision", "--subnets", "subnet-0123abcd,subnet-0123abce", "--security-groups",
+            "sg-0123abcd", "--kms-key", KEY, "--inter-container-encryption")
+VPC = {"SecurityGroupIds": ["sg-0123abcd"], "Subnets": ["subnet-0123abcd", "subnet-0123abce"]}
+
+
+@pytest.fixture(scope="module")
+def platform_definition() -> tuple[dict, str]:
+    proc = run_cli(*UPSERT, *PLATFORM, "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_platform_settings_reach_every_step_of_the_definition(platform_definition):
+    from bincounter.sm.pipeline_settings import step_request_errors
+
+    definition, stderr = platform_definition
+    s = _steps(definition)
+    jobs = [n for n, st in s.items() if st["Type"] in ("Processing", "Training", "Tuning")]
+    assert jobs == ["Prepare", "Shard", "Index", "Tune", "Train", "Evaluate"]
+    for name in jobs:
+        a = s[name]["Arguments"]
+        tags = {t["Key"]: t["Value"] for t in a["Tags"]}
+        assert tags["team"] == "vision" and tags["project"] == "bincounter" and "bincounter:version" in tags, name
+        if s[name]["Type"] == "Processing":
+            assert a["NetworkConfig"] == {"VpcConfig": VPC, "EnableInterContainerTrafficEncryption": True}, name
+            assert a["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KEY, name
+            assert a["ProcessingOutputConfig"]["KmsKeyId"] == KEY, name
+        else:
+            job = a.get("TrainingJobDefinition", a)
+            assert job["VpcConfig"] == VPC and job["EnableInterContainerTrafficEncryption"] is True, name
+            assert job["OutputDataConfig"]["KmsKeyId"] == KEY and job["ResourceConfig"]["VolumeKmsKeyId"] == KEY
+            assert job["EnableNetworkIsolation"] is True  # as before: the training steps run isolated
+            assert job["ResourceConfig"]["InstanceCount"] == {"Get": "Parameters.TrainInstances"}  # still merged
+    reg = s["Register"]["Arguments"]  # a version in a group: the group's tags (CreateModelPackage refuses Tags)
+    assert reg["SecurityConfig"] == {"KmsKeyId": KEY} and "Tags" not in reg
+    assert step_request_errors(definition) == {}
+    assert "would tag the pipeline (CreatePipeline) and the model package group bincounter " \
+           "(CreateModelPackageGroup" in stderr and "team=vision" in stderr
+    assert "not checked offline" in stderr
+
+
+def test_without_platform_flags_the_steps_carry_only_the_default_tags(definition):
+    for name, st in _steps(definition).items():
+        a = st["Arguments"]
+        if st["Type"] in ("Processing", "Training", "Tuning"):
+            assert {t["Key"] for t in a["Tags"]} == {"project", "bincounter:version"}, name
+            assert "NetworkConfig" not in a and "VpcConfig" not in a.get("TrainingJobDefinition", a), name
+            assert "KmsKeyId" not in json.dumps(a), name
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--subnets", "subnet-0123abcd"], "--subnets and --security-groups go together"),
+    (["--subnets", "subnet-xyz", "--security-groups", "sg-0123abcd"], "--subnets 'subnet-xyz': not an id"),
+    (["--kms-key", "not-a-key"], "--kms-key 'not-a-key': not a KMS key id"),
+    (["--kms-key", "alias/team"], "a training job's volume takes a key id or key ARN, not an alias"),
+    (["--kms-key", KEY.replace("us-east-1", "eu-west-1")], "the key is in eu-west-1, the job in us-east-1"),
+    (["--tag", "aws:owner=me"], "keys starting with 'aws:' are reserved"),
+    (["--tag", "novalue"], "expected KEY=VALUE"),
+])
+def test_platform_mistakes_on_upsert_are_one_line(extra, needle):
+    assert_one_line_error(run_cli(*UPSERT, *extra, "--region", "us-east-1", "--dry-run", env=ENV), needle)
+
+
+def test_upsert_takes_role_and_platform_settings_from_the_project_config(tmp_path):
+    (tmp_path / "bincounter.toml").write_text(f'[sm]\nrole = "{ROLE}"\nsubnets = ["subnet-0123abcd"]\n'
+                                              f'security_groups = ["sg-0123abcd"]\nkms_key = "{KEY}"\n'
+                                              'isolation = true\n[sm.tags]\nteam = "vision"\n')
+    args = list(UPSERT)
+    del args[args.index("--role"):args.index("--role") + 2]
+    proc = run_cli(*args, "--dry-run", env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    train = _steps(json.loads(proc.stdout))["Train"]["Arguments"]
+    assert train["RoleArn"] == ROLE and train["VpcConfig"]["Subnets"] == ["subnet-0123abcd"]
+    assert {"Key": "team", "Value": "vision"} in train["Tags"] and train["OutputDataConfig"]["KmsKeyId"] == KEY
+    assert "setting: kms_key" in proc.stderr and "isolation from" in proc.stderr  # not taken: always on here
+
+
+def test_upsert_tags_the_pipeline_and_the_model_package_group(moto_endpoint):
+    env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
+    args = list(UPSERT)
+    args[args.index(IMAGE)] = GPU_DIGEST  # by digest: no ECR call
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    for team in ("vision", "counting"):  # the second upsert: both exist, AddTags
+        proc = run_cli(*args, "--name", "bc-tagged", "--model-package-group", "bc-tagged-group", "--tag",
+                       f"team={team}", "--endpoint-url", moto_endpoint, env=env)
+        assert proc.returncode == 0, proc.stderr
+        arn = json.loads(proc.stdout.strip().splitlines()[-1])["arn"]
+        group = sm.describe_model_package_group(ModelPackageGroupName="bc-tagged-group")["ModelPackageGroupArn"]
+        for resource in (arn, group):
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=resource)["Tags"]}
+            assert tags["team"] == team and tags["project"] == "bincounter", (resource, tags)

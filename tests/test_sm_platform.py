@@ -517,3 +517,57 @@ def test_the_instance_type_comes_from_the_config_unless_typed(cli, tmp_path):
     assert _request(docs, "CreateTransformJob")["TransformResources"]["InstanceType"] == "ml.m5.xlarge", err
     rc, docs, err = cli(*args, "--instance-type", "ml.g5.xlarge", cwd=tmp_path)  # typed, though the default
     assert _request(docs, "CreateTransformJob")["TransformResources"]["InstanceType"] == "ml.g5.xlarge", err
+
+
+# ------------------------------------------------------------------ sm deploy --model-package ARN --cpu-image
+CPU_IMAGE = IMAGE.replace("bincounter:", "bincounter-cpu:")
+
+
+def _package(sm, group: str, cpu: bool) -> str:
+    """An Approved version as `sm pipeline` registers it: the GPU image, and (cpu) the CPU image as the
+    additional inference specification cpu-onnx (its own model URL here, to tell which one was served)."""
+    sm.create_model_package_group(ModelPackageGroupName=group)
+    spec = {"SupportedContentTypes": ["image/jpeg"], "SupportedResponseMIMETypes": ["application/json"]}
+    extra = {"AdditionalInferenceSpecifications": [{
+        "Name": "cpu-onnx", "Containers": [{"Image": CPU_IMAGE, "ModelDataUrl": "s3://bkt/pipe/cpu/model.tar.gz"}],
+        "SupportedRealtimeInferenceInstanceTypes": ["ml.c6i.xlarge", "ml.m5.xlarge"], **spec}]} if cpu else {}
+    return sm.create_model_package(
+        ModelPackageGroupName=group, ModelApprovalStatus="Approved", **extra,
+        InferenceSpecification={"Containers": [{"Image": IMAGE, "ModelDataUrl": "s3://bkt/pipe/model.tar.gz"}],
+                                **spec})["ModelPackageArn"]
+
+
+def test_deploy_serves_the_model_packages_cpu_specification(moto_endpoint):  # noqa: F811
+    from .conftest import assert_one_line_error
+
+    sm = _sm(moto_endpoint)
+    arn = _package(sm, "bc-cpu-group", cpu=True)
+    deploy = ("sm", "deploy", "--role", ROLE, "--model-package", arn, "--cpu-image", "--no-wait",
+              "--instance-type", "ml.m5.xlarge", "--endpoint-url", moto_endpoint)  # moto: older instance types
+    proc = run_cli(*deploy, "--name", "bc-cpu-ep", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    container = sm.describe_model(ModelName="bc-cpu-ep")["PrimaryContainer"]
+    assert (container["Image"], container["ModelDataUrl"]) == (CPU_IMAGE, "s3://bkt/pipe/cpu/model.tar.gz")
+    assert "serving its CPU specification cpu-onnx" in proc.stderr
+
+    gpu_only = _package(sm, "bc-gpu-group", cpu=False)  # a package without one: one line, nothing created
+    bad = list(deploy)
+    bad[bad.index(arn)] = gpu_only
+    assert_one_line_error(run_cli(*bad, "--name", "bc-no-cpu-ep", env=ENV), "has no CPU specification",
+                          "pass --cpu-image URI")
+    assert "bc-no-cpu-ep" not in [m["ModelName"] for m in sm.list_models()["Models"]]
+
+
+def test_deploy_cpu_image_from_a_package_in_a_dry_run_says_it_would_read_it(cli):
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/bincounter/3"
+    rc, docs, err = cli("deploy", "--role", ROLE, "--model-package", arn, "--cpu-image", "--instance-type",
+                        "ml.c6i.xlarge", *NOWHERE, "--dry-run")
+    assert rc == 0, err
+    assert "would serve the image and model of the package's CPU entry" in err and "DescribeModelPackage" in err
+    assert "cpu-image-of-model-package" in _request(docs, "CreateModel")["PrimaryContainer"]["Image"]
+    rc, _, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--cpu-image", *NOWHERE,
+                     "--dry-run")
+    assert rc == 2 and "--cpu-image without a URI serves a model package's CPU specification" in err
+    rc, docs, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--cpu-image", CPU_IMAGE,
+                        "--instance-type", "ml.c6i.xlarge", *NOWHERE, "--dry-run")  # a URI: as before
+    assert rc == 0 and _request(docs, "CreateModel")["PrimaryContainer"]["Image"] == CPU_IMAGE, err

@@ -52,27 +52,31 @@ def add_price(p) -> None:
 
 
 def add_platform_options(p, kind: str) -> None:
-    """--tag, and by `kind` (train, tune, deploy, batch) the VPC, KMS, isolation and encryption flags."""
+    """--tag, and by `kind` (train, tune, deploy, batch, pipeline) the VPC, KMS, isolation and encryption flags
+    (a pipeline's training steps run isolated anyway: no --isolation)."""
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag every resource the command creates, "
                    "repeatable; added to the project config's tags and the defaults project=bincounter, "
                    f"bincounter:version={__version__}")
     if kind != "batch":
-        where = "the training instances" if kind in ("train", "tune") else "the model's containers"
+        where = {"train": "the training instances", "tune": "the training instances",
+                 "pipeline": "every step's instances"}.get(kind, "the model's containers")
         p.add_argument("--subnets", metavar="ID,ID", help=f"run {where} in these VPC subnets (subnet-...; with "
                        "--security-groups); ids are checked offline, that they share one VPC is not")
         p.add_argument("--security-groups", metavar="ID,ID", help="VPC security groups (sg-...; with --subnets)")
+    if kind not in ("batch", "pipeline"):
         p.add_argument("--isolation", action=argparse.BooleanOptionalAction, default=None,
                        help="network isolation (EnableNetworkIsolation): the container reaches no network "
                             "(--no-isolation: off, whatever the project config says); "
                             + ("ImageNet weights must then come from --pretrained (or --hp pretrained=false)"
                                if kind in ("train", "tune") else "the model must not need one"))
-    if kind in ("train", "tune"):
+    if kind in ("train", "tune", "pipeline"):
         p.add_argument("--inter-container-encryption", action=argparse.BooleanOptionalAction, default=None,
                        help=f"encrypt traffic between training instances (--no-inter-container-encryption: off, "
                             f"whatever the project config says); {INTER_CONTAINER_COST}")
     what = {"train": "the training volume and output (model.tar.gz)", "tune": "every trial's volume and output",
             "deploy": "the endpoint's storage volume and data capture",
-            "batch": "the transform job's volume and output"}[kind]
+            "batch": "the transform job's volume and output",
+            "pipeline": "every step's volumes and outputs and the registered model package"}[kind]
     p.add_argument("--kms-key", metavar="KEY", help=f"customer KMS key (id, ARN; alias where the API takes one) for "
                    f"{what}")
 

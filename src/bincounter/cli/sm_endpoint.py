@@ -35,9 +35,11 @@ def add_deploy(sub, formatter) -> None:
                      "`sm pipeline` registers); its image and model.tar.gz, unless --image/--cpu-image")
     img = d.add_mutually_exclusive_group()
     img.add_argument("--image", help="serving image URI (default: the training job's image)")
-    img.add_argument("--cpu-image", metavar="URI", help="the CPU serving image (target serve-cpu) to serve with: "
-                     "for CPU instances and --serverless; the model must hold model.onnx (bincounter train writes "
-                     "it; older models: bincounter export)")
+    img.add_argument("--cpu-image", metavar="URI", nargs="?", const=True,
+                     help="the CPU serving image (target serve-cpu) to serve with: for CPU instances and "
+                     "--serverless; the model must hold model.onnx (bincounter train writes it; older models: "
+                     "bincounter export). With --model-package and no URI: the image and model of the package's "
+                     "CPU specification (the additional one `sm pipeline` registers)")
     d.add_argument("--name", help="endpoint name (also the model and config name)")
     d.add_argument("--serverless", metavar="MEMORY_MB[,MAX_CONCURRENCY]",
                    help="a serverless endpoint instead of instances: memory 1024..6144 in steps of 1024, max "
@@ -158,9 +160,17 @@ def _ints(text: str) -> tuple[int, ...]:
 def endpoint_spec(args) -> EndpointSpec:
     from ..sm.endpoint import parse_serverless
 
+    cpu_image = args.cpu_image
+    if cpu_image is True:  # --cpu-image without a URI
+        from ..sm.endpoint import CPU_FROM_PACKAGE
+
+        if not args.model_package:
+            raise UserError("--cpu-image without a URI serves a model package's CPU specification: add "
+                            "--model-package ARN, or give the image: --cpu-image URI")
+        cpu_image = CPU_FROM_PACKAGE
     return EndpointSpec(
         role=role(args), name=args.name, training_job=args.training_job, model_data=args.model_data,
-        model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
+        model_package=args.model_package, image=args.image, cpu_image=cpu_image,
         serverless=parse_serverless(args.serverless) if args.serverless else None,
         instance_type=instance_type(args), instance_count=args.instance_count,
         autoscale=_ints(args.autoscale) if args.autoscale else None,

@@ -10,8 +10,7 @@ import sys
 from ..errors import UserError
 from ..sm import hyperparameters, jobs, pipeline, pipeline_local, pipeline_settings, printing
 from ..sm.hyperparameters import DEFAULT_RANGES
-from ..sm.target import AwsTarget
-from .sm_common import add_aws_options
+from .sm_common import Default, add_aws_options, add_platform_options, instance_type, platform_settings, role, target
 
 
 def add_arguments(sub, formatter) -> None:
@@ -32,12 +31,13 @@ def add_arguments(sub, formatter) -> None:
                         "JSON (stdout) without any AWS call. The options give the parameters' defaults; each "
                         "execution may override them.")
     aws_opts(u)
-    u.add_argument("--role", required=True, help="execution role (ARN or name) for the pipeline and its jobs")
+    u.add_argument("--role", help="execution role (ARN or name) for the pipeline and its jobs; required here or as "
+                   "role in the project config")
     u.add_argument("--image", required=True, help="the bincounter image URI (./build_and_push.sh)")
     u.add_argument("--data", required=True, help="s3:// raw ABID (bin-images/ + metadata/): RawData's default")
     u.add_argument("--output", required=True, help="s3:// prefix for everything the executions write")
     u.add_argument("--name", default="bincounter", help="pipeline name")
-    u.add_argument("--instance-type", default="ml.g5.xlarge", help="training instances (InstanceType)")
+    u.add_argument("--instance-type", default=Default("ml.g5.xlarge"), help="training instances (InstanceType)")
     u.add_argument("--processing-instance-type", default="ml.m5.xlarge", help="prepare/evaluate instances")
     u.add_argument("--train-instances", type=int, default=2,
                    help="instances of the final Train AND of every tuning trial (TrainInstances)")
@@ -61,6 +61,7 @@ def add_arguments(sub, formatter) -> None:
     u.add_argument("--model-package-group", default="bincounter", help="Model Registry group")
     u.add_argument("--approval-status", default="PendingManualApproval", choices=list(pipeline.APPROVAL_STATUSES),
                    help="of a registered version (ApprovalStatus)")
+    add_platform_options(u, "pipeline")
     u.set_defaults(func=cmd_upsert)
 
     s = psub.add_parser("start", help="start an execution", formatter_class=formatter)
@@ -105,20 +106,16 @@ def _add_local(psub, formatter) -> None:
     lo.set_defaults(func=cmd_local)
 
 
-def _target(args) -> AwsTarget:
-    return AwsTarget(args.region, args.profile, args.endpoint_url, getattr(args, "dry_run", False))
-
-
 def upsert_spec(args) -> pipeline.PipelineSpec:
     return pipeline.PipelineSpec(
-        role=args.role, image=args.image, data=args.data, output=args.output, name=args.name,
-        instance_type=args.instance_type, processing_instance_type=args.processing_instance_type,
+        role=role(args), image=args.image, data=args.data, output=args.output, name=args.name,
+        instance_type=instance_type(args), processing_instance_type=args.processing_instance_type,
         max_jobs=args.max_jobs, max_parallel=args.max_parallel, min_accuracy=args.min_accuracy,
         lr_range=hyperparameters.lr_range(args.lr_range), hyperparameters=jobs.hp_strings(jobs.parse_kv(args.hp)),
         model_package_group=args.model_package_group, approval_status=args.approval_status,
         train_instances=args.train_instances, shard_instances=args.shard_instances, data_version=args.data_version,
         shard_size=_shard_size(args.shard_size), weights=args.weights, cpu_image=args.cpu_image,
-        batch_sizes=_batch_sizes(args.batch_sizes))
+        batch_sizes=_batch_sizes(args.batch_sizes), platform=platform_settings(args))
 
 
 def _shard_size(text: str) -> str:
@@ -135,7 +132,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_upsert(args) -> int:
-    doc, arn = pipeline.upsert(upsert_spec(args), _target(args))
+    doc, arn = pipeline.upsert(upsert_spec(args), target(args))
     print(f"pipeline {args.name}: steps {' -> '.join(pipeline.step_names(doc))}; parameters "
           f"{', '.join(p['Name'] for p in doc['Parameters'])}", file=sys.stderr)
     for line in pipeline_settings.cost_lines(doc):
@@ -161,17 +158,17 @@ def cmd_start(args) -> int:
                       "prints it per step)")
         printing.print_request("StartPipelineExecution", request)
         return 0
-    target = _target(args)
-    for line in pipeline.start_cost(request, target):
+    where = target(args)  # --region/--profile, else the project config's
+    for line in pipeline.start_cost(request, where):
         printing.cost(line)
-    arn = pipeline.start(request, target)
+    arn = pipeline.start(request, where)
     print(json.dumps({"started": "pipeline execution", "name": args.name, "arn": arn}))
     print(f"follow:  bincounter sm pipeline status --name {args.name}", file=sys.stderr)
     return 0
 
 
 def cmd_status(args) -> int:
-    st = pipeline.status(_target(args), args.name, args.execution)
+    st = pipeline.status(target(args), args.name, args.execution)
     print(json.dumps({"execution": st.arn, "status": st.execution.get("PipelineExecutionStatus"),
                       "failure": st.execution.get("FailureReason")}))
     if st.steps_unavailable:

@@ -18,6 +18,8 @@ from .specs import EndpointSpec
 from .target import DRY_ACCOUNT, AwsTarget
 
 log = logging.getLogger("bincounter")
+CPU_FROM_PACKAGE = "<the model package's CPU entry>"  # cpu_image: the package's additional CPU specification
+CPU_SPEC_NAME = "cpu-onnx"  # the name `sm pipeline` registers it under
 
 
 def parse_serverless(text: str) -> tuple[int, int]:
@@ -61,7 +63,8 @@ def _check(spec: EndpointSpec) -> None:
 
 def _model(spec: EndpointSpec, target: AwsTarget, region: str) -> tuple[str | None, str | None]:
     """(model.tar.gz URI, image) of the spec's model source; a dry run reads nothing and names placeholders."""
-    image, model_data = spec.image or spec.cpu_image, spec.model_data
+    from_package = spec.cpu_image == CPU_FROM_PACKAGE
+    image, model_data = spec.image or (None if from_package else spec.cpu_image), spec.model_data
     if spec.training_job and target.dry_run:
         log.warning("dry run: training job %s is not read (no network call); its model and image are placeholders",
                     spec.training_job)
@@ -72,6 +75,10 @@ def _model(spec: EndpointSpec, target: AwsTarget, region: str) -> tuple[str | No
                     "and its approval status is not checked", spec.model_package)
         model_data = "s3://dry-run-placeholder/model-package/model.tar.gz"
         image = image or f"{DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/image-of-model-package:dry-run"
+        if from_package:
+            log.warning("dry run: --cpu-image would serve the image and model of the package's CPU entry (read "
+                        "with DescribeModelPackage: AdditionalInferenceSpecifications %s)", CPU_SPEC_NAME)
+            image = f"{DRY_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/cpu-image-of-model-package:dry-run"
     elif spec.model_package:
         pkg = aws.aws_call("DescribeModelPackage", target.client().describe_model_package,
                            ModelPackageName=spec.model_package)
@@ -81,6 +88,8 @@ def _model(spec: EndpointSpec, target: AwsTarget, region: str) -> tuple[str | No
                             f"update-model-package --model-package-arn {spec.model_package} --model-approval-status "
                             "Approved), or deploy its training job")
         container = pkg["InferenceSpecification"]["Containers"][0]
+        if from_package:
+            container = {"ModelDataUrl": container.get("ModelDataUrl"), **cpu_container(pkg, spec)}
         model_data, image = container.get("ModelDataUrl"), image or container["Image"]
         if not model_data:
             raise UserError(f"model package {spec.model_package} has no ModelDataUrl")
@@ -92,6 +101,25 @@ def _model(spec: EndpointSpec, target: AwsTarget, region: str) -> tuple[str | No
             raise UserError(f"training job {spec.training_job} has no model artifacts (status "
                             f"{desc.get('TrainingJobStatus')}; wait until it has Completed)")
     return model_data, image
+
+
+def cpu_container(pkg: dict, spec) -> dict:
+    """The container of a model package's CPU specification (DescribeModelPackage's answer `pkg`): the
+    additional specification named cpu-onnx (what `sm pipeline` registers), else its only one; a warning when
+    `spec`'s instance type is not among the ones it lists."""
+    extra = pkg.get("AdditionalInferenceSpecifications") or []
+    named = [x for x in extra if x.get("Name") == CPU_SPEC_NAME] or (extra if len(extra) == 1 else [])
+    if not named:
+        raise UserError(f"model package {spec.model_package} has no CPU specification to serve with --cpu-image (its "
+                        f"additional ones: {', '.join(x.get('Name', '?') for x in extra) or 'none'}; "
+                        f"`sm pipeline upsert --cpu-image` registers one named {CPU_SPEC_NAME}): pass --cpu-image URI")
+    cpu = named[0]
+    allowed = cpu.get("SupportedRealtimeInferenceInstanceTypes") or []
+    if not spec.serverless and allowed and spec.instance_type not in allowed:
+        log.warning("--instance-type %s: not among the CPU specification's instance types (%s)",
+                    spec.instance_type, ", ".join(allowed))
+    log.info("model package %s: serving its CPU specification %s", spec.model_package, cpu.get("Name"))
+    return {k: v for k, v in cpu["Containers"][0].items() if k in ("Image", "ModelDataUrl") and v}
 
 
 model_source = _model  # public: sm update (update.py) takes a new model from the same sources

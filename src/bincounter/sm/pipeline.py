@@ -48,6 +48,7 @@ from . import pipeline_settings as settings
 from . import sdk, sdk_compat
 from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
 from .pipeline_steps import DATA_STEPS, Flow
+from .platform import PlatformSettings
 from .target import AwsTarget
 
 log = logging.getLogger("bincounter")
@@ -68,7 +69,8 @@ class PipelineSpec:
     `hyperparameters`: the fixed ones, as SageMaker's strings (lr is tuned within `lr_range`, batch_size among
     `batch_sizes` unless fixed). `weights`: s3:// folder of ImageNet weights (the pretrained channel); None only
     with pretrained=false. `cpu_image`: the CPU (ONNX Runtime) image, registered as the additional inference
-    specification."""
+    specification. `platform`: tags, VPC, KMS key, inter-container encryption on every step (the training steps
+    run isolated anyway) and tags on the pipeline and the model package group."""
 
     role: str
     image: str
@@ -92,6 +94,7 @@ class PipelineSpec:
     weights: str | None = None
     cpu_image: str | None = None
     max_runtime_s: int = 6 * 3600
+    platform: PlatformSettings = field(default_factory=PlatformSettings)
 
 
 def tuned_ranges(spec: PipelineSpec) -> dict:
@@ -158,7 +161,12 @@ def build(session, spec: PipelineSpec, role: str):
     evaluate, report = flow.evaluate_step(model_data)
     register = register_step(ps, spec, role, model_data, evaluate, p_approval)
     check = flow.gate(evaluate, report, p_min_acc, [register], "not registered")
-    return Pipeline(name=spec.name, sagemaker_session=ps,
+
+    class PlatformPipeline(Pipeline):  # the definition printed and the one CreatePipeline/UpdatePipeline send
+        def definition(self) -> str:
+            return json.dumps(settings.with_platform(json.loads(super().definition()), spec.platform))
+
+    return PlatformPipeline(name=spec.name, sagemaker_session=ps,
                     parameters=[p_data, p_version, p_instance, p_train_n, p_proc_instance, p_shard_n, p_max_jobs,
                                 p_min_acc, p_approval],
                     steps=[*data_steps, tune, train, evaluate, check])
@@ -281,6 +289,10 @@ def upsert(spec: PipelineSpec, target: AwsTarget) -> tuple[dict, str | None]:
     spec = check_spec(spec)
     region = target.resolved_region()
     role = target.role_arn(spec.role, region)
+    spec.platform.check_training(region, None)
+    if target.dry_run:
+        for note in spec.platform.dry_run_notes():
+            log.info("%s", note)
     definition, created = None, None
     ecr = None if target.dry_run else target.client("ecr")
     pinned = {}
@@ -295,9 +307,10 @@ def upsert(spec: PipelineSpec, target: AwsTarget) -> tuple[dict, str | None]:
         pipe = build(session, spec, role)
         definition = pipe.definition()
         settings.check_requests(json.loads(definition))  # botocore's validation of each job step (failure: our bug)
+        settings.tag_group(spec.model_package_group, spec.platform, target)
         if not target.dry_run:
             created = pipe.upsert(role_arn=role, description="bincounter: prepare (sharded), tune, train, evaluate, "
-                                  "register")
+                                  "register", tags=spec.platform.tag_list() or None)
     if definition is None:
         raise UserError(f"the SDK stopped before the definition was built (calls: {[c['api'] for c in captured]})")
     return json.loads(definition), (created or {}).get("PipelineArn")

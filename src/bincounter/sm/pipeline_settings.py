@@ -7,6 +7,10 @@ fields the SDK's shapes cannot take as pipeline parameters, and the cost line pe
 * Caching: the data steps (Prepare, Shard, Index) are cached for 45 days (`CACHE_EXPIRE`, a monthly retrain plus
   slack): a rerun with the same RawData/DataVersion/instance settings reuses their outputs. Their outputs are keyed
   by DataVersion, not by execution, so a cache hit's locations are the ones the later steps read.
+* Platform settings (`with_platform`): tags, VPC, KMS key and inter-container encryption go into every job step's
+  request (its Arguments), as `sm train/tune` add them to theirs (`platform.apply`); the Register step takes the
+  key (SecurityConfig) but no tags: a version in a group carries the group's tags (CreateModelPackage refuses
+  Tags there), so `sm pipeline upsert` tags the group itself, and the pipeline (CreatePipeline).
 * `patched_step(cls, fix)`: a step class whose request is `fix(request)`: the SDK's request shapes type instance
   counts as ints, so a parameter (TrainInstances) goes in afterwards, as `sdk_compat.tuning_step_class` does for
   MaxJobs. The same place turns on network isolation for the training steps.
@@ -14,11 +18,15 @@ fields the SDK's shapes cannot take as pipeline parameters, and the cost line pe
 
 from __future__ import annotations
 
+import logging
 import re
 
+from .. import aws
 from ..errors import UserError
 from . import cost
+from . import platform as platform_fields
 
+log = logging.getLogger("bincounter")
 CACHE_EXPIRE = "P45D"
 DIGEST_RE = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 ECR_RE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+):([\w][\w.-]{0,127})$")
@@ -218,3 +226,56 @@ def check_requests(definition: dict) -> None:
 
     if bad := step_request_errors(definition):
         raise InvalidRequest("; ".join(f"step {k}: {v}" for k, v in bad.items()))
+
+
+# ------------------------------------------------------------------------------------------ platform
+def with_platform(definition: dict, settings) -> dict:
+    """`definition` with `settings` (a platform.PlatformSettings) merged into each job step's Arguments, condition
+    branches included; changed in place."""
+    for step in _flat(definition["Steps"]):
+        if step.get("Type") not in STEP_APIS:
+            continue
+        api, args = STEP_APIS[step["Type"]][0], step["Arguments"]
+        if api == "CreateModelPackage":  # a version in a group: the group's tags (no Tags allowed), the key
+            if settings.kms_key:
+                args["SecurityConfig"] = {"KmsKeyId": settings.kms_key}
+        else:
+            platform_fields.apply(api, args, settings)
+    return definition
+
+
+def group_tag_request(group: str, settings, arn: str | None) -> tuple[str, dict]:
+    """The request tagging the model package group: (api, request). A new group (`arn` None): CreateModelPackageGroup
+    with the tags (the Register step then adds versions to it); an existing one: AddTags on its ARN."""
+    if arn:
+        return "AddTags", {"ResourceArn": arn, "Tags": settings.tag_list()}
+    return "CreateModelPackageGroup", {"ModelPackageGroupName": group, "Tags": settings.tag_list(),
+                                       "ModelPackageGroupDescription": "bincounter: versions the pipeline registers"}
+
+
+def tag_group(group: str, platform, target) -> None:
+    """Tag the model package group (its versions carry its tags): create it with them, or AddTags if it exists; a
+    dry run logs the request (validated) it would send."""
+    from botocore.exceptions import ClientError
+
+    from . import validate
+
+    if not platform.tags:
+        return
+    if target.dry_run:
+        api, request = group_tag_request(group, platform, None)
+        validate.check(api, request, "sagemaker")
+        log.info("dry run: would tag the pipeline (CreatePipeline) and the model package group %s (%s, AddTags if "
+                 "it exists) with %s", group, api, ", ".join(f"{t['Key']}={t['Value']}" for t in request["Tags"]))
+        return
+    sm = target.client()
+    with aws.user_errors("tagging the model package group"):
+        try:
+            arn = sm.describe_model_package_group(ModelPackageGroupName=group)
+            arn = arn["ModelPackageGroupArn"]
+        except ClientError as e:  # SageMaker: ValidationException "... does not exist"
+            if "does not exist" not in str(e):
+                raise
+            arn = None
+        api, request = group_tag_request(group, platform, arn)
+        aws.aws_call(api, getattr(sm, "add_tags" if arn else "create_model_package_group"), **request)
