@@ -160,7 +160,36 @@ def _pushed_image(moto_endpoint) -> str:
     return ecr.describe_images(repositoryName="bincounter")["imageDetails"][0]["imageDigest"]
 
 
-def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint):
+@pytest.fixture()
+def weights_in_moto(moto_endpoint):
+    """UPSERT's --weights s3://out/weights/ as `weights fetch` + `data upload` leave it, for the default arch (a real
+    upsert reads its provenance)."""
+    from .test_sm_errors import _weights_channel
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="out")
+    s3.create_bucket(Bucket="bkt")  # _weights_channel's
+    for key, body in (("weights/efficientnet_b0.safetensors", b"weights"),):
+        s3.put_object(Bucket="out", Key=key, Body=body)
+    return _weights_channel
+
+
+def test_upsert_refuses_weights_of_another_arch_before_anything(moto_endpoint, weights_in_moto):
+    """The container refuses weights of another arch only after Prepare/Shard/Index have run and billed: upsert
+    reads the channel's provenance first, as sm train does."""
+    channel = weights_in_moto(moto_endpoint, "pipe-weights/lite0")  # tf_efficientnet_lite0 weights
+    args = list(UPSERT)
+    args[args.index("s3://out/weights/")] = channel
+    args[args.index(IMAGE)] = GPU_DIGEST
+    env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
+    assert_one_line_error(run_cli(*args, "--name", "bc-wrong-arch", "--endpoint-url", moto_endpoint, env=env),
+                          f"--weights {channel} holds tf_efficientnet_lite0 weights", "--hp arch=tf_efficientnet_lite0")
+    proc = run_cli(*args, "--name", "bc-right-arch", "--hp", "arch=tf_efficientnet_lite0", "--dry-run", env=ENV)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_upsert_start_status_against_a_sagemaker_api(moto_endpoint, weights_in_moto):
     env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
     digest = _pushed_image(moto_endpoint)
     proc = run_cli(*UPSERT, "--name", "bc-pipe", "--endpoint-url", moto_endpoint, env=env)
@@ -514,7 +543,7 @@ def test_upsert_takes_role_and_platform_settings_from_the_project_config(tmp_pat
     assert "setting: kms_key" in proc.stderr and "isolation from" in proc.stderr  # not taken: always on here
 
 
-def test_upsert_tags_the_pipeline_and_the_model_package_group(moto_endpoint):
+def test_upsert_tags_the_pipeline_and_the_model_package_group(moto_endpoint, weights_in_moto):
     env = {**ENV, "SAGEMAKER_VALIDATE_ROLE": "false"}
     args = list(UPSERT)
     args[args.index(IMAGE)] = GPU_DIGEST  # by digest: no ECR call

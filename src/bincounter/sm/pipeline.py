@@ -45,7 +45,7 @@ from .. import aws
 from ..errors import UserError
 from . import hyperparameters as hp_checks
 from . import pipeline_settings as settings
-from . import sdk, sdk_compat
+from . import sdk, sdk_compat, training
 from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
 from .pipeline_steps import DATA_STEPS, Flow
 from .platform import PlatformSettings
@@ -290,6 +290,9 @@ def upsert(spec: PipelineSpec, target: AwsTarget) -> tuple[dict, str | None]:
     region = target.resolved_region()
     role = target.role_arn(spec.role, region)
     spec.platform.check_training(region, None)
+    # the weights must be the trained arch's (the container refuses others, after the data steps have billed)
+    training.check_weights(spec.weights, target, [spec.hyperparameters.get("arch") or hp_checks.default("arch")],
+                           "--weights")
     if target.dry_run:
         for note in spec.platform.dry_run_notes():
             log.info("%s", note)

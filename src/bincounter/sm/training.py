@@ -62,10 +62,15 @@ def dry_run_notes(spec: TrainingJobSpec, target: AwsTarget) -> None:
 
 
 def check_pretrained(spec: TrainingJobSpec, target: AwsTarget, archs: list[str]) -> None:
+    """`check_weights` for the job's --pretrained channel."""
+    check_weights(spec.pretrained, target, archs)
+
+
+def check_weights(uri: str | None, target: AwsTarget, archs: list[str], flag: str = "--pretrained") -> None:
     """The `pretrained` channel must hold weights for the arch(s) the job trains: its provenance JSON (written by
     `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any request,
     as local `train` does before loading. A dry run reads nothing, so it only says so."""
-    if not spec.pretrained:
+    if not uri:
         return
     if target.dry_run:
         log.warning("dry run: the pretrained channel's provenance is not read (a real run checks its arch against "
@@ -73,15 +78,15 @@ def check_pretrained(spec: TrainingJobSpec, target: AwsTarget, archs: list[str])
         return
     from ..weights import parse_provenance
 
-    key, data = channels.pretrained_provenance(target.client("s3"), spec.pretrained, archs[0])
+    key, data = channels.pretrained_provenance(target.client("s3"), uri, archs[0])
     if data is None:
-        log.warning("--pretrained %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
-                    "weights fetch writes one)", spec.pretrained, key)
+        log.warning("%s %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
+                    "weights fetch writes one)", flag, uri, key)
         return
     prov = parse_provenance(data, key.rsplit(".", 1)[0] + channels.PROVENANCE_SUFFIX)
     wrong = [a for a in archs if a != prov.get("arch")]
     if wrong:
-        raise UserError(f"--pretrained {spec.pretrained} holds {prov.get('arch')} weights (per its provenance "
+        raise UserError(f"{flag} {uri} holds {prov.get('arch')} weights (per its provenance "
                         f"JSON), not {', '.join(wrong)}: pass --hp arch={prov.get('arch')}, or fetch and upload "
                         f"weights for {wrong[0]} (bincounter weights fetch --arch {wrong[0]})")
     log.info("pretrained weights: %s (%s)", prov.get("arch"), key)
