@@ -579,6 +579,8 @@ def test_status_and_logs_of_a_job_by_name(moto_endpoint):
 
     assert_one_line_error(run_cli("sm", "status", "bc-nothing", "--endpoint-url", moto_endpoint, env=ENV),
                           "bc-nothing: no training job, tuning job, transform job or endpoint of that name")
+    assert_one_line_error(run_cli("sm", "status", "bc-nothing", "--kind", "training", "--endpoint-url", moto_endpoint,
+                                  env=ENV), "bc-nothing: no training job of that name")
 
 
 def test_wait_follows_the_job_to_its_end(moto_endpoint):

@@ -42,7 +42,8 @@ def find(sm, name: str, kind: str | None, region: str) -> tuple[str, dict]:
             if not ("not found" in text.lower() or "Could not find" in text or "ResourceNotFound" in text
                     or "does not exist" in text.lower()):
                 raise
-    kinds = kind or "training job, tuning job, transform job or endpoint"
+    kinds = ({"endpoint": "endpoint"}.get(kind, f"{kind} job") if kind
+             else "training job, tuning job, transform job or endpoint")
     raise UserError(f"{name}: no {kinds} of that name in {region} (names are case-sensitive; the commands "
                     "print them on stdout as {\"created\": ..., \"name\": ...})")
 
