@@ -168,8 +168,8 @@ def _fetch_part(k: str, scratch: Path, ids: list[str], bucket: str, prefix: str,
         key, why = next(iter(sorted(errors.items())))
         raise DataError(f"part {k}: {len(errors)} of {2 * len(ids)} files failed to download from s3://{bucket}/"
                         f"{prefix} after {FETCH_PASSES} passes ({', '.join(f'{n} {r}' for r, n in reasons.items())}"
-                        f"; e.g. {key}: {why}); not counted as bad images: rerun the step (in a pipeline: retry the execution, "
-                        "RetryPipelineExecution; step retry policies do not rerun a job that failed itself)")
+                        f"; e.g. {key}: {why}); not counted as bad images: rerun the step (in a pipeline: retry "
+                        "the execution, RetryPipelineExecution; step retry policies do not rerun a failed job)")
     meta = sorted(m for m in report.missing if m.startswith("metadata/"))
     if meta:
         log.warning("part %s: %d bins have no metadata in the bucket (e.g. %s); sharded without it", k, len(meta),
