@@ -326,3 +326,21 @@ def test_a_rerun_with_fewer_parts_under_the_same_output_indexes_only_its_own_par
         assert {s["name"].split("-")[1] for s in index["shards"]} <= {"p00000", "p00001", "p00002"}
         indexed += index["samples"]
     assert indexed == sum(v["samples"] for v in summary["splits"].values()) == 20
+
+
+def test_shard_skips_manifest_parts_of_an_earlier_plan(abid_root, tmp_path):
+    """Prepare's parts/ under the same DataVersion keeps the first plan's parts 00003-00005 too."""
+    from bincounter.sagemaker import processing
+
+    _plan(abid_root, tmp_path / "plan1")
+    smaller = tmp_path / "raw2"
+    shutil.copytree(abid_root / "metadata", smaller / "metadata")
+    for p in sorted((smaller / "metadata").glob("*.json"))[::2]:
+        p.unlink()
+    _plan(smaller, tmp_path / "plan2")
+    shutil.copytree(tmp_path / "plan2" / "parts", tmp_path / "plan1" / "parts", dirs_exist_ok=True)  # one prefix
+    got = processing.shard(tmp_path / "plan1" / "parts", str(abid_root), tmp_path / "out", 20_000,
+                           manifest=tmp_path / "plan2" / "manifest")
+    assert got["parts"] == 3 and sum(got["bins"].values()) == 20
+    assert sorted(p.stem for p in (tmp_path / "out" / "index-parts" / "skips").iterdir()) == \
+        ["part-00000", "part-00001", "part-00002"]

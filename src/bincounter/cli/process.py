@@ -40,7 +40,8 @@ def cmd_process_shard(args) -> int:
     from ..sagemaker.processing import shard
 
     print(json.dumps(shard(args.parts, args.source, args.out, parse_size(args.shard_size), workers=args.workers,
-                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host)))
+                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host,
+                           manifest=args.manifest)))
     return 0
 
 
@@ -87,6 +88,8 @@ def _register_sharded(psub) -> None:
     sh.add_argument("--slice-by-host", action="store_true", help="take this host's share of the parts "
                     "(/opt/ml/config/resourceconfig.json), where the executor gives every instance all of them "
                     "(SageMaker local mode)")
+    sh.add_argument("--manifest", help=f"plan's manifest folder ({PARTS_JSON}): skip the parts it does not name "
+                    "(an earlier plan's, left under the same output)")
     sh.set_defaults(func=cmd_process_shard)
     ix = psub.add_parser("index", help="every instance's index parts -> index.json per split + the summary",
                          formatter_class=Formatter)

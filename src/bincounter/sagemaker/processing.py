@@ -178,19 +178,27 @@ def _fetch_part(k: str, scratch: Path, ids: list[str], bucket: str, prefix: str,
 
 
 def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, workers: int = 32,
-          endpoint_url: str | None = None, slice_by_host: bool = False) -> dict:
+          endpoint_url: str | None = None, slice_by_host: bool = False, manifest: str | Path | None = None) -> dict:
     """Every manifest part under `parts` (this instance's slice): fetch its bins from `source` with the parallel,
     retried fetch (or read them from a directory), check each image as `data split` does, and write its shards
     and index parts. Shard names carry the part number, so instances never collide and the result does not
     depend on how many instances ran. A download that fails (not a 404) fails the part (`_fetch_part`); an
     image the bucket does not hold counts as "not in the bucket". Each part's record (index-parts/skips/) names
-    the part's checksum and the splits it wrote, so `index` uses only the parts of its own manifest.
+    the part's checksum and the splits it wrote, so `index` uses only the parts of its own manifest. With
+    `manifest` (plan's folder), parts it does not name (left by an earlier plan under the same output) are skipped.
     -> {"parts", "bins", "skips"} of this instance."""
     from ..data import s3
     from ..data.shards import write_samples
     from ..preprocess import decode
 
     out, parts = Path(out), sorted(Path(parts).rglob("part-*.csv"))
+    if manifest is not None:
+        named = _manifest_parts(Path(manifest))
+        mine = [p for p in parts if named.get(p.stem.split("-")[1], {}).get("sha256") == _sha256(p)]
+        if len(mine) < len(parts):
+            log.warning("skipped %d manifest parts that %s does not name (an earlier plan's)", len(parts) - len(mine),
+                        manifest)
+        parts = mine
     if slice_by_host:
         parts = host_slice(parts)
     host = _current_host()
