@@ -94,6 +94,9 @@ def test_steps_feed_each_other(definition):
         {"shards": data("shards"), "index-parts": data("index-parts")}
     index = s["Index"]["Arguments"]
     assert index["ProcessingInputs"][0]["S3Input"]["S3Uri"] == _out("Shard", "index-parts")
+    manifest = index["ProcessingInputs"][1]["S3Input"]  # plan's parts.json: only this manifest's parts combine
+    assert (manifest["S3Uri"], manifest["LocalPath"]) == (_out("Prepare", "manifest"),
+                                                          "/opt/ml/processing/input/manifest")
     written = {o["OutputName"]: o["S3Output"]["S3Uri"] for o in index["ProcessingOutputConfig"]["Outputs"]}
     for split in ("train", "val", "test"):  # index.json lands next to that split's shards
         assert written[split] == {"Std:Join": {"On": "/", "Values": [_out("Shard", "shards"), split]}}

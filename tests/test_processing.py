@@ -83,7 +83,7 @@ def _two_instances(parts_dir, tmp_path):
     return slices
 
 
-def _shard_and_index(slices, source, tmp_path, *extra, env=None):
+def _shard_and_index(slices, source, tmp_path, *extra, env=None, manifest=None):
     """Each "instance" writes into its own output folder; SageMaker uploads them all under one prefix (merged)."""
     merged = tmp_path / "s3-prefix"
     for d in slices:
@@ -92,7 +92,8 @@ def _shard_and_index(slices, source, tmp_path, *extra, env=None):
                        *extra, env=env)
         assert proc.returncode == 0, proc.stderr
         shutil.copytree(out, merged, dirs_exist_ok=True)
-    proc = run_cli("process", "index", "--parts", merged / "index-parts", "--out", merged / "shards")
+    proc = run_cli("process", "index", "--parts", merged / "index-parts", "--out", merged / "shards",
+                   "--manifest", manifest or tmp_path / "plan" / "manifest")
     assert proc.returncode == 0, proc.stderr
     return merged, json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -183,3 +184,163 @@ def test_each_local_host_takes_its_own_share_of_the_parts(tmp_path):
     assert got == [parts[1::2], parts[0::2]]  # hosts in sorted order: algo-1 takes 0, 2, 4
     with pytest.raises(UserError, match="does not name this host"):
         host_slice(parts, tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ no lost data behind a green Shard/Index
+def _bucket(abid_root, moto_endpoint, name="abid-copy"):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=name)
+    for p in sorted(abid_root.rglob("*")):
+        if p.is_file() and p.parent.name in ("metadata", "bin-images"):
+            s3.put_object(Bucket=name, Key=f"{p.parent.name}/{p.name}", Body=p.read_bytes())
+    return s3
+
+
+class _Throttled:
+    """The moto client, except that GetObject of `keys` answers SlowDown (past botocore's own retries) the first
+    `times` times per key: moto cannot throttle."""
+
+    def __init__(self, real, keys, times):
+        from collections import Counter
+
+        self.real, self.keys, self.times, self.seen = real, set(keys), times, Counter()
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def get_object(self, **kw):
+        from botocore.exceptions import ClientError
+
+        if kw["Key"] in self.keys and self.seen[kw["Key"]] < self.times:
+            self.seen[kw["Key"]] += 1
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}},
+                              "GetObject")
+        return self.real.get_object(**kw)
+
+
+def _throttle(monkeypatch, s3, keys, times):
+    from bincounter.data import s3 as s3_mod
+    from bincounter.sagemaker import processing
+
+    monkeypatch.setattr(s3_mod, "s3_client", lambda **kw: _Throttled(s3, keys, times))
+    monkeypatch.setattr(s3_mod.time, "sleep", lambda s: None)  # the backoffs between attempts and passes
+    return processing
+
+
+def test_a_failed_download_fails_the_part_instead_of_counting_a_bad_image(abid_root, tmp_path, moto_endpoint,
+                                                                          aws_env, monkeypatch):
+    from bincounter.errors import DataError
+
+    s3 = _bucket(abid_root, moto_endpoint)
+    _plan(abid_root, tmp_path / "plan")
+    victim = next(csv.DictReader(open(tmp_path / "plan" / "parts" / "part-00002.csv")))["id"]
+    processing = _throttle(monkeypatch, s3, {f"bin-images/{victim}.jpg"}, times=10**6)  # throttled for good
+    with pytest.raises(DataError, match=r"part 00002: 1 of 14 files failed to download .*\(1 SlowDown; e\.g\. "
+                       rf"bin-images/{victim}\.jpg"):
+        processing.shard(tmp_path / "plan" / "parts", "s3://abid-copy", tmp_path / "out", 20_000, workers=4)
+    assert not (tmp_path / "out" / "index-parts" / "skips" / "part-00002.json").exists()
+
+
+def test_a_transient_failure_is_fetched_again_and_a_404_counts_as_not_in_the_bucket(abid_root, tmp_path,
+                                                                                    moto_endpoint, aws_env,
+                                                                                    monkeypatch):
+    s3 = _bucket(abid_root, moto_endpoint)
+    _plan(abid_root, tmp_path / "plan")
+    ids = [r["id"] for r in csv.DictReader(open(tmp_path / "plan" / "manifest" / "manifest.csv"))]
+    s3.delete_object(Bucket="abid-copy", Key=f"bin-images/{ids[0]}.jpg")  # a real 404
+    # throttled through the first pass's 4 attempts, fetched by the second pass
+    processing = _throttle(monkeypatch, s3, {f"bin-images/{i}.jpg" for i in ids[1:4]}, times=4)
+    got = processing.shard(tmp_path / "plan" / "parts", "s3://abid-copy", tmp_path / "out", 20_000, workers=4)
+    assert got["skips"] == {"not in the bucket": 1} and sum(got["bins"].values()) == 39
+    summary = processing.index(tmp_path / "out" / "index-parts", tmp_path / "out" / "shards",
+                               tmp_path / "plan" / "manifest")
+    assert summary["skips"] == {"not in the bucket": 1} and summary["bins"] == 40
+    assert sum(v["samples"] for v in summary["splits"].values()) == 39
+
+
+def _shard_here(plan, source, out):
+    from bincounter.sagemaker import processing
+
+    return processing.shard(plan / "parts", str(source), out, 20_000)
+
+
+def test_index_refuses_more_bad_images_than_max_bad_fraction(abid_root, tmp_path):
+    _plan(abid_root, tmp_path / "plan")
+    bad = tmp_path / "raw"
+    shutil.copytree(abid_root, bad)
+    for v in sorted((bad / "bin-images").glob("*.jpg"))[:3]:  # 3 of 40: 7.5%
+        v.write_bytes(b"not a jpeg")
+    _shard_here(tmp_path / "plan", bad, tmp_path / "out")
+    args = ("process", "index", "--parts", tmp_path / "out" / "index-parts", "--out", tmp_path / "ix",
+            "--manifest", tmp_path / "plan" / "manifest")
+    assert_one_line_error(run_cli(*args), "3 of 40 bins (7.5%) are bad (3 corrupt image)", "--max-bad-fraction 0.05")
+    assert not (tmp_path / "ix" / "train" / "index.json").exists()
+    proc = run_cli(*args, "--max-bad-fraction", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["bad_fraction"] == 3 / 40
+    assert_one_line_error(run_cli(*args, "--max-bad-fraction", "5"), "not a fraction")
+
+
+def test_index_without_index_parts_or_manifest_is_one_line(abid_root, tmp_path):
+    assert_one_line_error(run_cli("process", "index", "--parts", tmp_path / "nonexistent", "--out", tmp_path / "o",
+                                  "--manifest", tmp_path), "--parts", "no index parts there")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("process", "index", "--parts", tmp_path / "empty", "--out", tmp_path / "o",
+                                  "--manifest", tmp_path), "no index parts there")
+    _plan(abid_root, tmp_path / "plan")
+    _shard_here(tmp_path / "plan", abid_root, tmp_path / "out")
+    parts = tmp_path / "out" / "index-parts"
+    assert_one_line_error(run_cli("process", "index", "--parts", parts, "--out", tmp_path / "o",
+                                  "--manifest", tmp_path / "nowhere"), "--manifest", "parts.json")
+    (parts / "skips" / "part-00003.json").unlink()  # an instance that never finished
+    assert_one_line_error(run_cli("process", "index", "--parts", parts, "--out", tmp_path / "o", "--manifest",
+                                  tmp_path / "plan" / "manifest"), "1 of the manifest's 6 parts", "part-00003")
+
+
+def test_a_rerun_with_fewer_parts_under_the_same_output_indexes_only_its_own_parts(abid_root, tmp_path):
+    """The data steps write to OUTPUT/data/<DataVersion>/ and never clear it: a rerun with changed raw data (fewer
+    parts) leaves the first run's index parts there; Index must combine only the new manifest's."""
+    from bincounter.data.shards import read_index
+
+    out = tmp_path / "s3-prefix"  # one output, as the cloud's data/<DataVersion>/ prefix
+    _plan(abid_root, tmp_path / "plan1")
+    _shard_here(tmp_path / "plan1", abid_root, out)
+    smaller = tmp_path / "raw2"
+    keep = sorted(p.stem for p in (abid_root / "metadata").glob("*.json"))[::2]  # 20 of the 40 bins
+    for d, ext in (("metadata", "json"), ("bin-images", "jpg")):
+        (smaller / d).mkdir(parents=True)
+        for bid in keep:
+            shutil.copy(abid_root / d / f"{bid}.{ext}", smaller / d / f"{bid}.{ext}")
+    assert _plan(smaller, tmp_path / "plan2")["parts"] == 3  # parts 00003-00005 of the first run stay behind
+    _shard_here(tmp_path / "plan2", smaller, out)
+    proc = run_cli("process", "index", "--parts", out / "index-parts", "--out", out / "shards", "--manifest",
+                   tmp_path / "plan2" / "manifest")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["parts"] == 3 and summary["bins"] == 20 and summary["ignored_index_parts"] > 0
+    indexed = 0
+    for split in ("train", "val", "test"):
+        index = read_index(out / "shards" / split)
+        assert {s["name"].split("-")[1] for s in index["shards"]} <= {"p00000", "p00001", "p00002"}
+        indexed += index["samples"]
+    assert indexed == sum(v["samples"] for v in summary["splits"].values()) == 20
+
+
+def test_shard_skips_manifest_parts_of_an_earlier_plan(abid_root, tmp_path):
+    """Prepare's parts/ under the same DataVersion keeps the first plan's parts 00003-00005 too."""
+    from bincounter.sagemaker import processing
+
+    _plan(abid_root, tmp_path / "plan1")
+    smaller = tmp_path / "raw2"
+    shutil.copytree(abid_root / "metadata", smaller / "metadata")
+    for p in sorted((smaller / "metadata").glob("*.json"))[::2]:
+        p.unlink()
+    _plan(smaller, tmp_path / "plan2")
+    shutil.copytree(tmp_path / "plan2" / "parts", tmp_path / "plan1" / "parts", dirs_exist_ok=True)  # one prefix
+    got = processing.shard(tmp_path / "plan1" / "parts", str(abid_root), tmp_path / "out", 20_000,
+                           manifest=tmp_path / "plan2" / "manifest")
+    assert got["parts"] == 3 and sum(got["bins"].values()) == 20
+    assert sorted(p.stem for p in (tmp_path / "out" / "index-parts" / "skips").iterdir()) == \
+        ["part-00000", "part-00001", "part-00002"]

@@ -40,20 +40,33 @@ def cmd_process_shard(args) -> int:
     from ..sagemaker.processing import shard
 
     print(json.dumps(shard(args.parts, args.source, args.out, parse_size(args.shard_size), workers=args.workers,
-                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host)))
+                           endpoint_url=args.endpoint_url, slice_by_host=args.slice_by_host,
+                           manifest=args.manifest)))
     return 0
 
 
 def cmd_process_index(args) -> int:
     from ..sagemaker.processing import index
 
-    print(json.dumps(index(args.parts, args.out)))
+    print(json.dumps(index(args.parts, args.out, args.manifest, max_bad_fraction=args.max_bad_fraction)))
     return 0
+
+
+def _fraction(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
+    return v
 
 
 def _register_sharded(psub) -> None:
     """The sharded Prepare: plan (1 instance, metadata only) -> shard (N instances) -> index (1 instance)."""
-    from ..sagemaker.processing import PART_SIZE
+    from ..sagemaker.processing import MAX_BAD_FRACTION, PART_SIZE, PARTS_JSON
 
     pl = psub.add_parser("plan", help="EDA + stratified split from the metadata alone -> manifest + manifest parts",
                          formatter_class=Formatter)
@@ -75,10 +88,18 @@ def _register_sharded(psub) -> None:
     sh.add_argument("--slice-by-host", action="store_true", help="take this host's share of the parts "
                     "(/opt/ml/config/resourceconfig.json), where the executor gives every instance all of them "
                     "(SageMaker local mode)")
+    sh.add_argument("--manifest", help=f"plan's manifest folder ({PARTS_JSON}): skip the parts it does not name "
+                    "(an earlier plan's, left under the same output)")
     sh.set_defaults(func=cmd_process_shard)
     ix = psub.add_parser("index", help="every instance's index parts -> index.json per split + the summary",
                          formatter_class=Formatter)
-    ix.add_argument("--parts", default="/opt/ml/processing/input/index-parts")
+    ix.add_argument("--parts", default="/opt/ml/processing/input/index-parts", help="the Shard step's index parts")
+    ix.add_argument("--manifest", default="/opt/ml/processing/input/manifest",
+                    help=f"plan's manifest folder ({PARTS_JSON}): only its parts are combined; index parts of other "
+                    "parts (left by an earlier run under the same output) are ignored and counted")
+    ix.add_argument("--max-bad-fraction", type=_fraction, default=MAX_BAD_FRACTION,
+                    help="refuse when more of the manifest's bins than this were bad (corrupt, missing, not in "
+                    "the bucket)")
     ix.add_argument("--out", default="/opt/ml/processing/output", help="writes <split>/index.json, summary/")
     ix.set_defaults(func=cmd_process_index)
 

@@ -89,6 +89,11 @@ class TransferReport:
     bytes: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    missing: set[str] = field(default_factory=set)  # the failed keys the bucket does not hold (404/NoSuchKey)
+
+    def errors(self) -> dict[str, str]:
+        """The failures that are not a missing key: throttling, 5xx, AccessDenied, broken streams."""
+        return {k: v for k, v in self.failed.items() if k not in self.missing}
 
     def summary(self, verb: str = "downloaded") -> str:
         reasons = Counter(v.split(":")[0] for v in self.failed.values())
@@ -185,7 +190,8 @@ def _download(client, bucket: str, key: str, dest: Path, stop: threading.Event, 
 
 def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") -> TransferReport:
     """Run `worker(job, stop) -> bytes` over jobs in a bounded pool with a progress bar. A job is
-    (key, ...); FileNotFoundError/PermissionError/OSError are recorded per key; Ctrl-C stops cleanly."""
+    (key, ...); FileNotFoundError (also in `missing`)/PermissionError/OSError are recorded per key; Ctrl-C
+    stops cleanly."""
     from ..progress import progress
 
     report, stop, t0 = TransferReport(), threading.Event(), time.monotonic()
@@ -210,7 +216,10 @@ def transfer(jobs: list, worker, workers: int, desc: str, unit: str = "file") ->
                         report.done += 1
                     except Unchanged:
                         report.skipped += 1
-                    except (FileNotFoundError, PermissionError, OSError) as e:
+                    except FileNotFoundError as e:
+                        report.failed[fut.key] = str(e)
+                        report.missing.add(fut.key)
+                    except OSError as e:  # PermissionError, the rest
                         report.failed[fut.key] = str(e)
                     bar.update(1)
                 elapsed = max(time.monotonic() - t0, 1e-9)

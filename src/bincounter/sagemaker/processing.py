@@ -5,13 +5,16 @@ Processing contract: inputs are copied under /opt/ml/processing/<name>, outputs 
 directories the job definition names, a failure's reason goes to /opt/ml/output/message (ExitMessage).
 
     prepare   raw ABID (bin-images/ + metadata/)  -> OUT/channels/{train,val,test} + manifest.csv, OUT/eda/
-    plan      ABID metadata/ only (the pipeline's light Prepare) -> OUT/manifest/manifest.csv (id,count,split),
+    plan      ABID metadata/ only (the pipeline's light Prepare) -> OUT/manifest/manifest.csv (id,count,split)
+              + parts.json (each part's bins and checksum),
               OUT/parts/part-NNNNN.csv (a random mix of every split, PART_SIZE bins each), OUT/eda/
     shard     the manifest parts this instance got (ShardedByS3Key) + the raw source (s3:// or a directory)
               -> OUT/shards/<split>/<split>-pNNNNN-NNNNNN.tar, OUT/index-parts/<split>/part-NNNNN.json,
-              OUT/index-parts/skips/part-NNNNN.json (bad images of that part, by reason)
-    index     every instance's index parts -> OUT/<split>/index.json (what the trainer reads, next to the shards)
-              + OUT/summary/summary.json (bins sharded per split, bad images summed by reason)
+              OUT/index-parts/skips/part-NNNNN.json (bad images of that part by reason, its checksum, its splits);
+              a failed download (not a 404) fails the part, a 404 counts as "not in the bucket"
+    index     the index parts of the manifest's parts -> OUT/<split>/index.json (what the trainer reads, next to
+              the shards) + OUT/summary/summary.json (bins sharded per split, bad images summed by reason);
+              refuses when more than --max-bad-fraction of the bins were bad
     evaluate  a model (dir, or model.tar.gz from a training job) + a test channel
               -> OUT/evaluation.json (SageMaker model-metrics layout + bincounter's full report), confusion PNG
     monitor   the drift check of an endpoint's capture (bincounter.monitor.check, flags in cli/sm_monitor.py; what
@@ -21,6 +24,7 @@ directories the job definition names, a failure's reason goes to /opt/ml/output/
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -28,15 +32,17 @@ import random
 import shutil
 import tarfile
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 from .. import COUNTS
-from ..errors import UserError
+from ..errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 BASE = Path("/opt/ml/processing")
 EVALUATION = "evaluation.json"
+PARTS_JSON = "parts.json"  # plan: the manifest's parts (bins, checksum), what `index` combines
 
 
 def prepare(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict:
@@ -79,8 +85,12 @@ def plan(raw: str | Path, out: str | Path, val: float = 0.1, test: float = 0.1, 
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     n_parts = math.ceil(len(rows) / part_size)
+    named = {}
     for k in range(n_parts):
-        _write_rows(parts / f"part-{k:05d}.csv", sorted(rows[k * part_size:(k + 1) * part_size]))
+        chunk = sorted(rows[k * part_size:(k + 1) * part_size])
+        _write_rows(parts / f"part-{k:05d}.csv", chunk)
+        named[f"{k:05d}"] = {"bins": len(chunk), "sha256": _sha256(parts / f"part-{k:05d}.csv")}
+    (out / "manifest" / PARTS_JSON).write_text(json.dumps({"parts": named}, indent=1))
     summary = {"bins": len(rows), "parts": n_parts, "per_split": {s: len(splits[s]) for s in split.SPLITS},
                "metadata_skips": dict(skips.reasons)}
     (out / "eda" / "plan.json").write_text(json.dumps(summary, indent=1))
@@ -126,17 +136,69 @@ def _current_host(config: Path = Path("/opt/ml/config/resourceconfig.json")) -> 
         return None
 
 
+NOT_IN_BUCKET = "not in the bucket"  # a bin whose image the bucket does not hold (404): counted, not fatal
+FETCH_PASSES, PASS_BACKOFF_S = 3, (10.0, 60.0)  # whole fetch passes over a part's failures, the waits between
+MAX_BAD_FRACTION = 0.05  # `index` refuses when more of the manifest's bins than this were bad
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fetch_part(k: str, scratch: Path, ids: list[str], bucket: str, prefix: str, client, workers: int) -> set:
+    """Fetch a part's bins into `scratch`; failures other than a missing key (throttling past botocore's retries,
+    5xx, AccessDenied, broken streams) get more passes (the ledger skips what is complete) and then fail the part:
+    a lost download is never counted as a bad image. -> the bin ids whose image the bucket does not hold."""
+    from ..data import s3
+
+    for attempt in range(1, FETCH_PASSES + 1):
+        report = s3.fetch(scratch, ids, bucket=bucket, client=client, workers=workers, prefix=prefix)
+        log.info("part %s (pass %d): %s", k, attempt, report.summary())
+        errors = report.errors()
+        if not errors:
+            break
+        if attempt < FETCH_PASSES:
+            wait = PASS_BACKOFF_S[min(attempt, len(PASS_BACKOFF_S)) - 1]
+            log.warning("part %s: %d files failed (%s); pass %d in %.0f s", k, len(errors),
+                        next(iter(errors.values())), attempt + 1, wait)
+            time.sleep(wait)
+    else:
+        reasons = Counter(v.split(":")[0] if not v.startswith("error: ") else v[7:].split(":")[0]
+                          for v in errors.values())
+        key, why = next(iter(sorted(errors.items())))
+        raise DataError(f"part {k}: {len(errors)} of {2 * len(ids)} files failed to download from s3://{bucket}/"
+                        f"{prefix} after {FETCH_PASSES} passes ({', '.join(f'{n} {r}' for r, n in reasons.items())}"
+                        f"; e.g. {key}: {why}); not counted as bad images: rerun the step (in a pipeline: retry "
+                        "the execution, RetryPipelineExecution; step retry policies do not rerun a failed job)")
+    meta = sorted(m for m in report.missing if m.startswith("metadata/"))
+    if meta:
+        log.warning("part %s: %d bins have no metadata in the bucket (e.g. %s); sharded without it", k, len(meta),
+                    meta[0])
+    return {Path(m).stem for m in report.missing if m.startswith("bin-images/")}
+
+
 def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, workers: int = 32,
-          endpoint_url: str | None = None, slice_by_host: bool = False) -> dict:
+          endpoint_url: str | None = None, slice_by_host: bool = False, manifest: str | Path | None = None) -> dict:
     """Every manifest part under `parts` (this instance's slice): fetch its bins from `source` with the parallel,
     retried fetch (or read them from a directory), check each image as `data split` does, and write its shards
     and index parts. Shard names carry the part number, so instances never collide and the result does not
-    depend on how many instances ran. -> {"parts", "bins", "skips"} of this instance."""
+    depend on how many instances ran. A download that fails (not a 404) fails the part (`_fetch_part`); an
+    image the bucket does not hold counts as "not in the bucket". Each part's record (index-parts/skips/) names
+    the part's checksum and the splits it wrote, so `index` uses only the parts of its own manifest. With
+    `manifest` (plan's folder), parts it does not name (left by an earlier plan under the same output) are skipped.
+    -> {"parts", "bins", "skips"} of this instance."""
     from ..data import s3
     from ..data.shards import write_samples
     from ..preprocess import decode
 
     out, parts = Path(out), sorted(Path(parts).rglob("part-*.csv"))
+    if manifest is not None:
+        named = _manifest_parts(Path(manifest))
+        mine = [p for p in parts if named.get(p.stem.split("-")[1], {}).get("sha256") == _sha256(p)]
+        if len(mine) < len(parts):
+            log.warning("skipped %d manifest parts that %s does not name (an earlier plan's)", len(parts) - len(mine),
+                        manifest)
+        parts = mine
     if slice_by_host:
         parts = host_slice(parts)
     host = _current_host()
@@ -149,15 +211,15 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
             rows = [(r["id"], int(r["count"]), r["split"]) for r in csv.DictReader(f)]
         scratch = Path(tempfile.mkdtemp(prefix=f"part-{k}-", dir=out.parent))
         try:
-            if bucket:
-                report = s3.fetch(scratch, [r[0] for r in rows], bucket=bucket, client=client, workers=workers,
-                                  prefix=where)
-                log.info("part %s: %s", k, report.summary())
+            absent = _fetch_part(k, scratch, [r[0] for r in rows], bucket, where, client, workers) if bucket else set()
             root = scratch if bucket else Path(where)
             samples: dict[str, list] = {}
             mine = Counter()
             for bid, count, split_name in rows:
                 img = root / "bin-images" / f"{bid}.jpg"
+                if bid in absent:
+                    mine[NOT_IN_BUCKET] += 1
+                    continue
                 try:
                     decode(img.read_bytes(), 64)
                 except FileNotFoundError:
@@ -174,7 +236,8 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
                 total[split_name] += len(items)
             (out / "index-parts" / "skips").mkdir(parents=True, exist_ok=True)
             (out / "index-parts" / "skips" / f"part-{k}.json").write_text(json.dumps(
-                {"part": k, "bins": len(rows), "skips": dict(mine), "host": host}))
+                {"part": k, "bins": len(rows), "skips": dict(mine), "host": host, "sha256": _sha256(part),
+                 "splits": {s: len(v) for s, v in samples.items()}}))
             skips.update(mine)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -182,29 +245,81 @@ def shard(parts: str | Path, source: str, out: str | Path, shard_size: int, work
     return {"parts": len(parts), "bins": dict(total), "skips": dict(skips)}
 
 
-def index(parts: str | Path, out: str | Path) -> dict:
-    """Every instance's index parts -> one index.json per split (written where the shards are uploaded) and the
-    pipeline's summary: bins per split, bad images summed over every part."""
+def _manifest_parts(manifest: Path) -> dict:
+    """plan's parts.json (in the manifest folder, or the file itself): {part number: {"bins", "sha256"}}."""
+    path = manifest / PARTS_JSON if manifest.is_dir() else manifest
+    try:
+        return json.loads(path.read_text())["parts"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--manifest {manifest}: no {PARTS_JSON} of `process plan` ({type(e).__name__}: {e})") \
+            from None
+
+
+def _read_parts(parts: Path, named: dict) -> tuple[dict, dict, int]:
+    """The index parts of the manifest's parts only: (split -> index parts, part -> its record, ignored files).
+    Files of other parts (a rerun under the same DataVersion with a changed manifest leaves them) are ignored;
+    a manifest part with no record of its own checksum means Shard did not write it: refused."""
+    records, ignored = {}, 0
+    for p in sorted((parts / "skips").glob("part-*.json")):
+        doc = json.loads(p.read_text())
+        if doc.get("part") in named and doc.get("sha256") == named[doc["part"]]["sha256"]:
+            records[doc["part"]] = doc
+        else:
+            ignored += 1
+    absent = sorted(set(named) - set(records))
+    if absent:
+        raise DataError(f"{parts}: {len(absent)} of the manifest's {len(named)} parts have no index part written "
+                        f"from it (e.g. part-{absent[0]}): did every Shard instance finish?")
+    by_split: dict[str, list] = {}
+    for k, doc in sorted(records.items()):
+        for split_name, n in doc["splits"].items():
+            path = parts / split_name / f"part-{k}.json"
+            part = json.loads(path.read_text()) if path.is_file() else None
+            if part is None or part["samples"] != n:
+                raise DataError(f"{path}: missing or not the index part that part {k}'s record names ({n} samples)")
+            by_split.setdefault(split_name, []).append(part)
+    used = sum(len(v) for v in by_split.values())
+    ignored += sum(1 for d in parts.iterdir() if d.is_dir() and d.name != "skips" for _ in d.glob("part-*.json"))
+    return by_split, records, ignored - used
+
+
+def index(parts: str | Path, out: str | Path, manifest: str | Path,
+          max_bad_fraction: float = MAX_BAD_FRACTION) -> dict:
+    """The index parts of the manifest's parts (`manifest`: plan's manifest folder) -> one index.json per split
+    (written where the shards are uploaded) and the pipeline's summary: bins per split, bad images summed over
+    every part. Refuses when more than `max_bad_fraction` of the manifest's bins were bad."""
     from ..data.shard_parts import combine_indexes
     from ..data.shards import write_index
 
     parts, out = Path(parts), Path(out)
-    summary = {"splits": {}, "skips": Counter(), "parts": 0}
-    for split_dir in sorted(p for p in parts.iterdir() if p.is_dir() and p.name != "skips"):
-        docs = [json.loads(p.read_text()) for p in sorted(split_dir.glob("part-*.json"))]
-        combined = combine_indexes(docs)
-        write_index(combined, out / split_dir.name / "index.json")
-        summary["splits"][split_dir.name] = {"samples": combined["samples"], "shards": len(combined["shards"]),
-                                             "bytes": combined["bytes"], "counts": combined["counts"]}
-    for p in sorted((parts / "skips").glob("part-*.json")):
-        summary["skips"].update(json.loads(p.read_text())["skips"])
-        summary["parts"] += 1
-    missing = [s for s in ("train", "val", "test") if s not in summary["splits"]]
+    if not (parts / "skips").is_dir():
+        raise UserError(f"--parts {parts}: no index parts there (expected skips/ and <split>/part-NNNNN.json from "
+                        "`process shard`)")
+    named = _manifest_parts(Path(manifest))
+    by_split, records, ignored = _read_parts(parts, named)
+    skips = Counter()
+    for doc in records.values():
+        skips.update(doc["skips"])
+    bins, bad = sum(d["bins"] for d in records.values()), sum(skips.values())
+    if bins and bad / bins > max_bad_fraction:
+        why = ", ".join(f"{n} {r}" for r, n in skips.most_common())
+        raise DataError(f"{bad} of {bins} bins ({bad / bins:.1%}) are bad ({why}): more than --max-bad-fraction "
+                        f"{max_bad_fraction:g}")
+    missing = [s for s in ("train", "val", "test") if s not in by_split]
     if missing:
         raise UserError(f"{parts}: no shards of {', '.join(missing)} (every image of that split was bad?)")
-    summary["skips"] = dict(summary["skips"])
+    summary = {"splits": {}, "skips": dict(skips), "parts": len(records), "bins": bins,
+               "bad_fraction": bad / bins if bins else 0.0, "ignored_index_parts": ignored}
+    for split_name, docs in sorted(by_split.items()):
+        combined = combine_indexes(docs)
+        write_index(combined, out / split_name / "index.json")
+        summary["splits"][split_name] = {"samples": combined["samples"], "shards": len(combined["shards"]),
+                                         "bytes": combined["bytes"], "counts": combined["counts"]}
     (out / "summary").mkdir(parents=True, exist_ok=True)
     (out / "summary" / "summary.json").write_text(json.dumps(summary, indent=1))
+    if ignored:
+        log.warning("ignored %d index parts of parts not in the manifest (an earlier run under the same output)",
+                    ignored)
     log.info("combined %d index parts: %s; bad images %s", summary["parts"],
              {s: v["samples"] for s, v in summary["splits"].items()}, summary["skips"])
     return summary

@@ -106,7 +106,9 @@ class Flow:
         outputs = [self.p_out(s, f"{PROC}/output/{s}", Join(on="/", values=[shards, s])) for s in SPLITS]
         outputs.append(self.p_out("summary", f"{PROC}/output/summary", self.data_uri("summary")))
         self.index = self._step("Index", self.processor("index").run(
-            inputs=[self.p_in("index-parts", self.out_uri(self.shard, "index-parts"), f"{PROC}/input/index-parts")],
+            inputs=[self.p_in("index-parts", self.out_uri(self.shard, "index-parts"), f"{PROC}/input/index-parts"),
+                    # plan's parts.json: Index combines only this manifest's parts (not stale ones of the DataVersion)
+                    self.p_in("manifest", self.out_uri(self.prepare, "manifest"), f"{PROC}/input/manifest")],
             outputs=outputs))
         return self.index
 
