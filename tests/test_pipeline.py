@@ -86,8 +86,12 @@ def test_steps_feed_each_other(definition):
             s["Prepare"]["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
     assert outs == {n: (f"/opt/ml/processing/output/{n}", data("prepare", n)) for n in ("manifest", "parts", "eda")}
     shard = s["Shard"]["Arguments"]
-    (parts,) = shard["ProcessingInputs"]
+    parts, manifest = shard["ProcessingInputs"]
     assert parts["S3Input"]["S3Uri"] == _out("Prepare", "parts")
+    assert (manifest["S3Input"]["S3Uri"], manifest["S3Input"]["S3DataDistributionType"]) == (
+        _out("Prepare", "manifest"), "FullyReplicated")  # every instance skips parts the manifest does not name
+    args = shard["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--manifest") + 1] == "/opt/ml/processing/input/manifest"
     assert parts["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key"
     assert shard["AppSpecification"]["ContainerArguments"][:2] == ["--source", {"Get": "Parameters.RawData"}]
     assert {o["OutputName"]: o["S3Output"]["S3Uri"] for o in shard["ProcessingOutputConfig"]["Outputs"]} == \

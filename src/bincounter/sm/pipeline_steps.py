@@ -86,13 +86,16 @@ class Flow:
         every instance) each instance takes its own slice of the parts by host (--slice-by-host)."""
         # local mode refuses ShardedByS3Key: every instance gets every part there and takes its share by host
         spread = "ShardedByS3Key" if raw is None else "FullyReplicated"
-        inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", spread)]
+        inputs = [self.p_in("parts", self.out_uri(self.prepare, "parts"), f"{PROC}/input/parts", spread),
+                  # plan's parts.json on every instance: part files an earlier plan of the DataVersion left are skipped
+                  self.p_in("manifest", self.out_uri(self.prepare, "manifest"), f"{PROC}/input/manifest")]
         if raw is not None:
             inputs.append(self.p_in("raw", raw, f"{PROC}/input/raw"))
             source = f"{PROC}/input/raw"
         by_host = ["--slice-by-host"] if raw is not None else []
         self.shard = self._step("Shard", self.processor("shard", instances).run(
-            inputs=inputs, arguments=["--source", source, "--shard-size", shard_size, *by_host],
+            inputs=inputs, arguments=["--source", source, "--shard-size", shard_size, "--manifest",
+                                      f"{PROC}/input/manifest", *by_host],
             outputs=[self.p_out("shards", f"{PROC}/output/shards", self.data_uri("shards")),
                      self.p_out("index-parts", f"{PROC}/output/index-parts", self.data_uri("index-parts"))]))
         return self.shard
