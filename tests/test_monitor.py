@@ -350,6 +350,32 @@ def test_schedule_dry_run_prints_a_validated_create_schedule():
     assert job["RoleArn"] == ROLE
 
 
+def _readme_section(title: str) -> str:
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"### {title}")
+    return " ".join(text[start:text.index("\n### ", start + 1)].split())
+
+
+def test_the_scheduler_role_s_permissions_are_documented(capsys):
+    """The job the schedule creates carries Tags, so the role EventBridge Scheduler assumes needs
+    sagemaker:AddTags besides CreateProcessingJob and PassRole: the README's role list and --help say so."""
+    from bincounter.cli import main
+    from bincounter.monitor.schedule import ScheduleSpec, processing_job
+
+    spec = ScheduleSpec(endpoint="ep", expression="rate(1 day)", image=IMAGE, role=ROLE, scheduler_role=SCHED_ROLE,
+                        baseline_s3="s3://b/m.tar.gz", capture_s3="s3://b/c", report_s3="s3://b/r")
+    assert processing_job(spec)["Tags"]
+    section = _readme_section("Watching for drift")
+    role_line = next(s for s in section.split("- ") if s.startswith("`--scheduler-role` needs"))
+    for action in ("sagemaker:CreateProcessingJob", "sagemaker:AddTags", "iam:PassRole"):
+        assert action in role_line, role_line
+    with pytest.raises(SystemExit):
+        main(["sm", "monitor", "--help"])
+    assert "sagemaker:AddTags" in " ".join(capsys.readouterr().out.split())
+
+
 def test_the_schedule_is_created(moto_endpoint, aws_env):
     proc = run_cli(*_schedule_args(), "--endpoint-url", moto_endpoint, env=ENV)
     assert proc.returncode == 0, proc.stderr

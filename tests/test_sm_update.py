@@ -276,6 +276,18 @@ def test_an_alarm_already_firing_refuses_the_update(moto, aws_env, monkeypatch):
                       AwsTarget(endpoint_url=moto, region="us-east-1"))
 
 
+def test_the_readme_says_what_the_alarms_watch():
+    """The refusal's override, and that the alarms see the whole variant (both fleets): a canary is diluted."""
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("### Updating an endpoint without downtime")
+    section = " ".join(text[start:text.index("\n### ", start + 1)].split())
+    assert "already in ALARM" in section and "`--ignore-alarm-state`" in section
+    assert "variant as a whole" in section and "diluted by the old fleet's traffic" in section
+    assert "`PendingDeploymentSummary`" in section
+
+
 def test_autoscaling_updating_is_no_deployment_to_roll_back(moto):
     """Autoscaling puts an endpoint in Updating without a PendingDeploymentSummary: sm rollback must not set a
     rollback alarm (left over in LastDeploymentConfig) to ALARM then, and sm update says to wait, not to roll back."""

@@ -34,7 +34,7 @@ class ScheduleSpec:
     expression: str  # rate(1 day), cron(0 6 * * ? *), ...
     image: str
     role: str  # the processing job's execution role (S3 read of capture + baseline, write of the report)
-    scheduler_role: str  # what EventBridge Scheduler assumes: sagemaker:CreateProcessingJob + iam:PassRole on `role`
+    scheduler_role: str  # what EventBridge Scheduler assumes: sagemaker:CreateProcessingJob + AddTags, iam:PassRole
     baseline_s3: str
     capture_s3: str
     report_s3: str
