@@ -271,14 +271,42 @@ def _noise_jpegs(n: int, seed: int = 7) -> list[bytes]:
     return out
 
 
-def test_the_check_streams_the_window(moto_endpoint, bucket, baseline_doc, tmp_path, monkeypatch):
+@pytest.fixture()
+def moto_process():
+    """moto in server mode in a process of its own (the session's moto runs in a thread of this process, and
+    tracemalloc would count its allocations as ours)."""
+    import time
+    import urllib.request
+
+    from .conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # until it answers (or exits)
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "moto server exited"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_check_streams_the_window(moto_process, aws_env, baseline_doc, tmp_path, monkeypatch):
     """check.run measures each captured image as it is read and drops its bytes: the Python memory peak while it
     reads and measures 160 images (~6 MB of JPEG, ~8 MB as base64 lines) in 40 files stays far under the
     window's size (it held every image before: the peak started at the whole window). --max-images stops the read
     at that many images."""
     import tracemalloc
 
-    s3 = _s3(moto_endpoint)
+    s3, bucket = _s3(moto_process), "capture-big"
+    s3.create_bucket(Bucket=bucket)
     jpegs = _noise_jpegs(160)
     answer = _answer(np.random.default_rng(0), 3)
     for f in range(40):
