@@ -241,6 +241,103 @@ def test_process_monitor_reads_a_model_tarball_and_fails_the_job_on_drift(moto_e
     assert uploaded["status"] == "drift" and uploaded["window"]["since"] == SINCE
 
 
+def test_process_monitor_a_quiet_window_is_no_failure(moto_endpoint, bucket, windows, baseline_file, tmp_path):
+    """A quiet night (fewer captured images than --min-samples, even darker ones) must not fail the scheduled job:
+    exit 0, no failure file (no FailureReason to page on), status insufficient_data in drift.json. Only drift
+    fails it."""
+    put_capture(_s3(moto_endpoint), bucket, "capture", "ep-quiet", windows["darker"][:30])
+    failure = tmp_path / "message"
+    proc = run_cli("process", "monitor", "--endpoint", "ep-quiet", "--capture-s3", f"s3://{bucket}/capture",
+                   "--baseline", baseline_file, "--since", "2h", "--until", UNTIL, "--out", tmp_path / "drift",
+                   "--endpoint-url", moto_endpoint, "--region", "us-east-1",
+                   env={**ENV, "BINCOUNTER_FAILURE_FILE": str(failure)})
+    assert proc.returncode == 0, proc.stderr
+    assert not failure.exists()
+    verdict = json.loads((tmp_path / "drift" / "drift.json").read_text())
+    assert verdict["status"] == "insufficient_data" and verdict["exit_code"] == 0 and verdict["n_window"] == 30
+    assert "no verdict on ep-quiet: 30 captured images" in proc.stderr
+
+
+def _noise_jpegs(n: int, seed: int = 7) -> list[bytes]:
+    """Incompressible JPEGs (~40 KB each), so the bytes of a window weigh far more than its signals."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        b = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(b, "JPEG", quality=90)
+        out.append(b.getvalue())
+    return out
+
+
+@pytest.fixture()
+def moto_process():
+    """moto in server mode in a process of its own (the session's moto runs in a thread of this process, and
+    tracemalloc would count its allocations as ours)."""
+    import time
+    import urllib.request
+
+    from .conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # until it answers (or exits)
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "moto server exited"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_check_streams_the_window(moto_process, aws_env, baseline_doc, tmp_path, monkeypatch):
+    """check.run measures each captured image as it is read and drops its bytes: the Python memory peak while it
+    reads and measures 160 images (~6 MB of JPEG, ~8 MB as base64 lines) in 40 files stays far under the
+    window's size (it held every image before: the peak started at the whole window). --max-images stops the read
+    at that many images."""
+    import tracemalloc
+
+    s3, bucket = _s3(moto_process), "capture-big"
+    s3.create_bucket(Bucket=bucket)
+    jpegs = _noise_jpegs(160)
+    answer = _answer(np.random.default_rng(0), 3)
+    for f in range(40):
+        lines = [capture_record(jpegs[f * 4 + i], answer, T0 + timedelta(minutes=f, seconds=i)) for i in range(4)]
+        s3.put_object(Bucket=bucket, Key=f"capture/ep-big/AllTraffic/2026/12/07/08/{f:02d}-00-000-x.jsonl",
+                      Body=("\n".join(lines) + "\n").encode())
+    total = sum(len(j) for j in jpegs)
+    since, until = check.window_bounds(SINCE, UNTIL)
+    capped = check.run(s3, baseline_doc, f"s3://{bucket}/capture", "ep-big", since, until, tmp_path / "cap",
+                       min_samples=10, max_images=25)  # also: imports, caches, the client's set-up out of the measure
+    assert capped["n_window"] == 25
+    peaks = []
+    measure = check.signals.image_signals
+
+    def measured(data, formats=None):  # the memory peak from the first image measured to this one
+        if not peaks:
+            tracemalloc.reset_peak()  # the peak starts at what is held now (the whole window, if it is held)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        return measure(data, formats)
+
+    monkeypatch.setattr(check.signals, "image_signals", measured)
+    tracemalloc.start()
+    try:
+        verdict = check.run(s3, baseline_doc, f"s3://{bucket}/capture", "ep-big", since, until, tmp_path / "out",
+                            min_samples=10)
+    finally:
+        tracemalloc.stop()
+    assert verdict["n_window"] == 160 and verdict["window"]["records"] == 160
+    assert len(peaks) == 160 and max(peaks) < total / 3, (max(peaks), total)
+
+
 def test_baseline_from_s3(moto_endpoint, bucket, baseline_doc):
     s3 = _s3(moto_endpoint)
     s3.put_object(Bucket=bucket, Key="model/drift_baseline.json", Body=json.dumps(baseline_doc).encode())
@@ -257,7 +354,8 @@ def _schedule_args(*extra):
 def test_schedule_dry_run_prints_a_validated_create_schedule():
     """EventBridge Scheduler's universal target calls CreateProcessingJob with our image's `process monitor` on
     the 24 h before each scheduled time; print_request validated CreateSchedule, schedule_request the job."""
-    proc = run_cli(*_schedule_args("--threshold", "brightness=0.3"), "--dry-run", "--endpoint-url",
+    proc = run_cli(*_schedule_args("--threshold", "brightness=0.3", "--max-images", "5000"), "--dry-run",
+                   "--endpoint-url",
                    "http://127.0.0.1:9", env=ENV)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -275,8 +373,35 @@ def test_schedule_dry_run_prints_a_validated_create_schedule():
     assert args[args.index("--until") + 1] == "<aws.scheduler.scheduled-time>"
     assert args[args.index("--since") + 1] == "24h"
     assert args[args.index("--threshold") + 1] == "brightness=0.3"
+    assert args[args.index("--max-images") + 1] == "5000"  # the job reads no more than the check would
     assert job["ProcessingInputs"][0]["S3Input"]["S3Uri"] == "s3://bkt/models/job-1/output/model.tar.gz"
     assert job["RoleArn"] == ROLE
+
+
+def _readme_section(title: str) -> str:
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"### {title}")
+    return " ".join(text[start:text.index("\n### ", start + 1)].split())
+
+
+def test_the_scheduler_role_s_permissions_are_documented(capsys):
+    """The job the schedule creates carries Tags, so the role EventBridge Scheduler assumes needs
+    sagemaker:AddTags besides CreateProcessingJob and PassRole: the README's role list and --help say so."""
+    from bincounter.cli import main
+    from bincounter.monitor.schedule import ScheduleSpec, processing_job
+
+    spec = ScheduleSpec(endpoint="ep", expression="rate(1 day)", image=IMAGE, role=ROLE, scheduler_role=SCHED_ROLE,
+                        baseline_s3="s3://b/m.tar.gz", capture_s3="s3://b/c", report_s3="s3://b/r")
+    assert processing_job(spec)["Tags"]
+    section = _readme_section("Watching for drift")
+    role_line = next(s for s in section.split("- ") if s.startswith("`--scheduler-role` needs"))
+    for action in ("sagemaker:CreateProcessingJob", "sagemaker:AddTags", "iam:PassRole"):
+        assert action in role_line, role_line
+    with pytest.raises(SystemExit):
+        main(["sm", "monitor", "--help"])
+    assert "sagemaker:AddTags" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_schedule_is_created(moto_endpoint, aws_env):
@@ -307,6 +432,7 @@ def test_a_bad_processing_job_inside_the_schedule_is_caught():
     (["--since", "yesterday"], "'yesterday' is not a time"),
     (["--until", "2026-12-07T07:00:00Z"], "the window is empty"),
     (["--baseline", "/nonexistent/x.json"], "no such file"),
+    (["--max-images", "0"], "--max-images 0: must be at least 1"),
 ])
 def test_mistakes_are_one_line(args, needle, baseline_file):
     base = ["sm", "monitor", "ep", "--capture-s3", "s3://b/c", "--baseline", str(baseline_file), "--since", SINCE,

@@ -244,6 +244,69 @@ def test_named_alarms_autoscaling_and_mistakes(moto):
     assert_one_line_error(proc, "nope")
 
 
+def test_an_alarm_already_firing_refuses_the_update(moto, aws_env, monkeypatch):
+    """A rollback alarm already in ALARM would roll the update back at once: refused in one line before anything
+    is created, unless --ignore-alarm-state. Our own alarms are read back after they are put, too."""
+    name = "bc-upd-firing"
+    _live_endpoint(moto, name)
+    sm, cw = _client(moto), _client(moto, "cloudwatch")
+    cw.put_metric_alarm(AlarmName="ops-5xx", Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors",
+                        Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1.0,
+                        ComparisonOperator="GreaterThanOrEqualToThreshold")
+    cw.set_alarm_state(AlarmName="ops-5xx", StateValue="ALARM", StateReason="5xx on the live fleet")
+    models = {m["ModelName"] for m in sm.list_models()["Models"]}
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/f.tar.gz", "--alarm", "ops-5xx",
+                   "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "rollback alarm ops-5xx is already in ALARM", "--ignore-alarm-state")
+    assert {m["ModelName"] for m in sm.list_models()["Models"]} == models  # nothing created
+    assert "PendingDeploymentSummary" not in sm.describe_endpoint(EndpointName=name)
+    rc, (got,), err = _cli(moto, "update", name, "--model-data", "s3://bkt/f.tar.gz", "--alarm", "ops-5xx",
+                           "--ignore-alarm-state")
+    assert rc == 0, err
+    assert "ops-5xx already in ALARM: updating anyway" in err
+    _sagemaker_finishes(name)
+    # our own alarms: put, then read back; moto resets the state of an alarm a put replaces (CloudWatch keeps it),
+    # so the read-back is where the firing state is set here
+    from bincounter.sm.target import AwsTarget
+
+    real = alarms.states
+    monkeypatch.setattr(alarms, "states", lambda target, names: {**real(target, names), names[1]: "ALARM"})
+    with pytest.raises(UserError, match=f"rollback alarm {alarms.names(name)[1]} is already in ALARM"):
+        update.update(update.UpdateSpec(endpoint=name, model_data="s3://bkt/g.tar.gz"),
+                      AwsTarget(endpoint_url=moto, region="us-east-1"))
+
+
+def test_the_readme_says_what_the_alarms_watch():
+    """The refusal's override, and that the alarms see the whole variant (both fleets): a canary is diluted."""
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("### Updating an endpoint without downtime")
+    section = " ".join(text[start:text.index("\n### ", start + 1)].split())
+    assert "already in ALARM" in section and "`--ignore-alarm-state`" in section
+    assert "variant as a whole" in section and "diluted by the old fleet's traffic" in section
+    assert "`PendingDeploymentSummary`" in section
+
+
+def test_autoscaling_updating_is_no_deployment_to_roll_back(moto):
+    """Autoscaling puts an endpoint in Updating without a PendingDeploymentSummary: sm rollback must not set a
+    rollback alarm (left over in LastDeploymentConfig) to ALARM then, and sm update says to wait, not to roll back."""
+    name = "bc-upd-scaling"
+    _live_endpoint(moto, name)
+    rc, _, err = _cli(moto, "update", name, "--model-data", "s3://bkt/s.tar.gz")
+    assert rc == 0, err
+    _sagemaker_finishes(name)
+    _backend().endpoints[name].endpoint_status = "Updating"  # autoscaling adds an instance
+    cw = _client(moto, "cloudwatch")
+    proc = run_cli("sm", "rollback", name, "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "no deployment in progress", "wait until it is InService")
+    assert all(a["StateValue"] != "ALARM" for a in cw.describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"])
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/t.tar.gz", "--endpoint-url", moto, env=ENV)
+    assert_one_line_error(proc, "no deployment in progress")
+    assert "sm rollback" not in proc.stderr
+    _backend().endpoints[name].endpoint_status = "InService"
+
+
 def test_wait_follows_the_update_to_its_end(moto, aws_env, caplog):
     """--wait: 0 when the new config serves; an error line when SageMaker rolled back. The fake deployment
     engine moves one step per poll (the `sleep` the watcher calls), so nothing waits on a clock."""

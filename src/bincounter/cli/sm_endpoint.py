@@ -99,6 +99,9 @@ def add_update(sub, formatter) -> None:
     u.add_argument("--max-container-errors", type=int, default=5, metavar="N",
                    help="alarm: ERROR lines in the endpoint's container log per period")
     u.add_argument("--alarm-period", type=int, default=60, metavar="S", help="the alarms' period")
+    u.add_argument("--ignore-alarm-state", action="store_true",
+                   help="update even if a rollback alarm is already in ALARM (else refused: it would roll back at "
+                        "once)")
     u.add_argument("--wait", action="store_true", help="follow the update until it ends: exit 0 when the new model "
                    "serves, an error when SageMaker rolled it back")
     add_price(u)
@@ -196,7 +199,7 @@ def update_spec(args):
         bake_s=args.bake, keep_old_s=args.keep_old, max_time_s=args.max_time, alarm_names=tuple(args.alarm),
         thresholds=Thresholds(error_rate=args.max_5xx_rate, p99_ms=args.max_p99_ms,
                               container_errors=args.max_container_errors, period_s=args.alarm_period),
-        price_per_hour=args.price_per_hour, wait=args.wait)
+        price_per_hour=args.price_per_hour, ignore_alarm_state=args.ignore_alarm_state, wait=args.wait)
 
 
 def cmd_update(args) -> int:

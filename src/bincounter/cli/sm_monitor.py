@@ -28,7 +28,7 @@ def _add_check_options(p) -> None:
                    help="override a threshold: PSI for brightness, contrast, sharpness, width, height, confidence "
                         "(default 0.25); the chi-square p-value for predicted_count (default 0.01). Repeatable")
     p.add_argument("--min-samples", type=int, default=100,
-                   help="fewer captured images than this: no verdict (exit 3)")
+                   help="fewer captured images than this: no verdict (exit 3; in process monitor exit 0, no failure)")
     p.add_argument("--max-images", type=int, help="read at most this many captured images")
     p.add_argument("--report-s3", help="also upload drift.json + drift.html under this s3:// prefix")
 
@@ -56,8 +56,8 @@ def add_monitor(sub, formatter) -> None:
     s.add_argument("--image", help="the bincounter image URI (ECR)")
     s.add_argument("--role", help="the Processing job's execution role ARN (reads capture + baseline, writes "
                                   "the report)")
-    s.add_argument("--scheduler-role", help="the role EventBridge Scheduler assumes: sagemaker:CreateProcessingJob "
-                                            "and iam:PassRole on --role")
+    s.add_argument("--scheduler-role", help="the role EventBridge Scheduler assumes: sagemaker:CreateProcessingJob, "
+                                            "sagemaker:AddTags (the job is tagged) and iam:PassRole on --role")
     s.add_argument("--instance-type", default="ml.m5.large", help="the Processing job's instance")
     s.add_argument("--schedule-name", help="default: bincounter-drift-ENDPOINT")
     m.set_defaults(func=cmd_monitor)
@@ -67,7 +67,9 @@ def add_process(psub, formatter) -> None:
     p = psub.add_parser("monitor", help="drift check of captured endpoint data (what a drift schedule runs)",
                         formatter_class=formatter,
                         description="The drift check of `bincounter sm monitor` as a Processing job step: exit 1 "
-                        "on drift (the job fails with the drift line as its reason), 3 with too few images.")
+                        "on drift (the job fails with the drift line as its reason); fewer than --min-samples "
+                        "captured images is no failure (exit 0, status insufficient_data in drift.json): only "
+                        "drift fails the job.")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--capture-s3", required=True, help="the endpoint's capture destination (s3://)")
     p.add_argument("--region")
@@ -82,17 +84,21 @@ def _thresholds(args) -> dict:
 
     if args.min_samples < 1:
         raise UserError("--min-samples must be at least 1")
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images {args.max_images}: must be at least 1")
     return parse_thresholds(args.threshold or [])
 
 
-def _check(args, s3, capture: str, endpoint: str, out: str) -> int:
+def _check(args, s3, capture: str, endpoint: str, out: str, in_job: bool = False) -> int:
+    """The check; `in_job` (process monitor): only drift is a failure (a quiet window succeeds, status
+    insufficient_data in drift.json), so the job's Failed state is the drift alarm."""
     from ..monitor import baseline, check
 
     thresholds = _thresholds(args)
     since, until = check.window_bounds(args.since, args.until)
     base = baseline.read_baseline(args.baseline, lambda: s3)
     verdict = check.run(s3, base, capture, endpoint, since, until, out, args.variant, thresholds,
-                        args.min_samples, args.max_images)
+                        args.min_samples, args.max_images, check.JOB_EXIT if in_job else check.EXIT)
     if args.report_s3:
         from ..monitor import report
 
@@ -101,8 +107,8 @@ def _check(args, s3, capture: str, endpoint: str, out: str) -> int:
     line = check.summary_line(verdict)
     print(json.dumps({k: verdict[k] for k in ("endpoint", "status", "drifted", "warnings", "n_window", "exit_code")}
                      | {"out": str(out)}))
-    (log.warning if verdict["exit_code"] else log.info)("%s", line)
-    if verdict["exit_code"]:
+    (log.warning if verdict["status"] != "ok" else log.info)("%s", line)
+    if verdict["status"] == "drift":
         write_failure_file(line)  # inside a Processing job: its FailureReason
     return verdict["exit_code"]
 
@@ -111,7 +117,7 @@ def cmd_process_monitor(args) -> int:
     from .. import aws
 
     s3 = aws.client("s3", args.region, None, args.endpoint_url)
-    return _check(args, s3, args.capture_s3, args.endpoint, args.out)
+    return _check(args, s3, args.capture_s3, args.endpoint, args.out, in_job=True)
 
 
 def cmd_monitor(args) -> int:
@@ -159,6 +165,8 @@ def _schedule(args, t) -> int:
     extra = [a for th in args.threshold or [] for a in ("--threshold", th)] + ["--min-samples", str(args.min_samples)]
     if args.variant:
         extra += ["--variant", args.variant]
+    if args.max_images:
+        extra += ["--max-images", str(args.max_images)]
     spec = ScheduleSpec(endpoint=args.endpoint, expression=args.schedule, image=args.image,
                         role=t.role_arn(args.role, region), scheduler_role=t.role_arn(args.scheduler_role, region),
                         baseline_s3=args.baseline, capture_s3=capture, report_s3=args.report_s3, since=args.since,

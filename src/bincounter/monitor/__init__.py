@@ -9,8 +9,9 @@
     drift.py     the comparison, pure: PSI per numeric signal, a chi-square test on the predicted-count mix,
                  each with its threshold -> a verdict
     report.py    the verdict as JSON and as one HTML page with the plots
-    check.py     the whole run (`bincounter sm monitor`, `IMAGE process monitor`): baseline + window -> files,
-                 exit code (0 no drift, 1 drift, 3 too few captured images to judge)
+    check.py     the whole run (`bincounter sm monitor`, `IMAGE process monitor`): baseline + window, each image
+                 measured as it is read (its bytes dropped) -> files, exit code (0 no drift, 1 drift, 3 too few
+                 captured images to judge; in a Processing job 0, so only drift fails the job)
 
 numpy + PIL (+ matplotlib for the page, boto3 for S3); never torch, except `baseline.write_baseline`, which
 runs the trained model on the val split.

@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,9 +36,13 @@ IMAGE_TYPES = {"image/jpeg": ("JPEG",), "image/png": ("PNG",), "application/x-im
 
 @dataclass
 class Window:
-    """What a capture window held: (image bytes, PIL formats, answer or None) per image, and what was skipped."""
+    """What a capture window held: (image bytes, PIL formats, answer or None) per image, and what was skipped.
+    With a `sink`, each image goes to it as it is read and is not kept (`images` stays empty): the drift check
+    measures it there and drops the bytes, so a long window never sits in memory."""
 
     images: list[tuple[bytes, tuple[str, ...], dict | None]] = field(default_factory=list)
+    sink: Callable[[bytes, tuple[str, ...], dict | None], None] | None = None
+    taken: int = 0  # images read (kept in `images` or handed to `sink`)
     records: int = 0
     files: int = 0
     errors: int = 0  # requests the endpoint answered with an error body
@@ -46,6 +51,13 @@ class Window:
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def add(self, data: bytes, formats: tuple[str, ...], answer: dict | None) -> None:
+        self.taken += 1
+        if self.sink is not None:
+            self.sink(data, formats, answer)
+        else:
+            self.images.append((data, formats, answer))
 
 
 def parse_time(text: str) -> datetime:
@@ -128,7 +140,7 @@ def add_record(window: Window, line: str, since: datetime, until: datetime) -> N
         if isinstance(answer, dict) and answer.get("model_version"):
             v = str(answer["model_version"])
             window.model_versions[v] = window.model_versions.get(v, 0) + 1
-        window.images.append((data, formats, answer if isinstance(answer, dict) else None))
+        window.add(data, formats, answer if isinstance(answer, dict) else None)
 
 
 def hour_prefixes(base: str, since: datetime, until: datetime, lag_hours: int = 1) -> list[str]:
@@ -166,8 +178,9 @@ def variants(s3, destination: str, endpoint: str) -> list[str]:
 
 
 def read_window(s3, destination: str, endpoint: str, since: datetime, until: datetime,
-                variant: str | None = None, max_images: int | None = None) -> Window:
-    """Every captured request of `endpoint` (one variant, or all) with inferenceTime in [since, until)."""
+                variant: str | None = None, max_images: int | None = None, window: Window | None = None) -> Window:
+    """Every captured request of `endpoint` (one variant, or all) with inferenceTime in [since, until), read a
+    line at a time into `window` (default: a new one that keeps the images; give one with a sink to stream)."""
     if until <= since:
         raise UserError(f"the window is empty: --until {until:%Y-%m-%dT%H:%M:%SZ} is not after --since "
                         f"{since:%Y-%m-%dT%H:%M:%SZ}")
@@ -175,7 +188,7 @@ def read_window(s3, destination: str, endpoint: str, since: datetime, until: dat
     names = [variant] if variant else variants(s3, destination, endpoint)
     if not names:
         log.warning("no capture under %s%s/ (is data capture on? `sm deploy --capture-s3`)", destination, endpoint)
-    window = Window()
+    window = Window() if window is None else window
     for name in names:
         for hour in hour_prefixes(f"{prefix}{endpoint}/{name}/", since, until):
             for key in _keys(s3, bucket, hour):
@@ -183,11 +196,13 @@ def read_window(s3, destination: str, endpoint: str, since: datetime, until: dat
                     continue
                 window.files += 1
                 body = aws_call(f"reading s3://{bucket}/{key}", s3.get_object, Bucket=bucket, Key=key)["Body"]
-                for line in body.read().decode("utf-8", "replace").splitlines():
+                for raw in body.iter_lines():
+                    line = raw.decode("utf-8", "replace")
                     if line.strip():
                         add_record(window, line, since, until)
-                if max_images and len(window.images) >= max_images:
-                    log.warning("stopped at --max-images %d captured images", max_images)
-                    window.images = window.images[:max_images]
-                    return window
+                    if max_images and window.taken >= max_images:
+                        log.warning("stopped at --max-images %d captured images (in %s; later requests of the "
+                                    "window not read)", max_images, key)
+                        del window.images[max_images:]
+                        return window
     return window

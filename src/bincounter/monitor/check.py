@@ -13,6 +13,8 @@ from .capture import Window, parse_time, read_window
 
 log = logging.getLogger("bincounter")
 EXIT = {"ok": 0, "drift": 1, "insufficient_data": 3}
+#: inside a Processing job (`process monitor`) only drift fails the job: a quiet window is no alert
+JOB_EXIT = {"ok": 0, "drift": 1, "insufficient_data": 0}
 
 
 def window_bounds(since: str, until: str | None, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -25,17 +27,33 @@ def window_bounds(since: str, until: str | None, now: datetime | None = None) ->
     return parse_time(s), end
 
 
-def measure(window: Window) -> dict[str, list]:
-    """The signals of every captured image (an image that cannot be decoded is counted as skipped)."""
-    rows = []
-    for data, formats, answer in window.images:
+class Measure:
+    """A Window's sink: the signals of each captured image as it is read (its bytes then dropped); an image that
+    cannot be decoded is counted as skipped in the window."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.window = Window(sink=self)
+
+    def __call__(self, data: bytes, formats: tuple[str, ...], answer: dict | None) -> None:
         try:
             row = signals.image_signals(data, formats)
         except DataError:
-            window.skip("image not decodable")
-            continue
-        rows.append({**row, **((signals.answer_signals(answer) or {}) if answer else {})})
-    return signals.collect(rows)
+            self.window.skip("image not decodable")
+            return
+        self.rows.append({**row, **((signals.answer_signals(answer) or {}) if answer else {})})
+
+
+def measure(window: Window) -> dict[str, list]:
+    """The signals of every image a window kept (a window read with a Measure sink: the rows it measured)."""
+    if isinstance(window.sink, Measure):
+        return signals.collect(window.sink.rows)
+    m = Measure()
+    for image in window.images:
+        m(*image)
+    for reason, n in m.window.skipped.items():
+        window.skip(reason, n)
+    return signals.collect(m.rows)
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -53,8 +71,9 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
 
 
 def judge(baseline: dict, window: Window, meta: dict, out_dir, thresholds: dict | None = None,
-          min_samples: int = 100) -> dict:
-    """Compare, write drift.json + drift.html into out_dir -> the verdict (with its "exit_code")."""
+          min_samples: int = 100, exits: dict | None = None) -> dict:
+    """Compare, write drift.json + drift.html into out_dir -> the verdict (with its "exit_code", from `exits`:
+    EXIT, or JOB_EXIT inside a Processing job)."""
     values = measure(window)
     verdict = drift.compare(baseline, values, thresholds, min_samples)
     notes = []
@@ -66,7 +85,7 @@ def judge(baseline: dict, window: Window, meta: dict, out_dir, thresholds: dict 
         notes.append(f"only {verdict['n_window']} captured images in the window (--min-samples "
                      f"{min_samples}): no verdict")
     src = baseline.get("source", {})
-    verdict = {**meta, **verdict, "exit_code": EXIT[verdict["status"]], "notes": notes,
+    verdict = {**meta, **verdict, "exit_code": (exits or EXIT)[verdict["status"]], "notes": notes,
                "baseline": {"model_version": baseline.get("model_version"), "images": src.get("images"),
                             "created": baseline.get("created")},
                "window": {**meta.get("window", {}), "records": window.records, "files": window.files,
@@ -80,13 +99,14 @@ def judge(baseline: dict, window: Window, meta: dict, out_dir, thresholds: dict 
 
 def run(s3, baseline: dict, destination: str, endpoint: str, since: datetime, until: datetime, out_dir,
         variant: str | None = None, thresholds: dict | None = None, min_samples: int = 100,
-        max_images: int | None = None) -> dict:
-    """Read the window from S3 and judge it."""
-    window = read_window(s3, destination, endpoint, since, until, variant, max_images)
+        max_images: int | None = None, exits: dict | None = None) -> dict:
+    """Read the window from S3, measuring each image as it comes (never holding the window's bytes), and judge
+    it."""
+    window = read_window(s3, destination, endpoint, since, until, variant, max_images, Measure().window)
     meta = {"endpoint": endpoint, "window": {"since": f"{since:%Y-%m-%dT%H:%M:%SZ}",
                                              "until": f"{until:%Y-%m-%dT%H:%M:%SZ}", "capture": destination,
                                              "variant": variant}}
-    return judge(baseline, window, meta, out_dir, thresholds, min_samples)
+    return judge(baseline, window, meta, out_dir, thresholds, min_samples, exits)
 
 
 def upload(s3, paths, uri: str) -> list[str]:

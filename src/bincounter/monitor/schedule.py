@@ -3,8 +3,10 @@ to new customers): an EventBridge Scheduler schedule whose universal target call
 with our image's `process monitor` (check.py inside the job). Each run judges the window that ends at the
 schedule's time (<aws.scheduler.scheduled-time>) and names its job after the invocation
 (<aws.scheduler.execution-id>, 16 letters and digits), uploads drift.json + drift.html under REPORT/ENDPOINT/<time>/,
-and fails (exit 1, the drift line as the job's FailureReason) when it finds drift: an EventBridge rule on
-"SageMaker Processing Job State Change" with status Failed is the alarm.
+and fails (exit 1, the drift line as the job's FailureReason) only when it finds drift (a window with too few
+images succeeds, status insufficient_data): an EventBridge rule on "SageMaker Processing Job State Change" with
+status Failed is the alarm. The scheduler's role needs sagemaker:CreateProcessingJob, sagemaker:AddTags (the job
+carries Tags) and iam:PassRole on the job's role.
 
 Both requests are checked offline with botocore: the CreateSchedule request as printed, and the
 CreateProcessingJob request inside its Input with the context attributes filled with sample values.
@@ -32,7 +34,7 @@ class ScheduleSpec:
     expression: str  # rate(1 day), cron(0 6 * * ? *), ...
     image: str
     role: str  # the processing job's execution role (S3 read of capture + baseline, write of the report)
-    scheduler_role: str  # what EventBridge Scheduler assumes: sagemaker:CreateProcessingJob + iam:PassRole on `role`
+    scheduler_role: str  # what EventBridge Scheduler assumes: sagemaker:CreateProcessingJob + AddTags, iam:PassRole
     baseline_s3: str
     capture_s3: str
     report_s3: str

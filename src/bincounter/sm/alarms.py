@@ -4,6 +4,12 @@ container's own error count (a CloudWatch Logs metric filter on the endpoint's l
 the serving front, the model server and the worker all log failures at that level). Or alarms the user names,
 which must already exist.
 
+Every alarm watches the endpoint's variant as a whole: during an update both fleets (old and new) serve under the
+same variant name, so a canary's errors and latency are diluted by the old fleet's traffic. A canary taking 1 of N
+instances' traffic must answer about N times the 5xx rate threshold before the rate alarm fires; the ERROR-line
+count is not diluted (it counts lines, whichever fleet wrote them); p99 latency sees the canary when it takes more
+than 1% of the requests. `sm update` also refuses to start while one of them is already in ALARM (`check_quiet`).
+
 `requests` builds every request (pure: a dry run prints them, a real run sends them with `put`).
 """
 
@@ -105,13 +111,34 @@ def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]
     return [a["AlarmName"] for a in alarms]
 
 
-def check_named(target: AwsTarget, alarm_names: list[str]) -> None:
-    """Alarms the user names must exist (SageMaker would accept a missing one and never roll back on it)."""
+def states(target: AwsTarget, alarm_names: list[str]) -> dict[str, str]:
+    """DescribeAlarms on `alarm_names` -> {name: StateValue (OK, ALARM, INSUFFICIENT_DATA)} of those that exist."""
     cw = target.client("cloudwatch")
     got = aws.aws_call("DescribeAlarms", cw.describe_alarms, AlarmNames=alarm_names,
                        AlarmTypes=["MetricAlarm", "CompositeAlarm"])
-    found = {a["AlarmName"] for a in got.get("MetricAlarms", []) + got.get("CompositeAlarms", [])}
+    described = got.get("MetricAlarms", []) + got.get("CompositeAlarms", [])
+    return {a["AlarmName"]: a.get("StateValue", "") for a in described}
+
+
+def check_named(target: AwsTarget, alarm_names: list[str]) -> dict[str, str]:
+    """Alarms the user names must exist (SageMaker would accept a missing one and never roll back on it); their
+    states."""
+    found = states(target, alarm_names)
     missing = [n for n in alarm_names if n not in found]
     if missing:
         raise UserError(f"--alarm {', '.join(missing)}: no such CloudWatch alarm in {target.resolved_region()} "
                         "(names are case-sensitive; aws cloudwatch describe-alarms)")
+    return found
+
+
+def check_quiet(found: dict[str, str], ignore: bool = False) -> None:
+    """Refuse an update whose rollback alarm is already in ALARM: SageMaker would roll it back at once (unless
+    `ignore`, --ignore-alarm-state)."""
+    firing = sorted(n for n, state in found.items() if state == "ALARM")
+    if firing and not ignore:
+        raise UserError(f"rollback alarm {', '.join(firing)} is already in ALARM: SageMaker would roll the update "
+                        "back at once. Fix what it reports, or wait for it to return to OK (after sm rollback: its "
+                        "next evaluation period); --ignore-alarm-state updates anyway")
+    if firing:
+        log.warning("rollback alarm(s) %s already in ALARM: updating anyway (--ignore-alarm-state)",
+                    ", ".join(firing))

@@ -61,6 +61,7 @@ class UpdateSpec:
     alarm_names: tuple[str, ...] = ()  # existing alarms to roll back on; empty: create ours
     thresholds: Thresholds = field(default_factory=Thresholds)
     price_per_hour: float | None = None
+    ignore_alarm_state: bool = False  # update even when a rollback alarm is already in ALARM
     wait: bool = False  # follow the update until it completes (exit 0) or is rolled back (an error)
 
 
@@ -154,9 +155,14 @@ def _creatable(desc: dict, api: str) -> dict:
 def read_live(target: AwsTarget, endpoint: str) -> Live:
     sm = target.client()
     ep = aws.aws_call(f"endpoint {endpoint}", sm.describe_endpoint, EndpointName=endpoint)
+    if ep.get("PendingDeploymentSummary"):
+        raise UserError(f"endpoint {endpoint} is {ep['EndpointStatus']} with a deployment in progress (to config "
+                        f"{ep['PendingDeploymentSummary'].get('EndpointConfigName')}): an update needs it InService "
+                        f"(bincounter sm status {endpoint}; to stop that one: bincounter sm rollback {endpoint})")
     if ep["EndpointStatus"] != "InService":
-        raise UserError(f"endpoint {endpoint} is {ep['EndpointStatus']}: an update needs it InService "
-                        f"(bincounter sm status {endpoint}; an update in progress: bincounter sm rollback {endpoint})")
+        raise UserError(f"endpoint {endpoint} is {ep['EndpointStatus']} (no deployment in progress: autoscaling "
+                        f"changing its instance count, or another change): an update needs it InService; wait for "
+                        f"it (bincounter sm status {endpoint})")
     name = ep["EndpointConfigName"]
     cfg = aws.aws_call(f"endpoint config {name}", sm.describe_endpoint_config, EndpointConfigName=name)
     variants = cfg["ProductionVariants"]
@@ -283,9 +289,11 @@ def update(spec: UpdateSpec, target: AwsTarget) -> int:
     for api, req in reqs:
         validate.check(api, req, "sagemaker")
     if spec.alarm_names:
-        alarms.check_named(target, names)
+        found = alarms.check_named(target, names)
     else:
         alarms.put(target, metric_filter, alarm_reqs)
+        found = alarms.states(target, names)
+    alarms.check_quiet(found, spec.ignore_alarm_state)  # before anything is created
     log.info("rollback alarms: %s", ", ".join(names))
     sm = target.client()
     aws.aws_call("CreateModel", sm.create_model, **reqs[0][1])
@@ -351,7 +359,8 @@ def rollback(target: AwsTarget, endpoint: str, to: str | None = None) -> int:
     sm = target.client()
     ep = aws.aws_call(f"endpoint {endpoint}", sm.describe_endpoint, EndpointName=endpoint)
     status = ep["EndpointStatus"]
-    if status in ("Updating", "Creating") or ep.get("PendingDeploymentSummary"):
+    # a deployment in progress is PendingDeploymentSummary, not the status: autoscaling also makes it Updating
+    if ep.get("PendingDeploymentSummary"):
         names = [a["AlarmName"] for a in ((ep.get("LastDeploymentConfig") or {}).get("AutoRollbackConfiguration")
                                           or {}).get("Alarms", [])]
         if not names:
@@ -364,6 +373,10 @@ def rollback(target: AwsTarget, endpoint: str, to: str | None = None) -> int:
         log.info("alarm %s set to ALARM: SageMaker shifts traffic back to config %s (bincounter sm status %s)",
                  names[0], ep.get("EndpointConfigName"), endpoint)
         return 0
+    if status != "InService":
+        raise UserError(f"endpoint {endpoint} is {status} with no deployment in progress (autoscaling changing its "
+                        f"instance count, or another change): nothing to roll back now; wait until it is InService "
+                        f"(bincounter sm status {endpoint}), then bincounter sm rollback {endpoint}")
     live = ep["EndpointConfigName"]
     if not to:
         arn = aws.aws_call(f"endpoint config {live}", sm.describe_endpoint_config,
