@@ -445,6 +445,17 @@ def test_schedule_mistakes_are_one_line():
     args = _schedule_args()
     args[args.index("24h")] = SINCE
     assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), "--since as a duration")
+    for bad, needle in (("daily", "--schedule 'daily': EventBridge Scheduler takes rate("),
+                        ("cron(bad)", "--schedule 'cron(bad)'"), ("rate(0 days)", "--schedule 'rate(0 days)'")):
+        args = _schedule_args()
+        args[args.index("rate(1 day)")] = bad
+        assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), needle)
+    args = _schedule_args()
+    args[args.index("24h")] = "0h"  # every run would judge an empty window
+    assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), "--since as a duration")
+    args = _schedule_args()
+    args[args.index("s3://bkt/models/job-1/output/model.tar.gz")] = "s3://bkt"
+    assert_one_line_error(run_cli(*args, "--dry-run", env=ENV), "--baseline s3://bkt: a bucket root")
 
 
 def test_an_endpoint_without_capture_is_one_line(moto_endpoint, aws_env, baseline_file):

@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 from ..errors import UserError, write_failure_file
 from .sm_common import add_common, target, text
 
 log = logging.getLogger("bincounter")
+# EventBridge Scheduler's three forms (its API takes any string; a typo would fail only at CreateSchedule)
+SCHEDULE_RE = re.compile(r"rate\(\s*[1-9]\d*\s+(minute|minutes|hour|hours|day|days)\s*\)"
+                         r"|cron\(\s*\S+(\s+\S+){5}\s*\)|at\(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\)")
 
 
 def _add_check_options(p) -> None:
@@ -152,8 +156,15 @@ def _schedule(args, t) -> int:
         raise UserError(f"--schedule needs {', '.join(missing)}")
     if not args.baseline.startswith("s3://"):
         raise UserError("--schedule needs --baseline as an s3:// URI (the job reads it from S3)")
-    if args.until or not args.since[:-1].isdigit() or args.since[-1:] not in "mhd":
+    if args.until or not args.since[:-1].isdigit() or args.since[-1:] not in "mhd" or int(args.since[:-1]) == 0:
         raise UserError("--schedule judges the window before each run: --since as a duration (24h), no --until")
+    if not SCHEDULE_RE.fullmatch(args.schedule.strip()):
+        raise UserError(f"--schedule {args.schedule!r}: EventBridge Scheduler takes rate(N minutes|hours|days), "
+                        "cron(MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK YEAR) or at(yyyy-mm-ddThh:mm:ss), "
+                        "e.g. 'cron(0 6 * * ? *)'")
+    if not args.baseline.rstrip("/").removeprefix("s3://").count("/"):
+        raise UserError(f"--baseline {args.baseline}: a bucket root; give the baseline file, model.tar.gz or model "
+                        "folder (the job would download everything under it)")
     for flag, uri in (("--report-s3", args.report_s3), ("--capture-s3", args.capture_s3)):
         checks.check_s3_uri(flag, uri)
     checks.check_instance_type(args.instance_type)
