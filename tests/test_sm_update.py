@@ -392,6 +392,7 @@ def test_rollback_dry_run_is_a_valid_update_to_the_named_config():
 
 @pytest.mark.parametrize("args,needle", [
     (["--traffic", "canary:1"], "at most half of the fleet"),
+    (["--traffic", "linear:25%"], "a dry run does not read the live instance count and assumes 1"),
     (["--traffic", "canary:3", "--instance-count", "4"], "at most half"),
     (["--traffic", "linear:5%", "--instance-count", "4"], "10-50%"),
     (["--traffic", "linear:1", "--instance-count", "20"], "10-50%"),

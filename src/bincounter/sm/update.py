@@ -145,6 +145,7 @@ class Live:
     tags: list[dict]  # the config's
     autoscaled: bool
     model_tags: tuple = ()
+    placeholder: bool = False  # a dry run's stand-in: nothing was read
 
 
 def _creatable(desc: dict, api: str) -> dict:
@@ -193,7 +194,7 @@ def _dry_live(spec: UpdateSpec, image: str | None, role: str) -> Live:
                "InstanceType": DEFAULT_INSTANCE, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0}
     model = {"ExecutionRoleArn": role, "PrimaryContainer": {"Image": image or "live-image", "Environment": {}}}
     return Live(f"live-config-of-{spec.endpoint}"[:63], {"ProductionVariants": [variant]}, variant, model,
-                spec.instance_count or 1, [], False)
+                spec.instance_count or 1, [], False, placeholder=True)
 
 
 # ------------------------------------------------------------------------------------------------ update
@@ -225,7 +226,13 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
     config = {**json.loads(json.dumps(live.config, default=str)), "EndpointConfigName": new,
               "ProductionVariants": [variant],
               "Tags": live.tags + [{"Key": PREVIOUS_TAG, "Value": live.config_name}]}
-    routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless=serverless)
+    try:
+        routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless=serverless)
+    except UserError as e:
+        if live.placeholder and not spec.instance_count:
+            raise UserError(f"{e} (a dry run does not read the live instance count and assumes 1: pass "
+                            "--instance-count N to dry-run the real fleet)") from None
+        raise
     update = {"EndpointName": spec.endpoint, "EndpointConfigName": new,
               "DeploymentConfig": deployment_config(routing, spec.keep_old_s, spec.max_time_s, alarm_names)}
     if live.autoscaled and spec.instance_count is None:
