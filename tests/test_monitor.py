@@ -494,6 +494,25 @@ def test_psi_and_bins():
     assert not drift.compare_signal("width", s, [96.0] * 200, 0.25)["drift"]
 
 
+def test_a_small_baseline_is_judged_above_its_noise_floor():
+    """The new-user trial's case: a 5-image baseline against 150 images of the same distribution reported drift on
+    every signal (PSI from the baseline's empty deciles). Below MIN_BASELINE a signal is not judged (said so); a
+    moderate baseline is judged at 2.5x its noise floor; a large one at the threshold; a real shift still shows."""
+    rng = np.random.default_rng(0)
+    tiny = drift.compare_signal("brightness", drift.summarize_numeric(rng.normal(100, 10, 5)),
+                                list(rng.normal(100, 10, 150)), 0.25)
+    assert not tiny["drift"] and tiny["warning"] and "not judged" in tiny["note"]
+    small = drift.summarize_numeric(rng.normal(100, 10, 60))
+    for seed in range(20):  # no drift: never flagged at 2.5x the floor (at 0.25 several of these were)
+        same = drift.compare_signal("brightness", small, list(np.random.default_rng(seed).normal(100, 10, 150)),
+                                    0.25)
+        assert not same["drift"] and same["judged_at"] > 0.25 and "sampling noise" in same["note"], same
+    assert drift.compare_signal("brightness", small, list(rng.normal(130, 10, 150)), 0.25)["drift"]
+    big = drift.summarize_numeric(rng.normal(100, 10, 5000))
+    row = drift.compare_signal("brightness", big, list(rng.normal(100, 10, 5000)), 0.25)
+    assert row["judged_at"] == 0.25 and "note" not in row and not row["drift"]
+
+
 def test_capture_lines_decode(windows):
     """A JSON batch, a BASE64 answer, an error answer, a CSV request and a broken line, each counted."""
     w = capture.Window()

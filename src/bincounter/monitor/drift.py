@@ -5,7 +5,12 @@ its maximum, so a window below or above everything the baseline saw lands in a b
 binned on the same edges and compared with the Population Stability Index,
     PSI = sum_i (w_i - b_i) * ln(w_i / b_i)      (fractions floored at EPS),
 drift when PSI >= the threshold (default 0.25, the usual "significant shift"; 0.1-0.25 is reported as a warning).
-Sampling noise alone gives PSI ~ (bins - 1) * (1/n_window + 1/n_baseline): the verdict states it per signal.
+Sampling noise alone gives PSI ~ (1/n_window + 1/n_baseline) * chi2(bins - 1), mean (bins - 1) * (1/n_window +
+1/n_baseline), the "noise floor": a small baseline (or window) makes it large, so a signal is judged against
+max(threshold, NOISE_MARGIN x noise floor) (NOISE_MARGIN 2.5: chi2 with 11 degrees of freedom passes 2.5x its mean
+with p ~ 0.004, so no drift gives a false alarm per signal well under 1%), and the verdict states both. Below
+MIN_BASELINE values a baseline leaves deciles empty (PSI then measures the empty bins, not drift): such a signal is
+not judged, and its row says so.
 
 The predicted-count mix (signals.COUNT): a chi-square test of homogeneity on the 2 x k table (baseline counts,
 window counts), drift when its p-value < the threshold (default 0.01). It uses both sample sizes, so a small val
@@ -25,6 +30,8 @@ EPS = 1e-4
 DECILES = tuple(i / 10 for i in range(1, 10))
 DEFAULT_THRESHOLDS = {**dict.fromkeys(NUMERIC, 0.25), COUNT: 0.01}
 WARN_PSI = 0.1
+NOISE_MARGIN = 2.5
+MIN_BASELINE = 50  # ~5 values per bin of the 12
 #: the statistic each signal is judged by
 STATISTIC = {**dict.fromkeys(NUMERIC, "psi"), COUNT: "chi2_p"}
 
@@ -113,12 +120,22 @@ def compare_signal(name: str, base: dict, values: list, threshold: float) -> dic
                 "psi": psi([*base["fractions"], 0.0], wfrac),
                 "bins": {"labels": [str(c) for c in cats] + ["other"], "baseline": [*base["fractions"], 0.0],
                          "window": wfrac}}
+    if base["n"] < MIN_BASELINE:
+        return {**row, "value": None, "drift": False, "warning": True,
+                "note": f"not judged: a baseline of {base['n']} values leaves its decile bins empty (needs "
+                        f"{MIN_BASELINE}; the val split writes up to 2000)"}
     edges = base["edges"]
     wfrac = fractions(edges, values)
     value = psi(base["fractions"], wfrac)
     nbins = len(edges) + 1
-    return {**row, "value": value, "drift": value >= threshold, "warning": value >= min(WARN_PSI, threshold),
-            "noise_floor": (nbins - 1) * (1 / len(values) + 1 / base["n"]),
+    floor = (nbins - 1) * (1 / len(values) + 1 / base["n"])
+    judged_at = max(threshold, NOISE_MARGIN * floor)
+    extra = {} if judged_at == threshold else {
+        "note": f"sampling noise alone gives PSI ~{floor:.2g} with {base['n']} baseline and {len(values)} window "
+                f"values: judged at {judged_at:.2g}, not {threshold:g} (a larger baseline or window sharpens it)"}
+    return {**row, **extra, "value": value, "drift": value >= judged_at,
+            "warning": value >= min(WARN_PSI, threshold) and value < judged_at or bool(extra),
+            "noise_floor": floor, "judged_at": judged_at,
             "baseline_mean": base["mean"], "window_mean": float(np.mean(values)),
             "bins": {"labels": _labels(edges), "baseline": list(base["fractions"]), "window": wfrac.tolist()}}
 
