@@ -393,6 +393,7 @@ def test_rollback_dry_run_is_a_valid_update_to_the_named_config():
 @pytest.mark.parametrize("args,needle", [
     (["--traffic", "canary:1"], "at most half of the fleet"),
     (["--traffic", "linear:25%"], "a dry run does not read the live instance count and assumes 1"),
+    (["--alarm", "ops-5xx", "--max-p99-ms", "100"], "--max-p99-ms with --alarm: no alarm is created"),
     (["--traffic", "canary:3", "--instance-count", "4"], "at most half"),
     (["--traffic", "linear:5%", "--instance-count", "4"], "10-50%"),
     (["--traffic", "linear:1", "--instance-count", "20"], "10-50%"),
@@ -452,3 +453,11 @@ def test_an_update_dry_run_imports_neither_torch_nor_the_sagemaker_sdk():
     code = ("import contextlib, io\nfrom bincounter.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
     assert not {"torch", "timm", "sagemaker"} & set(_heavy_imported(code, {"AWS_EC2_METADATA_DISABLED": "true"}))
+
+
+def test_the_new_config_carries_the_users_tags_not_the_old_ones_provenance():
+    """The new-user trial: the new config inherited sagemaker.amazonaws.com/model-source = the OLD model.tar.gz."""
+    tags = [{"Key": "team", "Value": "vision"}, {"Key": "aws:cloudformation:stack-name", "Value": "s"},
+            {"Key": "sagemaker.amazonaws.com/model-source", "Value": "s3://b/m/model.tar.gz"},
+            {"Key": update.PREVIOUS_TAG, "Value": "cfg-0"}]
+    assert update._own(tags) == [{"Key": "team", "Value": "vision"}]

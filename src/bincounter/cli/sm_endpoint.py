@@ -93,12 +93,12 @@ def add_update(sub, formatter) -> None:
     u.add_argument("--max-time", type=int, metavar="S", help="the whole deployment's time limit, 600..28800")
     u.add_argument("--alarm", action="append", default=[], metavar="NAME",
                    help="an existing CloudWatch alarm to roll back on (repeat, up to 10); then none is created")
-    u.add_argument("--max-5xx-rate", type=float, default=0.01, metavar="SHARE",
-                   help="alarm: share of requests answered 5xx (Invocation5XXErrors average)")
-    u.add_argument("--max-p99-ms", type=float, default=2000.0, metavar="MS", help="alarm: p99 ModelLatency")
-    u.add_argument("--max-container-errors", type=int, default=5, metavar="N",
-                   help="alarm: ERROR lines in the endpoint's container log per period")
-    u.add_argument("--alarm-period", type=int, default=60, metavar="S", help="the alarms' period")
+    u.add_argument("--max-5xx-rate", type=float, metavar="SHARE",
+                   help="alarm: share of requests answered 5xx (Invocation5XXErrors average; default 0.01)")
+    u.add_argument("--max-p99-ms", type=float, metavar="MS", help="alarm: p99 ModelLatency (default 2000)")
+    u.add_argument("--max-container-errors", type=int, metavar="N",
+                   help="alarm: ERROR lines in the endpoint's container log per period (default 5)")
+    u.add_argument("--alarm-period", type=int, metavar="S", help="the alarms' period (default 60)")
     u.add_argument("--ignore-alarm-state", action="store_true",
                    help="update even if a rollback alarm is already in ALARM (else refused: it would roll back at "
                         "once)")
@@ -192,13 +192,20 @@ def update_spec(args):
     from ..sm.alarms import Thresholds
     from ..sm.update import UpdateSpec
 
+    given = {f: v for f, v in (("error_rate", args.max_5xx_rate), ("p99_ms", args.max_p99_ms),
+                               ("container_errors", args.max_container_errors), ("period_s", args.alarm_period))
+             if v is not None}
+    if args.alarm and given:
+        flags = {"error_rate": "--max-5xx-rate", "p99_ms": "--max-p99-ms", "container_errors": "--max-container-errors",
+                 "period_s": "--alarm-period"}
+        raise UserError(f"{', '.join(flags[f] for f in given)} with --alarm: no alarm is created then, so the "
+                        "thresholds would not apply; set them on your alarms, or leave --alarm out")
     return UpdateSpec(
         endpoint=args.endpoint, role=args.role, training_job=args.training_job, model_data=args.model_data,
         model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
         instance_type=args.instance_type, instance_count=args.instance_count, traffic=args.traffic,
         bake_s=args.bake, keep_old_s=args.keep_old, max_time_s=args.max_time, alarm_names=tuple(args.alarm),
-        thresholds=Thresholds(error_rate=args.max_5xx_rate, p99_ms=args.max_p99_ms,
-                              container_errors=args.max_container_errors, period_s=args.alarm_period),
+        thresholds=Thresholds(**given),
         price_per_hour=args.price_per_hour, ignore_alarm_state=args.ignore_alarm_state, wait=args.wait)
 
 

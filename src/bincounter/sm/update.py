@@ -183,8 +183,11 @@ def read_live(target: AwsTarget, endpoint: str) -> Live:
 
 
 def _own(tags: list[dict]) -> list[dict]:
-    """Tags a new resource may carry over: not AWS's own (aws:...), not the config sm update names."""
-    return [t for t in tags if not t["Key"].startswith("aws:") and t["Key"] != PREVIOUS_TAG]
+    """Tags a new resource may carry over: not AWS's own (aws:...), not the SDK's record of what the old one was
+    made from (sagemaker.amazonaws.com/..., e.g. model-source: the old model.tar.gz), not the config sm update
+    names."""
+    return [t for t in tags if not t["Key"].startswith(("aws:", "sagemaker.amazonaws.com/"))
+            and t["Key"] != PREVIOUS_TAG]
 
 
 def _dry_live(spec: UpdateSpec, image: str | None, role: str) -> Live:
