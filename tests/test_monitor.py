@@ -192,6 +192,9 @@ def test_darker_images_are_flagged(moto_endpoint, bucket, windows, baseline_file
     assert row["value"] >= 0.25 and row["window_mean"] < row["baseline_mean"]
     assert "drift on ep-dark: brightness PSI" in proc.stderr
     assert "DRIFT" in (tmp_path / "out" / "drift.html").read_text()
+    proc, _ = _monitor(moto_endpoint, "ep-dark", baseline_file, tmp_path / "out2", "--capture-s3",
+                       f"s3://{bucket}/capture", "--variant", "Nope")  # a typo is named, not "0 captured images"
+    assert_one_line_error(proc, "--variant Nope: no capture of it", "variants captured: AllTraffic")
 
 
 def test_a_shifted_count_mix_is_flagged(moto_endpoint, bucket, windows, baseline_file, tmp_path):

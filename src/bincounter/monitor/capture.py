@@ -185,8 +185,12 @@ def read_window(s3, destination: str, endpoint: str, since: datetime, until: dat
         raise UserError(f"the window is empty: --until {until:%Y-%m-%dT%H:%M:%SZ} is not after --since "
                         f"{since:%Y-%m-%dT%H:%M:%SZ}")
     bucket, prefix = split_s3(destination)
-    names = [variant] if variant else variants(s3, destination, endpoint)
-    if not names:
+    found = variants(s3, destination, endpoint)
+    if variant and found and variant not in found:
+        raise UserError(f"--variant {variant}: no capture of it under {destination.rstrip('/')}/{endpoint}/ "
+                        f"(variants captured: {', '.join(found)})")
+    names = [variant] if variant else found
+    if not found:
         log.warning("no capture under %s%s/ (is data capture on? `sm deploy --capture-s3`)", destination, endpoint)
     window = Window() if window is None else window
     for name in names:
