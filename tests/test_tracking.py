@@ -232,6 +232,12 @@ def test_sm_tune_and_train_pass_the_uri_and_names_through_only_when_asked():
     assert static["mlflow"] == ARN and static["mlflow_experiment"] == "bc-hpo-9"
     r = dry("train", *TRAIN, "--from-tuning-job", "bc-hpo-9", "--hp", "mlflow=https://mlflow.example.com")
     assert r["HyperParameters"]["mlflow_from_trial"] == "<best trial of bc-hpo-9>"
+    r = dry("tune", *TRAIN, "--name", "bc-hpo-9", "--mlflow", ARN)  # the flag is --hp mlflow=URI
+    assert r["TrainingJobDefinition"]["StaticHyperParameters"]["mlflow"] == ARN
+    assert dry("train", *TRAIN, "--mlflow", "https://m.example.com")["HyperParameters"]["mlflow"] == \
+        "https://m.example.com"
+    assert_one_line_error(run_cli("sm", "train", *TRAIN, "--mlflow", "https://a.example.com", "--hp",
+                                  "mlflow=https://b.example.com", "--dry-run", env=ENV), "give one")
     # without tracking the requests carry no MLflow name at all
     assert not any(k.startswith("mlflow") for k in dry("tune", *TRAIN)["TrainingJobDefinition"][
         "StaticHyperParameters"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..sm import channels, hyperparameters, jobs, sdk
 from ..sm.checks import DEFAULT_INSTANCE
 from ..sm.specs import DEFAULT_MAX_RUNTIME_S, TRAIN_INSTANCE_COUNT, BatchSpec, TrainingJobSpec, TuningJobSpec
@@ -38,6 +39,9 @@ def _add_training_options(p, type_help: str = "billed per instance-hour") -> Non
     p.add_argument("--hp", action="append", metavar="NAME=VALUE",
                    help="trainer hyperparameter, repeatable, checked with the trainer's own rules; names: "
                         + ", ".join(hyperparameters.flag_names()))
+    p.add_argument("--mlflow", metavar="URI", help="track the job (tune: every trial, in an experiment named after "
+                   "the tuning job) in MLflow: an http(s) tracking server the job can reach, or a SageMaker MLflow "
+                   "tracking server ARN; the same as --hp mlflow=URI")
     p.add_argument("--input-mode", choices=channels.MODES, help="for every channel (default: FastFile for a "
                    "sharded channel, one holding index.json; File for a per-image one); Pipe is refused")
     p.add_argument("--volume-size", type=int, metavar="GB", help="EBS volume per instance (default: File mode "
@@ -126,13 +130,23 @@ def add_batch(sub, formatter) -> None:
     b.set_defaults(func=cmd_batch)
 
 
+def _with_mlflow(hps: dict, uri: str | None) -> dict:
+    """--mlflow URI is --hp mlflow=URI (checked with the other hyperparameters); both, differing: refused."""
+    if uri is None:
+        return hps
+    if hps.get("mlflow", uri) != uri:
+        raise UserError(f"--mlflow {uri} and --hp mlflow={hps['mlflow']}: give one")
+    return {**hps, "mlflow": uri}
+
+
 def training_spec(args, **train_only) -> TrainingJobSpec:
     """The flags sm train and sm tune share -> the training job (a tuning job: its trials'); `train_only`: the
     spec's fields only sm train has flags for."""
     return TrainingJobSpec(
         image=args.image, role=role(args), train=args.train, val=args.val, output=args.output, test=args.test,
         pretrained=args.pretrained, instance_type=instance_type(args), instance_count=args.instance_count,
-        hyperparameters=jobs.parse_kv(args.hp), input_mode=args.input_mode, volume_gb=args.volume_size,
+        hyperparameters=_with_mlflow(jobs.parse_kv(args.hp), args.mlflow), input_mode=args.input_mode,
+        volume_gb=args.volume_size,
         data_size_gb=args.data_size_gb, max_runtime_s=args.max_runtime, spot=args.spot,
         checkpoint_s3=args.checkpoint_s3, price_per_hour=args.price_per_hour, name=args.name, wait=args.wait,
         platform=platform_settings(args), **train_only)
