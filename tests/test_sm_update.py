@@ -394,6 +394,7 @@ def test_rollback_dry_run_is_a_valid_update_to_the_named_config():
     (["--traffic", "canary:1"], "at most half of the fleet"),
     (["--traffic", "linear:25%"], "a dry run does not read the live instance count and assumes 1"),
     (["--alarm", "ops-5xx", "--max-p99-ms", "100"], "--max-p99-ms with --alarm: no alarm is created"),
+    (["--model-data", "/tmp/model.tar.gz"], "--model-data '/tmp/model.tar.gz': must be an s3:// URI"),
     (["--traffic", "canary:3", "--instance-count", "4"], "at most half"),
     (["--traffic", "linear:5%", "--instance-count", "4"], "10-50%"),
     (["--traffic", "linear:1", "--instance-count", "20"], "10-50%"),

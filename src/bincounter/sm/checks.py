@@ -1,5 +1,5 @@
-"""Checks every `sm` job kind and the pipeline make before any request: S3 URIs and SageMaker instance types.
-Each raises a one-line `UserError` naming the flag."""
+"""Checks every `sm` job kind and the pipeline make before any request: S3 URIs, SageMaker names and instance
+types. Each raises a one-line `UserError` naming the flag."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ from . import cost
 log = logging.getLogger("bincounter")
 
 DEFAULT_INSTANCE = "ml.g5.xlarge"
+NAME_RE = re.compile(r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,62}")  # endpoints, jobs, pipelines, model package groups
 _INSTANCE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.(medium|large|xlarge|[0-9]+xlarge)$")
 
 
 def check_s3_uri(flag: str, uri: str | None) -> None:
     if uri is not None and not (uri.startswith("s3://") and len(uri) > 5):
         raise UserError(f"{flag} {uri!r}: must be an s3:// URI (s3://bucket/prefix)")
+
+
+def check_name(flag: str, name: str | None) -> None:
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise UserError(f"{flag} {name!r}: SageMaker names are letters, digits and single hyphens, "
+                        "up to 63 characters, starting with a letter or digit")
 
 
 def check_instance_type(itype: str | None, flag: str = "--instance-type") -> None:

@@ -46,7 +46,7 @@ from ..errors import UserError
 from . import hyperparameters as hp_checks
 from . import pipeline_settings as settings
 from . import sdk, sdk_compat, training
-from .checks import check_instance_type, check_s3_uri  # the checks sm train/tune/deploy use
+from .checks import check_instance_type, check_name, check_s3_uri  # the checks sm train/tune/deploy use
 from .pipeline_steps import DATA_STEPS, Flow
 from .platform import PlatformSettings
 from .target import AwsTarget
@@ -56,7 +56,6 @@ STEPS = ("Prepare", "Shard", "Index", "Tune", "Train", "Evaluate", "CheckAccurac
 PARAMETERS = ("RawData", "DataVersion", "InstanceType", "TrainInstances", "ProcessingInstanceType", "ShardInstances",
               "MaxJobs", "MinAccuracy", "ApprovalStatus")
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved")
-NAME_RE = re.compile(r"[a-zA-Z0-9](-?[a-zA-Z0-9]){0,62}")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 CPU_INSTANCES = ["ml.c6i.xlarge", "ml.c6i.2xlarge", "ml.m6i.xlarge", "ml.c7i.xlarge"]
 GPU_INSTANCES = ["ml.g5.xlarge", "ml.g4dn.xlarge", "ml.g6.xlarge"]
@@ -260,9 +259,7 @@ def check_spec(spec: PipelineSpec) -> PipelineSpec:
     if not 1 <= spec.max_parallel <= spec.max_jobs:
         raise UserError(f"--max-jobs {spec.max_jobs} / --max-parallel {spec.max_parallel}: need 1 <= parallel <= jobs")
     for what, name in (("--name", spec.name), ("--model-package-group", spec.model_package_group)):
-        if not NAME_RE.fullmatch(name):
-            raise UserError(f"{what} {name!r}: SageMaker names are letters, digits and single hyphens, "
-                            "up to 63 characters, starting with a letter or digit")
+        check_name(what, name)
     if "lr" in spec.hyperparameters:
         raise UserError("--hp lr=...: the pipeline tunes lr (--lr-range); fix the other hyperparameters with --hp")
     if spec.hyperparameters:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ from .. import aws
 from ..errors import UserError
 from . import alarms, cost, jobs, printing, validate
 from .alarms import Thresholds
-from .checks import DEFAULT_INSTANCE, check_instance_type
+from .checks import DEFAULT_INSTANCE, check_instance_type, check_name, check_s3_uri
 from .endpoint import model_source
 from .specs import EndpointSpec
 from .target import DRY_ACCOUNT, AwsTarget
@@ -119,6 +120,13 @@ def deployment_config(routing: dict, keep_old_s: int, max_time_s: int | None, al
 
 
 def _check(spec: UpdateSpec) -> None:
+    check_name("endpoint", spec.endpoint)
+    check_name("--training-job", spec.training_job)
+    check_s3_uri("--model-data", spec.model_data)
+    if spec.model_package is not None and not re.fullmatch(r"arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d+:"
+                                                           r"model-package/\S+", spec.model_package):
+        raise UserError(f"--model-package {spec.model_package!r}: expected a model package version ARN "
+                        "(arn:aws:sagemaker:REGION:ACCOUNT:model-package/GROUP/VERSION)")
     if not 0 <= spec.bake_s <= 3600 or not 0 <= spec.keep_old_s <= 3600:
         raise UserError("--bake and --keep-old: 0..3600 seconds each (SageMaker's limits)")
     if spec.max_time_s is not None and not 600 <= spec.max_time_s <= 28800:
