@@ -443,6 +443,26 @@ def test_mistakes_are_one_line(args, needle, baseline_file):
     assert_one_line_error(run_cli(*base, *args, env=ENV), needle)
 
 
+def test_the_scheduled_job_takes_the_role_and_platform_settings_from_the_project_config(tmp_path):
+    """Like every sm command (the new-user trial found --schedule reading neither): role, tags, VPC and KMS key from
+    bincounter.toml reach each run's Processing job; a flag wins; a bad id is one line."""
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    (tmp_path / "bincounter.toml").write_text(
+        f'[sm]\nrole = "{ROLE}"\nkms_key = "{key}"\nsubnets = ["subnet-0123abcd"]\n'
+        'security_groups = ["sg-0123abcd"]\n[sm.tags]\nteam = "vision"\n')
+    args = _schedule_args()
+    del args[args.index("--role"):args.index("--role") + 2]
+    proc = run_cli(*args, "--dry-run", env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(json.loads(proc.stdout)["request"]["Target"]["Input"])
+    assert job["RoleArn"] == ROLE and {"Key": "team", "Value": "vision"} in job["Tags"]
+    assert job["NetworkConfig"]["VpcConfig"]["Subnets"] == ["subnet-0123abcd"]
+    assert job["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == key
+    assert "setting: role = " in proc.stderr and "(from bincounter.toml)" in proc.stderr
+    assert_one_line_error(run_cli(*args, "--subnets", "subnet-zz", "--dry-run", env=ENV, cwd=tmp_path),
+                          "--subnets 'subnet-zz'")
+
+
 def test_schedule_mistakes_are_one_line():
     assert_one_line_error(run_cli(*_schedule_args()[:-2], "--dry-run", env=ENV), "--schedule needs --scheduler-role")
     args = _schedule_args()

@@ -52,18 +52,19 @@ def add_price(p) -> None:
 
 
 def add_platform_options(p, kind: str) -> None:
-    """--tag, and by `kind` (train, tune, deploy, batch, pipeline) the VPC, KMS, isolation and encryption flags
+    """--tag, and by `kind` (train, tune, deploy, batch, pipeline, process) the VPC, KMS, isolation and encryption flags
     (a pipeline's training steps run isolated anyway: no --isolation)."""
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag every resource the command creates, "
                    "repeatable; added to the project config's tags and the defaults project=bincounter, "
                    f"bincounter:version={__version__}")
     if kind != "batch":
         where = {"train": "the training instances", "tune": "the training instances",
-                 "pipeline": "every step's instances"}.get(kind, "the model's containers")
+                 "pipeline": "every step's instances", "process": "the Processing job"}.get(kind,
+                                                                                         "the model's containers")
         p.add_argument("--subnets", metavar="ID,ID", help=f"run {where} in these VPC subnets (subnet-...; with "
                        "--security-groups); ids are checked offline, that they share one VPC is not")
         p.add_argument("--security-groups", metavar="ID,ID", help="VPC security groups (sg-...; with --subnets)")
-    if kind not in ("batch", "pipeline"):
+    if kind not in ("batch", "pipeline", "process"):
         p.add_argument("--isolation", action=argparse.BooleanOptionalAction, default=None,
                        help="network isolation (EnableNetworkIsolation): the container reaches no network "
                             "(--no-isolation: off, whatever the project config says); "
@@ -76,7 +77,8 @@ def add_platform_options(p, kind: str) -> None:
     what = {"train": "the training volume and output (model.tar.gz)", "tune": "every trial's volume and output",
             "deploy": "the endpoint's storage volume and data capture",
             "batch": "the transform job's volume and output",
-            "pipeline": "every step's volumes and outputs and the registered model package"}[kind]
+            "pipeline": "every step's volumes and outputs and the registered model package",
+            "process": "the Processing job's volume and output"}[kind]
     p.add_argument("--kms-key", metavar="KEY", help=f"customer KMS key (id, ARN; alias where the API takes one) for "
                    f"{what}")
 

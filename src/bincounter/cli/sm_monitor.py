@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ..errors import UserError, write_failure_file
-from .sm_common import add_common, target, text
+from .sm_common import add_common, add_platform_options, platform_settings, role, target, text
 
 log = logging.getLogger("bincounter")
 # EventBridge Scheduler's three forms (its API takes any string; a typo would fail only at CreateSchedule)
@@ -64,6 +64,7 @@ def add_monitor(sub, formatter) -> None:
                                             "sagemaker:AddTags (the job is tagged) and iam:PassRole on --role")
     s.add_argument("--instance-type", default="ml.m5.large", help="the Processing job's instance")
     s.add_argument("--schedule-name", help="default: bincounter-drift-ENDPOINT")
+    add_platform_options(s, "process")
     m.set_defaults(func=cmd_monitor)
 
 
@@ -149,11 +150,11 @@ def _schedule(args, t) -> int:
     from ..monitor.schedule import ScheduleSpec, schedule_request
     from ..sm import checks, printing
 
-    missing = [f for f, v in (("--image", args.image), ("--role", args.role), ("--scheduler-role",
-                                                                                 args.scheduler_role),
+    missing = [f for f, v in (("--image", args.image), ("--scheduler-role", args.scheduler_role),
                               ("--report-s3", args.report_s3)) if not v]
     if missing:
         raise UserError(f"--schedule needs {', '.join(missing)}")
+    job_role = role(args)  # --role, else the project config's
     if not args.baseline.startswith("s3://"):
         raise UserError("--schedule needs --baseline as an s3:// URI (the job reads it from S3)")
     if args.until or not args.since[:-1].isdigit() or args.since[-1:] not in "mhd" or int(args.since[:-1]) == 0:
@@ -178,11 +179,16 @@ def _schedule(args, t) -> int:
         extra += ["--variant", args.variant]
     if args.max_images:
         extra += ["--max-images", str(args.max_images)]
+    settings = platform_settings(args)
+    settings.check_training(region, None)  # a Processing volume, like a training one, takes no key alias
+    if t.dry_run:
+        for note in settings.dry_run_notes():
+            log.info("%s", note)
     spec = ScheduleSpec(endpoint=args.endpoint, expression=args.schedule, image=args.image,
-                        role=t.role_arn(args.role, region), scheduler_role=t.role_arn(args.scheduler_role, region),
+                        role=t.role_arn(job_role, region), scheduler_role=t.role_arn(args.scheduler_role, region),
                         baseline_s3=args.baseline, capture_s3=capture, report_s3=args.report_s3, since=args.since,
                         region=region, instance_type=args.instance_type, name=args.schedule_name,
-                        extra_args=tuple(extra))
+                        extra_args=tuple(extra), platform=settings)
     req = schedule_request(spec)
     from ..sm import cost
 

@@ -45,12 +45,13 @@ class ScheduleSpec:
     name: str | None = None
     timezone: str = "UTC"
     extra_args: tuple[str, ...] = ()  # --threshold, --min-samples, --variant ...
+    platform: object = None  # sm.platform.PlatformSettings: tags, VPC, KMS on each run's job
 
 
 def processing_job(spec: ScheduleSpec) -> dict:
     """The CreateProcessingJob request each run sends (context attributes left in)."""
     prefix = f"drift-{spec.endpoint}"[:63 - 17]
-    return {
+    job = {
         "ProcessingJobName": f"{prefix}-{EXECUTION_ID}",
         "RoleArn": spec.role,
         "AppSpecification": {
@@ -69,6 +70,11 @@ def processing_job(spec: ScheduleSpec) -> dict:
         "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s},
         "Tags": [{"Key": "bincounter:drift-watch", "Value": spec.endpoint}],
     }
+    if spec.platform is not None:
+        from ..sm import platform
+
+        platform.apply("CreateProcessingJob", job, spec.platform)
+    return job
 
 
 def schedule_request(spec: ScheduleSpec) -> dict:
