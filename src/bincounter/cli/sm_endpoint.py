@@ -29,7 +29,7 @@ def add_deploy(sub, formatter) -> None:
                        "serverless, with --cpu-image (see docs/PERFORMANCE.md for the measured difference).")
     add_common(d, True)
     src = d.add_mutually_exclusive_group(required=True)
-    src.add_argument("--training-job")
+    src.add_argument("--training-job", metavar="NAME", help="a completed training job: its model.tar.gz and image")
     src.add_argument("--model-data", help="s3://.../model.tar.gz (then --image is required)")
     src.add_argument("--model-package", metavar="ARN", help="an Approved version from the Model Registry (what "
                      "`sm pipeline` registers); its image and model.tar.gz, unless --image/--cpu-image")
@@ -73,7 +73,7 @@ def add_update(sub, formatter) -> None:
     u.add_argument("endpoint", metavar="ENDPOINT", help="the live endpoint (InService)")
     u.add_argument("--role", help="execution role of the new model (default: the live model's)")
     src = u.add_mutually_exclusive_group(required=True)
-    src.add_argument("--training-job")
+    src.add_argument("--training-job", metavar="NAME", help="a completed training job: its model.tar.gz and image")
     src.add_argument("--model-data", help="s3://.../model.tar.gz (image: --image, else the live one's)")
     src.add_argument("--model-package", metavar="ARN", help="an Approved Model Registry version")
     img = u.add_mutually_exclusive_group()
@@ -89,8 +89,9 @@ def add_update(sub, formatter) -> None:
                    help="baking period after each traffic step, the alarms watched (rollback if one fires), 0..3600")
     u.add_argument("--keep-old", type=int, default=0, metavar="S",
                    help="seconds the old fleet is kept after the update completed (no automatic rollback then), "
-                        "0..3600")
-    u.add_argument("--max-time", type=int, metavar="S", help="the whole deployment's time limit, 600..28800")
+                        "0..3600 (default 0)")
+    u.add_argument("--max-time", type=int, metavar="S", help="the whole deployment's time limit, 600..28800 "
+                   "(default: SageMaker's)")
     u.add_argument("--alarm", action="append", default=[], metavar="NAME",
                    help="an existing CloudWatch alarm to roll back on (repeat, up to 10); then none is created")
     u.add_argument("--max-5xx-rate", type=float, metavar="SHARE",
@@ -114,7 +115,8 @@ def add_rollback(sub, formatter) -> None:
                        "shifts traffic back to the old fleet. After it: updates the endpoint back to the config the "
                        "live one replaced (blue/green, all at once: no downtime), or to --to CONFIG.")
     add_common(r, costed=False)
-    r.add_argument("endpoint", metavar="ENDPOINT")
+    r.add_argument("endpoint", metavar="ENDPOINT", help="the endpoint to roll back (during an update: to the fleet "
+                   "it replaces; after it: to the config it replaced)")
     r.add_argument("--to", metavar="CONFIG", help="the endpoint config to go back to (default: the one sm update "
                    "replaced, from the live config's tag)")
     r.set_defaults(func=cmd_rollback)
