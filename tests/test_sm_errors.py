@@ -279,7 +279,7 @@ def test_delete_dry_run_shows_the_autoscaling_deregistration():
     assert proc.returncode == 0, proc.stderr
     docs = _docs(proc.stdout)
     assert [d["api"] for d in docs] == ["DeregisterScalableTarget", "DeleteEndpoint", "DeleteEndpointConfig",
-                                        "DeleteModel"], proc.stdout
+                                        "DeleteModel", "DeleteAlarms", "DeleteMetricFilter"], proc.stdout
     assert docs[0]["request"] == {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/ep1/variant/AllTraffic",
                                   "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
     assert "if one is registered" in proc.stderr
