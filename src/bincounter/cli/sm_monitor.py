@@ -163,7 +163,9 @@ def _schedule(args, t) -> int:
         raise UserError(f"--schedule {args.schedule!r}: EventBridge Scheduler takes rate(N minutes|hours|days), "
                         "cron(MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK YEAR) or at(yyyy-mm-ddThh:mm:ss), "
                         "e.g. 'cron(0 6 * * ? *)'")
-    if not args.baseline.rstrip("/").removeprefix("s3://").count("/"):
+    from ..monitor.capture import split_s3
+
+    if not split_s3(args.baseline)[1].strip("/"):
         raise UserError(f"--baseline {args.baseline}: a bucket root; give the baseline file, model.tar.gz or model "
                         "folder (the job would download everything under it)")
     for flag, uri in (("--report-s3", args.report_s3), ("--capture-s3", args.capture_s3)):
