@@ -102,6 +102,9 @@ def test_a_training_run_is_logged_in_full(mlflow_server, client, channels_copy, 
     r = train(_cfg(channels_copy, tmp_path / "m", test_dir=str(channels_copy / "test"), epochs=2, lr=1e-9,
                    warmup_epochs=0, mlflow=mlflow_server, mlflow_experiment="counts-a",
                    mlflow_from_trial="bc-hpo-1-003-abc"))
+    # the process environment is as it was: mlflow's export of the URI would make this process's later
+    # subprocesses (CI's next `bincounter train`) track to a server that is gone
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     run = _only_run(client, "counts-a")
     assert run.info.status == "FINISHED" and run.info.run_name == "bc-train-42"
     p = run.data.params

@@ -101,10 +101,17 @@ def _plugin_check(uri: str) -> None:
 def _plugin_quirks(uri: str) -> None:
     """sagemaker-mlflow 0.5's request-header provider is active for every URI and reads the process-wide tracking
     URI (not the client's): so that URI is set to ours (an ARN gets its routing header), and for a URI that is not
-    an ARN, its per-request WARNING ("list index out of range": it parses the URI as an ARN) is silenced."""
+    an ARN, its per-request WARNING ("list index out of range": it parses the URI as an ARN) is silenced.
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI "for subprocesses"; that export is undone, so a
+    library caller's later subprocesses (another `bincounter train`, say) do not start tracking to our server."""
     import mlflow
 
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     if uri_kind(uri) != "arn" and importlib.util.find_spec("sagemaker_mlflow") is not None:
         logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
 
