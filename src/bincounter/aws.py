@@ -104,6 +104,13 @@ def aws_call(what: str, fn, *args, no_credentials: str = "--dry-run needs none",
         return fn(*args, **kw)
 
 
+def not_found(e: Exception) -> bool:
+    """Whether an `aws_call` error says the resource does not exist (services word it differently:
+    ResourceNotFound, "Could not find endpoint", "... does not exist", "not found")."""
+    text = str(e).lower()
+    return any(s in text for s in ("resourcenotfound", "could not find", "does not exist", "not found"))
+
+
 def partition(region: str) -> str:
     return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
 

@@ -111,6 +111,37 @@ def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]
     return [a["AlarmName"] for a in alarms]
 
 
+def delete_requests(endpoint: str) -> list[tuple[str, str, dict]]:
+    """(service, API, request) of what `sm delete` removes of `put`'s work for `endpoint` (a dry run prints them)."""
+    return [("cloudwatch", "DeleteAlarms", {"AlarmNames": names(endpoint)}),
+            ("logs", "DeleteMetricFilter", {"logGroupName": log_group(endpoint), "filterName": filter_name(endpoint)})]
+
+
+def delete(target: AwsTarget, endpoint: str) -> list[str]:
+    """Undo `put` for `endpoint` where its alarms and metric filter exist (they bill monthly); what went."""
+    gone = []
+    cw = target.client("cloudwatch")
+    found = [a["AlarmName"] for a in aws.aws_call("DescribeAlarms", cw.describe_alarms,
+                                                  AlarmNames=names(endpoint))["MetricAlarms"]]
+    if found:
+        aws.aws_call("DeleteAlarms", cw.delete_alarms, AlarmNames=found)
+        gone += [f"alarm {a}" for a in found]
+    logs = target.client("logs")
+    try:
+        filters = aws.aws_call("DescribeMetricFilters", logs.describe_metric_filters, logGroupName=log_group(endpoint),
+                               filterNamePrefix=filter_name(endpoint))["metricFilters"]
+    except UserError as e:  # no log group: nothing was ever logged or filtered
+        if not aws.not_found(e):
+            raise
+        filters = []
+    for f in filters:
+        if f["filterName"] == filter_name(endpoint):
+            aws.aws_call("DeleteMetricFilter", logs.delete_metric_filter, logGroupName=log_group(endpoint),
+                         filterName=f["filterName"])
+            gone.append(f"metric filter {f['filterName']}")
+    return gone
+
+
 def states(target: AwsTarget, alarm_names: list[str]) -> dict[str, str]:
     """DescribeAlarms on `alarm_names` -> {name: StateValue (OK, ALARM, INSUFFICIENT_DATA)} of those that exist."""
     cw = target.client("cloudwatch")

@@ -15,11 +15,6 @@ from .target import AwsTarget
 log = logging.getLogger("bincounter")
 
 
-def _absent(e: UserError) -> bool:
-    text = str(e)
-    return "Could not find" in text or "does not exist" in text.lower() or "not found" in text.lower()
-
-
 def _print_dry_run(endpoint: str | None, model: str | None) -> None:
     if endpoint:
         log.info("dry run: the autoscaling target is deregistered only if one is registered (a real delete "
@@ -33,37 +28,10 @@ def _print_dry_run(endpoint: str | None, model: str | None) -> None:
                          ("DeleteModel", {"ModelName": endpoint})):
             printing.print_request(api, req)
         log.info("dry run: sm update's alarms and metric filter are deleted only where they exist")
-        printing.print_request("DeleteAlarms", {"AlarmNames": alarms.names(endpoint)}, service="cloudwatch")
-        printing.print_request("DeleteMetricFilter", {"logGroupName": alarms.log_group(endpoint),
-                                                      "filterName": alarms.filter_name(endpoint)}, service="logs")
+        for service, api, req in alarms.delete_requests(endpoint):
+            printing.print_request(api, req, service=service)
     if model and model != endpoint:
         printing.print_request("DeleteModel", {"ModelName": model})
-
-
-def _delete_update_alarms(target: AwsTarget, endpoint: str) -> list[str]:
-    """The alarms and the log metric filter `sm update` created for `endpoint`, where they exist; what went."""
-    gone = []
-    cw = target.client("cloudwatch")
-    found = [a["AlarmName"] for a in aws.aws_call("DescribeAlarms", cw.describe_alarms,
-                                                  AlarmNames=alarms.names(endpoint))["MetricAlarms"]]
-    if found:
-        aws.aws_call("DeleteAlarms", cw.delete_alarms, AlarmNames=found)
-        gone += [f"alarm {a}" for a in found]
-    logs = target.client("logs")
-    try:
-        filters = aws.aws_call("DescribeMetricFilters", logs.describe_metric_filters,
-                               logGroupName=alarms.log_group(endpoint),
-                               filterNamePrefix=alarms.filter_name(endpoint))["metricFilters"]
-    except UserError as e:  # no log group: nothing was ever logged or filtered
-        if not _absent(e):
-            raise
-        filters = []
-    for f in filters:
-        if f["filterName"] == alarms.filter_name(endpoint):
-            aws.aws_call("DeleteMetricFilter", logs.delete_metric_filter, logGroupName=alarms.log_group(endpoint),
-                         filterName=f["filterName"])
-            gone.append(f"metric filter {f['filterName']}")
-    return gone
 
 
 def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = None) -> int:
@@ -81,7 +49,7 @@ def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = N
         try:
             aws.aws_call(what, call, **kw)
         except UserError as e:
-            if not _absent(e):
+            if not aws.not_found(e):
                 raise
             absent.append(what)
             return False
@@ -103,18 +71,18 @@ def delete(target: AwsTarget, endpoint: str | None = None, model: str | None = N
         try:
             config = aws.aws_call("DescribeEndpoint", sm.describe_endpoint, EndpointName=name)["EndpointConfigName"]
         except UserError as e:
-            if not _absent(e):
+            if not aws.not_found(e):
                 raise
         try:
             cfg = aws.aws_call("DescribeEndpointConfig", sm.describe_endpoint_config, EndpointConfigName=config)
             models = [v["ModelName"] for v in cfg["ProductionVariants"]]
         except UserError as e:
-            if not _absent(e):
+            if not aws.not_found(e):
                 raise
             models = [name]
         attempt(f"endpoint {name}", sm.delete_endpoint, EndpointName=name)
         attempt(f"endpoint config {config}", sm.delete_endpoint_config, EndpointConfigName=config)
-        deleted += _delete_update_alarms(target, name)
+        deleted += alarms.delete(target, name)
     if model and model not in models:
         models.append(model)
     for m in models:

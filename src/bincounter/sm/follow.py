@@ -38,9 +38,7 @@ def find(sm, name: str, kind: str | None, region: str) -> tuple[str, dict]:
         try:
             return k, _describe(sm, k, name)
         except UserError as e:
-            text = str(e)
-            if not ("not found" in text.lower() or "Could not find" in text or "ResourceNotFound" in text
-                    or "does not exist" in text.lower()):
+            if not aws.not_found(e):
                 raise
     kinds = ({"endpoint": "endpoint"}.get(kind, f"{kind} job") if kind
              else "training job, tuning job, transform job or endpoint")

@@ -31,11 +31,6 @@ def hp_strings(hps: dict) -> dict[str, str]:
     return out
 
 
-def _not_found(e: UserError) -> bool:
-    text = str(e)
-    return "ResourceNotFound" in text or "Could not find" in text or "not found" in text.lower()
-
-
 def describe_tuning_job(sm, tuning_job: str, region: str) -> dict:
     """DescribeHyperParameterTuningJob; a missing job is one line saying how to list the existing ones."""
     from .. import aws
@@ -44,7 +39,7 @@ def describe_tuning_job(sm, tuning_job: str, region: str) -> dict:
         return aws.aws_call(f"tuning job {tuning_job}", sm.describe_hyper_parameter_tuning_job,
                             HyperParameterTuningJobName=tuning_job)
     except UserError as e:
-        if _not_found(e):
+        if aws.not_found(e):
             raise UserError(f"--from-tuning-job {tuning_job}: no such tuning job in {region} (list them: aws "
                             f"sagemaker list-hyper-parameter-tuning-jobs --region {region})") from None
         raise
@@ -57,7 +52,7 @@ def describe_training_job(sm, job: str, region: str) -> dict:
     try:
         return aws.aws_call(f"training job {job}", sm.describe_training_job, TrainingJobName=job)
     except UserError as e:
-        if _not_found(e):
+        if aws.not_found(e):
             raise UserError(f"--training-job {job}: no such training job in {region} (list them: aws sagemaker "
                             f"list-training-jobs --region {region})") from None
         raise
