@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bincounter.data.split import split_dataset
 from bincounter.data.synth import synth_dataset
+
+from .helpers import wait_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the hub
 REPO = Path(__file__).resolve().parents[1]
@@ -129,3 +132,38 @@ def aws_env(monkeypatch, tmp_path):
     for k in ("AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(k, raising=False)
     return env
+
+
+def _mlflow_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (sqlite backend, artifacts served by the server) on a free loopback port, one per
+    session (test_tracking and the Docker tier's in-image run share it); waits on /health (and stops waiting if it
+    exits)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                             f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is not None or _mlflow_healthy(url), timeout=180, interval=0.2,
+                 what="mlflow /health")
+        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

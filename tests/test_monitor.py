@@ -171,8 +171,12 @@ def test_a_window_like_the_baseline_is_no_drift(moto_endpoint, bucket, windows, 
         "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]})
     sm.create_endpoint(EndpointName="ep-same", EndpointConfigName="c-same")
 
-    proc, verdict = _monitor(moto_endpoint, "ep-same", baseline_file, tmp_path / "out")
+    proc, verdict = _monitor(moto_endpoint, "ep-same", baseline_file, tmp_path / "out", "--report-s3",
+                             f"s3://{bucket}/reports/")
     assert proc.returncode == 0, (proc.stdout, proc.stderr, verdict and verdict["signals"])
+    # the same tree a scheduled run writes (test_process_monitor_...): PREFIX/ENDPOINT/UNTIL/
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="reports/")["Contents"]}
+    assert keys == {f"reports/ep-same/{UNTIL}/drift.json", f"reports/ep-same/{UNTIL}/drift.html"}
     assert verdict["status"] == "ok" and verdict["drifted"] == []
     assert verdict["n_window"] == 150  # not the 20 before 08:00 nor the one after 10:00
     assert verdict["window"]["model_versions"] == {VERSION: 150}
@@ -234,7 +238,7 @@ def test_process_monitor_reads_a_model_tarball_and_fails_the_job_on_drift(moto_e
     failure = tmp_path / "message"
     proc = run_cli("process", "monitor", "--endpoint", "ep-proc", "--capture-s3", f"s3://{bucket}/capture",
                    "--baseline", inp, "--since", "2h", "--until", UNTIL, "--out", tmp_path / "drift",
-                   "--report-s3", f"s3://{bucket}/reports/ep-proc/{UNTIL}", "--endpoint-url", moto_endpoint,
+                   "--report-s3", f"s3://{bucket}/reports", "--endpoint-url", moto_endpoint,
                    "--region", "us-east-1", env={**ENV, "BINCOUNTER_FAILURE_FILE": str(failure)})
     assert proc.returncode == 1, proc.stderr
     assert failure.read_text().startswith("drift on ep-proc: brightness PSI")

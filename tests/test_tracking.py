@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,41 +20,9 @@ from bincounter.tracking import check_uri, resolve_uri, uri_kind
 from bincounter.train import TrainConfig, train
 
 from .conftest import assert_one_line_error, free_port, run_cli
-from .helpers import make_opt_ml, wait_for
+from .helpers import make_opt_ml
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/bc-tracking"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real tracking server on a free loopback port; waits on /health (and stops waiting if it exits)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                             f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: proc.poll() is not None or _healthy(url), timeout=180, interval=0.2, what="mlflow /health")
-        assert proc.poll() is None, (root / "server.log").read_text()[-3000:]
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture()

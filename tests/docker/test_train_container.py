@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 
 import torch
 
@@ -13,14 +14,30 @@ from ..helpers import docker, make_opt_ml, wait_for
 HPS = {"epochs": 1, "image_size": 64, "pretrained": "false", "workers": 0, "batch_size": 8}
 
 
-def test_train_writes_the_model(image, channels, tmp_path, names):
-    opt = make_opt_ml(tmp_path / "ml", channels, HPS)
-    proc = docker("run", "--name", names(), "-v", f"{opt}:/opt/ml", image, "train", check=False)
+def test_train_writes_the_model_and_logs_the_run_to_mlflow(image, channels, tmp_path, names, mlflow_server):
+    """The image's own MLflow client (mlflow-skinny) logs the job to a real server on this host (issue 24.3):
+    the `mlflow` hyperparameter as `sm train --mlflow` sets it, SageMaker's job-name variable as the run name."""
+    from mlflow.tracking import MlflowClient
+
+    job = f"bc-train-{uuid.uuid4().hex[:8]}"
+    opt = make_opt_ml(tmp_path / "ml", channels, {**HPS, "mlflow": mlflow_server, "mlflow_experiment": job})
+    proc = docker("run", "--name", names(), "--network", "host", "-e", f"TRAINING_JOB_NAME={job}",
+                  "-v", f"{opt}:/opt/ml", image, "train", check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (opt / "model" / "model.safetensors").is_file() and (opt / "model" / "config.json").is_file()
     assert (opt / "output" / "data" / "test_metrics.json").is_file()
     assert (opt / "output" / "success").is_file()
     assert "epoch=1 train_loss=" in proc.stdout + proc.stderr
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name(job)
+    assert exp is not None, proc.stderr[-3000:]
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == job
+    assert run.data.params["epochs"] == "1" and run.data.tags["sagemaker.training_job"] == job
+    test = json.loads((opt / "output" / "data" / "test_metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == test["accuracy"]
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors",
+                                                                                 "model/config.json"}
 
 
 def test_no_argument_also_trains(image, channels, tmp_path, names):

@@ -34,7 +34,8 @@ def _add_check_options(p) -> None:
     p.add_argument("--min-samples", type=int, default=100,
                    help="fewer captured images than this: no verdict (exit 3; in process monitor exit 0, no failure)")
     p.add_argument("--max-images", type=int, help="read at most this many captured images")
-    p.add_argument("--report-s3", help="also upload drift.json + drift.html under this s3:// prefix")
+    p.add_argument("--report-s3", help="also upload drift.json + drift.html to PREFIX/ENDPOINT/UNTIL/ (UNTIL: the "
+                                       "window's end, 2026-12-07T12:00:00Z; a scheduled run writes the same tree)")
 
 
 def add_monitor(sub, formatter) -> None:
@@ -107,7 +108,8 @@ def _check(args, s3, capture: str, endpoint: str, out: str, in_job: bool = False
     if args.report_s3:
         from ..monitor import report
 
-        uris = check.upload(s3, [Path(out) / report.VERDICT, Path(out) / report.PAGE], args.report_s3)
+        uris = check.upload(s3, [Path(out) / report.VERDICT, Path(out) / report.PAGE],
+                            check.report_prefix(args.report_s3, endpoint, until))
         log.info("report uploaded: %s", ", ".join(uris))
     line = check.summary_line(verdict)
     print(json.dumps({k: verdict[k] for k in ("endpoint", "status", "drifted", "warnings", "n_window", "exit_code")}

@@ -109,12 +109,20 @@ def run(s3, baseline: dict, destination: str, endpoint: str, since: datetime, un
     return judge(baseline, window, meta, out_dir, thresholds, min_samples, exits)
 
 
+def report_prefix(report_s3: str, endpoint: str, until: datetime) -> str:
+    """Where a run's drift.json + drift.html go under --report-s3: PREFIX/ENDPOINT/UNTIL/ (UNTIL as
+    2026-12-07T12:00:00Z), one layout for a run by hand and a scheduled one, so a prefix listing is the endpoint's
+    history in time order."""
+    return f"{report_s3.rstrip('/')}/{endpoint}/{until:%Y-%m-%dT%H:%M:%SZ}/"
+
+
 def upload(s3, paths, uri: str) -> list[str]:
     """drift.json + drift.html under the s3:// prefix `uri` -> their URIs."""
     from ..aws import aws_call
     from .capture import split_s3
 
     bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
     out = []
     for p in paths:
         ctype = "text/html" if p.suffix == ".html" else "application/json"

@@ -60,7 +60,7 @@ def processing_job(spec: ScheduleSpec) -> dict:
             "ContainerArguments": ["--endpoint", spec.endpoint, "--capture-s3", spec.capture_s3,
                                    "--baseline", BASELINE_DIR, "--since", spec.since, "--until", SCHEDULED_TIME,
                                    "--region", spec.region,
-                                   "--report-s3", f"{spec.report_s3.rstrip('/')}/{spec.endpoint}/{SCHEDULED_TIME}",
+                                   "--report-s3", spec.report_s3,
                                    *spec.extra_args],
         },
         "ProcessingInputs": [{"InputName": "baseline", "S3Input": {
