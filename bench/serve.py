@@ -10,14 +10,20 @@
   median of the per-pair differences is reported (robust to the slow drifts of a shared machine);
 * --images A,B: the same configurations for several images (the default image against the CPU one, or the
   previous front against the current one), all up at once and measured in the same interleaved rounds;
-  the image sizes and each image's throughput relative to the first are in the summary.
+  the image sizes and each image's throughput relative to the first are in the summary;
+* --precisions fp32,int8: an ONNX Runtime image (the CPU one) serves each precision in a container of its own
+  (BINCOUNTER_ONNX_PRECISION), the synthetic model quantized first (`export --quantize int8`, forced servable:
+  a 1-epoch model's accuracy says nothing);
+* the in-process limit: as many in-process callers as the server has workers, each with a worker's threads,
+  all predicting batches at once (the CPU image: one single-threaded session per core); "served / limit" is
+  the server's req/s at concurrency 16 over that limit at the configuration's batch size (issue 25's 0.85 goal).
 
 All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
 the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
 (bench/results/serve.json). Needs Docker and the image.
 
     python bench/serve.py [--image bincounter:local | --images bincounter:local,bincounter:cpu]
-                          [--configs 1:0,4:1] [--requests 192] [--quick]
+                          [--precisions fp32,int8] [--configs 1:0,4:1] [--requests 192] [--quick]
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import uuid
 from pathlib import Path
 
 
-def make_model(tmp: Path, image_size: int) -> tuple[Path, bytes]:
+def make_model(tmp: Path, image_size: int, int8: bool = False) -> tuple[Path, bytes]:
     from bincounter.data.split import split_dataset
     from bincounter.data.synth import synth_dataset
     from bincounter.train import TrainConfig, train
@@ -45,6 +51,10 @@ def make_model(tmp: Path, image_size: int) -> tuple[Path, bytes]:
     split_dataset(tmp / "abid", tmp / "ch", val=0.25, test=0.25)
     train(TrainConfig(train_dir=str(tmp / "ch/train"), val_dir=str(tmp / "ch/val"), model_dir=str(tmp / "model"),
                       epochs=1, image_size=image_size, pretrained=False, workers=0, show_progress=False))
+    if int8:
+        from bincounter.quantize import quantize_int8
+
+        quantize_int8(tmp / "model", tmp / "ch/val", force_servable=True)
     return tmp / "model", next((tmp / "abid" / "bin-images").iterdir()).read_bytes()
 
 
@@ -102,16 +112,17 @@ IN_PROCESS = """
 import json, sys, time
 from bincounter.serving.onnx_runtime import OnnxPredictor, runtime_name, session_threads
 from bincounter.serving.server import default_workers
-threads = int(sys.argv[1])
+threads, workers = int(sys.argv[1]), 1
 if runtime_name() == "onnx":  # the CPU image: the threads one of its workers has (one worker per core)
-    threads = session_threads(default_workers(0, "onnx"))
-    pred = OnnxPredictor("/opt/ml/model", threads=threads)
+    workers = default_workers(0, "onnx")
+    threads = session_threads(workers)
+    pred = OnnxPredictor("/opt/ml/model", threads=threads)  # the precision: BINCOUNTER_ONNX_PRECISION
 else:
     import torch
     from bincounter.evaluate import Predictor
     torch.set_num_threads(threads)
     pred = Predictor("/opt/ml/model", device="auto")  # the GPU when the container has one (--gpus)
-print(pred.runtime, threads, flush=True)
+print(pred.runtime, threads, workers, getattr(pred, "model_file", "-"), flush=True)
 body = open("/bench/image.jpg", "rb").read()
 for _ in range(5):
     pred.predict([body])
@@ -134,7 +145,8 @@ class InProcess:
     def __init__(self, name: str, threads: int):
         self.proc = subprocess.Popen(["docker", "exec", "-i", name, "/opt/venv/bin/python", "-c", IN_PROCESS,
                                       str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.runtime, self.threads = self.proc.stdout.readline().split()
+        self.runtime, self.threads, workers, self.model_file = self.proc.stdout.readline().split()
+        self.workers = int(workers)  # how many such callers the server runs side by side
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("the in-process reference did not start")
 
@@ -146,6 +158,17 @@ class InProcess:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(30)
+
+
+def parallel_rps(refs: list[InProcess], batch: int, n: int) -> float:
+    """Images/s of all `refs` predicting `n` batches of `batch` images each, at once (the in-process limit)."""
+    threads = [threading.Thread(target=ref.run, args=(batch, n)) for ref in refs]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(refs) * batch * n / (time.perf_counter() - t0)
 
 
 def paired_c1(host: str, body: bytes, inproc: InProcess, n: int) -> list[float]:
@@ -163,15 +186,27 @@ def paired_c1(host: str, body: bytes, inproc: InProcess, n: int) -> list[float]:
     return diffs
 
 
-def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list,
+def precision_env(precision: str | None) -> list[str]:
+    return ["-e", f"BINCOUNTER_ONNX_PRECISION={precision}"] if precision else []
+
+
+def serves_onnx(image: str) -> bool:
+    """The CPU image (ONNX Runtime) says so in its environment (BINCOUNTER_RUNTIME=onnx)."""
+    env = subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config.Env}}"], check=True,
+                         capture_output=True, text=True).stdout
+    return "BINCOUNTER_RUNTIME=onnx" in json.loads(env or "[]")
+
+
+def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list,
                  gpu_args: list[str]) -> dict:
     """`docker run ... serve` with one batching configuration; returns its address and cold start."""
+    image = variant["image"]
     name = f"bench-serve-{uuid.uuid4().hex[:6]}"
     names.append(name)
     t0 = time.perf_counter()
     subprocess.run(["docker", "run", "-d", "--name", name, *gpu_args,
                     "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-e", f"BINCOUNTER_BATCH_SIZE={batch}",
-                    "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={delay_ms}",
+                    "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={delay_ms}", *precision_env(variant["precision"]),
                     image, "serve"], check=True, capture_output=True)
     # talk to the container's own address: a `-p` mapping would add docker's userland proxy, which
     # SageMaker does not have
@@ -180,12 +215,27 @@ def start_server(image: str, model_dir: Path, body: bytes, batch: int, delay_ms:
     while time.perf_counter() - t0 < 180:
         try:
             if post(http.client.HTTPConnection(host, 8080, timeout=5), body) == 200:
-                return {"image": image, "batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
+                return {"image": image, "variant": variant["label"], "precision": variant["precision"],
+                        "batch_size": batch, "max_batch_delay_ms": delay_ms, "host": host,
                         "container": name, "cold_start_s": time.perf_counter() - t0}
         except OSError:
             pass
         time.sleep(0.2)
     raise SystemExit(f"the container never answered; docker logs {name}")
+
+
+def container_memory_mib(name: str) -> float | None:
+    """`docker stats`' memory use of a running container, in MiB (None if docker cannot say)."""
+    got = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name], capture_output=True,
+                         text=True).stdout.split("/")[0].strip()
+    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    for unit in sorted(units, key=len, reverse=True):
+        if got.endswith(unit):
+            try:
+                return float(got[:-len(unit)]) * units[unit]
+            except ValueError:
+                return None
+    return None
 
 
 def median_rows(rounds: list[list[dict]]) -> list[dict]:
@@ -203,11 +253,24 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
     return out
 
 
+def variants_of(images: list[str], precisions: list[str]) -> list[dict]:
+    """(image, precision) pairs measured: each precision for an ONNX Runtime image, the image alone otherwise."""
+    out = []
+    for img in images:
+        onnx = serves_onnx(img)
+        for prec in (precisions if onnx else [None]):
+            label = f"{img} {prec}" if onnx and len(precisions) > 1 else img
+            out.append({"image": img, "precision": prec if onnx and prec != "auto" else None, "label": label})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", default="bincounter:local")
-    p.add_argument("--images", help="several images to compare, comma-separated (the first also runs the "
-                                    "in-process reference); default: --image")
+    p.add_argument("--images", help="several images to compare, comma-separated (each also runs the in-process "
+                                    "reference); default: --image")
+    p.add_argument("--precisions", default="fp32", help="for an ONNX Runtime image: fp32, int8 or both "
+                                                        "(comma-separated), each served and measured in-process")
     p.add_argument("--model-dir", type=Path, help="default: train a 1-epoch model on synthetic data")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--requests", type=int, default=192)
@@ -217,19 +280,33 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/serve.json")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians)")
     p.add_argument("--gpus", action="store_true", help="give every container the GPUs (docker run --gpus all)")
-    p.add_argument("--configs", default="1:0,4:1",
-                   help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, comma-separated")
+    p.add_argument("--configs", help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, "
+                                     "comma-separated (default 1:0,4:1)")
     a = p.parse_args()
-    if a.quick:
-        a.requests, a.image_size, a.warmup, a.configs, a.rounds = 32, 64, 8, "1:0,4:1", 1
+    a.configs = a.configs or "1:0,4:1"
+    if a.quick:  # a smoke run: tiny images, few requests, one round (the configurations as given)
+        a.requests, a.image_size, a.warmup, a.rounds = 32, 64, 8, 1
+    precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"fp32", "int8", "auto"}:
+        raise SystemExit(f"--precisions {a.precisions}: expected fp32, int8 or auto, comma-separated")
     configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]
     images = a.images.split(",") if a.images else [a.image]
+    variants = variants_of(images, precisions)
+    labels = [v["label"] for v in variants]
     batches = sorted({1} | {b for b, _ in configs})
     names: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, body = make_model(Path(tmp), a.image_size) if not a.model_dir else (a.model_dir, None)
-        if body is None:
-            raise SystemExit("--model-dir needs an image too; leave it out to use synthetic data")
+        want_int8 = any(v["precision"] == "int8" for v in variants)
+        if a.model_dir:
+            if want_int8 and not (a.model_dir / "model.int8.onnx").is_file():
+                raise SystemExit(f"--precisions int8: {a.model_dir} has no model.int8.onnx (bincounter export "
+                                 "--quantize int8 ... writes it)")
+            from bincounter.data.synth import synth_dataset
+
+            synth_dataset(Path(tmp) / "abid", 1, seed=0, size=320)  # one request body: a synthetic bin photo
+            model_dir, body = a.model_dir, next((Path(tmp) / "abid" / "bin-images").iterdir()).read_bytes()
+        else:
+            model_dir, body = make_model(Path(tmp), a.image_size, int8=want_int8)
         body_file = Path(tmp) / "bench-image" / "image.jpg"
         body_file.parent.mkdir()
         body_file.write_bytes(body)
@@ -237,32 +314,41 @@ def main() -> None:
             # all servers stay up (idle ones cost next to nothing) and the measurements are interleaved in
             # rounds, so a noisy minute on a shared machine hits every configuration alike
             gpu_args = ["--gpus", "all"] if a.gpus else []
-            runs = [start_server(img, model_dir, body, b, d, names, gpu_args) for img in images for b, d in configs]
-            references = {}
-            for img in images:
+            runs = [start_server(v, model_dir, body, b, d, names, gpu_args) for v in variants for b, d in configs]
+            references = {}  # label -> one in-process caller per server worker, in a container of its own
+            for v in variants:
                 inproc_name = f"bench-inproc-{uuid.uuid4().hex[:6]}"
                 names.append(inproc_name)
                 subprocess.run(["docker", "run", "-d", "--name", inproc_name, *gpu_args, "--entrypoint", "sleep",
+                                *precision_env(v["precision"]),
                                 "-v", f"{model_dir.resolve()}:/opt/ml/model:ro", "-v",
-                                f"{body_file.parent}:/bench:ro", img, "infinity"], check=True, capture_output=True)
-                references[img] = InProcess(inproc_name, a.threads)
+                                f"{body_file.parent}:/bench:ro", v["image"], "infinity"], check=True,
+                               capture_output=True)
+                first = InProcess(inproc_name, a.threads)
+                references[v["label"]] = [first] + [InProcess(inproc_name, a.threads)
+                                                    for _ in range(first.workers - 1)]
             for run in runs:
                 load(run["host"], 8080, body, 2, a.warmup)  # the JVM compiles its hot paths on these
             per_round, diffs = [[] for _ in runs], [[] for _ in runs]
-            inproc_lat = {img: {bs: [] for bs in batches} for img in images}
+            inproc_lat = {label: {bs: [] for bs in batches} for label in labels}
+            limit_rps = {label: {bs: [] for bs in batches} for label in labels}
             n = a.requests // a.rounds
             for r in range(a.rounds):
                 print(f"round {r + 1}/{a.rounds}", flush=True)
                 for i, run in enumerate(runs):
-                    diffs[i] += paired_c1(run["host"], body, references[run["image"]], n)
+                    diffs[i] += paired_c1(run["host"], body, references[run["variant"]][0], n)
                     per_round[i].append([load(run["host"], 8080, body, c, n) for c in (1, 4, 16)])
-                for img in images:
+                for label in labels:
                     for bs in batches:
-                        inproc_lat[img][bs] += references[img].run(bs, max(4, n // bs))
-            runtimes = {img: ref.runtime for img, ref in references.items()}
-            references_threads = {img: ref.threads for img, ref in references.items()}
-            for ref in references.values():
-                ref.close()
+                        inproc_lat[label][bs] += references[label][0].run(bs, max(4, n // bs))
+                        limit_rps[label][bs].append(parallel_rps(references[label], bs, max(4, n // bs)))
+            ref_info = {label: {"runtime": refs[0].runtime, "threads": refs[0].threads, "callers": len(refs),
+                                "model_file": refs[0].model_file} for label, refs in references.items()}
+            for refs in references.values():
+                for ref in refs:
+                    ref.close()
+            for run in runs:  # the whole container's memory after the load (front + MMS + workers), for sizing
+                run["memory_mib"] = container_memory_mib(run["container"])
             for i, run in enumerate(runs):  # the server's own account of any error, before it is removed
                 if any(r["errors"] for rows in per_round[i] for r in rows):
                     logs = subprocess.run(["docker", "logs", "--tail", "60", run["container"]], capture_output=True,
@@ -273,45 +359,55 @@ def main() -> None:
     for run, rows in zip(runs, per_round, strict=True):
         run["rows"] = median_rows(rows)
         del run["host"], run["container"]
-    inproc = {img: {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat)}
-                    for bs, lat in per_bs.items()} for img, per_bs in inproc_lat.items()}
+    inproc = {label: {bs: {"p50_ms": 1000 * statistics.median(lat), "rps": bs * len(lat) / sum(lat),
+                           "limit_rps": statistics.median(limit_rps[label][bs])}
+                      for bs, lat in per_bs.items()} for label, per_bs in inproc_lat.items()}
     sizes = {img: int(subprocess.run(["docker", "image", "inspect", img, "--format", "{{.Size}}"], check=True,
                                      capture_output=True, text=True).stdout) for img in images}
     best_rps = {}
     for run, d in zip(runs, diffs, strict=True):
         best = max(run["rows"], key=lambda r: r["rps"])
-        ref = inproc[run["image"]]
-        run["runtime"] = runtimes[run["image"]]
+        c16 = next(r for r in run["rows"] if r["concurrency"] == 16)
+        ref = inproc[run["variant"]]
+        run["runtime"] = ref_info[run["variant"]]["runtime"]
+        run["model_file"] = ref_info[run["variant"]]["model_file"]
         run["image_size_mb"] = sizes[run["image"]] / 1e6
         run["p50_overhead_ms_c1"] = statistics.median(d)
         run["overhead_pairs"] = len(d)
         run["best_rps_over_in_process_b1"] = best["rps"] / ref[1]["rps"]
         run["best_rps_over_in_process_best_batch"] = best["rps"] / max(v["rps"] for v in ref.values())
-        best_rps[run["image"]] = max(best_rps.get(run["image"], 0), best["rps"])
+        run["c16_rps_over_in_process_limit"] = c16["rps"] / ref[run["batch_size"]]["limit_rps"]
+        best_rps[run["variant"]] = max(best_rps.get(run["variant"], 0), best["rps"])
     out = {"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
            "device": "gpu (--gpus all)" if a.gpus else "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
-           "containers": runs, "cpus_per_container": a.threads,
-           "in_process": {img: {str(k): v for k, v in per.items()} for img, per in inproc.items()},
-           "in_process_threads": references_threads,
-           "best_rps_over_first_image": {img: v / best_rps[images[0]] for img, v in best_rps.items()}}
+           "containers": runs, "cpus_per_container": a.threads, "request_bytes": len(body),
+           "in_process": {label: {str(k): v for k, v in per.items()} for label, per in inproc.items()},
+           "in_process_callers": ref_info,
+           "best_rps_over_first": {label: v / best_rps[labels[0]] for label, v in best_rps.items()}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
     print(f"\nserving {a.image_size}px on {out['machine']}, {a.threads} runtime threads")
+
     def label(run) -> str:
-        where = f"{run['image']} " if len(images) > 1 else ""
+        where = f"{run['variant']} " if len(labels) > 1 else ""
         return f"{where}batch {run['batch_size']}/{run['max_batch_delay_ms']}ms"
 
-    width = max(26, max(len(label(run)) for run in runs) + 10)
+    width = max(30, max(len(label(run)) for run in runs) + 10, max(len(x) for x in labels) + 40)
     print(f"{'':<{width}}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}{'errors':>8}")
     for run in runs:
         for r in run["rows"]:
             print(f"{label(run) + ', conc ' + str(r['concurrency']):<{width}}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
                   f"{r['rps']:>8.1f}{r['errors']:>8}")
-    for img, per in inproc.items():
+    for lab, per in inproc.items():
+        info = ref_info[lab]
+        where = f"{lab} " if len(labels) > 1 else ""
         for bs, v in per.items():
-            what = f"in-process {runtimes[img]} ({references_threads[img]} thr), {bs} image(s)"
+            what = f"{where}in-process {info['runtime']} ({info['threads']} thr), {bs} image(s)"
             print(f"{what:<{width}}{v['p50_ms']:>9.1f}{'':>9}{v['rps']:>8.1f}")
+        for bs, v in per.items():
+            what = f"{where}in-process limit ({info['callers']} x {info['threads']} thr), batch {bs}"
+            print(f"{what:<{width}}{'':>9}{'':>9}{v['limit_rps']:>8.1f}")
     for run in runs:
         for r in run["rows"]:
             if r["errors"]:
@@ -319,14 +415,14 @@ def main() -> None:
         if "log_tail" in run:
             print(f"--- {label(run)}: the server's log, last lines\n{run['log_tail']}")
     for run in runs:
-        print(f"{label(run)} ({run['runtime']}, {run['image_size_mb'] / 1000:.2f} GB): "
+        print(f"{label(run)} ({run['runtime']} {run['model_file']}, {run['image_size_mb'] / 1000:.2f} GB): "
               f"cold start {run['cold_start_s']:.1f} s, "
-              f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, best throughput / "
-              f"in-process 1 image {run['best_rps_over_in_process_b1']:.2f}, / in-process best batch "
-              f"{run['best_rps_over_in_process_best_batch']:.2f}")
-    if len(images) > 1:
-        for img in images[1:]:
-            print(f"best req/s of {img} / {images[0]}: {out['best_rps_over_first_image'][img]:.2f} "
+              f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, "
+              f"served at concurrency 16 / in-process limit {run['c16_rps_over_in_process_limit']:.2f}, "
+              f"memory {run['memory_mib'] or 0:.0f} MiB")
+    if len(labels) > 1:
+        for lab in labels[1:]:
+            print(f"best req/s of {lab} / {labels[0]}: {out['best_rps_over_first'][lab]:.2f} "
                   f"({a.threads} CPUs each)")
     print(f"wrote {a.out}")
 

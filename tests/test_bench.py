@@ -62,3 +62,38 @@ def test_quality_bench_quick(tmp_path):
         (1e-3, "ce"), (1e-3, "ordinal"), (3e-3, "ce"), (3e-3, "ordinal")]
     assert all(0 <= s["test_acc"]["mean"] <= 1 and s["test_rmse_expected"]["mean"] >= 0 for s in doc["summary"])
     assert "E[count] RMSE" in proc.stdout
+
+
+def test_cpu_cost_from_a_serve_result(tmp_path):
+    """bench/cpu_cost.py on a bench/serve.py result: req/s per vCPU from the best configuration at concurrency 16,
+    $ per million from the price table (checked by hand for ml.c6i.large: $0.102/h, 2 vCPUs), serverless sized
+    from the container's memory with 25% headroom; a missing result is one line."""
+    serve = {"date": "2026-12-07 12:00", "machine": "m x86_64 2 cpus", "cpus_per_container": 2,
+             "request_bytes": 50_000,
+             "containers": [
+                 {"variant": "cpu fp32", "image": "cpu", "batch_size": 1, "max_batch_delay_ms": 0, "memory_mib": 900,
+                  "rows": [{"concurrency": 1, "p50_ms": 10.0, "p99_ms": 12, "rps": 90},
+                           {"concurrency": 16, "p50_ms": 90, "p99_ms": 120, "rps": 150}]},
+                 {"variant": "cpu fp32", "image": "cpu", "batch_size": 4, "max_batch_delay_ms": 1, "memory_mib": 1000,
+                  "rows": [{"concurrency": 1, "p50_ms": 11.0, "p99_ms": 13, "rps": 85},
+                           {"concurrency": 16, "p50_ms": 80, "p99_ms": 110, "rps": 200}]}]}
+    src = tmp_path / "serve.json"
+    src.write_text(json.dumps(serve))
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_cost.py"), "--serve", str(src), "--out",
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["variants"]
+    assert row["config"] == "batch 4/1ms" and row["rps_per_vcpu"] == 100
+    c6i = next(i for i in row["instances"] if i["instance_type"] == "ml.c6i.large")
+    assert c6i["usd_per_million"] == pytest.approx(0.102 / (200 * 3600) * 1e6)
+    assert row["instances"][0]["usd_per_million"] <= row["instances"][-1]["usd_per_million"]
+    assert not any(i["instance_type"].startswith(("ml.g", "ml.p")) for i in row["instances"])
+    s = row["serverless"]  # 1000 MiB x 1.25 -> 2048 MB; 11 ms per request; 50 kB in
+    assert s["memory_mb"] == 2048
+    assert s["compute_usd_per_million"] == pytest.approx(2 * 0.00002 * 0.011 * 1e6)
+    assert s["data_usd_per_million"] == pytest.approx(50_000 / 1e9 * 0.016 * 1e6)
+    assert "ml.c6i.large" in proc.stdout and "serverless 2048 MB" in proc.stdout
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_cost.py"), "--serve", str(tmp_path / "no")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "run bench/serve.py first" in proc.stderr

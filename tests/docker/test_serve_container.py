@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import time
 
@@ -409,8 +410,9 @@ def test_docker_stop_takes_under_10_s(either_image, trained_model, names):
 
 
 def test_serve_benchmark_quick(image, cpu_image, tmp_path):
-    """bench/serve.py runs against real containers of both images and writes its JSON (smoke; no timing
-    asserted): each image's rows, its own runtime as the in-process reference, the size ratio."""
+    """bench/serve.py runs against real containers of both images, the CPU one serving fp32 and INT8, and writes
+    its JSON (smoke; no timing asserted): each variant's rows, its own runtime and model file as the in-process
+    reference, the in-process limit (one caller per CPU worker) and the served / limit ratio, the size ratio."""
     import subprocess
     import sys
 
@@ -418,20 +420,28 @@ def test_serve_benchmark_quick(image, cpu_image, tmp_path):
 
     out = tmp_path / "serve.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "serve.py"), "--quick", "--images",
-                           f"{image},{cpu_image}", "--out", str(out)], capture_output=True, text=True, timeout=900)
+                           f"{image},{cpu_image}", "--precisions", "fp32,int8", "--configs", "4:1", "--out",
+                           str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert [(c["image"], c["runtime"], c["batch_size"], [r["concurrency"] for r in c["rows"]])
-            for c in doc["containers"]] == [(image, "torch", 1, [1, 4, 16]), (image, "torch", 4, [1, 4, 16]),
-                                            (cpu_image, "onnx", 1, [1, 4, 16]), (cpu_image, "onnx", 4, [1, 4, 16])]
-    errors = [(c["image"], c["batch_size"], r["concurrency"], r["error_kinds"])
+    fp32, int8 = f"{cpu_image} fp32", f"{cpu_image} int8"
+    assert [(c["variant"], c["runtime"], c["model_file"], c["batch_size"], [r["concurrency"] for r in c["rows"]])
+            for c in doc["containers"]] == [(image, "torch", "-", 4, [1, 4, 16]),
+                                            (fp32, "onnx", "model.onnx", 4, [1, 4, 16]),
+                                            (int8, "onnx", "model.int8.onnx", 4, [1, 4, 16])]
+    errors = [(c["variant"], c["batch_size"], r["concurrency"], r["error_kinds"])
               for c in doc["containers"] for r in c["rows"] if r["errors"]]
     assert not errors, f"{errors}\n{proc.stdout[-3000:]}"
-    assert all(c["cold_start_s"] > 0 for c in doc["containers"])
-    assert {img: set(v) for img, v in doc["in_process"].items()} == {image: {"1", "4"}, cpu_image: {"1", "4"}}
-    assert doc["best_rps_over_first_image"][image] == 1.0 and doc["best_rps_over_first_image"][cpu_image] > 0
+    assert all(c["cold_start_s"] > 0 and c["c16_rps_over_in_process_limit"] > 0 for c in doc["containers"])
+    assert {v: set(per) for v, per in doc["in_process"].items()} == {image: {"1", "4"}, fp32: {"1", "4"},
+                                                                      int8: {"1", "4"}}
+    callers = doc["in_process_callers"]
+    assert callers[image]["callers"] == 1 and callers[fp32]["callers"] == callers[int8]["callers"] == os.cpu_count()
+    assert all(v["limit_rps"] > 0 for per in doc["in_process"].values() for v in per.values())
+    assert doc["best_rps_over_first"][image] == 1.0 and doc["best_rps_over_first"][int8] > 0
     sizes = {c["image"]: c["image_size_mb"] for c in doc["containers"]}
     assert sizes[cpu_image] < sizes[image]
+    assert "served at concurrency 16 / in-process limit" in proc.stdout
 
 
 def test_the_monitor_counts_mms_workers_and_sees_one_lost(cpu_image, trained_model, names):

@@ -97,3 +97,34 @@ def serverless_line(*, memory_mb: int, max_concurrency: int, region: str | None 
     return (f"estimated cost: serverless {memory_mb} MB: ${per_s:.6f} per second of inference "
             f"({_money(per_s * 3600 * max_concurrency)}/h with {max_concurrency} requests always in flight) + "
             f"${t['usd_per_gb_processed']:.3f} per GB in/out; nothing while idle" + _where(region, None) + ")")
+
+
+SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))  # what SageMaker serverless accepts
+
+
+def per_million_on_instances(rps_per_vcpu: float) -> list[dict]:
+    """$ per million predictions on each CPU instance type of the table, from a measured req/s per vCPU (assumed
+    to scale with the instance's vCPUs: one ONNX Runtime worker per core), cheapest first."""
+    rows = []
+    for name, e in table()["instances"].items():
+        if e["gpus"] or rps_per_vcpu <= 0:
+            continue
+        rps = rps_per_vcpu * e["vcpus"]
+        rows.append({"instance_type": name, "vcpus": e["vcpus"], "usd_per_hour": e["usd_per_hour"], "rps": rps,
+                     "usd_per_million": e["usd_per_hour"] / (rps * 3600) * 1e6})
+    return sorted(rows, key=lambda r: (r["usd_per_million"], r["usd_per_hour"]))
+
+
+def per_million_serverless(rss_mib: float, seconds_per_request: float, request_bytes: int,
+                           headroom: float = 1.25) -> dict:
+    """$ per million predictions on a serverless endpoint: the smallest memory size that holds the measured RSS
+    with `headroom`, billed per second of inference, plus the data processed (the request; answers are tiny)."""
+    need = rss_mib * headroom
+    memory = next((m for m in SERVERLESS_MEMORY_MB if m >= need), None)
+    if memory is None:
+        return {"memory_mb": None, "why": f"{need:.0f} MiB needed: above serverless' {SERVERLESS_MEMORY_MB[-1]} MB"}
+    t = table()["serverless"]
+    compute = memory / 1024 * t["usd_per_gb_second"] * seconds_per_request * 1e6
+    data = request_bytes / 1e9 * t["usd_per_gb_processed"] * 1e6
+    return {"memory_mb": memory, "compute_usd_per_million": compute, "data_usd_per_million": data,
+            "usd_per_million": compute + data}
