@@ -203,9 +203,11 @@ def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):  # noqa: 
     sm = _sm(moto_endpoint)
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
                       aws_secret_access_key="testing")
-    s3.put_object(Bucket="bkt", Key="weights/efficientnet_b0.safetensors", Body=b"w")
+    # a prefix of its own: the session's moto server is shared, and other tests put weights under bkt/weights/
+    s3.put_object(Bucket="bkt", Key="weights/platform/efficientnet_b0.safetensors", Body=b"w")
     moto = ["--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge"]
-    proc = run_cli("sm", "train", *TRAIN, *moto, *PLATFORM, *PRETRAINED, "--isolation",
+    weights = ["--pretrained", "s3://bkt/weights/platform/"]
+    proc = run_cli("sm", "train", *TRAIN, *moto, *PLATFORM, *weights, "--isolation",
                    "--inter-container-encryption", "--name", "bc-plat", "--no-profiler", env=ENV)
     assert proc.returncode == 0, proc.stderr
     name = json.loads(proc.stdout)["name"]
@@ -214,7 +216,7 @@ def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):  # noqa: 
     assert d["OutputDataConfig"]["KmsKeyId"] == KEY and d["ResourceConfig"]["VolumeKmsKeyId"] == KEY
     assert _tags(sm.list_tags(ResourceArn=d["TrainingJobArn"]))["team"] == "vision"
 
-    proc = run_cli("sm", "tune", *TRAIN, *moto, *PLATFORM, *PRETRAINED, "--isolation", "--name", "bc-plat-hpo",
+    proc = run_cli("sm", "tune", *TRAIN, *moto, *PLATFORM, *weights, "--isolation", "--name", "bc-plat-hpo",
                    env=ENV)
     assert proc.returncode == 0, proc.stderr
     t = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bc-plat-hpo")
