@@ -9,7 +9,7 @@ IMAGE ?= bincounter:local
 CPU_IMAGE ?= bincounter:cpu
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo demo-cpu image image-cpu system-deps test test-fast lint bench clean
+.PHONY: help venv demo demo-cpu image image-cpu system-deps test test-fast acceptance lint bench clean
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
@@ -44,6 +44,9 @@ system-deps:
 
 test: venv system-deps image image-cpu  ## everything: fast tier + Docker tier (what CI runs)
 	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_CPU_IMAGE=$(CPU_IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+acceptance: venv system-deps image  ## the README's long commands at their defaults (the local pipeline: ~8 min)
+	BINCOUNTER_IMAGE=$(IMAGE) BINCOUNTER_REQUIRE_DOCKER=1 BINCOUNTER_ACCEPTANCE=1 $(BIN)/python -m pytest -m acceptance $(PYTEST_ARGS)
 
 test-fast: venv  ## the fast tier only (no Docker)
 	$(BIN)/python -m pytest -m "not docker" $(PYTEST_ARGS)
