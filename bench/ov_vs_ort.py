@@ -65,8 +65,8 @@ def main() -> None:
     for f in (a.fp32, a.int8):
         if not f.is_file():
             raise SystemExit(f"{f}: not found (see --help for how to make the two files)")
-    import openvino
     import onnxruntime
+    import openvino
 
     runners = {f"{rt} {prec}": make(path) for prec, path in (("fp32", a.fp32), ("int8", a.int8))
                for rt, make in (("onnxruntime", ort_runner), ("openvino", ov_runner))}
