@@ -192,9 +192,11 @@ def precision_env(precision: str | None) -> list[str]:
 
 def serves_onnx(image: str) -> bool:
     """The CPU image (ONNX Runtime) says so in its environment (BINCOUNTER_RUNTIME=onnx)."""
-    env = subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config.Env}}"], check=True,
-                         capture_output=True, text=True).stdout
-    return "BINCOUNTER_RUNTIME=onnx" in json.loads(env or "[]")
+    got = subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config.Env}}"],
+                         capture_output=True, text=True)
+    if got.returncode != 0:
+        raise SystemExit(f"{image}: not a local image (docker pull it, or build it: make image / make image-cpu)")
+    return "BINCOUNTER_RUNTIME=onnx" in (json.loads(got.stdout or "null") or [])
 
 
 def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list,
@@ -224,11 +226,11 @@ def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_
     raise SystemExit(f"the container never answered; docker logs {name}")
 
 
-def container_memory_mib(name: str) -> float | None:
-    """`docker stats`' memory use of a running container, in MiB (None if docker cannot say)."""
-    got = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name], capture_output=True,
-                         text=True).stdout.split("/")[0].strip()
-    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+def parse_mem_usage(text: str) -> float | None:
+    """`docker stats`' MemUsage ("45.3MiB / 1.9GiB") -> the used part in MiB; None when it is not that."""
+    got = text.split("/")[0].strip()
+    units = {"B": 1 / 2**20, "KiB": 1 / 1024, "kB": 1000 / 2**20, "MiB": 1, "MB": 1e6 / 2**20, "GiB": 1024,
+             "GB": 1e9 / 2**20}
     for unit in sorted(units, key=len, reverse=True):
         if got.endswith(unit):
             try:
@@ -236,6 +238,12 @@ def container_memory_mib(name: str) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def container_memory_mib(name: str) -> float | None:
+    """The memory a running container uses, in MiB (None if docker cannot say)."""
+    return parse_mem_usage(subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name],
+                                          capture_output=True, text=True).stdout)
 
 
 def median_rows(rounds: list[list[dict]]) -> list[dict]:
@@ -255,29 +263,38 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
 
 def variants_of(images: list[str], precisions: list[str]) -> list[dict]:
     """(image, precision) pairs measured: each precision for an ONNX Runtime image, the image alone otherwise."""
+    if len(set(images)) != len(images) or len(set(precisions)) != len(precisions):
+        raise SystemExit("--images / --precisions: each at most once (the results are keyed by image and precision)")
     out = []
     for img in images:
         onnx = serves_onnx(img)
         for prec in (precisions if onnx else [None]):
-            label = f"{img} {prec}" if onnx and len(precisions) > 1 else img
+            label = f"{img} {prec}" if onnx and precisions != ["auto"] else img
             out.append({"image": img, "precision": prec if onnx and prec != "auto" else None, "label": label})
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", default="bincounter:local")
+    p.add_argument("--image", default="bincounter:local", help="the image to measure (default: %(default)s)")
     p.add_argument("--images", help="several images to compare, comma-separated (each also runs the in-process "
-                                    "reference); default: --image")
-    p.add_argument("--precisions", default="fp32", help="for an ONNX Runtime image: fp32, int8 or both "
-                                                        "(comma-separated), each served and measured in-process")
-    p.add_argument("--model-dir", type=Path, help="default: train a 1-epoch model on synthetic data")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--requests", type=int, default=192)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--warmup", type=int, default=100, help="requests before measuring")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="bench/results/serve.json")
+                                    "reference); replaces --image")
+    p.add_argument("--precisions", default="fp32",
+                   help="for an ONNX Runtime image (the CPU one): fp32, int8 or auto (what config.json marks), "
+                        "comma-separated, each served and measured in-process; ignored for the PyTorch image "
+                        "(default: %(default)s)")
+    p.add_argument("--model-dir", type=Path, help="a model directory (with model.int8.onnx marked servable for "
+                                                  "int8); default: train a 1-epoch model on synthetic data")
+    p.add_argument("--image-size", type=int, default=224, help="of the synthetic model (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=192,
+                   help="requests per concurrency level, spread over the rounds (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="the PyTorch in-process reference's threads (default: this machine's CPUs, "
+                        "%(default)s); the containers are not CPU-limited")
+    p.add_argument("--warmup", type=int, default=100, help="requests before measuring (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 64 px, 32 requests, 8 warm-up, 1 round "
+                                                        "(overrides those four flags; --configs is kept)")
+    p.add_argument("--out", default="bench/results/serve.json", help="the JSON (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (medians)")
     p.add_argument("--gpus", action="store_true", help="give every container the GPUs (docker run --gpus all)")
     p.add_argument("--configs", help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, "
@@ -298,9 +315,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         want_int8 = any(v["precision"] == "int8" for v in variants)
         if a.model_dir:
-            if want_int8 and not (a.model_dir / "model.int8.onnx").is_file():
-                raise SystemExit(f"--precisions int8: {a.model_dir} has no model.int8.onnx (bincounter export "
-                                 "--quantize int8 ... writes it)")
+            if want_int8:  # the server's own gate, here rather than as a container that never answers
+                from bincounter.errors import UserError
+                from bincounter.serving.onnx_runtime import served_onnx
+
+                try:
+                    served_onnx(a.model_dir, "int8")
+                except UserError as e:
+                    raise SystemExit(f"--precisions int8: {e}") from None
             from bincounter.data.synth import synth_dataset
 
             synth_dataset(Path(tmp) / "abid", 1, seed=0, size=320)  # one request body: a synthetic bin photo
@@ -382,6 +404,8 @@ def main() -> None:
            "device": "gpu (--gpus all)" if a.gpus else "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
            "containers": runs, "cpus_per_container": a.threads, "request_bytes": len(body),
+           # what every container may use (none is CPU-limited): the vCPUs behind its req/s
+           "host_cpus": len(os.sched_getaffinity(0)),
            "in_process": {label: {str(k): v for k, v in per.items()} for label, per in inproc.items()},
            "in_process_callers": ref_info,
            "best_rps_over_first": {label: v / best_rps[labels[0]] for label, v in best_rps.items()}}
@@ -419,7 +443,7 @@ def main() -> None:
               f"cold start {run['cold_start_s']:.1f} s, "
               f"p50 overhead at concurrency 1 (paired) {run['p50_overhead_ms_c1']:.1f} ms, "
               f"served at concurrency 16 / in-process limit {run['c16_rps_over_in_process_limit']:.2f}, "
-              f"memory {run['memory_mib'] or 0:.0f} MiB")
+              f"memory {'n/a' if run['memory_mib'] is None else format(run['memory_mib'], '.0f') + ' MiB'}")
     if len(labels) > 1:
         for lab in labels[1:]:
             print(f"best req/s of {lab} / {labels[0]}: {out['best_rps_over_first'][lab]:.2f} "

@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "bincounter"
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `acceptance` (the README's long commands at their defaults) run only with
+    BINCOUNTER_ACCEPTANCE=1 (`make acceptance`): they would add minutes to every CI run."""
+    if os.environ.get("BINCOUNTER_ACCEPTANCE") == "1":
+        return
+    for item in items:
+        if item.get_closest_marker("acceptance"):
+            item.add_marker(pytest.mark.skip(reason="acceptance: the README's command at its defaults, minutes "
+                                                    "long; `make acceptance` runs it"))
+
+
 def run_cli(*args, env=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
     """Run the real console script, capture output."""
     return subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, timeout=timeout,

@@ -89,11 +89,48 @@ def test_cpu_cost_from_a_serve_result(tmp_path):
     assert c6i["usd_per_million"] == pytest.approx(0.102 / (200 * 3600) * 1e6)
     assert row["instances"][0]["usd_per_million"] <= row["instances"][-1]["usd_per_million"]
     assert not any(i["instance_type"].startswith(("ml.g", "ml.p")) for i in row["instances"])
-    s = row["serverless"]  # 1000 MiB x 1.25 -> 2048 MB; 11 ms per request; 50 kB in
+    s = row["serverless"]  # 1000 MiB x 1.25 -> 2048 MB; 50 kB in
     assert s["memory_mb"] == 2048
-    assert s["compute_usd_per_million"] == pytest.approx(2 * 0.00002 * 0.011 * 1e6)
+    # billed at the fastest single request of any configuration (batch 1/0: 10 ms), not the best c=16 one's
+    assert s["compute_usd_per_million"] == pytest.approx(2 * 0.00002 * 0.010 * 1e6)
     assert s["data_usd_per_million"] == pytest.approx(50_000 / 1e9 * 0.016 * 1e6)
     assert "ml.c6i.large" in proc.stdout and "serverless 2048 MB" in proc.stdout
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_cost.py"), "--serve", str(tmp_path / "no")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "run bench/serve.py first" in proc.stderr
+    src.write_text(json.dumps({**serve, "device": "gpu (--gpus all)"}))  # GPU figures priced as CPUs: refused
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_cost.py"), "--serve", str(src), "--out",
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "CPU prices need a CPU run" in proc.stderr
+
+
+def _serve_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_bench", REPO / "bench" / "serve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_serve_bench_memory_parse_and_parallel_callers():
+    """bench/serve.py's pieces that need no Docker: docker stats' MemUsage, and the in-process limit's callers
+    running at once (three 0.3 s callers take ~0.3 s of wall time, not 0.9 s)."""
+    import time
+
+    sb = _serve_bench()
+    assert sb.parse_mem_usage("45.3MiB / 1.9GiB") == pytest.approx(45.3)
+    assert sb.parse_mem_usage("1.2GiB / 8GiB") == pytest.approx(1228.8)
+    assert sb.parse_mem_usage("500MB / 2GB") == pytest.approx(500e6 / 2**20)
+    assert sb.parse_mem_usage("") is None and sb.parse_mem_usage("--") is None
+
+    class Caller:
+        def run(self, batch, n):
+            time.sleep(0.3)
+            return [0.3] * n
+
+    t0 = time.perf_counter()
+    rps = sb.parallel_rps([Caller(), Caller(), Caller()], batch=4, n=2)
+    wall = time.perf_counter() - t0
+    assert wall < 0.6, wall  # one after another would take 0.9 s
+    assert rps == pytest.approx(3 * 4 * 2 / wall, rel=0.2)

@@ -378,6 +378,7 @@ def test_schedule_dry_run_prints_a_validated_create_schedule():
     args = job["AppSpecification"]["ContainerArguments"]
     assert job["AppSpecification"]["ContainerEntrypoint"][-2:] == ["process", "monitor"]
     assert args[args.index("--until") + 1] == "<aws.scheduler.scheduled-time>"
+    assert args[args.index("--report-s3") + 1] == "s3://bkt/drift"  # the job appends ENDPOINT/UNTIL/ itself
     assert args[args.index("--since") + 1] == "24h"
     assert args[args.index("--threshold") + 1] == "brightness=0.3"
     assert args[args.index("--max-images") + 1] == "5000"  # the job reads no more than the check would
@@ -575,3 +576,13 @@ def test_training_writes_the_baseline_next_to_the_model(trained_model, channels)
     assert doc["model_version"] == config["model_version"]
     assert doc["source"]["images"] == n_val and doc["signals"]["predicted_count"]["n"] == n_val
     assert doc["signals"]["brightness"]["n"] == n_val
+
+
+def test_report_prefix_one_layout_and_schedules_made_before_it():
+    from datetime import datetime
+
+    until = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    for prefix in ("s3://b/r", "s3://b/r/", "s3://b"):
+        assert check.report_prefix(prefix, "ep", until) == f"{prefix.rstrip('/')}/ep/2026-12-07T10:00:00Z/"
+    # a schedule created before: it passes PREFIX/ENDPOINT/<scheduled time> itself; not doubled
+    assert check.report_prefix("s3://b/r/ep/2026-12-07T10:00:00Z", "ep", until) == "s3://b/r/ep/2026-12-07T10:00:00Z/"

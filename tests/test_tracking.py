@@ -302,3 +302,20 @@ print("MLFLOW", sorted(m for m in sys.modules if m == "mlflow" or m.startswith("
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == "MLFLOW []", proc.stdout[-2000:]
+
+
+def test_tracking_leaves_the_environment_as_it_found_it(monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; tracking undoes that, whether the variable was unset
+    (it stays unset) or set to another server (it keeps that value). mlflow's process-wide URI is reset first: it
+    skips the export when the URI is already the same."""
+    import mlflow.tracking._tracking_service.utils as mlflow_uri
+
+    from bincounter.tracking import _plugin_quirks
+
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)
+    _plugin_quirks("http://127.0.0.1:1")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setattr(mlflow_uri, "_tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://a.example.com")
+    _plugin_quirks("http://127.0.0.1:2")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://a.example.com"

@@ -1,9 +1,8 @@
 """Docker tier: real containers from the real image (`container/build_local.sh` builds bincounter:local).
 
 Every test here is marked `docker`. Without a daemon or image the tier is skipped, unless
-BINCOUNTER_REQUIRE_DOCKER=1 (set by `make test`, i.e. in CI), where that is a failure. Tests marked
-`acceptance` (the README's long commands at their defaults) run only with BINCOUNTER_ACCEPTANCE=1
-(`make acceptance`): they would add minutes to every CI run.
+BINCOUNTER_REQUIRE_DOCKER=1 (set by `make test`, i.e. in CI), where that is a failure. (Tests marked
+`acceptance` are skipped unless BINCOUNTER_ACCEPTANCE=1: tests/conftest.py.)
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/docker/" in str(item.fspath):
             item.add_marker(pytest.mark.docker)
-        if item.get_closest_marker("acceptance") and os.environ.get("BINCOUNTER_ACCEPTANCE") != "1":
-            item.add_marker(pytest.mark.skip(reason="acceptance: the README's command at its defaults, minutes "
-                                                    "long; `make acceptance` runs it"))
 
 
 def _require(image: str, build: str) -> str:

@@ -84,7 +84,8 @@ def test_every_local_step_runs_and_the_gate_passes(image, abid_root, tmp_path):
 @pytest.mark.acceptance
 def test_the_readme_command_passes_the_default_gate(image, tmp_path):
     """8 minutes on 2 cores, so `make acceptance` only (the wiring of the same defaults, ImageNet weights in the
-    pretrained channel included, is test_pipeline.py's fast tier). Exactly the README's commands: `data synth data/abid --per-class 120 --seed 1`, then `sm pipeline local
+    pretrained channel included, is test_pipeline.py's fast tier). Exactly the README's commands:
+    `data synth data/abid --per-class 120 --seed 1`, then `sm pipeline local
     --data data/abid --workdir runs/pipeline` with every default (the gate at 0.5). Its defaults must learn:
     ImageNet weights as Train's pretrained channel, not random init (which stays at chance, 0.2)."""
     data, work = tmp_path / "data" / "abid", tmp_path / "runs" / "pipeline"

@@ -438,6 +438,7 @@ def test_serve_benchmark_quick(image, cpu_image, tmp_path):
     callers = doc["in_process_callers"]
     assert callers[image]["callers"] == 1 and callers[fp32]["callers"] == callers[int8]["callers"] == os.cpu_count()
     assert all(v["limit_rps"] > 0 for per in doc["in_process"].values() for v in per.values())
+    assert all((c["memory_mib"] or 0) > 50 for c in doc["containers"]), [c["memory_mib"] for c in doc["containers"]]
     assert doc["best_rps_over_first"][image] == 1.0 and doc["best_rps_over_first"][int8] > 0
     sizes = {c["image"]: c["image_size_mb"] for c in doc["containers"]}
     assert sizes[cpu_image] < sizes[image]

@@ -7,6 +7,7 @@ import subprocess
 import time
 import uuid
 
+import pytest
 import torch
 
 from ..helpers import docker, make_opt_ml, wait_for
@@ -35,7 +36,7 @@ def test_train_writes_the_model_and_logs_the_run_to_mlflow(image, channels, tmp_
     assert run.info.status == "FINISHED" and run.info.run_name == job
     assert run.data.params["epochs"] == "1" and run.data.tags["sagemaker.training_job"] == job
     test = json.loads((opt / "output" / "data" / "test_metrics.json").read_text())
-    assert run.data.metrics["test_accuracy"] == test["accuracy"]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(test["accuracy"])
     assert {f.path for f in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors",
                                                                                  "model/config.json"}
 

@@ -101,6 +101,10 @@ def _check(args, s3, capture: str, endpoint: str, out: str, in_job: bool = False
     from ..monitor import baseline, check
 
     thresholds = _thresholds(args)
+    if args.report_s3:  # checked before the window is read, not at the upload after it
+        from ..sm.checks import check_s3_uri
+
+        check_s3_uri("--report-s3", args.report_s3)
     since, until = check.window_bounds(args.since, args.until)
     base = baseline.read_baseline(args.baseline, lambda: s3)
     verdict = check.run(s3, base, capture, endpoint, since, until, out, args.variant, thresholds,

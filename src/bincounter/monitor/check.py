@@ -113,7 +113,11 @@ def report_prefix(report_s3: str, endpoint: str, until: datetime) -> str:
     """Where a run's drift.json + drift.html go under --report-s3: PREFIX/ENDPOINT/UNTIL/ (UNTIL as
     2026-12-07T12:00:00Z), one layout for a run by hand and a scheduled one, so a prefix listing is the endpoint's
     history in time order."""
-    return f"{report_s3.rstrip('/')}/{endpoint}/{until:%Y-%m-%dT%H:%M:%SZ}/"
+    tail = f"{endpoint}/{until:%Y-%m-%dT%H:%M:%SZ}"
+    base = report_s3.rstrip("/")
+    if base.endswith("/" + tail):  # a schedule made before this layout passes the full path itself
+        return base + "/"
+    return f"{base}/{tail}/"
 
 
 def upload(s3, paths, uri: str) -> list[str]:
@@ -122,7 +126,6 @@ def upload(s3, paths, uri: str) -> list[str]:
     from .capture import split_s3
 
     bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
     out = []
     for p in paths:
         ctype = "text/html" if p.suffix == ".html" else "application/json"
