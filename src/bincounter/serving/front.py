@@ -402,7 +402,7 @@ class Front:
                 async with self.session.post(f"{self.mms_url}/predictions/{MODEL_NAME}", data=body, headers=out,
                                              timeout=timeout) as resp:
                     data = await resp.read()
-                    status, ctype, reason = resp.status, resp.headers.get("Content-Type", ""), resp.reason or ""
+                    status, reason = resp.status, resp.reason or ""
                 break
             except aiohttp.ClientConnectorError as e:
                 # the connection could not be opened: nothing was sent, so trying once more cannot run it twice
@@ -423,6 +423,6 @@ class Front:
         if status >= 400:
             retry = self.limits.retry_after_s if kind == H.QUEUE_FULL else None
             return self._json(status, contract_error(status, data, reason), retry_after=retry)
-        resp = web.Response(status=status, body=data)
-        resp.content_type = ctype.split(";")[0] or "application/json"
-        return resp
+        # every answer is JSON (protocol.py); the worker sets no header (inference.JsonTransformer._answer: MMS
+        # 1.1 mis-decodes header maps under load), so the content type is the front's to give
+        return web.Response(status=status, body=data, content_type="application/json")
