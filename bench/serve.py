@@ -223,7 +223,9 @@ def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"the container never answered; docker logs {name}")
+    logs = subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True)
+    raise SystemExit(f"{image} ({variant['label']}) never answered within 180 s; its last log lines:\n"
+                     f"{(logs.stdout + logs.stderr)[-4000:]}")
 
 
 def parse_mem_usage(text: str) -> float | None:
