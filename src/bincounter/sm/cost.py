@@ -99,15 +99,17 @@ def serverless_line(*, memory_mb: int, max_concurrency: int, region: str | None 
             f"${t['usd_per_gb_processed']:.3f} per GB in/out; nothing while idle" + _where(region, None) + ")")
 
 
-SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))  # what SageMaker serverless accepts
+SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))  # what SageMaker serverless accepts (--serverless checks it)
 
 
 def per_million_on_instances(rps_per_vcpu: float) -> list[dict]:
     """$ per million predictions on each CPU instance type of the table, from a measured req/s per vCPU (assumed
     to scale with the instance's vCPUs: one ONNX Runtime worker per core), cheapest first."""
+    if rps_per_vcpu <= 0:
+        return []
     rows = []
     for name, e in table()["instances"].items():
-        if e["gpus"] or rps_per_vcpu <= 0:
+        if e["gpus"]:
             continue
         rps = rps_per_vcpu * e["vcpus"]
         rows.append({"instance_type": name, "vcpus": e["vcpus"], "usd_per_hour": e["usd_per_hour"], "rps": rps,

@@ -31,7 +31,7 @@ def parse_serverless(text: str) -> tuple[int, int]:
         memory, concurrency = int(parts[0]), int(parts[1]) if len(parts) > 1 else 5
     except ValueError:
         raise UserError(f"--serverless {text!r}: expected MEMORY_MB[,MAX_CONCURRENCY], e.g. 3072,10") from None
-    if memory not in range(1024, 6145, 1024):
+    if memory not in cost.SERVERLESS_MEMORY_MB:
         raise UserError(f"--serverless {text!r}: memory must be 1024, 2048, 3072, 4096, 5120 or 6144 MB")
     if not 1 <= concurrency <= 200:
         raise UserError(f"--serverless {text!r}: max concurrency must be in 1..200")
