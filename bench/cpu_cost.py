@@ -26,7 +26,9 @@ def summarize(serve: dict) -> list[dict]:
     """Per served variant: its best req/s at concurrency 16 over the configurations, per vCPU, and what it costs."""
     if not str(serve.get("device", "cpu")).startswith("cpu"):
         raise SystemExit(f"this serve.py result ran on {serve['device']}: CPU prices need a CPU run")
-    cpus = int(serve.get("host_cpus") or serve["cpus_per_container"])  # what the containers could use
+    # what the containers could use: their --server-cpus, else every CPU of the host
+    cpus = len(serve["server_cpus"]) if serve.get("server_cpus") else int(serve.get("host_cpus")
+                                                                          or serve["cpus_per_container"])
     best: dict[str, dict] = {}
     c1: dict[str, float] = {}  # serverless answers one request at a time: its fastest single request
     for c in serve["containers"]:

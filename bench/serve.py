@@ -16,7 +16,10 @@
   a 1-epoch model's accuracy says nothing);
 * the in-process limit: as many in-process callers as the server has workers, each with a worker's threads,
   all predicting batches at once (the CPU image: one single-threaded session per core); "served / limit" is
-  the server's req/s at concurrency 16 over that limit at the configuration's batch size (issue 25's 0.85 goal).
+  the server's req/s at concurrency 16 over that limit at the configuration's batch size (issue 25's 0.85 goal);
+* --server-cpus 1: the servers and the in-process references on those CPUs only (docker --cpuset-cpus), this
+  load generator on the others, so the client's own cycles do not count against the server (without it the
+  client shares every core with the server and served / limit understates the serving path).
 
 All containers stay up and the measurements are interleaved in --rounds rounds (medians reported), so
 the noise of a shared machine falls on every configuration alike. Prints a table last and writes JSON
@@ -199,6 +202,29 @@ def serves_onnx(image: str) -> bool:
     return "BINCOUNTER_RUNTIME=onnx" in (json.loads(got.stdout or "null") or [])
 
 
+def cpu_set(text: str) -> set[int]:
+    """docker's --cpuset-cpus syntax ("1", "0,2", "2-3") -> the CPU numbers."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or int(hi or lo) < int(lo):
+            raise SystemExit(f"--server-cpus {text}: expected CPU numbers like 1, 0,2 or 2-3")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def split_cpus(server: str | None, mine: set[int]) -> tuple[list[str], set[int]]:
+    """(the docker run arguments that keep a container on the server's CPUs, the CPUs left to this client)."""
+    if not server:
+        return [], mine
+    wanted = cpu_set(server)
+    if not wanted <= mine:
+        raise SystemExit(f"--server-cpus {server}: this process may use CPUs {sorted(mine)} only")
+    if not mine - wanted:
+        raise SystemExit(f"--server-cpus {server}: leaves no CPU for the load generator (CPUs {sorted(mine)})")
+    return ["--cpuset-cpus", ",".join(map(str, sorted(wanted)))], mine - wanted
+
+
 def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_ms: int, names: list,
                  gpu_args: list[str]) -> dict:
     """`docker run ... serve` with one batching configuration; returns its address and cold start."""
@@ -301,7 +327,14 @@ def main() -> None:
     p.add_argument("--gpus", action="store_true", help="give every container the GPUs (docker run --gpus all)")
     p.add_argument("--configs", help="server configurations to compare, BATCH_SIZE:MAX_BATCH_DELAY_MS, "
                                      "comma-separated (default 1:0,4:1)")
+    p.add_argument("--server-cpus", help="the CPUs of the servers and the in-process references (docker "
+                                         "--cpuset-cpus syntax, e.g. 1); this load generator runs on the others "
+                                         "(default: everyone on every CPU)")
     a = p.parse_args()
+    all_cpus = set(os.sched_getaffinity(0))
+    cpuset_args, client_cpus = split_cpus(a.server_cpus, all_cpus)
+    if a.server_cpus:
+        os.sched_setaffinity(0, client_cpus)  # this process and the threads it starts from now on
     a.configs = a.configs or "1:0,4:1"
     if a.quick:  # a smoke run: tiny images, few requests, one round (the configurations as given)
         a.requests, a.image_size, a.warmup, a.rounds = 32, 64, 8, 1
@@ -337,7 +370,7 @@ def main() -> None:
         try:
             # all servers stay up (idle ones cost next to nothing) and the measurements are interleaved in
             # rounds, so a noisy minute on a shared machine hits every configuration alike
-            gpu_args = ["--gpus", "all"] if a.gpus else []
+            gpu_args = (["--gpus", "all"] if a.gpus else []) + cpuset_args
             runs = [start_server(v, model_dir, body, b, d, names, gpu_args) for v in variants for b, d in configs]
             references = {}  # label -> one in-process caller per server worker, in a container of its own
             for v in variants:
@@ -406,8 +439,10 @@ def main() -> None:
            "device": "gpu (--gpus all)" if a.gpus else "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M"), "args": {k: str(v) for k, v in vars(a).items()},
            "containers": runs, "cpus_per_container": a.threads, "request_bytes": len(body),
-           # what every container may use (none is CPU-limited): the vCPUs behind its req/s
-           "host_cpus": len(os.sched_getaffinity(0)),
+           # what every container may use: the vCPUs behind its req/s (all of the host's unless --server-cpus)
+           "host_cpus": len(all_cpus),
+           "server_cpus": sorted(cpu_set(a.server_cpus)) if a.server_cpus else None,
+           "client_cpus": sorted(client_cpus),
            "in_process": {label: {str(k): v for k, v in per.items()} for label, per in inproc.items()},
            "in_process_callers": ref_info,
            "best_rps_over_first": {label: v / best_rps[labels[0]] for label, v in best_rps.items()}}

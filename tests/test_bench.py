@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -134,3 +135,33 @@ def test_serve_bench_memory_parse_and_parallel_callers():
     wall = time.perf_counter() - t0
     assert wall < 0.6, wall  # one after another would take 0.9 s
     assert rps == pytest.approx(3 * 4 * 2 / wall, rel=0.2)
+
+
+def test_serve_bench_server_cpus():
+    """--server-cpus: docker's cpuset syntax parsed, the server's CPUs taken out of the client's, one-line refusals
+    for a CPU this process may not use or a split that leaves the load generator none."""
+    sb = _serve_bench()
+    assert sb.cpu_set("1") == {1} and sb.cpu_set("0,2") == {0, 2} and sb.cpu_set("1-3") == {1, 2, 3}
+    assert sb.split_cpus(None, {0, 1}) == ([], {0, 1})
+    assert sb.split_cpus("1", {0, 1}) == (["--cpuset-cpus", "1"], {0})
+    assert sb.split_cpus("2-3", {0, 1, 2, 3}) == (["--cpuset-cpus", "2,3"], {0, 1})
+    for bad, needle in [("x", "expected CPU numbers"), ("3-1", "expected CPU numbers"), ("5", "may use CPUs [0, 1]"),
+                        ("0-1", "leaves no CPU for the load generator")]:
+        with pytest.raises(SystemExit, match=re.escape(needle)):
+            sb.split_cpus(bad, {0, 1})
+
+
+def test_cpu_cost_counts_only_the_servers_cpus(tmp_path):
+    """A run with --server-cpus: the req/s came from the server's CPUs, not the host's (the client had the rest)."""
+    serve = {"date": "2026-12-07 12:00", "machine": "m", "cpus_per_container": 2, "host_cpus": 2, "server_cpus": [1],
+             "request_bytes": 50_000,
+             "containers": [{"variant": "cpu fp32", "image": "cpu", "batch_size": 1, "max_batch_delay_ms": 0,
+                             "memory_mib": 900,
+                             "rows": [{"concurrency": 1, "p50_ms": 10.0, "p99_ms": 12, "rps": 90},
+                                      {"concurrency": 16, "p50_ms": 90, "p99_ms": 120, "rps": 150}]}]}
+    src, out = tmp_path / "serve.json", tmp_path / "cost.json"
+    src.write_text(json.dumps(serve))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_cost.py"), "--serve", str(src), "--out",
+                           str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["variants"][0]["rps_per_vcpu"] == 150
