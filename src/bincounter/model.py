@@ -1,5 +1,6 @@
 """Model factory, and the PyTorch side of the artifact (layout and torch-free reading: `artifact.py`):
-`save_artifact` / `load_artifact` for model.safetensors, `export_onnx` for model.onnx.
+`save_artifact` / `load_artifact` for model.safetensors, `export_onnx` for model.onnx (about 400 lines: the
+network and the files that hold it in one module, so the head, the weights layout and the export cannot drift).
 
 Backends: timm (default; any `timm.list_models()` name) or torchvision (`torchvision.models` names).
 """
