@@ -262,8 +262,10 @@ def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, chan
         assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == KEY, k
     again = run_cli(*up, "--kms-key", KEY)
     assert "uploaded 0 files" in again.stderr and f"skipped {files}" in again.stderr, again.stderr
-    dry = run_cli(*up, "--kms-key", KEY.replace("1234abcd-12ab", "0000abcd-12ab"), "--dry-run")
-    assert f"would upload {files} files" in dry.stdout and "SSE-KMS key" in dry.stdout, dry.stdout
+    other = KEY.replace("1234abcd-12ab", "0000abcd-12ab")
+    dry = run_cli(*up, "--kms-key", other, "--dry-run")
+    assert f"would upload {files} files" in dry.stderr and "SSE-KMS key" in dry.stderr, dry.stderr
+    assert {d["request"]["SSEKMSKeyId"] for d in _docs(dry.stdout)} == {other}  # the printed PutObject requests
     bad = run_cli(*up, "--kms-key", "nope")
     assert bad.returncode == 2 and "--kms-key 'nope'" in bad.stderr
 
