@@ -51,7 +51,8 @@ def _public_abid_bucket(endpoint, bucket, src):
 
 
 class FaultProxy:
-    """Forwards to moto; can answer 503 for the first N requests of a key, cut a body short, or be slow."""
+    """Forwards to moto; can answer 503 for the first N requests of a key, cut a body short, or be slow. `sent`:
+    every request's X-Amz-Target header (JSON APIs: the operation) and body, as it reached moto."""
 
     def __init__(self, upstream: str):
         self.host, self.port = upstream.split("//")[1].split(":")
@@ -59,6 +60,7 @@ class FaultProxy:
         self.truncate: dict[str, int] = {}
         self.delay = 0.0
         self.calls: dict[str, int] = {}
+        self.sent: list[tuple[str | None, bytes]] = []
         proxy = self
 
         class H(BaseHTTPRequestHandler):
@@ -71,6 +73,7 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 key = self.path.split("?")[0]
                 proxy.calls[key] = proxy.calls.get(key, 0) + 1
+                proxy.sent.append((self.headers.get("X-Amz-Target"), body))
                 time.sleep(proxy.delay)
                 if proxy.fail_503.get(key, 0) > 0:
                     proxy.fail_503[key] -= 1
