@@ -252,6 +252,37 @@ def test_data_upload_refused_per_object_is_reported_not_a_traceback(tmp_path, mo
     assert "p/train/1/a.jpg: Failed to upload" in caplog.text and "AccessDenied" in caplog.text
 
 
+def test_data_upload_that_fails_keeps_the_objects_it_would_delete_and_says_so(tmp_path, monkeypatch, capsys,
+                                                                               caplog):
+    """Uploads failing on a prefix that holds objects the folder lacks: nothing is deleted, the log counts none
+    as deleted (it was a TypeError: the upload handed back 0 for the objects not deleted)."""
+    from boto3.exceptions import S3UploadFailedError
+
+    from bincounter.cli import main
+    from bincounter.data import s3
+
+    class Denied:
+        def list_objects_v2(self, **kw):
+            return {}
+
+        def get_paginator(self, name):
+            page = {"Contents": [{"Key": "p/train/2/old.jpg", "Size": 3, "ETag": '"x"'}]}
+            return type("P", (), {"paginate": lambda self, **kw: [page]})()
+
+        def upload_file(self, path, bucket, key, **kw):
+            raise S3UploadFailedError("Failed to upload: AccessDenied")
+
+        def delete_objects(self, **kw):
+            raise AssertionError("deleted although an upload failed")
+
+    monkeypatch.setattr(s3, "s3_client", lambda *a, **kw: Denied())
+    with caplog.at_level("INFO", logger="bincounter"):
+        rc = main(["data", "upload", str(_one_channel(tmp_path)), "s3://bkt/p", "--force"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    assert "deleted 0 objects" in caplog.text and "1 could not be deleted" in caplog.text, caplog.text
+
+
 @pytest.mark.parametrize("argv, quiet", [
     (["data", "synth", "out"], False),
     (["-q", "data", "synth", "out"], True),

@@ -51,7 +51,8 @@ def _public_abid_bucket(endpoint, bucket, src):
 
 
 class FaultProxy:
-    """Forwards to moto; can answer 503 for the first N requests of a key, cut a body short, or be slow."""
+    """Forwards to moto; can answer 503 for the first N requests of a key, cut a body short, or be slow. `sent`:
+    every request's X-Amz-Target header (JSON APIs: the operation) and body, as it reached moto."""
 
     def __init__(self, upstream: str):
         self.host, self.port = upstream.split("//")[1].split(":")
@@ -59,6 +60,7 @@ class FaultProxy:
         self.truncate: dict[str, int] = {}
         self.delay = 0.0
         self.calls: dict[str, int] = {}
+        self.sent: list[tuple[str | None, bytes]] = []
         proxy = self
 
         class H(BaseHTTPRequestHandler):
@@ -71,6 +73,7 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 key = self.path.split("?")[0]
                 proxy.calls[key] = proxy.calls.get(key, 0) + 1
+                proxy.sent.append((self.headers.get("X-Amz-Target"), body))
                 time.sleep(proxy.delay)
                 if proxy.fail_503.get(key, 0) > 0:
                     proxy.fail_503[key] -= 1
@@ -378,8 +381,9 @@ def test_upload_onto_a_reused_prefix_leaves_exactly_the_new_split(abid_bucket, a
 
     dry = _upload(two, "s3://reuse/bins/v1", moto_endpoint, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"would delete {len(stale)} objects" in dry.stdout, dry.stdout
-    assert f"bins/v1/{sorted(stale)[0]}" in dry.stdout
+    assert f"would delete {len(stale)} objects" in dry.stderr, dry.stderr
+    (deletes,) = [d["request"] for d in _requests(dry.stdout) if d["api"] == "DeleteObjects"]
+    assert [o["Key"] for o in deletes["Delete"]["Objects"]] == [f"bins/v1/{k}" for k in sorted(stale)]
     assert _keys(s3, "reuse", "bins/v1/") == _local(one)  # nothing touched
 
     proc = _upload(two, "s3://reuse/bins/v1", moto_endpoint)
@@ -416,7 +420,7 @@ def test_upload_refuses_to_delete_most_of_a_prefix(abid_bucket, channels, moto_e
     assert_one_line_error(_upload(other, "s3://most/v1", moto_endpoint), "--force", "of the")
     assert _keys(s3, "most", "v1/") == _local(channels)
     dry = _upload(other, "s3://most/v1", moto_endpoint, "--dry-run")
-    assert dry.returncode == 0 and "--force" in dry.stdout, dry.stdout
+    assert dry.returncode == 0 and "without --force the upload refuses" in dry.stderr, dry.stderr
     assert _upload(other, "s3://most/v1", moto_endpoint, "--force").returncode == 0
     assert _keys(s3, "most", "v1/") == {"train/1/99999.jpg"}
 
@@ -437,6 +441,87 @@ def test_a_sharded_upload_onto_a_reused_prefix_mirrors_the_shards(abid_bucket, c
     gone = len(_local(small) - _local(big))
     assert f"deleted {gone} objects" in proc.stderr, proc.stderr
     assert _keys(s3, "shardsync", "s/") == _local(big)
+
+
+def _requests(stdout: str) -> list[dict]:
+    """The JSON documents a dry run prints, one after the other."""
+    docs, at, text, decoder = [], 0, stdout.strip(), json.JSONDecoder()
+    while at < len(text):
+        doc, at = decoder.raw_decode(text, at)
+        docs.append(doc)
+        at = len(text) - len(text[at:].lstrip())
+    return docs
+
+
+def _layout(root: Path) -> Path:
+    """A small image, a shard over the multipart threshold (boto3 sends it in parts) and a manifest."""
+    from bincounter.data.upload import PART_SIZE
+
+    (root / "train" / "1").mkdir(parents=True)
+    (root / "train" / "1" / "00001.jpg").write_bytes(b"\xff\xd8" + bytes(200))
+    (root / "train" / "train-000000.tar").write_bytes(bytes(range(256)) * (PART_SIZE // 256 + 1))
+    (root / "manifest.csv").write_text("id,count,split,sha256\n")
+    return root
+
+
+def test_upload_dry_run_prints_the_writes_the_upload_then_sends(moto_endpoint, aws_env, tmp_path):
+    """Issue 27: the dry run shows the S3 requests (SSE-KMS fields, the parts' CreateMultipartUpload, the mirror's
+    DeleteObjects), checked by botocore's model of S3, and says that it listed the prefix (a read). The upload
+    then sends exactly those (recorded on the client by botocore's own provide-client-params event; botocore
+    adds the body and its checksum), and nothing else that writes."""
+    import boto3
+
+    from bincounter.data.s3 import s3_client
+    from bincounter.data.upload import PREVIEW, plan_upload, upload
+
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="writes")
+    for stale in ("v1/train/2/00009.jpg", "v1/val/3/00010.jpg"):
+        s3.put_object(Bucket="writes", Key=stale, Body=b"old")
+    src = _layout(tmp_path / "ch")
+    dry = _upload(src, "s3://writes/v1", moto_endpoint, "--kms-key", key, "--force", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "found by listing s3://writes/v1/ (ListObjectsV2, and a HeadObject" in dry.stderr, dry.stderr
+    assert "reads, no write was sent" in dry.stderr and "CompleteMultipartUpload" in dry.stderr
+    printed = [(d["api"], d["request"]) for d in _requests(dry.stdout)]
+    assert [api for api, _ in printed] == ["PutObject", "CreateMultipartUpload", "PutObject", "DeleteObjects"]
+    for _, r in printed[:3]:
+        assert (r["ServerSideEncryption"], r["SSEKMSKeyId"]) == ("aws:kms", key), r
+    assert printed[3][1]["Delete"]["Objects"] == [{"Key": "v1/train/2/00009.jpg"}, {"Key": "v1/val/3/00010.jpg"}]
+    assert _keys(s3, "writes", "v1/") == {"train/2/00009.jpg", "val/3/00010.jpg"}  # nothing written
+
+    sent = []
+    client = s3_client(moto_endpoint, "us-east-1")
+    client.meta.events.register("provide-client-params.s3", lambda params, model, **_: sent.append(
+        (model.name, {k: v for k, v in params.items() if k not in ("Body", "ChecksumAlgorithm")})))
+    plan = plan_upload(src, "s3://writes/v1", client, kms_key=key)
+    assert plan.requests(limit=PREVIEW) == printed  # the dry run printed the plan's requests
+    sent.clear()
+    report, failed = upload(plan, client, workers=2, force=True)
+    assert not report.failed and not failed
+    writes = [(api, r) for api, r in sent if api in ("PutObject", "CreateMultipartUpload", "DeleteObjects")]
+    assert sorted(writes, key=str) == sorted(printed, key=str)
+    assert {api for api, _ in sent} == {"PutObject", "CreateMultipartUpload", "UploadPart",
+                                        "CompleteMultipartUpload", "DeleteObjects"}
+    assert _keys(s3, "writes", "v1/") == _local(src)
+
+
+def test_an_offline_upload_dry_run_sends_nothing_and_says_what_it_cannot_know(tmp_path):
+    """--offline: no listing, no credentials, no network (nothing listens at the endpoint); every file is a
+    PutObject, what the prefix holds is unknown and said so. An upload itself always lists: --offline alone is
+    one line."""
+    from .test_cli import NOWHERE, _run_env, _without_credentials
+
+    src = _layout(tmp_path / "ch")
+    env = _without_credentials(tmp_path)
+    proc = _run_env(env, "data", "upload", src, "s3://bkt/v1", "--dry-run", "--offline", *NOWHERE)
+    assert proc.returncode == 0, proc.stderr
+    assert [d["api"] for d in _requests(proc.stdout)] == ["PutObject", "CreateMultipartUpload", "PutObject"]
+    assert "s3://bkt/v1/ was not listed" in proc.stderr and "would upload all 3 files" in proc.stderr
+    assert "which objects the upload would delete (and whether it would refuse to) are not known" in proc.stderr
+    assert_one_line_error(_run_env(env, "data", "upload", src, "s3://bkt/v1", "--offline", *NOWHERE),
+                          "--offline is for --dry-run")
 
 
 def test_upload_of_a_missing_folder_is_one_line(aws_env, tmp_path):

@@ -422,6 +422,38 @@ def test_the_schedule_is_created(moto_endpoint, aws_env):
     assert json.loads(sched["Target"]["Input"])["AppSpecification"]["ImageUri"] == IMAGE
 
 
+def test_each_scheduled_run_s_job_carries_the_platform_settings(moto_endpoint, aws_env):
+    """Issue 27: what EventBridge Scheduler sends when the schedule fires, read back from moto: the Input moto's
+    scheduler holds, its context attributes filled as the scheduler fills them, sent as CreateProcessingJob to
+    moto's SageMaker; DescribeProcessingJob and ListTags give back the VPC and every tag. moto's
+    CreateProcessingJob keeps no ProcessingResources (it takes no ClusterConfig), so the volume's KMS key is read
+    back from the Input the scheduler holds, not from the job."""
+    from bincounter.monitor.schedule import SAMPLE
+
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    args = _schedule_args("--tag", "team=vision", "--subnets", "subnet-0123abcd", "--security-groups",
+                          "sg-89abcdef", "--kms-key", key)
+    args[args.index("ep-1")] = "ep-plat"
+    proc = run_cli(*args, "--endpoint-url", moto_endpoint, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    sched = boto3.client("scheduler", endpoint_url=moto_endpoint, region_name="us-east-1").get_schedule(
+        Name="bincounter-drift-ep-plat")
+    fired = sched["Target"]["Input"]
+    for attribute, value in SAMPLE.items():
+        fired = fired.replace(attribute, value)
+    job = json.loads(fired)
+    assert job["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == key
+    sm = boto3.client("sagemaker", endpoint_url=moto_endpoint, region_name="us-east-1")
+    sm.create_processing_job(**job)
+    got = sm.describe_processing_job(ProcessingJobName=job["ProcessingJobName"])
+    assert got["NetworkConfig"] == {"VpcConfig": {"SecurityGroupIds": ["sg-89abcdef"], "Subnets": ["subnet-0123abcd"]}}
+    assert got["AppSpecification"]["ImageUri"] == IMAGE and got["RoleArn"] == ROLE
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=got["ProcessingJobArn"])["Tags"]}
+    assert {k: tags.get(k) for k in ("team", "project", "bincounter:drift-watch")} == {
+        "team": "vision", "project": "bincounter", "bincounter:drift-watch": "ep-plat"}
+    assert "bincounter:version" in tags
+
+
 def test_a_bad_processing_job_inside_the_schedule_is_caught():
     """The job inside the Input is checked by botocore too (a runtime under SageMaker's minimum of 1 s)."""
     from bincounter.monitor.schedule import ScheduleSpec, schedule_request

@@ -244,6 +244,36 @@ def test_settings_round_trip_through_the_sagemaker_api(moto_endpoint):  # noqa: 
     assert _tags(sm.list_tags(ResourceArn=b["TransformJobArn"]))["team"] == "vision"
 
 
+def test_deploy_autoscale_tags_the_scalable_target(moto_endpoint):  # noqa: F811
+    """The scalable target `sm deploy --autoscale` registers carries the endpoint's tags. moto 5.2's Application
+    Auto Scaling takes RegisterScalableTarget's Tags but keeps none (its ListTagsForResource is not implemented:
+    it answers 500), so the tags are read from the request as it reached moto (a recording proxy in front of it)
+    and what moto keeps of the target (its ARN, capacities) from DescribeScalableTargets."""
+    from bincounter import __version__
+
+    from .test_data_s3 import FaultProxy
+
+    proxy = FaultProxy(moto_endpoint)
+    try:
+        proc = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
+                       "--name", "bc-plat-scaled", "--autoscale", "1,2", "--instance-type", "ml.m5.xlarge",
+                       "--tag", "team=vision", "--endpoint-url", proxy.url, env=ENV)
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr
+    (sent,) = [json.loads(body) for target, body in proxy.sent
+               if target == "AnyScaleFrontendService.RegisterScalableTarget"]
+    assert sent["Tags"] == {"project": "bincounter", "bincounter:version": __version__, "team": "vision"}
+    aas = boto3.client("application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    (got,) = aas.describe_scalable_targets(ServiceNamespace="sagemaker",
+                                           ResourceIds=["endpoint/bc-plat-scaled/variant/AllTraffic"])["ScalableTargets"]
+    assert (got["MinCapacity"], got["MaxCapacity"]) == (1, 2)
+    assert got["ScalableTargetARN"].startswith("arn:aws:application-autoscaling:us-east-1:123456789012:")
+    e = _sm(moto_endpoint).describe_endpoint(EndpointName="bc-plat-scaled")
+    assert _tags(_sm(moto_endpoint).list_tags(ResourceArn=e["EndpointArn"]))["team"] == "vision"  # the same tags
+
+
 # ------------------------------------------------------------------------------------------ data upload
 def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, channels, tmp_path):  # noqa: F811
     """SSE-KMS on every object; a second upload skips them all (their MD5 ETag is kept as metadata, since an
@@ -262,8 +292,10 @@ def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, chan
         assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == KEY, k
     again = run_cli(*up, "--kms-key", KEY)
     assert "uploaded 0 files" in again.stderr and f"skipped {files}" in again.stderr, again.stderr
-    dry = run_cli(*up, "--kms-key", KEY.replace("1234abcd-12ab", "0000abcd-12ab"), "--dry-run")
-    assert f"would upload {files} files" in dry.stdout and "SSE-KMS key" in dry.stdout, dry.stdout
+    other = KEY.replace("1234abcd-12ab", "0000abcd-12ab")
+    dry = run_cli(*up, "--kms-key", other, "--dry-run")
+    assert f"would upload {files} files" in dry.stderr and "SSE-KMS key" in dry.stderr, dry.stderr
+    assert {d["request"]["SSEKMSKeyId"] for d in _docs(dry.stdout)} == {other}  # the printed PutObject requests
     bad = run_cli(*up, "--kms-key", "nope")
     assert bad.returncode == 2 and "--kms-key 'nope'" in bad.stderr
 

@@ -15,6 +15,7 @@ import json
 import boto3
 import pytest
 
+from bincounter import __version__
 from bincounter.errors import UserError
 from bincounter.sm import alarms, update, validate
 
@@ -114,6 +115,13 @@ def _live_endpoint(moto: str, name: str, count: int = 1) -> None:
     _client(moto, "logs").create_log_group(logGroupName=alarms.log_group(name))
 
 
+DEFAULT_TAGS = {"project": "bincounter", "bincounter:version": __version__}
+
+
+def _tag_dict(answer: dict) -> dict:
+    return {t["Key"]: t["Value"] for t in answer["Tags"]}
+
+
 def _cli(moto: str, *args) -> tuple[int, list[dict], str]:
     proc = run_cli("sm", *args, "--endpoint-url", moto, env=ENV)
     return proc.returncode, (_docs(proc.stdout) if proc.returncode == 0 else []), proc.stderr
@@ -136,15 +144,15 @@ def test_update_copies_the_live_endpoint_and_rolls_back_on_alarms_then_by_hand(m
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://bkt/new/model.tar.gz"
     assert model["PrimaryContainer"]["Image"] == IMAGE and model["ExecutionRoleArn"] == ROLE
     assert model["PrimaryContainer"]["Environment"] == {"BINCOUNTER_BATCH_SIZE": "8"}
-    assert sm.list_tags(ResourceArn=model["ModelArn"])["Tags"] == [{"Key": "cost-centre", "Value": "wh-7"}]
+    assert _tag_dict(sm.list_tags(ResourceArn=model["ModelArn"])) == {"cost-centre": "wh-7", **DEFAULT_TAGS}
     # the new config: the live one pointing at it; capture and tags kept, the config it replaces named
     cfg = sm.describe_endpoint_config(EndpointConfigName=new)
     (variant,) = cfg["ProductionVariants"]
     assert (variant["ModelName"], variant["VariantName"], variant["InstanceType"], variant["InitialInstanceCount"]) \
         == (new, "AllTraffic", "ml.m5.xlarge", 2)
     assert cfg["DataCaptureConfig"]["DestinationS3Uri"] == "s3://bkt/capture"
-    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=cfg["EndpointConfigArn"])["Tags"]}
-    assert tags == {"team": "bins", update.PREVIOUS_TAG: name}
+    tags = _tag_dict(sm.list_tags(ResourceArn=cfg["EndpointConfigArn"]))
+    assert tags == {"team": "bins", **DEFAULT_TAGS, update.PREVIOUS_TAG: name}
 
     # the update SageMaker was asked for: a canary of one instance (2 instances), 120 s baking, three alarms
     ep = sm.describe_endpoint(EndpointName=name)
@@ -210,6 +218,49 @@ def test_update_copies_the_live_endpoint_and_rolls_back_on_alarms_then_by_hand(m
     # the first config was not made by sm update: nothing to go back to unless named
     proc = run_cli("sm", "rollback", name, "--endpoint-url", moto, env=ENV)
     assert_one_line_error(proc, "--to CONFIG")
+
+
+def test_the_alarms_and_what_the_update_makes_are_tagged_like_the_endpoint(moto):
+    """Issue 27: sm update tags its new model and config, its rollback alarms and the log group it creates: the
+    live endpoint's tags (its config's, for the alarms), the default tags where it has none of that key
+    (bincounter:version: this version, which made them), then --tag. Read back from moto (ListTagsForResource for
+    the alarms). CloudWatch ignores PutMetricAlarm's Tags when the alarm exists (moto does not:
+    it applies them), so a second update's TagResource per alarm is read from the requests as they reached moto."""
+    from .test_data_s3 import FaultProxy
+
+    name = "bc-upd-tags"
+    _live_endpoint(moto, name)
+    sm, cw = _client(moto), _client(moto, "cloudwatch")
+    cfg_arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+    sm.add_tags(ResourceArn=cfg_arn, Tags=[{"Key": "project", "Value": "bins"},
+                                           {"Key": "bincounter:version", "Value": "0.0.1"}])  # as deployed
+    rc, (got,), err = _cli(moto, "update", name, "--model-data", "s3://bkt/t.tar.gz", "--tag", "owner=ml")
+    assert rc == 0, err
+    like_the_endpoint = {"team": "bins", "project": "bins", "bincounter:version": __version__, "owner": "ml"}
+    for a in cw.describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"]:
+        assert _tag_dict(cw.list_tags_for_resource(ResourceARN=a["AlarmArn"])) == like_the_endpoint, a["AlarmName"]
+    new_cfg = sm.describe_endpoint_config(EndpointConfigName=got["config"])["EndpointConfigArn"]
+    assert _tag_dict(sm.list_tags(ResourceArn=new_cfg)) == {**like_the_endpoint, update.PREVIOUS_TAG: name}
+    new_model = sm.describe_model(ModelName=got["model"])["ModelArn"]
+    assert _tag_dict(sm.list_tags(ResourceArn=new_model)) == {"cost-centre": "wh-7", **DEFAULT_TAGS, "owner": "ml"}
+    # the log group, created where the endpoint never logged (moto's PutMetricFilter needs none: checked offline)
+    tags = [{"Key": k, "Value": v} for k, v in like_the_endpoint.items()]
+    group = alarms.log_group_request(alarms.log_group(name), tags)
+    validate.check("CreateLogGroup", group, "logs")
+    assert group["tags"] == like_the_endpoint
+
+    _sagemaker_finishes(name)
+    proxy = FaultProxy(moto)
+    try:
+        rc, _, err = _cli(proxy.url, "update", name, "--model-data", "s3://bkt/t2.tar.gz", "--tag", "owner=ops")
+    finally:
+        proxy.close()
+    assert rc == 0, err
+    sent = [(target or "", body) for target, body in proxy.sent]
+    tagged = [b for t, b in sent if t.endswith(".TagResource") or b.startswith(b"Action=TagResource")]
+    assert len(tagged) == 3 and all(b"owner" in b for b in tagged), sent  # the alarms existed
+    for a in cw.describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"]:
+        assert _tag_dict(cw.list_tags_for_resource(ResourceARN=a["AlarmArn"]))["owner"] == "ops"
 
 
 def test_named_alarms_autoscaling_and_mistakes(moto):
@@ -344,7 +395,8 @@ def _dry(*args):
 
 def test_update_dry_run_prints_valid_requests_and_the_cost():
     docs, err = _dry("update", "bc-ep", "--training-job", "bc-train-1", "--instance-count", "4", "--traffic",
-                     "linear:25%", "--bake", "300", "--keep-old", "60", "--max-time", "7200", "--max-p99-ms", "500")
+                     "linear:25%", "--bake", "300", "--keep-old", "60", "--max-time", "7200", "--max-p99-ms", "500",
+                     "--tag", "team=vision")
     assert [d["api"] for d in docs] == ["PutMetricFilter"] + ["PutMetricAlarm"] * 3 + [
         "CreateModel", "CreateEndpointConfig", "UpdateEndpoint"]
     for d in docs:  # botocore's validator on the SageMaker, CloudWatch and CloudWatch Logs shapes
@@ -355,6 +407,8 @@ def test_update_dry_run_prints_valid_requests_and_the_cost():
                                                       "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
                       "TerminationWaitInSeconds": 60, "MaximumExecutionTimeoutInSeconds": 7200}
     assert docs[2]["request"]["Threshold"] == 500_000.0
+    for d in docs[1:6]:  # the alarms, the model and the config: the default tags and --tag
+        assert {**DEFAULT_TAGS, "team": "vision"}.items() <= _tag_dict(d["request"]).items(), d["api"]
     assert docs[4]["request"]["PrimaryContainer"]["ModelDataUrl"].endswith("bc-train-1/output/model.tar.gz")
     # the new fleet's rate, and the overlap: 4 old instances for 4 steps x 300 s + 60 s = 21 min
     assert "estimated cost: $5.63/h while the endpoint exists" in err

@@ -127,16 +127,17 @@ def cmd_upload(args) -> int:
     from ..aws import user_errors
     from ..data.upload import plan_upload, upload, upload_pool_size
 
+    if args.offline and not args.dry_run:
+        raise UserError("--offline is for --dry-run: an upload lists the prefix first (what to skip, what to delete)")
     with user_errors(f"data upload to {args.dest}", "uploading needs them"):  # no AWS tracebacks
         if args.kms_key:
             from ..sm.platform import check_kms_key
 
             check_kms_key(args.kms_key, args.region)
-        client = _s3(args, upload_pool_size(args.workers))
+        client = None if args.offline else _s3(args, upload_pool_size(args.workers))
         plan = plan_upload(args.src, args.dest, client, kms_key=args.kms_key)
         if args.dry_run:
-            print("\n".join(plan.describe(args.force)))
-            return 0
+            return _dry_upload(plan, args.force)
         report, not_deleted = upload(plan, client, workers=args.workers, force=args.force)
     for key, reason in {**report.failed, **not_deleted}.items():
         log.warning("  %s: %s", key, reason)
@@ -146,6 +147,20 @@ def cmd_upload(args) -> int:
     for channel, uri in plan.uris().items():
         print(f"{channel}={uri}")
     return 1 if report.failed or not_deleted else 0
+
+
+def _dry_upload(plan, force: bool) -> int:
+    """The plan on stderr; on stdout the writes the upload would send (the first PREVIEW of each API), each checked
+    offline by botocore's model of S3 first, as every `sm` dry run's requests are (`printing.print_request`)."""
+    import sys
+
+    from ..data.upload import PREVIEW
+    from ..sm import printing
+
+    print("\n".join(plan.describe(force, PREVIEW)), file=sys.stderr)
+    for api, request in plan.requests(limit=PREVIEW):
+        printing.print_request(api, request, "s3")
+    return 0
 
 
 def _s3_options(q) -> None:
@@ -250,7 +265,12 @@ def register(sub) -> None:
     up.add_argument("src", help="channels directory (from `data split`, or `data shard`)")
     up.add_argument("dest", help="s3://bucket/prefix")
     up.add_argument("--dry-run", action="store_true",
-                    help="print what would be uploaded and deleted (counts, first keys); change nothing")
+                    help="print the plan (counts; stderr) and the S3 requests that would write (PutObject, "
+                    "CreateMultipartUpload, DeleteObjects: the first 5 of each, checked against botocore's model of "
+                    "S3; stdout); change nothing. Lists the prefix (a read) to know what to skip and delete")
+    up.add_argument("--offline", action="store_true",
+                    help="with --dry-run: send nothing at all, no credentials needed (every file counts as to "
+                    "upload; what would be skipped or deleted is not known)")
     up.add_argument("--force", action="store_true",
                     help="delete the objects DIR does not hold even when they are not bincounter channels or more "
                     "than half of the prefix")

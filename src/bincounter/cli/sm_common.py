@@ -51,12 +51,16 @@ def add_price(p) -> None:
                         "bincounter sm --help)")
 
 
-def add_platform_options(p, kind: str) -> None:
-    """--tag, and by `kind` (train, tune, deploy, batch, pipeline, process) the VPC, KMS, isolation and encryption flags
-    (a pipeline's training steps run isolated anyway: no --isolation)."""
+def add_tag_option(p) -> None:
     p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tag every resource the command creates, "
                    "repeatable; added to the project config's tags and the defaults project=bincounter, "
                    f"bincounter:version={__version__}")
+
+
+def add_platform_options(p, kind: str) -> None:
+    """--tag, and by `kind` (train, tune, deploy, batch, pipeline, process) the VPC, KMS, isolation and encryption flags
+    (a pipeline's training steps run isolated anyway: no --isolation)."""
+    add_tag_option(p)
     if kind != "batch":
         where = {"train": "the training instances", "tune": "the training instances",
                  "pipeline": "every step's instances", "process": "the Processing job"}.get(kind,
@@ -130,6 +134,17 @@ def role(args) -> str:
     return value
 
 
+def tag_settings(args) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """(the default tags: project, bincounter:version and the project config's tags; the --tag flags)."""
+    cfg = config(args)
+    project, source = project_config.resolve(None, "project", cfg, "", "bincounter")
+    defaults = {"project": project, "bincounter:version": __version__, **cfg.get("tags", {})}
+    _say(args, "default tags", defaults, source if "tags" not in cfg.values else cfg.source)
+    tags = parse_tags(getattr(args, "tag", None))
+    _say(args, "tags", dict(tags), "--tag")
+    return defaults, tags
+
+
 def platform_settings(args) -> PlatformSettings:
     """The platform flags the command has, each resolved against the project config, with the default tags."""
     cfg = config(args)
@@ -147,11 +162,7 @@ def platform_settings(args) -> PlatformSettings:
         _say(args, key, value, source)
         return value
 
-    project, source = project_config.resolve(None, "project", cfg, "", "bincounter")
-    defaults = {"project": project, "bincounter:version": __version__, **cfg.get("tags", {})}
-    _say(args, "default tags", defaults, source if "tags" not in cfg.values else cfg.source)
-    tags = parse_tags(getattr(args, "tag", None))
-    _say(args, "tags", dict(tags), "--tag")
+    defaults, tags = tag_settings(args)
     return PlatformSettings(
         tags=tags, subnets=tuple(pick("subnets", "subnets", "--subnets", (), split_ids)),
         security_groups=tuple(pick("security_groups", "security_groups", "--security-groups", (), split_ids)),

@@ -12,9 +12,11 @@ from .sm_common import (
     add_common,
     add_platform_options,
     add_price,
+    add_tag_option,
     instance_type,
     platform_settings,
     role,
+    tag_settings,
     target,
 )
 
@@ -63,13 +65,15 @@ def add_update(sub, formatter) -> None:
     u = sub.add_parser("update", help="a new model behind a live endpoint: blue/green, rolled back on alarms",
                        formatter_class=formatter,
                        description="A new model and endpoint config (copied from the live ones: role, environment, "
-                       "instances, data capture, KMS key and tags kept), then SageMaker's blue/green update: a new "
+                       "instances, data capture, KMS key and tags kept; the default tags and --tag added, and put on "
+                       "the alarms too), then SageMaker's blue/green update: a new "
                        "fleet, traffic shifted to it (--traffic) in steps, each followed by a baking period (--bake), "
                        "the old fleet kept until the end. If a rollback alarm fires while a step bakes (the endpoint's "
                        "5xx rate, p99 model latency, the container's ERROR log lines: created here; or --alarm NAME), "
                        "SageMaker shifts traffic back. No downtime. "
                        "Both fleets bill during the update. Roll back by hand: bincounter sm rollback ENDPOINT.")
     add_common(u)
+    add_tag_option(u)
     u.add_argument("endpoint", metavar="ENDPOINT", help="the live endpoint (InService)")
     u.add_argument("--role", help="execution role of the new model (default: the live model's)")
     src = u.add_mutually_exclusive_group(required=True)
@@ -202,13 +206,15 @@ def update_spec(args):
                  "period_s": "--alarm-period"}
         raise UserError(f"{', '.join(flags[f] for f in given)} with --alarm: no alarm is created then, so the "
                         "thresholds would not apply; set them on your alarms, or leave --alarm out")
+    defaults, tags = tag_settings(args)
     return UpdateSpec(
         endpoint=args.endpoint, role=args.role, training_job=args.training_job, model_data=args.model_data,
         model_package=args.model_package, image=args.image, cpu_image=args.cpu_image,
         instance_type=args.instance_type, instance_count=args.instance_count, traffic=args.traffic,
         bake_s=args.bake, keep_old_s=args.keep_old, max_time_s=args.max_time, alarm_names=tuple(args.alarm),
         thresholds=Thresholds(**given),
-        price_per_hour=args.price_per_hour, ignore_alarm_state=args.ignore_alarm_state, wait=args.wait)
+        price_per_hour=args.price_per_hour, ignore_alarm_state=args.ignore_alarm_state, wait=args.wait,
+        tags=tags, default_tags=tuple(defaults.items()))
 
 
 def cmd_update(args) -> int:

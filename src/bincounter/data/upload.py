@@ -8,7 +8,10 @@
 * it refuses in one line, before anything is sent, when the deletions look like a mistake: objects that are not a
   channel layout (another tool's files), or more than half of what the prefix holds with names the local tree
   lacks (another data set? a re-split only moves the same bins between splits); `force` overrides;
-* `describe` is the dry run: counts and the first keys of each kind;
+* the dry run: `describe` (counts, what was read to know them) and `requests` (the writes the upload would send:
+  PutObject, or CreateMultipartUpload for a file of PART_SIZE or more, then DeleteObjects; the same fields the real
+  upload passes to boto3, from `object_args` and `delete_requests`). Listing the prefix is a read; `plan_upload`
+  without a client lists nothing (an offline dry run: every file is to upload, the deletions are unknown);
 * `kms_key` (SSE-KMS): every object is written encrypted with the customer key. S3's ETag of an SSE-KMS object is
   not an MD5, so each object is also given its MD5 ETag as metadata (`x-amz-meta-bincounter-etag`), and an object
   of the same size counts as unchanged only when a HeadObject shows it under that key with that metadata (one
@@ -40,7 +43,7 @@ SPLITS = ("train", "val", "test")
 CHANNEL_KEY = re.compile(r"^(manifest\.csv|(train|val|test)/(\d+/[^/]+\.(jpe?g|png)|[^/]+\.tar|index\.json))$")
 #: deleting more than this fraction of the objects under the prefix needs --force
 MAX_DELETE_FRACTION = 0.5
-#: keys shown per kind by the dry run
+#: requests the dry run prints per API (the rest are counted)
 PREVIEW = 5
 #: the object metadata carrying a file's MD5 ETag (an SSE-KMS object's own ETag is not its MD5)
 ETAG_META = "bincounter-etag"
@@ -75,6 +78,7 @@ class UploadPlan:
     extra: list[str] = field(default_factory=list)  # keys under the prefix that the local tree does not hold
     remote: int = 0  # objects under the prefix before the upload
     kms_key: str | None = None  # SSE-KMS with this customer key
+    listed: bool = True  # False: the prefix was not listed (offline dry run): `todo` is every file, `extra` unknown
 
     @property
     def uri(self) -> str:
@@ -101,24 +105,75 @@ class UploadPlan:
                     "check with --dry-run, choose another prefix, or pass --force")
         return None
 
-    def describe(self, force: bool = False) -> list[str]:
-        """The dry run's lines."""
+    def multipart(self, path: Path) -> bool:
+        """Whether boto3 uploads `path` in parts (s3transfer: size >= the threshold)."""
+        return path.stat().st_size >= PART_SIZE
+
+    def counts(self) -> dict[str, int]:
+        """Requests the upload sends per API (writes only; a multipart upload's parts and completion not counted)."""
+        parts = sum(1 for _, p in self.todo if self.multipart(p))
+        return {"PutObject": len(self.todo) - parts, "CreateMultipartUpload": parts,
+                "DeleteObjects": -(-len(self.extra) // DELETE_BATCH)}
+
+    def requests(self, limit: int | None = None) -> list[tuple[str, dict]]:
+        """The writes `upload` sends, (API, request) in order (uploads, then deletions), as boto3 is given them;
+        botocore adds each body and its checksum. At most `limit` per API."""
+        out: list[tuple[str, dict]] = []
+        shown: dict[str, int] = {}
+        for key, path in self.todo:
+            api = "CreateMultipartUpload" if self.multipart(path) else "PutObject"
+            if limit is None or shown.get(api, 0) < limit:
+                shown[api] = shown.get(api, 0) + 1
+                out.append((api, {"Bucket": self.bucket, "Key": key, **object_args(self.kms_key, path)}))
+        deletes = delete_requests(self.bucket, self.extra)
+        return out + [("DeleteObjects", r) for r in deletes[:limit]]
+
+    def describe(self, force: bool = False, shown: int = PREVIEW) -> list[str]:
+        """The dry run's lines (beside the requests it prints, `shown` per API)."""
         mb = sum(p.stat().st_size for _, p in self.todo) / 2**20
-        lines = [f"dry run: {self.src} -> {self.uri}: would upload {len(self.todo)} files ({mb:.1f} MB), skip "
-                 f"{len(self.files) - len(self.todo)} unchanged, would delete {len(self.extra)} objects that "
-                 f"{self.src} does not hold"]
+        if self.listed:
+            lines = [f"dry run: {self.src} -> {self.uri}: would upload {len(self.todo)} files ({mb:.1f} MB), skip "
+                     f"{len(self.files) - len(self.todo)} unchanged, would delete {len(self.extra)} objects that "
+                     f"{self.src} does not hold",
+                     f"  found by listing {self.uri}/ (ListObjectsV2"
+                     + (", and a HeadObject per object of a local file's size" if self.kms_key else "")
+                     + "): reads, no write was sent; --offline leaves them out"]
+        else:
+            lines = [f"dry run, offline: {self.src} -> {self.uri}: would upload all {len(self.todo)} files "
+                     f"({mb:.1f} MB); {self.uri}/ was not listed, so which files are unchanged and which objects "
+                     f"the upload would delete (and whether it would refuse to) are not known here: the upload "
+                     "lists the prefix first"]
         if self.kms_key:
             lines.append(f"  encrypted with SSE-KMS key {self.kms_key} (objects there unencrypted or under another "
                          "key count as changed; that the key exists and you may use it is not checked here)")
-        for verb, keys in (("upload", sorted(k for k, _ in self.todo)), ("delete", sorted(self.extra))):
-            lines += [f"  {verb} s3://{self.bucket}/{k}" for k in keys[:PREVIEW]]
-            if len(keys) > PREVIEW:
-                lines.append(f"  ... and {len(keys) - PREVIEW} more to {verb}")
-        why = self.refusal()
+        counts = self.counts()
+        if counts["CreateMultipartUpload"]:
+            lines.append(f"  files of {PART_SIZE // 2**20} MiB or more go in parts: CreateMultipartUpload, an "
+                         f"UploadPart per {PART_SIZE // 2**20} MiB, CompleteMultipartUpload (those two carry the "
+                         "UploadId S3 answers: not printed)")
+        more = {api: n - shown for api, n in counts.items() if n > shown}
+        if more:
+            lines.append(f"  printed: the first {shown} requests of each kind; not printed: "
+                         + ", ".join(f"{n} more {api}" for api, n in more.items()))
+        lines.append("  botocore adds each body and its checksum (CRC32) when it sends them")
+        why = self.refusal() if self.listed else None
         if why and not force:
             lines.append(f"without --force the upload refuses: {why}")
         lines.append("nothing was changed")
         return lines
+
+
+def object_args(kms_key: str | None, path: Path) -> dict:
+    """What every PutObject / CreateMultipartUpload of `path` carries beside Bucket and Key (boto3's ExtraArgs)."""
+    if not kms_key:
+        return {}
+    return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key, "Metadata": {ETAG_META: etag(path)}}
+
+
+def delete_requests(bucket: str, keys: list[str]) -> list[dict]:
+    """The DeleteObjects requests for `keys`, DELETE_BATCH keys each."""
+    return [{"Bucket": bucket, "Delete": {"Objects": [{"Key": k} for k in keys[i:i + DELETE_BATCH]], "Quiet": True}}
+            for i in range(0, len(keys), DELETE_BATCH)]
 
 
 def _kms_matches(given: str, got: str | None) -> bool:
@@ -149,7 +204,8 @@ def _unchanged_under_key(client, bucket: str, candidates: list[tuple[str, Path]]
 
 def plan_upload(src: str | Path, uri: str, client, kms_key: str | None = None) -> UploadPlan:
     """Compare `src` (train/, val/, test/, manifest.csv) with what s3://bucket/prefix holds. Sends only list
-    requests (with `kms_key`: a HeadObject per file whose object has its size)."""
+    requests (with `kms_key`: a HeadObject per file whose object has its size). `client` None: nothing is sent
+    (an offline dry run's plan: every file to upload, nothing known to delete)."""
     src = Path(src)
     bucket, prefix = parse_s3_uri(uri)
     if not src.is_dir():
@@ -158,11 +214,13 @@ def plan_upload(src: str | Path, uri: str, client, kms_key: str | None = None) -
     channels = [p.name for p in sorted(src.iterdir()) if p.is_dir() and p.name in SPLITS]
     if not channels:
         raise DataError(f"{src}: no channels (train/, val/, test/) to upload; run `bincounter data split` first")
-    check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
     paths = [p for c in channels for p in sorted((src / c).rglob("*")) if p.is_file()]
     if (src / "manifest.csv").is_file():
         paths.append(src / "manifest.csv")
     files = [("/".join(filter(None, [prefix, p.relative_to(src).as_posix()])), p) for p in paths]
+    if client is None:
+        return UploadPlan(src, bucket, prefix, channels, files, list(files), kms_key=kms_key, listed=False)
+    check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
     remote: dict[str, tuple[int, str]] = {}
     # prefix + "/": s3://b/bins/v1 must not reach into bins/v10/
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix
@@ -183,9 +241,8 @@ def plan_upload(src: str | Path, uri: str, client, kms_key: str | None = None) -
 def delete_keys(client, bucket: str, keys: list[str]) -> dict[str, str]:
     """DeleteObjects in batches of 1000. -> {key: reason} of those S3 did not delete."""
     failed = {}
-    for i in range(0, len(keys), DELETE_BATCH):
-        batch = keys[i:i + DELETE_BATCH]
-        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+    for request in delete_requests(bucket, keys):
+        resp = client.delete_objects(**request)
         for err in resp.get("Errors", []):
             failed[err.get("Key", "?")] = f"{err.get('Code')}: {err.get('Message')}"
     return failed
@@ -198,6 +255,8 @@ def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> 
     from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
 
+    if not plan.listed:
+        raise ValueError("an offline plan (nothing listed) is for a dry run only: it would not mirror the prefix")
     why = plan.refusal()
     if why and not force:
         raise UserError(why)
@@ -209,9 +268,8 @@ def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> 
         if stop.is_set():
             raise KeyboardInterrupt
         try:
-            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": plan.kms_key,
-                     "Metadata": {ETAG_META: etag(path)}} if plan.kms_key else None
-            client.upload_file(str(path), plan.bucket, key, Config=config, ExtraArgs=extra)
+            client.upload_file(str(path), plan.bucket, key, Config=config,
+                               ExtraArgs=object_args(plan.kms_key, path) or None)
         except S3UploadFailedError as e:  # AccessDenied, a missing bucket...: this file failed, reported per key
             raise OSError(" ".join(str(e).split())) from None
         return path.stat().st_size
@@ -221,5 +279,5 @@ def upload(plan: UploadPlan, client, workers: int = 16, force: bool = False) -> 
     if report.failed and plan.extra:  # never leave the prefix holding neither the old split nor the new one
         log.warning("not deleting the %d objects the folder does not hold: %d uploads failed (rerun once they "
                     "succeed)", len(plan.extra), len(report.failed))
-        return report, 0
+        return report, {k: "not deleted: an upload failed" for k in plan.extra}
     return report, delete_keys(client, plan.bucket, plan.extra)

@@ -10,7 +10,8 @@ instances' traffic must answer about N times the 5xx rate threshold before the r
 count is not diluted (it counts lines, whichever fleet wrote them); p99 latency sees the canary when it takes more
 than 1% of the requests. `sm update` also refuses to start while one of them is already in ALARM (`check_quiet`).
 
-`requests` builds every request (pure: a dry run prints them, a real run sends them with `put`).
+`requests` builds every request (pure: a dry run prints them, a real run sends them with `put`); the alarms carry
+the tags they are given (`sm update`: the endpoint config's, `platform.carried_tags`).
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ def filter_name(endpoint: str) -> str:
     return f"bincounter-{endpoint}-errors"
 
 
-def requests(endpoint: str, variant: str, t: Thresholds) -> tuple[dict, list[dict]]:
-    """(PutMetricFilter request, three PutMetricAlarm requests) for the endpoint's variant. Alarms have no
-    actions: SageMaker watches them during an update. Missing data (no traffic) is not breaching."""
+def requests(endpoint: str, variant: str, t: Thresholds, tags: list[dict] = ()) -> tuple[dict, list[dict]]:
+    """(PutMetricFilter request, three PutMetricAlarm requests, each carrying `tags`) for the endpoint's variant.
+    Alarms have no actions: SageMaker watches them during an update. Missing data (no traffic) is not breaching."""
     rate, latency, errors = names(endpoint)
     dims = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
     metric = f"{endpoint}/ContainerErrors"
     common = {"Period": t.period_s, "EvaluationPeriods": 2, "ActionsEnabled": False,
-              "TreatMissingData": "notBreaching", "ComparisonOperator": "GreaterThanOrEqualToThreshold"}
+              "TreatMissingData": "notBreaching", "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+              **({"Tags": list(tags)} if tags else {})}
     metric_filter = {"logGroupName": log_group(endpoint), "filterName": filter_name(endpoint),
                      "filterPattern": ERROR_PATTERN,
                      "metricTransformations": [{"metricName": metric, "metricNamespace": NAMESPACE,
@@ -93,7 +95,10 @@ def requests(endpoint: str, variant: str, t: Thresholds) -> tuple[dict, list[dic
 
 
 def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]:
-    """Create or update the metric filter and the alarms (both calls are idempotent); their names."""
+    """Create or update the metric filter and the alarms (both calls are idempotent); their names. The alarms' Tags
+    also go on a log group created here, and on an alarm that existed already with TagResource (PutMetricAlarm
+    ignores the Tags of an alarm it updates)."""
+    tags = alarms[0].get("Tags") if alarms else None
     logs = target.client("logs")
     try:
         aws.aws_call("PutMetricFilter", logs.put_metric_filter, **metric_filter)
@@ -103,12 +108,22 @@ def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]
         # an endpoint that never logged yet: the group SageMaker will write to is created here
         log.info("log group %s does not exist yet: creating it for the container-error metric",
                  metric_filter["logGroupName"])
-        aws.aws_call("CreateLogGroup", logs.create_log_group, logGroupName=metric_filter["logGroupName"])
+        aws.aws_call("CreateLogGroup", logs.create_log_group, **log_group_request(metric_filter["logGroupName"],
+                                                                                   tags))
         aws.aws_call("PutMetricFilter", logs.put_metric_filter, **metric_filter)
     cw = target.client("cloudwatch")
+    names = [a["AlarmName"] for a in alarms]
+    existing = aws.aws_call("DescribeAlarms", cw.describe_alarms, AlarmNames=names)["MetricAlarms"] if tags else []
     for a in alarms:
         aws.aws_call(f"PutMetricAlarm {a['AlarmName']}", cw.put_metric_alarm, **a)
-    return [a["AlarmName"] for a in alarms]
+    for a in existing:
+        aws.aws_call(f"TagResource {a['AlarmName']}", cw.tag_resource, ResourceARN=a["AlarmArn"], Tags=tags)
+    return names
+
+
+def log_group_request(group: str, tags: list[dict] | None) -> dict:
+    """CreateLogGroup of the group an endpoint that never logged lacks (`put`), with the alarms' tags."""
+    return {"logGroupName": group, **({"tags": {t["Key"]: t["Value"] for t in tags}} if tags else {})}
 
 
 def delete_requests(endpoint: str) -> list[tuple[str, str, dict]]:

@@ -53,6 +53,19 @@ def parse_tags(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+VERSION_TAG = "bincounter:version"  # a default tag: the version that made the resource
+
+
+def carried_tags(defaults: dict[str, str], own: list[dict], given: tuple[tuple[str, str], ...]) -> list[dict]:
+    """The tags of a resource made from another one (sm update's model, endpoint config and alarms, from the live
+    endpoint's): the defaults (project, the project config's tags) where the old one has no tag of that key, the
+    old one's, then the --tag flags; VERSION_TAG is this version's (what made the new one) unless --tag sets it."""
+    merged = {**defaults, **{t["Key"]: t["Value"] for t in own}}
+    if VERSION_TAG in defaults:
+        merged[VERSION_TAG] = defaults[VERSION_TAG]
+    return [{"Key": k, "Value": v} for k, v in {**merged, **dict(given)}.items()]
+
+
 def split_ids(text: str | None) -> tuple[str, ...]:
     """'subnet-a,subnet-b' -> ('subnet-a', 'subnet-b')."""
     return tuple(v.strip() for v in (text or "").split(",") if v.strip())

@@ -5,10 +5,11 @@ wrote, so they stay together).
 An update is a blue/green deployment run by SageMaker: a new model (the live one's container definition with the
 new model.tar.gz and/or image; its role, environment, VPC and isolation kept) and a new endpoint config (the live
 one's, the variant pointing at the new model; data capture, KMS key and tags kept, plus a tag naming the config it
-replaces), then UpdateEndpoint with a `DeploymentConfig`: traffic shifted to the new (green) fleet all at once,
-as a canary or linearly, each step followed by a baking period (the alarms watched) before the next or before
-the old (blue) fleet goes, and automatic rollback on CloudWatch alarms (`alarms.py`: created for the endpoint, or
-named by the user).
+replaces; both, and the alarms, tagged as `platform.carried_tags` says: the live tags, the defaults, --tag), then
+UpdateEndpoint with a `DeploymentConfig`: traffic shifted to the new (green) fleet all at once, as a canary or
+linearly, each step followed by a baking period (the alarms watched) before the next or before the old (blue)
+fleet goes, and automatic rollback on CloudWatch alarms (`alarms.py`: created for the endpoint, or named by the
+user).
 
 `rollback` during an update sets one of its rollback alarms to ALARM (SageMaker then shifts traffic back to the
 old fleet); after an update it updates the endpoint back to the config the live one replaced (blue/green again,
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 from .. import aws
 from ..errors import UserError
-from . import alarms, cost, jobs, printing, validate
+from . import alarms, cost, jobs, platform, printing, validate
 from .alarms import Thresholds
 from .checks import DEFAULT_INSTANCE, check_instance_type, check_name, check_s3_uri
 from .endpoint import model_source
@@ -66,6 +67,12 @@ class UpdateSpec:
     price_per_hour: float | None = None
     ignore_alarm_state: bool = False  # update even when a rollback alarm is already in ALARM
     wait: bool = False  # follow the update until it completes (exit 0) or is rolled back (an error)
+    tags: tuple[tuple[str, str], ...] = ()  # --tag: on the new model and config and the alarms (platform.carried_tags)
+    default_tags: tuple[tuple[str, str], ...] = ()  # project, bincounter:version, the project config's tags
+
+    def tags_from(self, own: list[dict]) -> list[dict]:
+        """A new resource's tags, from the live one's `own`."""
+        return platform.carried_tags(dict(self.default_tags), own, self.tags)
 
 
 def parse_size(text: str, count: int) -> dict:
@@ -140,6 +147,7 @@ def _check(spec: UpdateSpec) -> None:
     if not 1 <= len(spec.alarm_names) <= 10 and spec.alarm_names:
         raise UserError("--alarm: SageMaker rolls back on at most 10 alarms")
     spec.thresholds.check()
+    platform.PlatformSettings(tags=spec.tags).check()
 
 
 # ------------------------------------------------------------------------------------------ what is live
@@ -224,8 +232,9 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
     if model_data:
         container.pop("ModelDataSource", None)  # the new model.tar.gz replaces either form of the old one
         container["ModelDataUrl"] = model_data
+    tags = spec.tags_from(list(live.model_tags))
     model.update(ModelName=new, PrimaryContainer=container, **({"ExecutionRoleArn": role} if role else {}),
-                 **({"Tags": list(live.model_tags)} if live.model_tags else {}))
+                 **({"Tags": tags} if tags else {}))
     if spec.instance_type and live.autoscaled and spec.instance_type != live.variant.get("InstanceType"):
         raise UserError(f"--instance-type {spec.instance_type}: endpoint {spec.endpoint} has autoscaling, which "
                         "refuses an update that changes the instance type; update the model alone, or remove the "
@@ -238,7 +247,7 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
                **({"InstanceType": spec.instance_type} if spec.instance_type else {})}
     config = {**json.loads(json.dumps(live.config, default=str)), "EndpointConfigName": new,
               "ProductionVariants": [variant],
-              "Tags": live.tags + [{"Key": PREVIOUS_TAG, "Value": live.config_name}]}
+              "Tags": spec.tags_from(live.tags) + [{"Key": PREVIOUS_TAG, "Value": live.config_name}]}
     try:
         routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless=serverless)
     except UserError as e:
@@ -297,7 +306,8 @@ def update(spec: UpdateSpec, target: AwsTarget) -> int:
              f" of {size['Value']}{'%' if size['Type'] == 'CAPACITY_PERCENT' else ' instance(s)'}" if size else "",
              spec.bake_s)
     _cost_lines(spec, reqs[1][1]["ProductionVariants"][0], routing, live.current_count or 1, region)
-    metric_filter, alarm_reqs = alarms.requests(spec.endpoint, live.variant["VariantName"], spec.thresholds)
+    metric_filter, alarm_reqs = alarms.requests(spec.endpoint, live.variant["VariantName"], spec.thresholds,
+                                                spec.tags_from(live.tags))  # tagged like the endpoint's config
     if target.dry_run:
         if not spec.alarm_names:
             printing.print_request("PutMetricFilter", metric_filter, service="logs")
