@@ -111,7 +111,7 @@ def test_a_reused_model_dir_keeps_no_results_of_the_earlier_run(trained_model, t
 
 
 def test_a_reused_output_dir_keeps_no_results_of_the_earlier_run(trained_model, tmp_path, channels):
-    """The same for --output-dir: an earlier run's reports there are removed before training, so the folder ends
+    """The same for --output-dir: an earlier run's reports there are removed by the run, so the folder ends
     with this run's files only (no test metrics from a run that had a test channel)."""
     from bincounter.train import TrainConfig, train
 

@@ -293,3 +293,35 @@ def test_eda_reads_shards(channels, shards, tmp_path):
     assert (tmp_path / "report" / "samples.png").is_file()
     test_only = analyse(shards / "test")
     assert test_only["bins"] == sum(1 for _ in (channels / "test").rglob("*.jpg"))
+
+
+@pytest.mark.parametrize("whole", ["shards", "channels"])
+def test_evaluate_on_a_whole_split_output_evaluates_its_test_split(whole, trained_model, channels, shards, tmp_path,
+                                                                    capsys, caplog):
+    """`bincounter evaluate --data data/shards` (all of `data shard`'s output, as the README shows; or all of
+    `data split`'s): its test split, said in one line, with the numbers of `--data data/shards/test`."""
+    from bincounter.cli import main
+    from bincounter.evaluate import evaluate_model
+
+    root = {"shards": shards, "channels": channels}[whole]
+    want, _ = evaluate_model(trained_model, root / "test", tmp_path / "split", device="cpu")
+    caplog.set_level("INFO", logger="bincounter")
+    assert main(["evaluate", "--model-dir", str(trained_model), "--data", str(root), "--out",
+                 str(tmp_path / "all")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["n"] == want["n"] > 0
+    assert (got["accuracy"], got["rmse"], got["per_class_recall"]) == (want["accuracy"], want["rmse"],
+                                                                       want["per_class_recall"])
+    assert json.loads((tmp_path / "all" / "eval_metrics.json").read_text())["confusion_matrix"] == \
+        want["confusion_matrix"]
+    said = [r.getMessage() for r in caplog.records if "test split" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith(str(root / "test")) and "train, val, test" in said[0], said
+
+
+def test_evaluate_on_a_split_output_without_test_names_the_splits_it_holds(trained_model, shards, tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    for split in ("train", "val"):
+        (root / split).symlink_to(shards / split)
+    assert_one_line_error(run_cli("evaluate", "--model-dir", trained_model, "--data", root),
+                          f"--data {root} holds the splits train, val and no test/", f"--data {root / 'val'}")

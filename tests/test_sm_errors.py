@@ -254,6 +254,57 @@ def test_pretrained_weights_for_the_arch_go_through(capsys, caplog, monkeypatch,
     assert f"pretrained weights: {LITE0}" in caplog.text, caplog.text
 
 
+B0, B2 = "efficientnet_b0", "efficientnet_b2"
+
+
+def _tuning_jobs(endpoint) -> set[str]:
+    sm = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    return {j["HyperParameterTuningJobName"] for j in sm.list_hyper_parameter_tuning_jobs()
+            ["HyperParameterTuningJobSummaries"]}
+
+
+def test_tune_over_two_archs_checks_each_arch_s_own_weights(capsys, caplog, monkeypatch,
+                                                             moto_endpoint):  # noqa: F811
+    """`weights fetch --arch b0` and `--arch b2` into one folder: the container picks each trial's own
+    <arch>.safetensors, so the channel serves both (it was refused: every arch was compared with b0's provenance)."""
+    caplog.set_level("INFO", logger="bincounter")
+    channel = _weights_channel(moto_endpoint, "weights/both", arch=B0)
+    _weights_channel(moto_endpoint, "weights/both", arch=B2)
+    rc, out, err = _main(capsys, monkeypatch, "tune", *TRAIN, "--pretrained", channel, "--archs", f"{B0},{B2}",
+                         "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge", "--name", "bc-two-archs")
+    assert rc == 0, err
+    assert "bc-two-archs" in _tuning_jobs(moto_endpoint)
+    for arch in (B0, B2):
+        assert f"pretrained weights: {arch} ({channel}{arch}.safetensors)" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("case", ["missing", "mismatched"])
+def test_tune_refuses_an_arch_whose_own_weights_are_missing_or_another_s(case, capsys, monkeypatch,
+                                                                         moto_endpoint):  # noqa: F811
+    """b0 and b2 searched, the channel holds b0's and (missing) lite0's, or (mismatched) a b2.safetensors whose
+    provenance says lite0: one line naming b2, before any request."""
+    prefix = f"weights/{case}"
+    channel = _weights_channel(moto_endpoint, prefix, arch=B0)
+    _weights_channel(moto_endpoint, prefix, arch=LITE0)
+    if case == "mismatched":
+        s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        for suffix in ("safetensors", "provenance.json"):  # lite0's files renamed b2's
+            s3.copy_object(Bucket="bkt", Key=f"{prefix}/{B2}.{suffix}",
+                           CopySource={"Bucket": "bkt", "Key": f"{prefix}/{LITE0}.{suffix}"})
+    before = _tuning_jobs(moto_endpoint)
+    rc, _, err = _main(capsys, monkeypatch, "tune", *TRAIN, "--pretrained", channel, "--archs", f"{B0},{B2}",
+                       "--endpoint-url", moto_endpoint, "--instance-type", "ml.m5.xlarge", "--name", f"bc-{case}")
+    line = _one_error(rc, err)
+    assert f"--pretrained {channel}" in line and B2 in line and f"--arch {B2}" in line, line
+    if case == "missing":
+        assert f"none named {B2}.safetensors" in line, line
+    else:
+        assert f"{B2}.safetensors holds {LITE0} weights" in line and f"not {B2}: drop {B2} from --archs" in line, line
+    assert _tuning_jobs(moto_endpoint) == before and "estimated cost" not in err
+
+
 def test_a_pretrained_channel_without_provenance_is_warned_about(capsys, caplog, monkeypatch,
                                                                 moto_endpoint):  # noqa: F811
     channel = _weights_channel(moto_endpoint, "weights/bare", arch="efficientnet_b0", provenance=False)

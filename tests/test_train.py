@@ -147,6 +147,83 @@ def test_resume_after_a_crash_is_exact(channels, tmp_path, monkeypatch):
         load_file(str(tmp_path / "b" / "model.safetensors")).keys()
 
 
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_stopped_in_its_first_epoch_keeps_the_earlier_run_s_results(trained_model, channels, tmp_path,
+                                                                           monkeypatch, caplog):
+    """#26: an earlier run's results stay until this run has its own to put there (its first model save): a run
+    whose train channel fails in the middle of epoch 1 (a storage mount gone) leaves the earlier model and its
+    stamped results whole, and the report still shows them; one stopped after its first save leaves that model
+    and none of the earlier results (never the earlier test accuracy next to a new model)."""
+    import shutil
+
+    from bincounter.artifact import RESULT_FILES
+    from bincounter.data.dataset import ChannelDataset
+    from bincounter.report import _num
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    before = _files(model)
+    earlier = json.loads(before["config.json"])["model_version"]
+    for name in ("test_metrics.json", "metrics.json", "rules.json"):
+        assert json.loads(before[name])["model_version"] == earlier, name
+    real, reads = ChannelDataset.__getitem__, []
+
+    def failing(self, i):
+        if self.train and len(reads) == 5:
+            raise OSError(107, "Transport endpoint is not connected")
+        reads.append(i)
+        return real(self, i)
+
+    caplog.set_level("INFO", logger="bincounter")
+    with monkeypatch.context() as m:
+        m.setattr(ChannelDataset, "__getitem__", failing)
+        with pytest.raises(OSError, match="Transport endpoint"):
+            train(_cfg(channels, model, seed=1))
+    assert len(reads) == 5  # it was inside epoch 1 when it stopped
+    assert _files(model) == before
+    assert "result files of an earlier run" not in caplog.text
+    proc = run_cli("report", model)
+    assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr
+    accuracy = _num(json.loads(before["test_metrics.json"])["accuracy"])
+    assert f"test accuracy <b>{accuracy}</b>" in (model / "report.html").read_text()
+
+    # stopped after its first model save (epoch 2 of 2): that model, and none of the earlier run's results
+    with monkeypatch.context() as m:
+        _crash_at_epoch(m, 2)
+        with pytest.raises(_Crash):
+            train(_cfg(channels, model, seed=1, epochs=2))
+    now = json.loads((model / "config.json").read_text())["model_version"]
+    assert now != earlier and re.search(rf"removed [0-9]+ result files of an earlier run from {re.escape(str(model))}",
+                                        caplog.text)
+    left = [name for name in RESULT_FILES if (model / name).exists()]
+    assert set(left) <= {"rules.json"}, left  # rules.json: only this run's (a rule that fired before the crash)
+    assert all(json.loads((model / name).read_text()).get("model_version") != earlier for name in left)
+    # completed, the run leaves only its own results: test_report.py's reused-folder tests
+
+
+def test_a_rule_fired_before_the_first_save_replaces_the_earlier_results(trained_model, channels_copy, tmp_path,
+                                                                         monkeypatch):
+    """rules.json written as a rule fires (here empty_class, at the start) is this run's first result: the earlier
+    run's results go before it is written, not only at the first model save (no earlier metrics beside it)."""
+    import shutil
+
+    from bincounter.artifact import RESULT_FILES
+
+    shutil.rmtree(channels_copy / "train" / "5")
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    with monkeypatch.context() as m:
+        _crash_at_epoch(m, 1)
+        with pytest.raises(_Crash):
+            train(_cfg(channels_copy, model, seed=1))
+    rules = json.loads((model / "rules.json").read_text())
+    assert [f["rule"] for f in rules["fired"]] == ["empty_class"] and "model_version" not in rules
+    assert [name for name in RESULT_FILES if (model / name).exists()] == ["rules.json"]
+
+
 @pytest.fixture()
 def train_order(monkeypatch):
     """{epoch: [train image index, in the order training read them]} of the runs that follow (workers=0:

@@ -50,8 +50,9 @@ ONNX_OUTPUT = "probabilities"
 
 
 #: What a training run writes beside the model (in --model-dir and/or --output-dir). Each JSON among them names
-#: the `model_version` it describes; a run removes the earlier run's from its folders before it starts (train.py),
-#: and `bincounter report` refuses one that names another model (`result_mismatch`).
+#: the `model_version` it describes; a run removes the earlier run's from its folders just before it writes its first
+#: result (train.py: a run stopped before that leaves them whole), and `bincounter report` refuses one that names
+#: another model (`result_mismatch`).
 RESULT_FILES = ("metrics.json", "rules.json", "test_metrics.json", "test_confusion_matrix.png", "training_curves.png",
                 "drift_baseline.json", "eval_metrics.json", "eval_confusion_matrix.png", "report.html", "profile")
 

@@ -68,6 +68,7 @@ class Rules:
         self._norms: list[float] = []
         self._small = self._nonfinite = 0
         self._logit_std: float | None = None
+        self.before_write = None  # called before rules.json is written (train.py: an earlier run's results go)
 
     # ------------------------------------------------------------------------------------------ plumbing
     def fire(self, rule: str, where: dict, evidence: dict, advice: str) -> None:
@@ -87,6 +88,8 @@ class Rules:
         """rules.json; at the end of a run with the `model_version` of the model the run saved."""
         if not (self.enabled and self.info.is_main):
             return None
+        if self.before_write is not None:
+            self.before_write()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / RULES_FILE
         doc = {"rules_fired": len(self.fired), "fired": self.fired}

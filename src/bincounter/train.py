@@ -88,8 +88,10 @@ def train(cfg: TrainConfig) -> dict:
     try:
         return _train(cfg, info, run)
     except BaseException as e:
-        if run.get("tracker"):
-            run["tracker"].fail(e, run["rules"].fired if run.get("rules") else None, run.get("out_dir"))
+        if run.get("tracker"):  # the output folder's rules.json only once this run has written its own results
+            written = run.get("results") is not None and run["results"].cleared
+            run["tracker"].fail(e, run["rules"].fired if run.get("rules") else None,
+                                run.get("out_dir") if written else None)
         if isinstance(e, Exception) and info.enabled and not isinstance(e, UserError):
             # under torchrun on SageMaker: say which rank/host failed and why, in /opt/ml/output/failure
             write_failure_file(_distributed_failure(e, info))
@@ -127,18 +129,20 @@ def _train(cfg: TrainConfig, info: DistInfo, run: dict) -> dict:
     data = load_data(cfg, info, pre)
     out_dir = Path(cfg.output_dir or cfg.model_dir)
     state = _create_state(model, data, cfg, info, out_dir)
-    run.update(rules=state.rules, out_dir=out_dir)
+    results = _Results(cfg, info)  # an earlier run's results go at this run's first write
+    state.rules.before_write = results.clear
+    run.update(rules=state.rules, out_dir=out_dir, results=results)
     if cfg.checkpoint_dir:
         # rank 0 alone compares and saves it (a fingerprint stats every file: not on every rank of a big job)
         state.made_with = made_with(cfg, info, data_fingerprint(data.train, data.val)) if info.is_main else {}
         saved = read_checkpoint(cfg.checkpoint_dir, info, state.made_with)
         if saved is not None:
             state.load_state_dict(saved)
-    _clear_previous_results(cfg, info)
     state.rules.start(data.train.class_counts(), cfg.train_dir)  # after a resume: the restored rules stay fired once
 
-    version = _fit(state, data, cfg, info, pre, out_dir, tracker)
+    version = _fit(state, data, cfg, info, pre, out_dir, results, tracker)
 
+    results.clear()  # before the end-of-run files (a resumed run may have saved no model in _fit)
     result = {"best": state.best, "history": state.history, "world_size": info.world_size,
               "config": dataclasses.asdict(cfg)}
     # of the model in cfg.model_dir: every result file names it
@@ -169,7 +173,7 @@ def _create_state(model, data: TrainData, cfg: TrainConfig, info: DistInfo, out_
 
 
 def _fit(state: TrainingState, data: TrainData, cfg: TrainConfig, info: DistInfo, pre: Preprocess,
-         out_dir: Path, tracker=None) -> str | None:
+         out_dir: Path, results: _Results, tracker=None) -> str | None:
     """The epochs after the last one `state` holds: train, validate, print the metric line (and log it to MLflow:
     `tracker`), save the best model, checkpoint, stop early. -> the model_version this process saved (None: no
     epoch improved here)."""
@@ -178,6 +182,8 @@ def _fit(state: TrainingState, data: TrainData, cfg: TrainConfig, info: DistInfo
                                                      else None) if info.enabled else model)
     head_ids = {id(p) for p in classifier(model).parameters()}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    if cfg.profile_steps > 0:
+        results.clear()  # the profile is written from the first step
     profiler = _Profile.start(cfg, info, out_dir)
     version = None
     if state.epoch >= cfg.epochs:
@@ -215,6 +221,7 @@ def _fit(state: TrainingState, data: TrainData, cfg: TrainConfig, info: DistInfo
         if profiler:
             profiler.add(tr)
         if improved and info.is_main:
+            results.clear()
             version = _save_model(state, cfg, pre)
         if cfg.checkpoint_dir:
             sd = state.state_dict()  # on every rank: each adds its RNG state
@@ -308,17 +315,26 @@ def _write_results(result: dict, cfg: TrainConfig, info: DistInfo, out_dir: Path
         (Path(cfg.model_dir) / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
 
 
-def _clear_previous_results(cfg: TrainConfig, info: DistInfo) -> None:
-    """Rank 0: remove the result files (artifact.RESULT_FILES) an earlier run left in the output and model folders,
-    so that every result there afterwards is this run's, or absent. The model files are replaced by this run's
-    first save (which also removes an older model.onnx)."""
-    if not info.is_main:
-        return
-    for d in dict.fromkeys(Path(x) for x in (cfg.output_dir, cfg.model_dir) if x):
-        gone = [name for name in RESULT_FILES if _remove(d / name)]
-        if gone:
-            log.info("removed %d result files of an earlier run from %s (%s): this run writes its own", len(gone), d,
-                     ", ".join(gone))
+class _Results:
+    """Rank 0's result files (artifact.RESULT_FILES) of an earlier run in the output and model folders. They stay
+    until this run writes its first result (the first model save, rules.json, the profile, or the end-of-run files):
+    `clear`, called before each such write (a no-op after the first and on other ranks), removes them all then.
+    A run stopped before that leaves the earlier run's model and results whole; one past it leaves only its own,
+    never a mix. The model files are replaced by the first save (which also removes an older model.onnx)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.dirs = list(dict.fromkeys(Path(x) for x in (cfg.output_dir, cfg.model_dir) if x)) if info.is_main else []
+        self.cleared = False
+
+    def clear(self) -> None:
+        if self.cleared:
+            return
+        self.cleared = True
+        for d in self.dirs:
+            gone = [name for name in RESULT_FILES if _remove(d / name)]
+            if gone:
+                log.info("removed %d result files of an earlier run from %s (%s): this run writes its own",
+                         len(gone), d, ", ".join(gone))
 
 
 def _remove(path: Path) -> bool:

@@ -33,9 +33,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    channel = _evaluation_channel(args.data)
     from ..evaluate import evaluate_model
 
-    summary, paths = evaluate_model(args.model_dir, args.data, args.out, batch_size=args.batch_size)
+    summary, paths = evaluate_model(args.model_dir, channel, args.out, batch_size=args.batch_size)
     out = {k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
     if "expected_count" in summary:  # the expected-count decoding; its confusion matrix is in the report
         out["expected_count"] = {k: v for k, v in summary["expected_count"].items() if k != "confusion_matrix"}
@@ -43,6 +44,24 @@ def cmd_evaluate(args) -> int:
     log.info("report: %s%s", ", ".join(map(str, paths)), "" if args.out else " (in --model-dir; --out DIR to write "
              "it elsewhere)")
     return 0
+
+
+def _evaluation_channel(data: str) -> str:
+    """`evaluate --data`: a channel (per-image or sharded), or the whole output of `data split` or `data shard`
+    (its train/ val/ test/ folders), which means its test split (said in one line); without a test split, one
+    line naming the splits found."""
+    from ..data.shards import is_sharded
+    from ..data.split import SPLITS
+
+    root = Path(data)
+    found = [s for s in SPLITS if root.is_dir() and not is_sharded(root) and (root / s).is_dir()]
+    if not found:
+        return data
+    if "test" not in found:
+        raise UserError(f"--data {data} holds the splits {', '.join(found)} and no test/: pass the split to "
+                        f"evaluate on, e.g. --data {root / found[-1]}")
+    log.info("--data %s holds the splits %s: evaluating its test split, %s", data, ", ".join(found), root / "test")
+    return str(root / "test")
 
 
 def cmd_export(args) -> int:
@@ -152,7 +171,8 @@ def register(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a saved model on a channel", formatter_class=Formatter,
                        description="Accuracy, count RMSE, per-class recall and confusion matrix (JSON + PNG).")
     e.add_argument("--model-dir", required=True)
-    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard)")
+    e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard); "
+                   "the whole output of data split or data shard (train/ val/ test/) means its test split")
     e.add_argument("--out", help="report directory (default: --model-dir)")
     e.add_argument("--batch-size", type=positive_int, default=32)
     e.set_defaults(func=cmd_evaluate)

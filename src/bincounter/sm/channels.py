@@ -166,32 +166,40 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # what model.resolve_
 PROVENANCE_SUFFIX = ".provenance.json"  # weights.PROVENANCE_SUFFIX (not imported: weights imports torch)
 
 
-def pretrained_provenance(s3, uri: str, arch: str) -> tuple[str, bytes | None]:
-    """The `pretrained` channel's weights object, picked as the container will pick it (a weights file, or the
-    one weights file under the prefix, or the one named <arch>.<suffix>), and the bytes of the provenance JSON
-    beside it (None when there is none): one ListObjectsV2 and one GetObject."""
+def pretrained_provenance(s3, uri: str, archs: list[str], flag: str = "--pretrained") \
+        -> list[tuple[str, str, bytes | None]]:
+    """For each arch, the `pretrained` channel's weights object picked as the container will pick it for that arch
+    (a weights file, or the one weights file under the prefix, or the one named <arch>.<suffix>) and the bytes of
+    the provenance JSON beside it (None when there is none) -> [(arch, weights URI, bytes)]. One ListObjectsV2,
+    one GetObject per weights object picked. A prefix holding no weights for an arch is a one-line UserError."""
     from botocore.exceptions import ClientError
 
     bucket, prefix = _split(uri)
     if prefix.endswith(WEIGHT_SUFFIXES):
-        key = prefix
+        picked = {a: prefix for a in archs}
     else:
         prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         with aws.user_errors(f"ListObjectsV2 {uri}"):
             keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
                     for o in page.get("Contents", [])]
         files = sorted(k for k in keys if k.endswith(WEIGHT_SUFFIXES) and not k.rsplit("/", 1)[-1].startswith("."))
-        named = [k for k in files if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == arch]
-        if len(files) != 1 and len(named) != 1:
-            raise UserError(f"--pretrained {uri}: holds {len(files)} weight files ({', '.join(WEIGHT_SUFFIXES)}); the "
-                            f"job needs exactly one, or one named {arch}.safetensors (bincounter weights fetch "
-                            f"--arch {arch}, then upload its folder)")
-        key = (named or files)[0]
-    pkey = key.rsplit(".", 1)[0] + PROVENANCE_SUFFIX
-    with aws.user_errors(f"GetObject s3://{bucket}/{pkey}"):
-        try:
-            return f"s3://{bucket}/{key}", s3.get_object(Bucket=bucket, Key=pkey)["Body"].read()
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return f"s3://{bucket}/{key}", None
-            raise
+        picked = {}
+        for arch in archs:
+            named = [k for k in files if k.rsplit("/", 1)[-1].rsplit(".", 1)[0] == arch]
+            if len(files) != 1 and len(named) != 1:
+                held = f" ({', '.join(k.rsplit('/', 1)[-1] for k in files)})" if 1 < len(files) <= 5 else ""
+                raise UserError(f"{flag} {uri}: holds {len(files)} weight files{held}, none named {arch}.safetensors; "
+                                f"the job needs exactly one, or one named <arch>.safetensors for each arch it trains "
+                                f"(bincounter weights fetch --arch {arch}, then upload its folder)")
+            picked[arch] = (named or files)[0]
+    data: dict[str, bytes | None] = {}
+    for key in dict.fromkeys(picked.values()):
+        pkey = key.rsplit(".", 1)[0] + PROVENANCE_SUFFIX
+        with aws.user_errors(f"GetObject s3://{bucket}/{pkey}"):
+            try:
+                data[key] = s3.get_object(Bucket=bucket, Key=pkey)["Body"].read()
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404", "NotFound"):
+                    raise
+                data[key] = None
+    return [(a, f"s3://{bucket}/{k}", data[k]) for a, k in picked.items()]

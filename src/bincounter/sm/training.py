@@ -67,9 +67,10 @@ def check_pretrained(spec: TrainingJobSpec, target: AwsTarget, archs: list[str])
 
 
 def check_weights(uri: str | None, target: AwsTarget, archs: list[str], flag: str = "--pretrained") -> None:
-    """The `pretrained` channel must hold weights for the arch(s) the job trains: its provenance JSON (written by
-    `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any request,
-    as local `train` does before loading. A dry run reads nothing, so it only says so."""
+    """The `pretrained` channel must hold weights for each arch the job trains (`sm tune --archs` may search
+    several: each reads its own <arch>.safetensors, as the container picks it): each one's provenance JSON
+    (written by `bincounter weights fetch` beside the weights) is read from S3 and its arch compared, before any
+    request, as local `train` does before loading. A dry run reads nothing, so it only says so."""
     if not uri:
         return
     if target.dry_run:
@@ -78,18 +79,29 @@ def check_weights(uri: str | None, target: AwsTarget, archs: list[str], flag: st
         return
     from ..weights import parse_provenance
 
-    key, data = channels.pretrained_provenance(target.client("s3"), uri, archs[0])
-    if data is None:
-        log.warning("%s %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
-                    "weights fetch writes one)", flag, uri, key)
-        return
-    prov = parse_provenance(data, key.rsplit(".", 1)[0] + channels.PROVENANCE_SUFFIX)
-    wrong = [a for a in archs if a != prov.get("arch")]
+    picked = channels.pretrained_provenance(target.client("s3"), uri, archs, flag)
+    provs, wrong = {}, []
+    for arch, key, data in picked:
+        if data is None:
+            if key not in provs:
+                log.warning("%s %s: no provenance JSON beside %s, so its arch is not checked here (bincounter "
+                            "weights fetch writes one)", flag, uri, key)
+            provs[key] = None
+            continue
+        if key not in provs:
+            provs[key] = parse_provenance(data, key.rsplit(".", 1)[0] + channels.PROVENANCE_SUFFIX)
+        if provs[key].get("arch") != arch:
+            wrong.append((arch, key))
     if wrong:
-        raise UserError(f"{flag} {uri} holds {prov.get('arch')} weights (per its provenance "
-                        f"JSON), not {', '.join(wrong)}: pass --hp arch={prov.get('arch')}, or fetch and upload "
-                        f"weights for {wrong[0]} (bincounter weights fetch --arch {wrong[0]})")
-    log.info("pretrained weights: %s (%s)", prov.get("arch"), key)
+        arch, key = wrong[0]
+        got, names = provs[key].get("arch"), ", ".join(a for a, k in wrong if k == key)
+        what = f"{flag} {uri}" if len(provs) == 1 else f"{flag} {uri}: {key.rsplit('/', 1)[-1]}"
+        fix = f"pass --hp arch={got}" if len(archs) == 1 else f"drop {names} from --archs"
+        raise UserError(f"{what} holds {got} weights (per its provenance JSON), not {names}: {fix}, or fetch and "
+                        f"upload weights for {arch} (bincounter weights fetch --arch {arch})")
+    for key, prov in provs.items():
+        if prov is not None:
+            log.info("pretrained weights: %s (%s)", prov.get("arch"), key)
 
 
 def input_plan(spec: TrainingJobSpec, target: AwsTarget) -> tuple[list, int]:
