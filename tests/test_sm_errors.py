@@ -114,7 +114,7 @@ def test_evaluate_against_an_odd_endpoint_is_one_line(kind, capsys, monkeypatch,
         assert n in line, line
 
 
-def test_predict_and_evaluate_against_a_good_endpoint(capsys, monkeypatch, channels, tmp_path):
+def test_predict_and_evaluate_against_a_good_endpoint(capsys, monkeypatch, channels, tmp_path, caplog):
     images = [str(p) for p in sorted((channels / "test").rglob("*.jpg"))[:3]]
     with _Runtime(lambda n: (200, "application/json", _predictions(n))) as ep:
         rc, out, err = _main(capsys, monkeypatch, "predict", "--endpoint", "ep1", "--endpoint-url", ep.url,
@@ -123,7 +123,15 @@ def test_predict_and_evaluate_against_a_good_endpoint(capsys, monkeypatch, chann
         assert [json.loads(ln)["count"] for ln in out.splitlines()] == [3, 3, 3]
         rc, out, err = _main(capsys, monkeypatch, "evaluate", "--endpoint", "ep1", "--endpoint-url", ep.url,
                              "--region", "us-east-1", "--data", str(channels / "test"), "--out", str(tmp_path))
-        assert rc == 0, err and "accuracy" in out
+        assert rc == 0, err
+        assert "accuracy" in out
+        on_test = out
+        # the whole output of `data split` means its test split, as for `bincounter evaluate`
+        with caplog.at_level("INFO"):
+            rc, out, err = _main(capsys, monkeypatch, "evaluate", "--endpoint", "ep1", "--endpoint-url", ep.url,
+                                 "--region", "us-east-1", "--data", str(channels), "--out", str(tmp_path / "whole"))
+        assert rc == 0, err
+        assert out == on_test and "evaluating its test split" in caplog.text
 
 
 def test_train_without_skipping_the_role_check_names_the_cause(capsys, monkeypatch, moto_endpoint):  # noqa: F811

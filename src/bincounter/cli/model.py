@@ -33,9 +33,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    channel = _evaluation_channel(args.data)
+    from ..data.split import evaluation_channel
     from ..evaluate import evaluate_model
 
+    channel = evaluation_channel(args.data)
     summary, paths = evaluate_model(args.model_dir, channel, args.out, batch_size=args.batch_size)
     out = {k: summary[k] for k in ("n", "accuracy", "rmse", "per_class_recall")}
     if "expected_count" in summary:  # the expected-count decoding; its confusion matrix is in the report
@@ -44,24 +45,6 @@ def cmd_evaluate(args) -> int:
     log.info("report: %s%s", ", ".join(map(str, paths)), "" if args.out else " (in --model-dir; --out DIR to write "
              "it elsewhere)")
     return 0
-
-
-def _evaluation_channel(data: str) -> str:
-    """`evaluate --data`: a channel (per-image or sharded), or the whole output of `data split` or `data shard`
-    (its train/ val/ test/ folders), which means its test split (said in one line); without a test split, one
-    line naming the splits found."""
-    from ..data.shards import is_sharded
-    from ..data.split import SPLITS
-
-    root = Path(data)
-    found = [s for s in SPLITS if root.is_dir() and not is_sharded(root) and (root / s).is_dir()]
-    if not found:
-        return data
-    if "test" not in found:
-        raise UserError(f"--data {data} holds the splits {', '.join(found)} and no test/: pass the split to "
-                        f"evaluate on, e.g. --data {root / found[-1]}")
-    log.info("--data %s holds the splits %s: evaluating its test split, %s", data, ", ".join(found), root / "test")
-    return str(root / "test")
 
 
 def cmd_export(args) -> int:

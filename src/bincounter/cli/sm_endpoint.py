@@ -140,7 +140,8 @@ def add_evaluate(sub, formatter) -> None:
                        formatter_class=formatter)
     add_common(e, costed=False)
     e.add_argument("--endpoint", required=True)
-    e.add_argument("--data", required=True, help="local channel DIR/<count>/<id>.jpg")
+    e.add_argument("--data", required=True, help="a local channel DIR/<count>/<id>.jpg (or a sharded one), or the "
+                                                 "whole output of `data split` / `data shard`: its test split")
     e.add_argument("--out", default=".", help="report directory")
     e.set_defaults(func=cmd_evaluate)
 
@@ -236,9 +237,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from ..data.split import evaluation_channel
     from ..sm import endpoint
 
-    return endpoint.evaluate(target(args), args.endpoint, args.data, args.out)
+    return endpoint.evaluate(target(args), args.endpoint, evaluation_channel(args.data), args.out)
 
 
 def cmd_delete(args) -> int:

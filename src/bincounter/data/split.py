@@ -176,3 +176,20 @@ def split_dataset(src: str | Path, dst: str | Path, val: float = 0.1, test: floa
                 shutil.copyfile(b.image, target)
                 w.writerow([b.id, b.count, split, digests[b.image.stem]])
     return splits, skips
+
+
+def evaluation_channel(data: str) -> str:
+    """`evaluate --data` and `sm evaluate --data`: a channel (per-image or sharded), or the whole output of `data
+    split` or `data shard` (its train/ val/ test/ folders), which means its test split (said in one line); without
+    a test split, one line naming the splits found."""
+    from .shards import is_sharded
+
+    root = Path(data)
+    found = [s for s in SPLITS if root.is_dir() and not is_sharded(root) and (root / s).is_dir()]
+    if not found:
+        return data
+    if "test" not in found:
+        raise UserError(f"--data {data} holds the splits {', '.join(found)} and no test/: pass the split to "
+                        f"evaluate on, e.g. --data {root / found[-1]}")
+    log.info("--data %s holds the splits %s: evaluating its test split, %s", data, ", ".join(found), root / "test")
+    return str(root / "test")
