@@ -114,17 +114,26 @@ def measure_shard(raw: Path, plan: Path, out: Path, latency_ms: float, bins: int
         raise SystemExit(f"shard at {latency_ms:g} ms: {n_files} of {2 * bins} files, skips {got['skips']}")
     return {"latency_ms": latency_ms, "workers": workers, "fetch_bins_s": bins / fetch_s,
             "fetch_cpu_ms_per_bin": 1000 * cpu_s / bins, "pack_bins_s": bins / (total_s - fetch_s),
-            "shard_bins_s": bins / total_s}
+            "shard_bins_s": bins / total_s,
+            # what would bound the fetch on an instance, where S3's side costs none of its CPU: the client's CPU
+            # (one process: at most one core's worth under the GIL) and the GETs in flight over the latency
+            "client_cpu_bound_bins_s": bins / cpu_s,
+            "latency_bound_bins_s": workers / (2 * latency_ms / 1000) if latency_ms else None}
 
 
 def measure_train(plan: Path, shard: Path, work: Path, arch: str, image_size: int, batch: int) -> dict:
     """Index, then the real trainer on the train shards (CPU), then `process evaluate` on test and train."""
+    import torch
+
     import bincounter.train as trainer
     from bincounter.sagemaker import processing
     from bincounter.train_config import TrainConfig
 
     summary = processing.index(shard / "index-parts", shard / "shards", plan / "manifest")
     n = {s: v["samples"] for s, v in summary["splits"].items()}
+    if n["train"] // batch < WARMUP_STEPS + 1:  # the timed steps: the full batches after the warm-up
+        raise SystemExit(f"{n['train']} train images at batch {batch}: fewer than {WARMUP_STEPS + 1} full steps; "
+                         "more --bins or a smaller --batch-size")
     real, marks = trainer.train_one_epoch, []
 
     def one_epoch(*args, **kw):  # each step's end marked (wall, this process's CPU), then the trainer's own hook
@@ -148,8 +157,6 @@ def measure_train(plan: Path, shard: Path, work: Path, arch: str, image_size: in
         trainer.train_one_epoch = real
     # the first WARMUP_STEPS build oneDNN's kernels; the last step may be a partial batch: both left out
     timed = marks[WARMUP_STEPS:len(marks) - (1 if n["train"] % batch else 0)]
-    if len(timed) < 2:
-        raise SystemExit(f"{n['train']} train images at batch {batch}: too few steps to time; more --bins")
     images = batch * (len(timed) - 1)
     wall, cpu = (timed[-1][i] - timed[0][i] for i in (0, 1))
     ev = {}
@@ -160,7 +167,7 @@ def measure_train(plan: Path, shard: Path, work: Path, arch: str, image_size: in
     more, dt = n["train"] - n["test"], ev["train"] - ev["test"]
     eval_rate = more / dt if dt > 0.2 * ev["train"] else n["train"] / ev["train"]  # noise: the whole run's rate
     return {"samples": n, "arch": arch, "image_size": image_size, "batch_size": batch,
-            "torch_threads": __import__("torch").get_num_threads(),
+            "torch_threads": torch.get_num_threads(),
             "cpu_train_img_s": images / wall, "cpu_train_img_per_cpu_s": images / cpu, "timed_steps": len(timed) - 1,
             "cpu_eval_img_s": eval_rate, "eval_s": ev}
 
@@ -215,12 +222,16 @@ def table(rates: dict, epochs: int) -> tuple[list[str], dict]:
         out.append(f"| {name} | {inst} | {hs} | {us} |")
     assumptions = {"s3_first_byte_latency_ms": shard["latency_ms"], "fetch_workers": shard["workers"],
                    "metadata_copy_s": METADATA_COPY_S, "gpu_img_s": GPU_IMG_S, "ddp_efficiency": DDP_EFFICIENCY,
-                   "epochs": epochs, "split": "80/10/10", "instance_core": "a core of the instance as fast as one here",
+                   "epochs": epochs, "split": "80/10/10",
+                   "instance": f"{cpu} runs the code as this machine does (its 4 vCPUs are 2 cores)",
+                   "s3_side": "moto and the proxy ran on this machine's cores; S3's side costs an instance no CPU, so "
+                              "the measured fetch rate is a lower bound",
                    "prices": f"{cost.table()['region']}, {cost.table()['as_of']}"}
     return out, assumptions
 
 
 def main() -> None:
+    from bincounter.errors import UserError
     from bincounter.train_config import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,16 +247,24 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.bins, a.size, a.image_size, a.batch_size = 50, 96, 64, 8
-    rates = measure(a)
+    load = os.getloadavg()[0]  # this machine may be shared: the load average at start and end goes with the rates
+    if a.bins < 50:
+        raise SystemExit(f"--bins {a.bins}: at least 50 (10 per count, so that the split has val and test bins)")
+    try:
+        rates = measure(a)
+    except UserError as e:  # a bin count or batch the steps refuse: their one line
+        raise SystemExit(f"pipeline_cost: {e}") from None
     rows, assumptions = table(rates, TrainConfig.epochs)
     lat, zero = rates["shard"]
-    machine = f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}"
+    machine = (f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, load average {load:.1f} at start, "
+               f"{os.getloadavg()[0]:.1f} at end")
     print(f"\nmeasured on {machine}, {rates['bins']} bins of {a.size} px ({rates['mean_jpeg_kb']:.0f} KB JPEGs):")
     print(f"  plan {rates['plan_bins_s']:.0f} bins/s (marginal; {rates['plan_fixed_s']:.1f} s fixed)")
     for s in (lat, zero):
         print(f"  shard from S3 at {s['latency_ms']:g} ms, {s['workers']} GETs in flight: fetch "
               f"{s['fetch_bins_s']:.0f} bins/s ({s['fetch_cpu_ms_per_bin']:.1f} ms of the fetching process's CPU per "
-              f"bin), check + pack {s['pack_bins_s']:.0f} bins/s, the step {s['shard_bins_s']:.0f} bins/s")
+              f"bin: {s['client_cpu_bound_bins_s']:.0f} bins/s on one core), check + pack {s['pack_bins_s']:.0f} "
+              f"bins/s, the step {s['shard_bins_s']:.0f} bins/s")
     cpu_days = ABID_BINS * 0.8 * TrainConfig.epochs / rates["cpu_train_img_s"] / 86400
     print(f"  train on this CPU ({rates['torch_threads']} torch threads): {rates['arch']} {rates['image_size']} px, "
           f"batch {rates['batch_size']}: {rates['cpu_train_img_s']:.1f} img/s, {rates['cpu_train_img_per_cpu_s']:.1f} "
