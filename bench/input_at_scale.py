@@ -25,7 +25,6 @@ projection uses only the latency model, not these rates.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
@@ -33,14 +32,13 @@ import platform
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from s3_latency import serve_s3  # bench/s3_latency.py (the script's folder is on sys.path)
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bincounter import COUNTS
@@ -76,68 +74,6 @@ def make_client(endpoint: str):
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                         config=Config(max_pool_connections=64, retries={"max_attempts": 2}))
-
-
-class LatencyProxy:
-    """Forwards every request to moto after a fixed delay (one S3 GET's first-byte latency); the same forwarding
-    as tests/test_data_s3.py's FaultProxy, without the faults."""
-
-    def __init__(self, upstream: str, delay_s: float):
-        host, port = upstream.split("//")[1].split(":")
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                time.sleep(delay_s)
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                conn.request(self.command, self.path, body=body or None,
-                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "server", "date"):
-                        self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-        class Quiet(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):  # a loader worker closed its connection: fine
-                pass
-
-        self.server = Quiet(("127.0.0.1", 0), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-
-
-def _serve_s3(latency_s: float, q) -> None:
-    """moto + the latency proxy in their own process: their Python does not share the trainer's GIL."""
-    import logging
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    proxy = LatencyProxy(f"http://127.0.0.1:{port}", latency_s)
-    q.put((f"http://127.0.0.1:{port}", proxy.url))
-    threading.Event().wait()
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -276,7 +212,7 @@ def main() -> None:
 
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        s3proc = ctx.Process(target=_serve_s3, args=(a.latency_ms / 1000, q), daemon=True)
+        s3proc = ctx.Process(target=serve_s3, args=(a.latency_ms / 1000, q), daemon=True)
         s3proc.start()
         moto, proxy_url = q.get(timeout=120)
         try:

@@ -165,3 +165,27 @@ def test_cpu_cost_counts_only_the_servers_cpus(tmp_path):
                            str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["variants"][0]["rps_per_vcpu"] == 150
+
+
+@pytest.mark.slow
+def test_pipeline_cost_bench_quick(tmp_path):
+    import inspect
+
+    from bincounter.sagemaker import processing
+
+    """The real plan, shard (fetched from moto behind the latency proxy, at the step's own --workers), index, trainer
+    and evaluate run end to end; every step of the pipeline gets a row. No timing is asserted."""
+    out = tmp_path / "pc.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_cost.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rates = doc["rates"]
+    workers = inspect.signature(processing.shard).parameters["workers"].default  # what `process shard` runs with
+    assert [s["latency_ms"] for s in rates["shard"]] == [30, 0] and all(s["workers"] == workers for s in rates["shard"])
+    assert all(s[k] > 0 for s in rates["shard"] for k in ("fetch_bins_s", "fetch_cpu_ms_per_bin", "shard_bins_s"))
+    assert rates["samples"]["train"] == 40 and rates["timed_steps"] >= 2 and rates["cpu_train_img_s"] > 0
+    assert doc["assumptions"]["s3_first_byte_latency_ms"] == 30
+    steps = [row.split("|")[1].strip() for row in doc["table"][2:]]
+    assert [s.split(" ")[0] for s in steps] == ["Prepare", "Shard", "Tune", "Train", "Evaluate", "**One"]
+    assert doc["table"][-1] in proc.stdout

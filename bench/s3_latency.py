@@ -1,0 +1,103 @@
+"""An S3 API with a real GET's latency for the benchmarks: moto in server mode behind a proxy that delays every
+request by a fixed time (an S3 first-byte latency), both in a process of their own, so their Python does not share
+the GIL of the code being measured (they do share this machine's cores). Used by bench/input_at_scale.py and
+bench/pipeline_cost.py.
+
+    with s3_with_latency(0.030) as (moto_url, proxy_url): ...   # seed through moto_url, measure through proxy_url
+"""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing as mp
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class LatencyProxy:
+    """Forwards every request to moto after a fixed delay (one S3 GET's first-byte latency); the same forwarding
+    as tests/test_data_s3.py's FaultProxy, without the faults."""
+
+    def __init__(self, upstream: str, delay_s: float):
+        host, port = upstream.split("//")[1].split(":")
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay_s)
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                conn.request(self.command, self.path, body=body or None,
+                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "server", "date"):
+                        self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        class Quiet(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a loader worker closed its connection: fine
+                pass
+
+        self.server = Quiet(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def serve_s3(latency_s: float, q) -> None:
+    """moto + the latency proxy (the target of a spawned process): puts (moto URL, proxy URL) on `q`, then serves
+    until the process is ended."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    proxy = LatencyProxy(f"http://127.0.0.1:{port}", latency_s)
+    q.put((f"http://127.0.0.1:{port}", proxy.url))
+    threading.Event().wait()
+
+
+@contextmanager
+def s3_with_latency(latency_s: float):
+    """-> (moto URL, proxy URL) of a fresh server process, ended on exit."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=serve_s3, args=(latency_s, q), daemon=True)
+    proc.start()
+    try:
+        for _ in range(240):
+            try:
+                urls = q.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(f"the moto server process exited ({proc.exitcode}) before it served") from None
+        else:
+            raise RuntimeError("the moto server process did not start in 120 s")
+        yield urls
+    finally:
+        proc.terminate()
+        proc.join(10)
