@@ -446,6 +446,8 @@ def test_a_tag_stays_a_tag_only_in_a_dry_run_and_says_so(definition):
     assert image == IMAGE and "by tag in this dry run" in warning
     with pytest.raises(UserError, match="references its image by digest"):
         pin_image("bincounter:local", dry_run=False)
+    _, warning = pin_image(IMAGE, dry_run=True, flag="--cpu-image")  # the flag the user gave is named
+    assert warning.startswith(f"--cpu-image {IMAGE}:")
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -296,10 +296,10 @@ def upsert(spec: PipelineSpec, target: AwsTarget) -> tuple[dict, str | None]:
     definition, created = None, None
     ecr = None if target.dry_run else target.client("ecr")
     pinned = {}
-    for what, image in (("image", spec.image), ("cpu_image", spec.cpu_image)):
+    for what, flag, image in (("image", "--image", spec.image), ("cpu_image", "--cpu-image", spec.cpu_image)):
         if image:
             with aws.user_errors("ECR DescribeImages"):
-                pinned[what], warning = settings.pin_image(image, target.dry_run, ecr)
+                pinned[what], warning = settings.pin_image(image, target.dry_run, ecr, flag=flag)
             if warning:
                 log.warning(warning)
     spec = replace(spec, **pinned)

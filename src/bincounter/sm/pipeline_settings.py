@@ -86,17 +86,17 @@ def training_fix(instances, isolate: bool):
     return fix
 
 
-def pin_image(image: str, dry_run: bool, ecr_client=None) -> tuple[str, str | None]:
+def pin_image(image: str, dry_run: bool, ecr_client=None, flag: str = "--image") -> tuple[str, str | None]:
     """The image as the definition references it: by digest. -> (image, a warning or None). A tag is resolved
     through ECR (DescribeImages); a dry run (offline) keeps the tag and says so."""
     if DIGEST_RE.match(image):
         return image, None
     m = ECR_RE.match(image)
     if dry_run:
-        return image, (f"--image {image}: referenced by tag in this dry run (offline); a real upsert pins it by "
+        return image, (f"{flag} {image}: referenced by tag in this dry run (offline); a real upsert pins it by "
                        "digest through ECR, or pass IMAGE@sha256:DIGEST")
     if not m or ecr_client is None:
-        raise UserError(f"--image {image}: the pipeline references its image by digest; pass REPO@sha256:DIGEST "
+        raise UserError(f"{flag} {image}: the pipeline references its image by digest; pass REPO@sha256:DIGEST "
                         "(or an ECR REPO:TAG, resolved through ECR)")
     account, _, repo, tag = m.groups()
     try:
@@ -104,7 +104,7 @@ def pin_image(image: str, dry_run: bool, ecr_client=None) -> tuple[str, str | No
         digest = got["imageDetails"][0]["imageDigest"]
     except Exception as e:  # noqa: BLE001 - any failure: one line, the digest form still works
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"--image {image}: cannot resolve the tag to a digest through ECR ({first}); pass "
+        raise UserError(f"{flag} {image}: cannot resolve the tag to a digest through ECR ({first}); pass "
                         "REPO@sha256:DIGEST") from None
     return f"{image.rsplit(':', 1)[0]}@{digest}", None
 
