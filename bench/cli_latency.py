@@ -1,13 +1,13 @@
 """CLI latency: how long `bincounter` takes to answer what a user types most, from process start to exit.
 
 Commands: --version, --help, `train --help`, `sm train --help`, two argument errors (a bad --epochs, a misspelt
---arch), and the offline dry runs of `sm train`, `sm tune` and `sm deploy` (the README's commands: no AWS
-credentials, region or network needed). Each is run --runs times in interleaved rounds (every command once per
-round, so a shared machine's load drifts over all of them alike) after one unmeasured warm-up round (the OS
-file cache; the cache of timm's model list that the arch checks read). Reported per command: the median wall
-time, min and max, and the median CPU time of the process (user + sys: what the command itself costs, much
-less sensitive to other load on the machine than wall time), against the issue's targets (1 s for help,
-version and argument errors, 5 s for a dry run).
+--arch), and the offline dry runs of `sm train`, `sm tune`, `sm deploy` (instances, autoscaling) and the README's
+serverless `sm deploy` with the CPU image (no AWS credentials, region or network needed). Each is run --runs times
+in interleaved rounds (every command once per round, so a shared machine's load drifts over all of them alike) after
+one unmeasured warm-up round (the OS file cache; the cache of timm's model list that the arch checks read).
+Reported per command: the median wall time, min and max, and the median CPU time of the process (user + sys: what
+the command itself costs, much less sensitive to other load on the machine than wall time), against the issue's
+targets (1 s for help, version and argument errors, 5 s for a dry run).
 
 With --baseline SRC (another checkout's src/, e.g. before a change) every command also runs with
 PYTHONPATH=SRC in the same rounds, so both trees see the same load; the table then shows both.
@@ -54,6 +54,9 @@ COMMANDS = {
     "sm-deploy-dry-run": (["sm", "deploy", "--role", ROLE, "--model-data", "s3://my-bucket/out/job/output/model.tar.gz",
                            "--image", IMAGE, "--name", "bincounter", "--autoscale", "1,4", "--region", "us-east-1",
                            "--dry-run"], 0, 5.0),
+    "sm-deploy-sl-dry-run": (["sm", "deploy", "--role", ROLE, "--training-job", "bc-train-1", "--name", "bincounter-sl",
+                              "--cpu-image", IMAGE.replace("bincounter:", "bincounter-cpu:"), "--serverless", "3072,10",
+                              "--region", "us-east-1", "--dry-run"], 0, 5.0),
 }
 
 
@@ -124,10 +127,10 @@ def bench(names: list[str], runs: int, baseline: str | None = None) -> dict:
 
 def table(doc: dict) -> str:
     old = doc.get("baseline", {}).get("results", {})
-    rows = [f"{'command':<20}{'median s':>10}{'min s':>8}{'max s':>8}{'cpu s':>8}{'target':>8}  ok"
+    rows = [f"{'command':<22}{'median s':>10}{'min s':>8}{'max s':>8}{'cpu s':>8}{'target':>8}  ok"
             + (f"{'baseline s':>12}{'cpu s':>8}" if old else "")]
     for name, r in doc["results"].items():
-        rows.append(f"{name:<20}{r['wall_median_s']:>10.2f}{r['wall_min_s']:>8.2f}{r['wall_max_s']:>8.2f}"
+        rows.append(f"{name:<22}{r['wall_median_s']:>10.2f}{r['wall_min_s']:>8.2f}{r['wall_max_s']:>8.2f}"
                     f"{r['cpu_median_s']:>8.2f}{r['target_s']:>7.0f}s  {'yes' if r['within_target'] else 'NO ':<3}"
                     + (f"{old[name]['wall_median_s']:>11.2f}{old[name]['cpu_median_s']:>8.2f}" if old else ""))
     load = doc["machine"]["load_1min_during"]

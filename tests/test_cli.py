@@ -340,6 +340,27 @@ def test_a_train_dry_run_imports_neither_torch_nor_timm(tmp_path, hp):
     assert not {"torch", "torchvision", "timm", "matplotlib"} & set(_heavy_imported(code, env))
 
 
+@pytest.mark.parametrize("source", [
+    ["--training-job", "bc-train-1", "--name", "bincounter", "--autoscale", "1,4"],  # the README's two deploys
+    ["--training-job", "bc-train-1", "--name", "bincounter-sl", "--cpu-image", "1.dkr.ecr.us-east-1.amazonaws.com/c:1",
+     "--serverless", "3072,10"],
+    ["--model-package", "arn:aws:sagemaker:us-east-1:123456789012:model-package/bincounter/3", "--cpu-image",
+     "--instance-type", "ml.c6i.xlarge", "--capture-s3", "s3://b/capture", "--tag", "team=vision"],
+])
+def test_a_deploy_dry_run_imports_no_sagemaker_sdk(source, tmp_path):
+    """`sm deploy --dry-run` prints ModelBuilder's requests without importing the SDK (sagemaker.core and
+    sagemaker.serve were most of its seconds), also with a telemetry-only SDK config in effect."""
+    from bincounter.sm.sdk import write_offline_config
+
+    argv = ["sm", "deploy", "--role", "arn:aws:iam::123456789012:role/r", *source, "--region", "us-east-1",
+            "--dry-run", "-q"]
+    code = ("import contextlib, io\nfrom bincounter.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    assert main({argv!r}) == 0")
+    env = {"HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true",
+           "SAGEMAKER_USER_CONFIG_OVERRIDE": str(write_offline_config(tmp_path / "sdk"))}
+    assert not {"sagemaker", "torch", "timm", "matplotlib", "numpy", "PIL"} & set(_heavy_imported(code, env))
+
+
 @pytest.mark.parametrize("extra", [["--no-pretrained", "--pretrained-path", "x"], ["--image-size", "8"],
                                    ["--arch", "resnet5O"]])
 def test_a_train_mistake_is_answered_before_torch_is_imported(extra, tmp_path):

@@ -111,7 +111,8 @@ def _docs(stdout: str) -> list[dict]:
 
 
 def test_deploy_dry_run_runs_modelbuilder_to_the_end():
-    """ModelBuilder's three writes come out in order, each answered locally so the next one is reached."""
+    """ModelBuilder's three writes come out in order (built by `deploy_requests`, checked against ModelBuilder by
+    test_a_deploy_dry_run_prints_what_modelbuilder_sends), then the autoscaling requests."""
     out = run_cli("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/out/job/output/model.tar.gz",
                   "--image", IMAGE, "--name", "bc-ep", "--autoscale", "1,4", "--capture-s3", "s3://bkt/capture",
                   "--capture-percent", "25", "--instance-count", "2", "--dry-run",
@@ -204,6 +205,65 @@ def test_requests_round_trip_through_the_sagemaker_api(moto_endpoint):
                      (sm.describe_model, {"ModelName": "bc-moto-ep"})):
         with pytest.raises(sm.exceptions.ClientError):
             call(**kw)
+
+
+_KMS = "arn:aws:kms:us-east-1:123456789012:key/12345678-1234-1234-1234-123456789012"
+_TAGGED = (("project", "bincounter"), ("team", "vision"))
+#: the kinds of deploy whose requests a dry run builds without the SDK (sm/deploy_requests.py)
+DEPLOYS = {
+    "gpu-2-instances": dict(instance_type="ml.g5.xlarge", instance_count=2),
+    "capture": dict(instance_type="ml.m5.xlarge", capture_s3="s3://bkt/capture", capture_percent=25),
+    "serverless": dict(serverless=(3072, 10)),
+    "long-prefix-model": dict(model_data="s3://bkt/" + "run/" * 70 + "model/"),  # the source tag's value shortened
+    "platform": dict(instance_type="ml.m5.xlarge", capture_s3="s3://bkt/capture", platform=dict(
+        tags=_TAGGED, subnets=("subnet-0123abcd",), security_groups=("sg-0123abcd",), kms_key=_KMS, isolation=True)),
+    "platform-gpu": dict(platform=dict(tags=_TAGGED, kms_key=_KMS)),  # local NVMe: no volume key
+    "platform-serverless": dict(serverless=(6144, 200), platform=dict(tags=_TAGGED, kms_key=_KMS)),
+}
+
+
+@pytest.mark.parametrize("kind", DEPLOYS)
+def test_a_deploy_dry_run_prints_what_modelbuilder_sends(kind, monkeypatch):
+    """The dry run's requests (deploy_requests, no SDK import) are the ones ModelBuilder sends for the same
+    deploy, with the platform fields of the botocore hook: ModelBuilder runs here under the dry-run hook, which
+    records its requests. Fails when an SDK upgrade changes what ModelBuilder sends."""
+    from bincounter.sm import deploy_requests, sdk
+    from bincounter.sm.platform import PlatformSettings
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+                "SAGEMAKER_VALIDATE_ROLE", "SAGEMAKER_USER_CONFIG_OVERRIDE", "SAGEMAKER_ADMIN_CONFIG_OVERRIDE"):
+        monkeypatch.delenv(var, raising=False)  # what sdk_session sets is undone after the test
+    args = dict(name=f"bc-{kind}", image=IMAGE, model_data="s3://bkt/out/job/output/model.tar.gz", role=ROLE,
+                instance_type="ml.g5.xlarge", instance_count=1, capture_s3=None, serverless=None)
+    args.update(DEPLOYS[kind])
+    platform = PlatformSettings(**args.pop("platform", {"tags": _TAGGED}))
+    with sdk.sdk_session("us-east-1", None, None, True, platform) as (session, sent):
+        sdk.deploy_endpoint(session, **args, wait=False)
+        assert deploy_requests.sdk_defaults_file() is None  # the dry run's own SDK config adds no field
+    ours = deploy_requests.requests(**args, platform=platform)
+    assert [r["api"] for r in sent] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+    assert json.dumps(ours, indent=1, sort_keys=True) == json.dumps(sent, indent=1, sort_keys=True)
+
+
+def test_sdk_defaults_send_a_deploy_dry_run_through_modelbuilder(tmp_path):
+    """An SDK defaults file that sets request fields (here the admin config's VPC for models) is
+    applied by ModelBuilder: the dry run then goes through it and shows them. One that only opts out of
+    telemetry (like the dry run's own) changes no request: the dry run stays without the SDK."""
+    from bincounter.sm.sdk import write_offline_config
+
+    admin = tmp_path / "admin.yaml"
+    admin.write_text("SchemaVersion: '1.0'\nSageMaker:\n  Model:\n"
+                     "    VpcConfig:\n      SecurityGroupIds: ['sg-0123abcd']\n      Subnets: ['subnet-0123abcd']\n")
+    deploy = ("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE, "--name", "bc",
+              "--instance-type", "ml.m5.xlarge", "--dry-run", "--endpoint-url", "http://127.0.0.1:9")
+    telemetry_only = str(write_offline_config(tmp_path / "user"))
+    for env, through_sdk in (({"SAGEMAKER_ADMIN_CONFIG_OVERRIDE": str(admin)}, True),
+                             ({"SAGEMAKER_USER_CONFIG_OVERRIDE": telemetry_only}, False)):
+        proc = run_cli(*deploy, env={**ENV, **env})
+        assert proc.returncode == 0, proc.stderr
+        model = _docs(proc.stdout)[0]["request"]
+        assert ("VpcConfig" in model) is through_sdk
+        assert ("dry run through the SDK's ModelBuilder" in proc.stderr) is through_sdk
 
 
 def test_best_hyperparameters_of_a_tuning_job():

@@ -1,5 +1,6 @@
 """A real-time endpoint: `deploy` one from an `EndpointSpec` (model + endpoint config + endpoint, all named alike,
-through the SDK; autoscaling through boto3: the SDK v3 has no autoscaling helper), then `predict` with it and
+through the SDK's ModelBuilder; a dry run prints ModelBuilder's requests from `deploy_requests` without importing
+the SDK; autoscaling through boto3: the SDK v3 has no autoscaling helper), then `predict` with it and
 `evaluate` it on a local channel (InvokeEndpoint through boto3). `delete.py` removes what `deploy` created.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .. import aws
 from ..errors import UserError
-from . import cost, jobs, printing, sdk
+from . import cost, deploy_requests, jobs, printing, sdk
 from .checks import check_instance_type, check_s3_uri
 from .specs import EndpointSpec
 from .target import DRY_ACCOUNT, AwsTarget
@@ -156,13 +157,18 @@ def deploy(spec: EndpointSpec, target: AwsTarget) -> int:
                                        instance_type=spec.instance_type, instance_count=spec.instance_count,
                                        max_count=scaling[0]["MaxCapacity"] if scaling else None,
                                        price_per_hour=spec.price_per_hour, region=region))
-    sdk_wait = spec.wait and not (target.dry_run or scaling)
-    with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
-                         spec.platform) as (session, captured):
-        endpoint = sdk.deploy_endpoint(session, name=name, image=image, model_data=model_data, role=role,
-                                       instance_type=spec.instance_type, instance_count=spec.instance_count,
-                                       capture_s3=spec.capture_s3, capture_percent=spec.capture_percent,
-                                       wait=sdk_wait, serverless=serverless)
+    args = dict(name=name, image=image, model_data=model_data, role=role, instance_type=spec.instance_type,
+                instance_count=spec.instance_count, capture_s3=spec.capture_s3, capture_percent=spec.capture_percent,
+                serverless=serverless)
+    sdk_defaults = deploy_requests.sdk_defaults_file() if target.dry_run else None
+    if target.dry_run and not sdk_defaults:  # ModelBuilder's requests, without importing the SDK
+        captured, endpoint = deploy_requests.requests(**args, platform=spec.platform), None
+    else:
+        if sdk_defaults:
+            log.info("dry run through the SDK's ModelBuilder: its defaults file %s may add fields", sdk_defaults)
+        with sdk.sdk_session(region, target.profile, target.endpoint_url, target.dry_run,
+                             spec.platform) as (session, captured):
+            endpoint = sdk.deploy_endpoint(session, **args, wait=spec.wait and not (target.dry_run or scaling))
     if target.dry_run:
         printing.captured(captured, "CreateEndpoint")
         if scaling:

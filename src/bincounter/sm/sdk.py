@@ -5,7 +5,8 @@ endpoints (`ModelBuilder`) and batch transform (`Transformer`).
 to send and answers it locally: a write (Create*) is recorded and answered with its ARN, a read (Describe*,
 GetCallerIdentity) is answered from the writes recorded before it, so multi-call flows (ModelBuilder: model,
 endpoint config, endpoint) run to the end. An API without a local answer ends the dry run there. What is
-printed is exactly what would be sent, and nothing reaches AWS.
+printed is exactly what would be sent, and nothing reaches AWS. A deploy's dry run prints ModelBuilder's requests
+from `deploy_requests` instead, without importing the SDK (tested against ModelBuilder under this hook).
 `--endpoint-url` (tests: moto in server mode) is applied through botocore's AWS_ENDPOINT_URL.
 """
 
