@@ -139,6 +139,24 @@ def test_results_of_another_model_are_refused_in_one_line(trained_model, tmp_pat
     assert "Traceback" not in proc.stderr
 
 
+def test_rules_of_a_run_that_stopped_before_its_first_save_are_not_shown_with_the_earlier_model(trained_model,
+                                                                                                  tmp_path):
+    """A rule that fires in epoch 1 writes rules.json before the run has a model; if the run then stops, the folder
+    holds the earlier run's model beside the new run's rules.json (stamped artifact.UNFINISHED): the report must not
+    show those rules as the earlier model's."""
+    from bincounter.artifact import UNFINISHED
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    fired = [{"rule": "empty_class", "epoch": 1, "advice": "x"}]
+    (model / "rules.json").write_text(json.dumps({"rules_fired": 1, "fired": fired, "model_version": UNFINISHED}))
+    proc = run_cli("report", model)
+    assert proc.returncode == 0, proc.stderr
+    assert "empty_class" not in (model / "report.html").read_text()
+    line = [ln for ln in proc.stderr.splitlines() if "rules.json" in ln]
+    assert len(line) == 1 and "stopped before it saved a model" in line[0], proc.stderr
+
+
 def test_a_stale_output_dir_does_not_hide_the_model_dir_s_own_results(trained_model, tmp_path):
     """New-user trial: with --output-dir naming an earlier run's folder, its files were refused and the model
     folder's own (current) metrics, rules and curves were not read at all."""

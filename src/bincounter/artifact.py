@@ -57,6 +57,11 @@ RESULT_FILES = ("metrics.json", "rules.json", "test_metrics.json", "test_confusi
                 "drift_baseline.json", "eval_metrics.json", "eval_confusion_matrix.png", "report.html", "profile")
 
 
+#: The `model_version` of a result written while a run is under way, before it has saved the model it describes
+#: (a rule's rules.json in epoch 1): it never matches a model, so a run that stops there is not read as the folder's.
+UNFINISHED = "unfinished-run"
+
+
 def result_mismatch(doc: dict, name: str, model_version: str | None) -> str | None:
     """One line saying why result file `name` does not describe the model `model_version` (None: it does, or there
     is no model to compare with)."""
@@ -66,6 +71,9 @@ def result_mismatch(doc: dict, name: str, model_version: str | None) -> str | No
     if theirs is None:
         return (f"{name} names no model_version: it cannot be checked against this folder's model {model_version} "
                 "(written by an older bincounter, or by hand)")
+    if theirs == UNFINISHED:
+        return (f"{name} was written by a run that stopped before it saved a model (its rules are in the file "
+                f"itself): not shown with this folder's model {model_version}")
     return (f"{name} describes model {theirs}, not this folder's model {model_version} (config.json): left by "
             "another run, not shown; retrain or re-evaluate")
 

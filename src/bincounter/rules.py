@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from . import COUNTS
+from .artifact import UNFINISHED
 from .distributed import DistInfo, all_reduce_sum
 from .errors import UserError
 
@@ -92,9 +93,8 @@ class Rules:
             self.before_write()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / RULES_FILE
-        doc = {"rules_fired": len(self.fired), "fired": self.fired}
-        if model_version:
-            doc["model_version"] = model_version
+        # mid-run: no model of this run to name yet (artifact.UNFINISHED never matches one)
+        doc = {"rules_fired": len(self.fired), "fired": self.fired, "model_version": model_version or UNFINISHED}
         path.write_text(json.dumps(doc, indent=2, default=str))
         return path
 
