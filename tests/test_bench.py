@@ -169,12 +169,12 @@ def test_cpu_cost_counts_only_the_servers_cpus(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_cost_bench_quick(tmp_path):
+    """The real plan, shard (fetched from moto behind the latency proxy, at the step's own --workers), index, trainer
+    and evaluate run end to end; every step of the pipeline gets a row. No timing is asserted."""
     import inspect
 
     from bincounter.sagemaker import processing
 
-    """The real plan, shard (fetched from moto behind the latency proxy, at the step's own --workers), index, trainer
-    and evaluate run end to end; every step of the pipeline gets a row. No timing is asserted."""
     out = tmp_path / "pc.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_cost.py"), "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)

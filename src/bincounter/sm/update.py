@@ -1,5 +1,5 @@
 """`sm update`: a new model behind a live endpoint without downtime, and `sm rollback`: back again by hand
-(about 420 lines: both read the live endpoint and its tags the same way, and rollback undoes what update's plan
+(about 430 lines: both read the live endpoint and its tags the same way, and rollback undoes what update's plan
 wrote, so they stay together).
 
 An update is a blue/green deployment run by SageMaker: a new model (the live one's container definition with the
