@@ -263,6 +263,49 @@ def test_the_alarms_and_what_the_update_makes_are_tagged_like_the_endpoint(moto)
         assert _tag_dict(cw.list_tags_for_resource(ResourceARN=a["AlarmArn"]))["owner"] == "ops"
 
 
+
+def test_too_many_tags_on_the_live_endpoint_refuse_the_update_before_anything_is_written(moto):
+    """49 tags on the live config + the defaults + one --tag: 52 on the alarms, 53 on the config (with the one naming
+    the config it replaces); AWS takes 50. Refused in one line before the metric filter, the alarms or the model
+    (a real run would otherwise stop midway, the metric filter and alarms put)."""
+    name = "bc-upd-many-tags"
+    _live_endpoint(moto, name)  # its config has one tag (team=bins)
+    sm, cw, logs = _client(moto), _client(moto, "cloudwatch"), _client(moto, "logs")
+    cfg_arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+    sm.add_tags(ResourceArn=cfg_arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(48)])
+    models = {m["ModelName"] for m in sm.list_models()["Models"]}
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/m.tar.gz", "--tag", "owner=ml", "--endpoint-url",
+                   moto, env=ENV)
+    assert_one_line_error(proc, "53 tags on the new endpoint config (49 from the live endpoint config, 2 from the "
+                          "defaults, 1 from --tag, 1 from sm update)", "at most 50")
+    assert {m["ModelName"] for m in sm.list_models()["Models"]} == models
+    assert not cw.describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"]
+    assert not logs.describe_metric_filters(logGroupName=alarms.log_group(name))["metricFilters"]
+    # the alarms' list alone (the config's less the one naming the replaced config): 52
+    own = [{"Key": f"k{i}", "Value": "v"} for i in range(49)]
+    spec = update.UpdateSpec(endpoint=name, tags=(("owner", "ml"),), default_tags=tuple(DEFAULT_TAGS.items()))
+    assert len(spec.tags_from(own[:47], "alarms")) == 50
+    with pytest.raises(UserError, match=r"^52 tags on the new alarms \(49 from the live endpoint config, 2 from the "
+                                        r"defaults, 1 from --tag\)"):
+        spec.tags_from(own, "alarms")
+
+
+def test_the_project_configs_tags_are_checked_as_deploy_checks_them(tmp_path):
+    """A project config's tag AWS refuses: sm deploy refused it, sm update printed it in 5 requests (issue: only
+    --tag was checked). Now one line naming the project config, nothing printed; the live model's tags likewise."""
+    cfg = tmp_path / "bincounter.toml"
+    cfg.write_text('[sm.tags]\n"aws:team" = "v!sion"\n')
+    proc = run_cli("sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", "--config", cfg, "--dry-run", env=ENV)
+    assert_one_line_error(proc, "tag aws:team=v!sion (from the project config)", "letters, digits")
+    assert proc.stdout == ""
+    cfg.write_text('[sm.tags]\n"aws:team" = "vision"\n')
+    proc = run_cli("sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", "--config", cfg, "--dry-run", env=ENV)
+    assert_one_line_error(proc, "tag aws:team=vision (from the project config)", "reserved by AWS")
+    spec = update.UpdateSpec(endpoint="bc-ep", default_tags=tuple(DEFAULT_TAGS.items()))
+    with pytest.raises(UserError, match=r"^tag team=a\|b \(from the live model\)"):
+        spec.tags_from([{"Key": "team", "Value": "a|b"}], "model")
+
+
 def test_named_alarms_autoscaling_and_mistakes(moto):
     name = "bc-upd-scaled"
     _live_endpoint(moto, name, count=2)
