@@ -263,6 +263,119 @@ def test_the_alarms_and_what_the_update_makes_are_tagged_like_the_endpoint(moto)
         assert _tag_dict(cw.list_tags_for_resource(ResourceARN=a["AlarmArn"]))["owner"] == "ops"
 
 
+
+def test_too_many_tags_on_the_live_endpoint_refuse_the_update_before_anything_is_written(moto):
+    """49 tags on the live config + the defaults + one --tag: 52 on the alarms, 53 on the config (with the one naming
+    the config it replaces); AWS takes 50. Refused in one line before the metric filter, the alarms or the model
+    (a real run would otherwise stop midway, the metric filter and alarms put)."""
+    name = "bc-upd-many-tags"
+    _live_endpoint(moto, name)  # its config has one tag (team=bins)
+    sm, cw, logs = _client(moto), _client(moto, "cloudwatch"), _client(moto, "logs")
+    cfg_arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+    sm.add_tags(ResourceArn=cfg_arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(48)])
+    models = {m["ModelName"] for m in sm.list_models()["Models"]}
+    proc = run_cli("sm", "update", name, "--model-data", "s3://bkt/m.tar.gz", "--tag", "owner=ml", "--endpoint-url",
+                   moto, env=ENV)
+    assert_one_line_error(proc, "53 tags on the new endpoint config (49 from the live endpoint config, 2 from the "
+                          "defaults, 1 from --tag, 1 from sm update)", "at most 50")
+    assert {m["ModelName"] for m in sm.list_models()["Models"]} == models
+    assert not cw.describe_alarms(AlarmNames=alarms.names(name))["MetricAlarms"]
+    assert not logs.describe_metric_filters(logGroupName=alarms.log_group(name))["metricFilters"]
+    # the alarms' list alone (the config's less the one naming the replaced config): 52
+    own = [{"Key": f"k{i}", "Value": "v"} for i in range(49)]
+    spec = update.UpdateSpec(endpoint=name, tags=(("owner", "ml"),), default_tags=tuple(DEFAULT_TAGS.items()))
+    assert len(spec.tags_from(own[:47], "alarms")) == 50
+    with pytest.raises(UserError, match=r"^52 tags on the new alarms \(49 from the live endpoint config, 2 from the "
+                                        r"defaults, 1 from --tag\)"):
+        spec.tags_from(own, "alarms")
+
+
+def test_the_project_configs_tags_are_checked_as_deploy_checks_them(tmp_path):
+    """A project config's tag AWS refuses: sm deploy refused it, sm update printed it in 5 requests (issue: only
+    --tag was checked). Now one line naming the project config, nothing printed; the live model's tags likewise."""
+    cfg = tmp_path / "bincounter.toml"
+    cfg.write_text('[sm.tags]\n"aws:team" = "v!sion"\n')
+    proc = run_cli("sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", "--config", cfg, "--dry-run", env=ENV)
+    assert_one_line_error(proc, "tag aws:team=v!sion (from the project config)", "letters, digits")
+    assert proc.stdout == ""
+    cfg.write_text('[sm.tags]\n"aws:team" = "vision"\n')
+    proc = run_cli("sm", "update", "bc-ep", "--model-data", "s3://b/m.tar.gz", "--config", cfg, "--dry-run", env=ENV)
+    assert_one_line_error(proc, "tag aws:team=vision (from the project config)", "reserved by AWS")
+    spec = update.UpdateSpec(endpoint="bc-ep", default_tags=tuple(DEFAULT_TAGS.items()))
+    with pytest.raises(UserError, match=r"^tag team=a\|b \(from the live model\)"):
+        spec.tags_from([{"Key": "team", "Value": "a|b"}], "model")
+
+
+class _Stubbed:
+    """A target whose boto3 clients answer from botocore's Stubber (`alarms.put` asks only `client(service)`)."""
+
+    def __init__(self):
+        from botocore.stub import Stubber
+
+        self.clients = {s: boto3.client(s, region_name="us-east-1", aws_access_key_id="testing",
+                                        aws_secret_access_key="testing") for s in ("logs", "cloudwatch")}
+        self.stubs = {s: Stubber(c) for s, c in self.clients.items()}
+        for stub in self.stubs.values():
+            stub.activate()
+
+    def client(self, service):
+        return self.clients[service]
+
+
+TAGS = [{"Key": "team", "Value": "bins"}, *({"Key": k, "Value": v} for k, v in DEFAULT_TAGS.items())]
+
+
+def _no_log_group_yet(t: _Stubbed, metric_filter: dict) -> None:
+    t.stubs["logs"].add_client_error("put_metric_filter", "ResourceNotFoundException", "The specified log group "
+                                     "does not exist.", 400, expected_params=metric_filter)
+
+
+def test_alarms_put_creates_the_missing_log_group_tagged_then_puts_the_filter_again():
+    """An endpoint that never logged has no log group: PutMetricFilter answers ResourceNotFoundException, `put`
+    creates the group with the alarms' tags, puts the filter again, then the alarms (each tagged)."""
+    t = _Stubbed()
+    metric_filter, reqs = alarms.requests("bc-new", "AllTraffic", alarms.Thresholds(), TAGS)
+    _no_log_group_yet(t, metric_filter)
+    t.stubs["logs"].add_response("create_log_group", {}, {"logGroupName": alarms.log_group("bc-new"),
+                                                          "tags": {"team": "bins", **DEFAULT_TAGS}})
+    t.stubs["logs"].add_response("put_metric_filter", {}, metric_filter)
+    t.stubs["cloudwatch"].add_response("describe_alarms", {"MetricAlarms": []}, {"AlarmNames": alarms.names("bc-new")})
+    for a in reqs:
+        assert a["Tags"] == TAGS
+        t.stubs["cloudwatch"].add_response("put_metric_alarm", {}, a)
+    assert alarms.put(t, metric_filter, reqs) == alarms.names("bc-new")
+    for stub in t.stubs.values():
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("refused,needs", [("create_log_group", "logs:CreateLogGroup and logs:TagResource"),
+                                           ("put_metric_alarm", "cloudwatch:PutMetricAlarm and cloudwatch:TagResource"),
+                                           ("tag_resource", "cloudwatch:TagResource")])
+def test_a_caller_that_may_not_tag_is_told_which_permission_in_one_line(refused, needs):
+    """Every sm update tags its alarms and log group (the default tags): a policy without cloudwatch:TagResource or
+    logs:TagResource gets AccessDenied after PutMetricFilter; the line names what it lacks."""
+    t = _Stubbed()
+    metric_filter, reqs = alarms.requests("bc-new", "AllTraffic", alarms.Thresholds(), TAGS)
+    logs, cw = t.stubs["logs"], t.stubs["cloudwatch"]
+    denied = {"service_error_code": "AccessDenied" if refused != "create_log_group" else "AccessDeniedException",
+              "service_message": "User: arn:aws:iam::123456789012:user/ci is not authorized to perform this action"}
+    if refused == "create_log_group":
+        _no_log_group_yet(t, metric_filter)
+        logs.add_client_error("create_log_group", **denied)
+    else:
+        logs.add_response("put_metric_filter", {}, metric_filter)
+        arn = f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{reqs[0]['AlarmName']}"
+        existing = [{"AlarmName": reqs[0]["AlarmName"], "AlarmArn": arn}] if refused == "tag_resource" else []
+        cw.add_response("describe_alarms", {"MetricAlarms": existing})
+        if refused == "tag_resource":
+            for _ in reqs:
+                cw.add_response("put_metric_alarm", {})
+        cw.add_client_error(refused, **denied)
+    with pytest.raises(UserError) as e:
+        alarms.put(t, metric_filter, reqs)
+    assert "AccessDenied" in str(e.value) and f"the caller needs {needs}" in str(e.value)
+    assert "\n" not in str(e.value)
+
 def test_named_alarms_autoscaling_and_mistakes(moto):
     name = "bc-upd-scaled"
     _live_endpoint(moto, name, count=2)

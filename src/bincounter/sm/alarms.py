@@ -108,17 +108,31 @@ def put(target: AwsTarget, metric_filter: dict, alarms: list[dict]) -> list[str]
         # an endpoint that never logged yet: the group SageMaker will write to is created here
         log.info("log group %s does not exist yet: creating it for the container-error metric",
                  metric_filter["logGroupName"])
-        aws.aws_call("CreateLogGroup", logs.create_log_group, **log_group_request(metric_filter["logGroupName"],
-                                                                                   tags))
+        _tagging("CreateLogGroup", logs.create_log_group, "logs:CreateLogGroup and logs:TagResource",
+                 **log_group_request(metric_filter["logGroupName"], tags))
         aws.aws_call("PutMetricFilter", logs.put_metric_filter, **metric_filter)
     cw = target.client("cloudwatch")
     names = [a["AlarmName"] for a in alarms]
     existing = aws.aws_call("DescribeAlarms", cw.describe_alarms, AlarmNames=names)["MetricAlarms"] if tags else []
     for a in alarms:
-        aws.aws_call(f"PutMetricAlarm {a['AlarmName']}", cw.put_metric_alarm, **a)
+        _tagging(f"PutMetricAlarm {a['AlarmName']}", cw.put_metric_alarm,
+                 "cloudwatch:PutMetricAlarm and cloudwatch:TagResource" if tags else "", **a)
     for a in existing:
-        aws.aws_call(f"TagResource {a['AlarmName']}", cw.tag_resource, ResourceARN=a["AlarmArn"], Tags=tags)
+        _tagging(f"TagResource {a['AlarmName']}", cw.tag_resource, "cloudwatch:TagResource",
+                 ResourceARN=a["AlarmArn"], Tags=tags)
     return names
+
+
+def _tagging(what: str, fn, needs: str, **request):
+    """`aws.aws_call` of a request that tags (sm update always sends the default tags): an AccessDenied names the
+    permissions it takes (`needs`), tagging included, which a policy written before the alarms were tagged lacks."""
+    try:
+        return aws.aws_call(what, fn, **request)
+    except UserError as e:
+        if not needs or "AccessDenied" not in str(e):
+            raise
+        raise UserError(f"{e}; sm update tags what it creates (the default tags at least), so the caller needs "
+                        f"{needs} (README: Updating an endpoint); nothing was changed on SageMaker yet") from None
 
 
 def log_group_request(group: str, tags: list[dict] | None) -> dict:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import UserError
 
 log = logging.getLogger("bincounter")
 
-MAX_TAGS = 50  # per SageMaker resource
+MAX_TAGS = 50  # per SageMaker resource, CloudWatch alarm and log group
 _SUBNET = re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$")
 _SG = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
 _KEY_ID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
@@ -66,6 +67,40 @@ def carried_tags(defaults: dict[str, str], own: list[dict], given: tuple[tuple[s
     return [{"Key": k, "Value": v} for k, v in {**merged, **dict(given)}.items()]
 
 
+def check_tag(key: str, value: str, where: str | None = None) -> None:
+    """One tag by the rules of SageMaker, CloudWatch and CloudWatch Logs alike; `where` names it (default: --tag)."""
+    where = where or f"--tag {key}={value}"
+    if not 1 <= len(key) <= 128 or len(value) > 256 or not (_TAG_CHARS.match(key) and _TAG_CHARS.match(value)):
+        raise UserError(f"{where}: a key of 1..128 and a value of 0..256 letters, digits, spaces and _ . : / = + - @")
+    if key.lower().startswith("aws:"):
+        raise UserError(f"{where}: keys starting with 'aws:' are reserved by AWS")
+
+
+def check_carried(tags: list[dict], defaults: dict[str, str], own: list[dict], given: tuple[tuple[str, str], ...],
+                  whose: str, what: str) -> None:
+    """`PlatformSettings.check`'s rules on a merged list (`carried_tags`'s, plus any tag the caller added) before
+    anything is sent, each tag named by where it came from: --tag, `whose` (the old resource, e.g. "the live
+    model"), the defaults (project, VERSION_TAG), the project config, else sm update; `what`: the new resource."""
+    given_keys, own_keys = dict(given), {t["Key"] for t in own}
+
+    def source(key: str) -> str:
+        if key in given_keys:
+            return "--tag"
+        if key in own_keys and not (key == VERSION_TAG and key in defaults):
+            return whose
+        if key in defaults:
+            return "the defaults" if key in ("project", VERSION_TAG) else "the project config"
+        return "sm update"
+
+    for t in tags:
+        src = source(t["Key"])
+        check_tag(t["Key"], t["Value"], None if src == "--tag" else f"tag {t['Key']}={t['Value']} (from {src})")
+    if len(tags) > MAX_TAGS:
+        counts = ", ".join(f"{n} from {s}" for s, n in Counter(source(t["Key"]) for t in tags).most_common())
+        raise UserError(f"{len(tags)} tags on the new {what} ({counts}): AWS takes at most {MAX_TAGS} per resource; "
+                        f"remove some from {whose} (aws sagemaker delete-tags), the project config or --tag")
+
+
 def split_ids(text: str | None) -> tuple[str, ...]:
     """'subnet-a,subnet-b' -> ('subnet-a', 'subnet-b')."""
     return tuple(v.strip() for v in (text or "").split(",") if v.strip())
@@ -99,11 +134,7 @@ class PlatformSettings:
         """Every offline rule, one line each (UserError)."""
         keys = [k for k, _ in self.tags]
         for k, v in self.tags:
-            if not 1 <= len(k) <= 128 or len(v) > 256 or not (_TAG_CHARS.match(k) and _TAG_CHARS.match(v)):
-                raise UserError(f"--tag {k}={v}: a key of 1..128 and a value of 0..256 letters, digits, spaces "
-                                "and _ . : / = + - @")
-            if k.lower().startswith("aws:"):
-                raise UserError(f"--tag {k}={v}: keys starting with 'aws:' are reserved by AWS")
+            check_tag(k, v)
         if dup := sorted({k for k in keys if keys.count(k) > 1}):
             raise UserError(f"--tag {dup[0]} given twice with different values")
         if len(keys) > MAX_TAGS:

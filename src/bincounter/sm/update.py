@@ -70,9 +70,13 @@ class UpdateSpec:
     tags: tuple[tuple[str, str], ...] = ()  # --tag: on the new model and config and the alarms (platform.carried_tags)
     default_tags: tuple[tuple[str, str], ...] = ()  # project, bincounter:version, the project config's tags
 
-    def tags_from(self, own: list[dict]) -> list[dict]:
-        """A new resource's tags, from the live one's `own`."""
-        return platform.carried_tags(dict(self.default_tags), own, self.tags)
+    def tags_from(self, own: list[dict], what: str, extra: tuple[dict, ...] = ()) -> list[dict]:
+        """The new `what`'s tags (model, endpoint config, alarms), from the live one's `own`, plus `extra`; checked
+        as PlatformSettings checks --tag (before anything is sent: AWS would refuse a bad one midway)."""
+        tags = platform.carried_tags(dict(self.default_tags), own, self.tags) + list(extra)
+        whose = "the live model" if what == "model" else "the live endpoint config"
+        platform.check_carried(tags, dict(self.default_tags), own, self.tags, whose, what)
+        return tags
 
 
 def parse_size(text: str, count: int) -> dict:
@@ -232,7 +236,7 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
     if model_data:
         container.pop("ModelDataSource", None)  # the new model.tar.gz replaces either form of the old one
         container["ModelDataUrl"] = model_data
-    tags = spec.tags_from(list(live.model_tags))
+    tags = spec.tags_from(list(live.model_tags), "model")
     model.update(ModelName=new, PrimaryContainer=container, **({"ExecutionRoleArn": role} if role else {}),
                  **({"Tags": tags} if tags else {}))
     if spec.instance_type and live.autoscaled and spec.instance_type != live.variant.get("InstanceType"):
@@ -247,7 +251,7 @@ def plan(spec: UpdateSpec, live: Live, model_data: str | None, image: str | None
                **({"InstanceType": spec.instance_type} if spec.instance_type else {})}
     config = {**json.loads(json.dumps(live.config, default=str)), "EndpointConfigName": new,
               "ProductionVariants": [variant],
-              "Tags": spec.tags_from(live.tags) + [{"Key": PREVIOUS_TAG, "Value": live.config_name}]}
+              "Tags": spec.tags_from(live.tags, "endpoint config", ({"Key": PREVIOUS_TAG, "Value": live.config_name},))}
     try:
         routing = traffic_routing(spec.traffic, count, spec.bake_s, serverless=serverless)
     except UserError as e:
@@ -307,7 +311,7 @@ def update(spec: UpdateSpec, target: AwsTarget) -> int:
              spec.bake_s)
     _cost_lines(spec, reqs[1][1]["ProductionVariants"][0], routing, live.current_count or 1, region)
     metric_filter, alarm_reqs = alarms.requests(spec.endpoint, live.variant["VariantName"], spec.thresholds,
-                                                spec.tags_from(live.tags))  # tagged like the endpoint's config
+                                                spec.tags_from(live.tags, "alarms"))  # like the endpoint's config
     if target.dry_run:
         if not spec.alarm_names:
             printing.print_request("PutMetricFilter", metric_filter, service="logs")
