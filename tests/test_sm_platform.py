@@ -43,7 +43,10 @@ def cli(capsys, monkeypatch, caplog):
             monkeypatch.chdir(cwd)
         caplog.clear()
         with caplog.at_level("INFO", logger="bincounter"):
-            rc = main(["sm", *argv])
+            try:
+                rc = main(["sm", *argv])
+            except SystemExit as e:  # a usage error (argparse): one line and exit 2, as from the command line
+                rc = e.code
         out = capsys.readouterr()
         return rc, (_docs(out.out) if rc == 0 and out.out.strip() else []), out.err + caplog.text
 
@@ -144,8 +147,12 @@ def test_batch_dry_run_and_what_belongs_to_the_model(cli, tmp_path):
     (["--tag", "team"], "--tag 'team': expected KEY=VALUE"),
     (["--tag", "team=a<b"], "--tag team=a<b: a key of 1..128"),
     (["--isolation"], "--isolation with ImageNet weights downloaded by the job"),
+    # `--kms-key "$KEY"` with KEY unset must not turn off the project config's key (new-user trial)
+    (["--kms-key", ""], "argument --kms-key: empty (an unset shell variable?)"),
+    (["--subnets", " ", "--security-groups", SGS], "argument --subnets: empty"),
+    (["--subnets", "subnet-0123abcd", "--security-groups", ""], "argument --security-groups: empty"),
 ], ids=["subnet", "sg", "vpc-half", "kms", "kms-region", "kms-alias", "tag-aws", "tag-twice", "tag-syntax",
-        "tag-chars", "isolation-timm"])
+        "tag-chars", "isolation-timm", "kms-empty", "subnets-empty", "sgs-empty"])
 def test_platform_mistakes_are_one_line_even_in_a_dry_run(cli, extra, needle):
     rc, _, err = cli("train", *TRAIN, *NOWHERE, *extra, "--dry-run")
     lines = [ln for ln in err.splitlines() if ln.startswith("bincounter: error:")]

@@ -9,6 +9,15 @@ import sys
 from ..errors import write_failure_file
 
 
+def not_empty(text: str) -> str:
+    """argparse type of a flag whose empty value would silently mean "none": `--kms-key "$KEY"` with KEY unset must
+    not turn off the project config's key (a usage error instead; leave the flag out for the config's value)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty (an unset shell variable?): give a value, or leave the flag out to "
+                                         "use the project config's")
+    return text
+
+
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default where it has one: no "(default: None)" on unset options, no "(default: False)" on
     plain switches."""

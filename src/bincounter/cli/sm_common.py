@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..sm import cost, project_config
 from ..sm.platform import INTER_CONTAINER_COST, PlatformSettings, parse_tags, split_ids
 from ..sm.target import AwsTarget
+from .base import not_empty
 
 log = logging.getLogger("bincounter")
 
@@ -65,9 +66,11 @@ def add_platform_options(p, kind: str) -> None:
         where = {"train": "the training instances", "tune": "the training instances",
                  "pipeline": "every step's instances", "process": "the Processing job"}.get(kind,
                                                                                          "the model's containers")
-        p.add_argument("--subnets", metavar="ID,ID", help=f"run {where} in these VPC subnets (subnet-...; with "
-                       "--security-groups); ids are checked offline, that they share one VPC is not")
-        p.add_argument("--security-groups", metavar="ID,ID", help="VPC security groups (sg-...; with --subnets)")
+        p.add_argument("--subnets", metavar="ID,ID", type=not_empty,
+                       help=f"run {where} in these VPC subnets (subnet-...; with --security-groups); ids are checked "
+                            "offline, that they share one VPC is not")
+        p.add_argument("--security-groups", metavar="ID,ID", type=not_empty,
+                       help="VPC security groups (sg-...; with --subnets)")
     if kind not in ("batch", "pipeline", "process"):
         p.add_argument("--isolation", action=argparse.BooleanOptionalAction, default=None,
                        help="network isolation (EnableNetworkIsolation): the container reaches no network "
@@ -83,8 +86,8 @@ def add_platform_options(p, kind: str) -> None:
             "batch": "the transform job's volume and output",
             "pipeline": "every step's volumes and outputs and the registered model package",
             "process": "the Processing job's volume and output"}[kind]
-    p.add_argument("--kms-key", metavar="KEY", help=f"customer KMS key (id, ARN; alias where the API takes one) for "
-                   f"{what}")
+    p.add_argument("--kms-key", metavar="KEY", type=not_empty,
+                   help=f"customer KMS key (id, ARN; alias where the API takes one) for {what}")
 
 
 class Default(str):
