@@ -464,39 +464,46 @@ def _layout(root: Path) -> Path:
     return root
 
 
-def test_upload_dry_run_prints_the_writes_the_upload_then_sends(moto_endpoint, aws_env, tmp_path):
+@pytest.mark.parametrize("checksums", ["when_supported", "when_required"])
+def test_upload_dry_run_prints_the_writes_the_upload_then_sends(checksums, moto_endpoint, aws_env, tmp_path,
+                                                                monkeypatch):
     """Issue 27: the dry run shows the S3 requests (SSE-KMS fields, the parts' CreateMultipartUpload, the mirror's
     DeleteObjects), checked by botocore's model of S3, and says that it listed the prefix (a read). The upload
-    then sends exactly those (recorded on the client by botocore's own provide-client-params event; botocore
-    adds the body and its checksum), and nothing else that writes."""
+    then sends exactly those, whole (recorded on the client by botocore's own provide-client-params event; botocore
+    adds the body and its checksum value), and nothing else that writes: with the client's default
+    request_checksum_calculation boto3 adds a ChecksumAlgorithm to each upload, with when_required none."""
     import boto3
 
     from bincounter.data.s3 import s3_client
-    from bincounter.data.upload import PREVIEW, plan_upload, upload
+    from bincounter.data.upload import PREVIEW, plan_upload, request_checksum_calculation, upload
 
     key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="writes")
+    bucket = f"writes-{checksums.replace('_', '-')}"  # the moto server outlives a test
+    s3.create_bucket(Bucket=bucket)
     for stale in ("v1/train/2/00009.jpg", "v1/val/3/00010.jpg"):
-        s3.put_object(Bucket="writes", Key=stale, Body=b"old")
+        s3.put_object(Bucket=bucket, Key=stale, Body=b"old")
     src = _layout(tmp_path / "ch")
-    dry = _upload(src, "s3://writes/v1", moto_endpoint, "--kms-key", key, "--force", "--dry-run")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", checksums)  # the dry run's and the upload's client
+    dry = _upload(src, f"s3://{bucket}/v1", moto_endpoint, "--kms-key", key, "--force", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "found by listing s3://writes/v1/ (ListObjectsV2, and a HeadObject" in dry.stderr, dry.stderr
+    assert f"found by listing s3://{bucket}/v1/ (ListObjectsV2, and a HeadObject" in dry.stderr, dry.stderr
     assert "reads, no write was sent" in dry.stderr and "CompleteMultipartUpload" in dry.stderr
     printed = [(d["api"], d["request"]) for d in _requests(dry.stdout)]
     assert [api for api, _ in printed] == ["PutObject", "CreateMultipartUpload", "PutObject", "DeleteObjects"]
     for _, r in printed[:3]:
         assert (r["ServerSideEncryption"], r["SSEKMSKeyId"]) == ("aws:kms", key), r
     assert printed[3][1]["Delete"]["Objects"] == [{"Key": "v1/train/2/00009.jpg"}, {"Key": "v1/val/3/00010.jpg"}]
-    assert _keys(s3, "writes", "v1/") == {"train/2/00009.jpg", "val/3/00010.jpg"}  # nothing written
+    assert _keys(s3, bucket, "v1/") == {"train/2/00009.jpg", "val/3/00010.jpg"}  # nothing written
 
     sent = []
     client = s3_client(moto_endpoint, "us-east-1")
     client.meta.events.register("provide-client-params.s3", lambda params, model, **_: sent.append(
-        (model.name, {k: v for k, v in params.items() if k not in ("Body", "ChecksumAlgorithm")})))
-    plan = plan_upload(src, "s3://writes/v1", client, kms_key=key)
-    assert plan.requests(limit=PREVIEW) == printed  # the dry run printed the plan's requests
+        (model.name, {k: v for k, v in params.items() if k != "Body"})))
+    plan = plan_upload(src, f"s3://{bucket}/v1", client, kms_key=key)
+    assert request_checksum_calculation(client) == checksums
+    # the dry run printed the plan's requests
+    assert plan.requests(limit=PREVIEW, checksum_calculation=checksums) == printed
     sent.clear()
     report, failed = upload(plan, client, workers=2, force=True)
     assert not report.failed and not failed
@@ -504,7 +511,7 @@ def test_upload_dry_run_prints_the_writes_the_upload_then_sends(moto_endpoint, a
     assert sorted(writes, key=str) == sorted(printed, key=str)
     assert {api for api, _ in sent} == {"PutObject", "CreateMultipartUpload", "UploadPart",
                                         "CompleteMultipartUpload", "DeleteObjects"}
-    assert _keys(s3, "writes", "v1/") == _local(src)
+    assert _keys(s3, bucket, "v1/") == _local(src)
 
 
 def test_an_offline_upload_dry_run_sends_nothing_and_says_what_it_cannot_know(tmp_path):
@@ -519,6 +526,15 @@ def test_an_offline_upload_dry_run_sends_nothing_and_says_what_it_cannot_know(tm
     assert proc.returncode == 0, proc.stderr
     assert [d["api"] for d in _requests(proc.stdout)] == ["PutObject", "CreateMultipartUpload", "PutObject"]
     assert "s3://bkt/v1/ was not listed" in proc.stderr and "would upload all 3 files" in proc.stderr
+    # the ChecksumAlgorithm boto3 adds follows the client's config, here with no client made
+    # (test_upload_dry_run_prints_the_writes_the_upload_then_sends: what the upload sends)
+    for checksums, algorithm in ((None, "CRC32"), ("when_required", None)):
+        run = {**env, **({"AWS_REQUEST_CHECKSUM_CALCULATION": checksums} if checksums else {})}
+        printed = _requests(_run_env(run, "data", "upload", src, "s3://bkt/v1", "--dry-run", "--offline",
+                                     *NOWHERE).stdout)
+        assert {d["request"].get("ChecksumAlgorithm") for d in printed} == {algorithm}, checksums
+    assert_one_line_error(_run_env({**env, "AWS_REQUEST_CHECKSUM_CALCULATION": "always"}, "data", "upload", src,
+                                   "s3://bkt/v1", "--dry-run", "--offline", *NOWHERE), "request_checksum_calculation")
     assert "which objects the upload would delete (and whether it would refuse to) are not known" in proc.stderr
     assert_one_line_error(_run_env(env, "data", "upload", src, "s3://bkt/v1", "--offline", *NOWHERE),
                           "--offline is for --dry-run")

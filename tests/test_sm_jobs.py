@@ -7,6 +7,7 @@ check is switched off with SAGEMAKER_VALIDATE_ROLE=false for the moto runs.)"""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import boto3
@@ -223,7 +224,7 @@ DEPLOYS = {
 
 
 @pytest.mark.parametrize("kind", DEPLOYS)
-def test_a_deploy_dry_run_prints_what_modelbuilder_sends(kind, monkeypatch):
+def test_a_deploy_dry_run_prints_what_modelbuilder_sends(kind, monkeypatch, tmp_path):
     """The dry run's requests (deploy_requests, no SDK import) are the ones ModelBuilder sends for the same
     deploy, with the platform fields of the botocore hook: ModelBuilder runs here under the dry-run hook, which
     records its requests. Fails when an SDK upgrade changes what ModelBuilder sends."""
@@ -233,6 +234,7 @@ def test_a_deploy_dry_run_prints_what_modelbuilder_sends(kind, monkeypatch):
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
                 "SAGEMAKER_VALIDATE_ROLE", "SAGEMAKER_USER_CONFIG_OVERRIDE", "SAGEMAKER_ADMIN_CONFIG_OVERRIDE"):
         monkeypatch.delenv(var, raising=False)  # what sdk_session sets is undone after the test
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # no user SDK defaults (the dry run copies them)
     args = dict(name=f"bc-{kind}", image=IMAGE, model_data="s3://bkt/out/job/output/model.tar.gz", role=ROLE,
                 instance_type="ml.g5.xlarge", instance_count=1, capture_s3=None, serverless=None)
     args.update(DEPLOYS[kind])
@@ -245,25 +247,67 @@ def test_a_deploy_dry_run_prints_what_modelbuilder_sends(kind, monkeypatch):
     assert json.dumps(ours, indent=1, sort_keys=True) == json.dumps(sent, indent=1, sort_keys=True)
 
 
+_VPC = {"SecurityGroupIds": ["sg-0123abcd"], "Subnets": ["subnet-0123abcd"]}
+_VPC_DEFAULTS = ("SchemaVersion: '1.0'\nSageMaker:\n  Model:\n    VpcConfig:\n"
+                 "      SecurityGroupIds: ['sg-0123abcd']\n      Subnets: ['subnet-0123abcd']\n")
+
+
 def test_sdk_defaults_send_a_deploy_dry_run_through_modelbuilder(tmp_path):
-    """An SDK defaults file that sets request fields (here the admin config's VPC for models) is
-    applied by ModelBuilder: the dry run then goes through it and shows them. One that only opts out of
-    telemetry (like the dry run's own) changes no request: the dry run stays without the SDK."""
+    """An SDK defaults file that sets request fields (here a VPC for models: in the admin config, or in the
+    user's own ~/.config/sagemaker/config.yaml, which a real deploy reads too) is applied by ModelBuilder: the dry
+    run then goes through it and shows them. One that only opts out of telemetry (like the dry run's own) changes
+    no request: the dry run stays without the SDK."""
     from bincounter.sm.sdk import write_offline_config
 
     admin = tmp_path / "admin.yaml"
-    admin.write_text("SchemaVersion: '1.0'\nSageMaker:\n  Model:\n"
-                     "    VpcConfig:\n      SecurityGroupIds: ['sg-0123abcd']\n      Subnets: ['subnet-0123abcd']\n")
+    admin.write_text(_VPC_DEFAULTS)
+    users = {}
+    for kind, text in (("vpc", _VPC_DEFAULTS), ("telemetry", write_offline_config(tmp_path / "t").read_text())):
+        (tmp_path / kind / "sagemaker").mkdir(parents=True)
+        users[kind] = tmp_path / kind / "sagemaker" / "config.yaml"
+        users[kind].write_text(text)
     deploy = ("sm", "deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE, "--name", "bc",
               "--instance-type", "ml.m5.xlarge", "--dry-run", "--endpoint-url", "http://127.0.0.1:9")
-    telemetry_only = str(write_offline_config(tmp_path / "user"))
-    for env, through_sdk in (({"SAGEMAKER_ADMIN_CONFIG_OVERRIDE": str(admin)}, True),
-                             ({"SAGEMAKER_USER_CONFIG_OVERRIDE": telemetry_only}, False)):
+    none = {"XDG_CONFIG_HOME": str(tmp_path / "none"), "XDG_CONFIG_DIRS": str(tmp_path / "none")}
+    for env, through_sdk in (({**none, "SAGEMAKER_ADMIN_CONFIG_OVERRIDE": str(admin)}, True),
+                             ({**none, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(users["telemetry"])}, False),
+                             ({**none, "XDG_CONFIG_HOME": str(tmp_path / "vpc")}, True),
+                             ({**none, "XDG_CONFIG_HOME": str(tmp_path / "telemetry")}, False)):
         proc = run_cli(*deploy, env={**ENV, **env})
         assert proc.returncode == 0, proc.stderr
         model = _docs(proc.stdout)[0]["request"]
-        assert ("VpcConfig" in model) is through_sdk
+        assert model.get("VpcConfig") == (_VPC if through_sdk else None), env
         assert ("dry run through the SDK's ModelBuilder" in proc.stderr) is through_sdk
+    assert users["vpc"].read_text() == _VPC_DEFAULTS  # the user's file is read, never written
+
+
+def test_a_dry_run_keeps_the_users_sdk_defaults_with_telemetry_off(tmp_path, monkeypatch):
+    """The SDK config a dry run uses is a copy of the user's (their defaults kept, for ModelBuilder to add), with
+    TelemetryOptOut: true even where they set it false: a dry run makes no network call. A real run keeps their
+    choice."""
+    from contextlib import ExitStack
+
+    import yaml
+
+    from bincounter.sm import sdk
+
+    cfg = tmp_path / "sagemaker" / "config.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(_VPC_DEFAULTS + "  PythonSDK:\n    Modules:\n      TelemetryOptOut: false\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("SAGEMAKER_USER_CONFIG_OVERRIDE", raising=False)
+    for dry_run in (True, False):
+        with ExitStack() as stack:
+            sdk.opt_out_of_telemetry(stack, force=dry_run)
+            used = os.environ.get("SAGEMAKER_USER_CONFIG_OVERRIDE")
+            used = yaml.safe_load(open(used)) if used else None
+        if dry_run:
+            assert used["SageMaker"]["Model"]["VpcConfig"] == _VPC
+            assert used["SageMaker"]["PythonSDK"]["Modules"] == {"TelemetryOptOut": True}
+        else:
+            assert used is None  # the user's file as it is
+    assert "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ
+    assert cfg.read_text().endswith("TelemetryOptOut: false\n")
 
 
 def test_best_hyperparameters_of_a_tuning_job():

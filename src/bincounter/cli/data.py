@@ -125,7 +125,7 @@ def cmd_shard(args) -> int:
 
 def cmd_upload(args) -> int:
     from ..aws import user_errors
-    from ..data.upload import plan_upload, upload, upload_pool_size
+    from ..data.upload import plan_upload, request_checksum_calculation, upload, upload_pool_size
 
     if args.offline and not args.dry_run:
         raise UserError("--offline is for --dry-run: an upload lists the prefix first (what to skip, what to delete)")
@@ -137,7 +137,7 @@ def cmd_upload(args) -> int:
         client = None if args.offline else _s3(args, upload_pool_size(args.workers))
         plan = plan_upload(args.src, args.dest, client, kms_key=args.kms_key)
         if args.dry_run:
-            return _dry_upload(plan, args.force)
+            return _dry_upload(plan, args.force, request_checksum_calculation(client, args.profile))
         report, not_deleted = upload(plan, client, workers=args.workers, force=args.force)
     for key, reason in {**report.failed, **not_deleted}.items():
         log.warning("  %s: %s", key, reason)
@@ -149,16 +149,17 @@ def cmd_upload(args) -> int:
     return 1 if report.failed or not_deleted else 0
 
 
-def _dry_upload(plan, force: bool) -> int:
-    """The plan on stderr; on stdout the writes the upload would send (the first PREVIEW of each API), each checked
-    offline by botocore's model of S3 first, as every `sm` dry run's requests are (`printing.print_request`)."""
+def _dry_upload(plan, force: bool, checksum_calculation: str) -> int:
+    """The plan on stderr; on stdout the writes the upload would send (the first PREVIEW of each API) through a
+    client with this request_checksum_calculation, each checked offline by botocore's model of S3 first, as every
+    `sm` dry run's requests are (`printing.print_request`)."""
     import sys
 
     from ..data.upload import PREVIEW
     from ..sm import printing
 
-    print("\n".join(plan.describe(force, PREVIEW)), file=sys.stderr)
-    for api, request in plan.requests(limit=PREVIEW):
+    print("\n".join(plan.describe(force, PREVIEW, checksum_calculation=checksum_calculation)), file=sys.stderr)
+    for api, request in plan.requests(limit=PREVIEW, checksum_calculation=checksum_calculation):
         printing.print_request(api, request, "s3")
     return 0
 

@@ -10,7 +10,8 @@
   lacks (another data set? a re-split only moves the same bins between splits); `force` overrides;
 * the dry run: `describe` (counts, what was read to know them) and `requests` (the writes the upload would send:
   PutObject, or CreateMultipartUpload for a file of PART_SIZE or more, then DeleteObjects; the same fields the real
-  upload passes to boto3, from `object_args` and `delete_requests`). Listing the prefix is a read; `plan_upload`
+  upload passes to boto3, from `object_args` and `delete_requests`, and those boto3's upload_file adds for the
+  client's config, `transfer_args`: ChecksumAlgorithm). Listing the prefix is a read; `plan_upload`
   without a client lists nothing (an offline dry run: every file is to upload, the deletions are unknown);
 * `kms_key` (SSE-KMS): every object is written encrypted with the customer key. S3's ETag of an SSE-KMS object is
   not an MD5, so each object is also given its MD5 ETag as metadata (`x-amz-meta-bincounter-etag`), and an object
@@ -115,21 +116,25 @@ class UploadPlan:
         return {"PutObject": len(self.todo) - parts, "CreateMultipartUpload": parts,
                 "DeleteObjects": -(-len(self.extra) // DELETE_BATCH)}
 
-    def requests(self, limit: int | None = None) -> list[tuple[str, dict]]:
-        """The writes `upload` sends, (API, request) in order (uploads, then deletions), as boto3 is given them;
-        botocore adds each body and its checksum. At most `limit` per API."""
+    def requests(self, limit: int | None = None, *, checksum_calculation: str) -> list[tuple[str, dict]]:
+        """The writes `upload` sends through a client with this request_checksum_calculation
+        (`request_checksum_calculation`), (API, request) in order (uploads, then deletions), as boto3's upload_file
+        hands them to the client (`transfer_args`); botocore adds each body and its checksum value. At most
+        `limit` per API."""
         out: list[tuple[str, dict]] = []
         shown: dict[str, int] = {}
         for key, path in self.todo:
             api = "CreateMultipartUpload" if self.multipart(path) else "PutObject"
             if limit is None or shown.get(api, 0) < limit:
                 shown[api] = shown.get(api, 0) + 1
-                out.append((api, {"Bucket": self.bucket, "Key": key, **object_args(self.kms_key, path)}))
+                out.append((api, {"Bucket": self.bucket, "Key": key, **object_args(self.kms_key, path),
+                                  **transfer_args(checksum_calculation)}))
         deletes = delete_requests(self.bucket, self.extra)
         return out + [("DeleteObjects", r) for r in deletes[:limit]]
 
-    def describe(self, force: bool = False, shown: int = PREVIEW) -> list[str]:
-        """The dry run's lines (beside the requests it prints, `shown` per API)."""
+    def describe(self, force: bool = False, shown: int = PREVIEW, *, checksum_calculation: str) -> list[str]:
+        """The dry run's lines (beside the requests it prints, `shown` per API; `checksum_calculation`: as for
+        `requests`)."""
         mb = sum(p.stat().st_size for _, p in self.todo) / 2**20
         if self.listed:
             lines = [f"dry run: {self.src} -> {self.uri}: would upload {len(self.todo)} files ({mb:.1f} MB), skip "
@@ -155,7 +160,12 @@ class UploadPlan:
         if more:
             lines.append(f"  printed: the first {shown} requests of each kind; not printed: "
                          + ", ".join(f"{n} more {api}" for api, n in more.items()))
-        lines.append("  botocore adds each body and its checksum (CRC32) when it sends them")
+        if transfer_args(checksum_calculation):
+            lines.append("  botocore adds each body, and the value of the checksum ChecksumAlgorithm names, when it "
+                         "sends them")
+        else:
+            lines.append("  botocore adds each body when it sends them (request_checksum_calculation = "
+                         "when_required: no checksum for the uploads; DeleteObjects always carries one)")
         why = self.refusal() if self.listed else None
         if why and not force:
             lines.append(f"without --force the upload refuses: {why}")
@@ -168,6 +178,32 @@ def object_args(kms_key: str | None, path: Path) -> dict:
     if not kms_key:
         return {}
     return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key, "Metadata": {ETAG_META: etag(path)}}
+
+
+def request_checksum_calculation(client, profile: str | None = None) -> str:
+    """The S3 client's request_checksum_calculation, "when_supported" (botocore's default) or "when_required".
+    `client` None (an offline dry run): the value a client for `profile` would take (its config file's
+    request_checksum_calculation, or AWS_REQUEST_CHECKSUM_CALCULATION), checked as botocore checks it."""
+    if client is not None:
+        return client.meta.config.request_checksum_calculation
+    import botocore.session
+    from botocore.args import VALID_REQUEST_CHECKSUM_CALCULATION_CONFIG as valid
+    from botocore.exceptions import InvalidChecksumConfigError
+
+    value = str(botocore.session.Session(profile=profile).get_config_variable("request_checksum_calculation"))
+    if value.lower() not in valid:
+        raise InvalidChecksumConfigError(config_key="request_checksum_calculation", config_value=value,
+                                         valid_options=valid)
+    return value.lower()
+
+
+def transfer_args(checksum_calculation: str) -> dict:
+    """What boto3's upload_file (s3transfer) adds to the ExtraArgs of every PutObject and CreateMultipartUpload
+    for a client with this request_checksum_calculation: botocore's default ChecksumAlgorithm (CRC32) when it is
+    when_supported, nothing when it is when_required (s3transfer's TransferManager._add_operation_defaults)."""
+    from botocore.httpchecksum import DEFAULT_CHECKSUM_ALGORITHM
+
+    return {"ChecksumAlgorithm": DEFAULT_CHECKSUM_ALGORITHM} if checksum_calculation == "when_supported" else {}
 
 
 def delete_requests(bucket: str, keys: list[str]) -> list[dict]:

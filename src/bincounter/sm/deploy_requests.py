@@ -6,8 +6,9 @@ ModelBuilder.
 
 Written for the ModelBuilder of `sdk_compat.WRITTEN_FOR`. tests/test_sm_jobs.py runs ModelBuilder under the dry-run
 hook (`sdk.sdk_session`) for each kind of deploy and fails when its requests and these differ. SDK defaults files
-(an admin config, or a SAGEMAKER_*_CONFIG_OVERRIDE the user set) can add fields ModelBuilder would send (a VPC,
-isolation, a KMS key, tags): where one may (`sdk_defaults_file`), the dry run goes through ModelBuilder.
+(the admin config, the user's ~/.config/sagemaker/config.yaml, or a SAGEMAKER_*_CONFIG_OVERRIDE) can add fields
+ModelBuilder would send (a VPC, isolation, a KMS key, tags): where one may (`sdk_defaults_file`), the dry run goes
+through ModelBuilder.
 """
 
 from __future__ import annotations
@@ -31,16 +32,27 @@ def _tag_value(value: str) -> str:
     return f"{value[:_TAG_PREFIX]}-{hashlib.sha256(value.encode()).hexdigest()[:_TAG_HASH]}"
 
 
-def sdk_defaults_file() -> str | None:
-    """The SDK defaults file whose settings ModelBuilder would add to a dry run's requests: the admin config
-    (SAGEMAKER_ADMIN_CONFIG_OVERRIDE, else the SDK's site-wide config.yaml) or a SAGEMAKER_USER_CONFIG_OVERRIDE the
-    user set (a dry run through the SDK replaces only the user's own config.yaml); None when there is none, or
-    when all it sets is the SDK's own behaviour (SageMaker.PythonSDK: telemetry, ...), as the dry run's own does."""
-    from platformdirs import site_config_dir
+def sdk_config_file(which: str) -> str | None:
+    """The SDK defaults file `which` ("admin" or "user") the SDK reads, picked as it picks it
+    (sagemaker.core.config): SAGEMAKER_ADMIN_/USER_CONFIG_OVERRIDE as set (a file, a directory's config.yaml, an S3
+    URI), else platformdirs' site_config_dir / user_config_dir("sagemaker") + config.yaml (XDG_CONFIG_DIRS /
+    XDG_CONFIG_HOME honoured) where that file exists; None where there is none."""
+    from platformdirs import site_config_dir, user_config_dir
 
-    admin = Path(site_config_dir("sagemaker")) / "config.yaml"  # the SDK's _DEFAULT_ADMIN_CONFIG_FILE_PATH
-    for path in (os.environ.get(_SDK_CONFIG_VARS[0]) or (str(admin) if admin.is_file() else None),
-                 os.environ.get(_SDK_CONFIG_VARS[1])):
+    given = os.environ.get(_SDK_CONFIG_VARS[which == "user"])
+    if given:
+        return str(Path(given) / "config.yaml") if Path(given).is_dir() else given
+    default = Path((user_config_dir if which == "user" else site_config_dir)("sagemaker")) / "config.yaml"
+    return str(default) if default.is_file() else None
+
+
+def sdk_defaults_file() -> str | None:
+    """The SDK defaults file whose settings ModelBuilder would add to a dry run's requests: the admin config or the
+    user's (`sdk_config_file`; a dry run through the SDK keeps the user's settings, in a copy with telemetry off);
+    None when there is none, or when all it sets is the SDK's own behaviour (SageMaker.PythonSDK: telemetry, ...),
+    as the dry run's own copy does."""
+    for which in ("admin", "user"):
+        path = sdk_config_file(which)
         if path and _may_add_fields(path):
             return path
     return None

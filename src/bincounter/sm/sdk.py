@@ -48,27 +48,32 @@ def write_offline_config(workdir: Path) -> Path:
     return cfg
 
 
-def opt_out_of_telemetry(stack: ExitStack) -> None:
+def opt_out_of_telemetry(stack: ExitStack, *, force: bool = False) -> None:
     """Opt out of the SDK's telemetry for this command, as local mode does (SAGEMAKER_USER_CONFIG_OVERRIDE ->
     a config with TelemetryOptOut: true), without overruling the user: a user config that sets TelemetryOptOut
     either way is used as it is; one that does not is copied with that one key added (its other settings kept);
-    the user's file is never written. The variable is restored when `stack` closes."""
+    the user's file is never written. `force` (a dry run, which makes no network call): TelemetryOptOut: false is
+    turned to true in the copy too. The variable is restored when `stack` closes."""
     import yaml
-    from platformdirs import user_config_dir
+
+    from .deploy_requests import sdk_config_file
 
     given = os.environ.get("SAGEMAKER_USER_CONFIG_OVERRIDE")
-    path = Path(given or Path(user_config_dir("sagemaker")) / "config.yaml")
-    if given and not path.is_file():
-        return  # a directory or an S3 URI: the SDK's to read, as the user set it
+    path = sdk_config_file("user")  # the one the SDK reads: the override, else ~/.config/sagemaker/config.yaml
+    if given and not Path(path).is_file():
+        return  # an S3 URI or a missing file: the SDK's to read (or report), as the user set it
     try:
-        cfg = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        cfg = yaml.safe_load(Path(path).read_text()) if path else {}
     except (OSError, yaml.YAMLError):
         return  # the SDK reports its own config's problems
     cfg = cfg if isinstance(cfg, dict) else {}
-    sm = cfg.setdefault("SageMaker", {})
-    modules = (sm if isinstance(sm, dict) else {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
-    if not isinstance(modules, dict) or TELEMETRY_KEY in modules:
-        return
+    modules = cfg
+    for key in ("SageMaker", "PythonSDK", "Modules"):
+        modules = modules.setdefault(key, {}) if isinstance(modules, dict) else None
+    if not isinstance(modules, dict):
+        return  # not a mapping: the SDK's schema check reports it
+    if modules.get(TELEMETRY_KEY) is True or (TELEMETRY_KEY in modules and not force):
+        return  # opted out already, or the user's explicit choice
     modules[TELEMETRY_KEY] = True
     cfg.setdefault("SchemaVersion", "1.0")
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-sdk-config-")))
@@ -159,15 +164,11 @@ def sdk_session(region: str, profile: str | None, endpoint_url: str | None, dry_
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
     os.environ.setdefault("AWS_DEFAULT_REGION", region)  # sagemaker.serve makes a client when imported
     with ExitStack() as stack:
-        if not dry_run:
-            opt_out_of_telemetry(stack)
+        # the user's SDK defaults are kept (a dry run prints what they add); a dry run sends no telemetry either
+        opt_out_of_telemetry(stack, force=dry_run)
         if dry_run:
             stack.enter_context(sdk_compat.dry_run_logs_quiet())
             os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"  # the role check calls IAM
-            if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:  # no telemetry call either
-                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bincounter-dry-run-")))
-                os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(write_offline_config(tmp))
-                stack.callback(os.environ.pop, "SAGEMAKER_USER_CONFIG_OVERRIDE", None)
             if not (os.environ.get("AWS_ACCESS_KEY_ID") or profile):
                 os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "dry-run"
             os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
