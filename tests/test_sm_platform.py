@@ -305,6 +305,8 @@ def test_data_upload_encrypts_with_the_customer_key(moto_endpoint, aws_env, chan
     assert {d["request"]["SSEKMSKeyId"] for d in _docs(dry.stdout)} == {other}  # the printed PutObject requests
     bad = run_cli(*up, "--kms-key", "nope")
     assert bad.returncode == 2 and "--kms-key 'nope'" in bad.stderr
+    empty = run_cli(*up, "--kms-key", "", "--dry-run")  # `--kms-key "$KEY"`, KEY unset: not "no encryption"
+    assert empty.returncode == 2 and "argument --kms-key: empty" in empty.stderr, empty.stderr
 
 
 # ------------------------------------------------------------------------------------------ sm policy

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import COUNTS
 from ..errors import UserError
 from ..train_config import positive_int
-from .base import Formatter
+from .base import Formatter, not_empty
 
 log = logging.getLogger("bincounter")
 
@@ -275,8 +275,8 @@ def register(sub) -> None:
     up.add_argument("--force", action="store_true",
                     help="delete the objects DIR does not hold even when they are not bincounter channels or more "
                     "than half of the prefix")
-    up.add_argument("--kms-key", metavar="KEY", help="encrypt every object with SSE-KMS under this customer key "
-                    "(id, ARN, alias); unchanged objects are then found with one HeadObject each (an SSE-KMS "
-                    "object's ETag is not its MD5)")
+    up.add_argument("--kms-key", metavar="KEY", type=not_empty,
+                    help="encrypt every object with SSE-KMS under this customer key (id, ARN, alias); unchanged "
+                         "objects are then found with one HeadObject each (an SSE-KMS object's ETag is not its MD5)")
     _s3_options(up)
     up.set_defaults(func=cmd_upload)
