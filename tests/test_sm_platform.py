@@ -630,3 +630,15 @@ def test_policy_without_aws_points_to_account_and_dry_run(monkeypatch, capsys, c
         assert main(["sm", "policy", "--dry-run"]) == 0
     assert "us-east-1 assumed" in caplog.text
     assert main(["sm", "policy", "--region", "us-east-1", "--account", "123456789012"]) == 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--capture-percent", "150"], "--capture-percent without --capture-s3"),
+    (["--capture-percent", "150", "--capture-s3", "s3://bkt/c"], "--capture-percent 150: the share of requests"),
+    (["--capture-percent", "0", "--capture-s3", "s3://bkt/c"], "--capture-percent 0: the share of requests"),
+    (["--capture-s3", "bkt/c"], "--capture-s3 needs an s3:// URI"),
+])
+def test_deploy_capture_mistakes_are_one_line(cli, extra, needle):
+    rc, _, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
+                     "--instance-type", "ml.m5.xlarge", *extra, *NOWHERE, "--dry-run")
+    assert rc == 2 and err.count("bincounter: error:") == 1 and needle in err, err
