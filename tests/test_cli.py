@@ -486,3 +486,24 @@ def test_cli_latency_bench_quick(tmp_path):
     assert set(doc["results"]) == {"version", "error-epochs"}
     assert all(r["wall_median_s"] > 0 and r["target_s"] == 1.0 for r in doc["results"].values())
     assert "version" in proc.stdout and "error-epochs" in proc.stdout
+
+
+def test_no_help_entry_shows_an_empty_default_and_evaluate_explains_its_options():
+    """`sm tune --help` once read "--archs ... (default: )"; `evaluate --help` had bare --model-dir and --batch-size."""
+    import argparse
+
+    from bincounter.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    yield from parsers(child)
+
+    every = list(parsers(build_parser()))
+    assert len(every) > 20
+    for p in every:
+        assert "(default: )" not in p.format_help(), p.prog
+    [evaluate] = [p for p in every if p.prog == "bincounter evaluate"]
+    assert all(a.help for a in evaluate._actions if a.option_strings), evaluate.format_help()
