@@ -212,6 +212,9 @@ def test_data_upload_without_credentials_says_how_to_configure_them(tmp_path):
     proc = _run_env(_without_credentials(tmp_path), "data", "upload", _one_channel(tmp_path), "s3://bkt/p", *NOWHERE)
     assert_one_line_error(proc, "no AWS credentials found", "uploading needs them", "aws configure", "AWS_PROFILE")
     assert "--unsigned" not in proc.stderr
+    proc = _run_env(_without_credentials(tmp_path), "data", "upload", _one_channel(tmp_path / "dry"), "s3://bkt/p",
+                    "--dry-run", *NOWHERE)  # a dry run lists the prefix: without credentials, the way without AWS
+    assert_one_line_error(proc, "no AWS credentials found", "--dry-run --offline needs none")
 
 
 @pytest.mark.parametrize("cmd", [["upload", "CHANNELS", "s3://bkt/p"], ["fetch", "--out", "OUT", "--sample", "2"]])
