@@ -18,7 +18,8 @@ A10G estimate) and File mode's copy of the 535k metadata objects.
 
     python bench/pipeline_cost.py [--bins 400] [--size 500] [--latency-ms 30] [--quick] [--out PATH]
 
-Prints the rates, the table last, and writes JSON (bench/results/pipeline_cost.json).
+Prints the rates, the table last, and writes JSON (bench/results/pipeline_cost.json; --quick, a smoke run of the
+code: bench/results/pipeline_cost-quick.json, its table marked as such).
 """
 
 from __future__ import annotations
@@ -243,8 +244,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
                     help="the trainer's default, the smallest the pipeline's tuner tries")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 50 small bins, 64 px, no timing worth reading")
-    ap.add_argument("--out", default="bench/results/pipeline_cost.json")
+    ap.add_argument("--out", help="default: bench/results/pipeline_cost.json (--quick: pipeline_cost-quick.json)")
     a = ap.parse_args()
+    a.out = a.out or f"bench/results/pipeline_cost{'-quick' if a.quick else ''}.json"
     if a.quick:
         a.bins, a.size, a.image_size, a.batch_size = 50, 96, 64, 8
     load = os.getloadavg()[0]  # this machine may be shared: the load average at start and end goes with the rates
@@ -273,12 +275,16 @@ def main() -> None:
     print(f"assumed: S3 first-byte latency {lat['latency_ms']:g} ms; A10G {GPU_IMG_S[0]}-{GPU_IMG_S[1]} img/s at "
           f"224 px, {DDP_EFFICIENCY:.0%} DDP efficiency; metadata copy {METADATA_COPY_S // 60} min; "
           f"{TrainConfig.epochs} epochs; prices {assumptions['prices']}")
+    smoke = "--quick: a smoke run of the code, not figures to quote"
+    print(f"\nall {ABID_BINS:,} bins, one pipeline execution" + (f" ({smoke})" if a.quick else "") + ":")
     print("\n".join(rows))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a),
                                "rates": rates, "assumptions": assumptions, "table": rows}, indent=2))
     print(f"wrote {out}")
+    if a.quick:
+        print(smoke)
 
 
 if __name__ == "__main__":

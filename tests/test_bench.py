@@ -170,15 +170,18 @@ def test_cpu_cost_counts_only_the_servers_cpus(tmp_path):
 @pytest.mark.slow
 def test_pipeline_cost_bench_quick(tmp_path):
     """The real plan, shard (fetched from moto behind the latency proxy, at the step's own --workers), index, trainer
-    and evaluate run end to end; every step of the pipeline gets a row. No timing is asserted."""
+    and evaluate run end to end; every step of the pipeline gets a row; the output says it is a smoke run and goes
+    to its own file. No timing is asserted."""
     import inspect
 
     from bincounter.sagemaker import processing
 
-    out = tmp_path / "pc.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_cost.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
+    out = tmp_path / "bench" / "results" / "pipeline_cost-quick.json"  # its default: never the README's file
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_cost.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    smoke = "--quick: a smoke run of the code, not figures to quote"  # the table's title and the last line
+    assert proc.stdout.strip().splitlines()[-1] == smoke and f"one pipeline execution ({smoke}):" in proc.stdout
     doc = json.loads(out.read_text())
     rates = doc["rates"]
     workers = inspect.signature(processing.shard).parameters["workers"].default  # what `process shard` runs with

@@ -212,6 +212,9 @@ def test_data_upload_without_credentials_says_how_to_configure_them(tmp_path):
     proc = _run_env(_without_credentials(tmp_path), "data", "upload", _one_channel(tmp_path), "s3://bkt/p", *NOWHERE)
     assert_one_line_error(proc, "no AWS credentials found", "uploading needs them", "aws configure", "AWS_PROFILE")
     assert "--unsigned" not in proc.stderr
+    proc = _run_env(_without_credentials(tmp_path), "data", "upload", _one_channel(tmp_path / "dry"), "s3://bkt/p",
+                    "--dry-run", *NOWHERE)  # a dry run lists the prefix: without credentials, the way without AWS
+    assert_one_line_error(proc, "no AWS credentials found", "--dry-run --offline needs none")
 
 
 @pytest.mark.parametrize("cmd", [["upload", "CHANNELS", "s3://bkt/p"], ["fetch", "--out", "OUT", "--sample", "2"]])
@@ -486,3 +489,24 @@ def test_cli_latency_bench_quick(tmp_path):
     assert set(doc["results"]) == {"version", "error-epochs"}
     assert all(r["wall_median_s"] > 0 and r["target_s"] == 1.0 for r in doc["results"].values())
     assert "version" in proc.stdout and "error-epochs" in proc.stdout
+
+
+def test_no_help_entry_shows_an_empty_default_and_evaluate_explains_its_options():
+    """`sm tune --help` once read "--archs ... (default: )"; `evaluate --help` had bare --model-dir and --batch-size."""
+    import argparse
+
+    from bincounter.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    yield from parsers(child)
+
+    every = list(parsers(build_parser()))
+    assert len(every) > 20
+    for p in every:
+        assert "(default: )" not in p.format_help(), p.prog
+    [evaluate] = [p for p in every if p.prog == "bincounter evaluate"]
+    assert all(a.help for a in evaluate._actions if a.option_strings), evaluate.format_help()

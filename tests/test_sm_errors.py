@@ -331,6 +331,11 @@ def test_a_serverless_deploy_prints_its_dollar_line():
     # 3 GB x $0.00002 per GB-second; 10 concurrent requests busy for an hour: 10 x 3600 x $0.00006
     assert "$0.000060 per second of inference" in line and "$2.16/h with 10 requests always in flight" in line
     assert "nothing while idle" in line and "us-east-1 prices of" in line, line
+    depth = 0  # its parentheses pair up (a stray ")" once closed nothing)
+    for c in line:
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        assert depth >= 0, line
+    assert depth == 0, line
 
 
 def test_delete_dry_run_shows_the_autoscaling_deregistration():

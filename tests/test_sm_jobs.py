@@ -444,6 +444,9 @@ TUNE = ["tune", *TRAIN, *NOWHERE]
     ([*TUNE, "--archs", "efficientnet_b0,efficientnet_b9"], ["--archs efficientnet_b9", "not a timm model name"]),
     ([*TUNE, "--image-sizes", "8,224"], ["--image-sizes 8", "image_size must be >= 32"]),
     ([*TUNE, "--batch-sizes", "32,0"], ["--batch-sizes 0", "must be >= 1"]),
+    ([*TUNE, "--archs", "efficientnet_b0,"], ["--archs 'efficientnet_b0,': an empty item"]),
+    ([*TUNE, "--image-sizes", ",224"], ["--image-sizes ',224': an empty item"]),
+    ([*TUNE, "--batch-sizes", "32,,64"], ["--batch-sizes '32,,64': an empty item"]),
     ([*TUNE, "--lr-range", "1e-4,1e-3", "--hp", "lr=0.01"], ["--hp lr=0.01: lr is tuned by --lr-range"]),
     ([*TUNE, "--checkpoint-s3", "s3://bkt/ckpt"], ["same checkpoint URI", "trials would resume from one another"]),
     (["train", *[a if a != ROLE else "bad role!" for a in TRAIN], *NOWHERE], ["--role 'bad role!'"]),
@@ -451,7 +454,8 @@ TUNE = ["tune", *TRAIN, *NOWHERE]
     (["train", *TRAIN, *NOWHERE, "--instance-count", "0"], ["--instance-count 0"]),
 ], ids=["hp-name", "hp-dash", "tune-hp-dash", "hp-type", "hp-rule", "hp-bool", "hp-arch", "hp-reserved", "tune-hp",
         "lr-min-max", "epochs-min-max", "lr-single", "epochs-equal", "lr-zero", "archs", "image-sizes", "batch-sizes",
-        "hp-tuned", "tune-checkpoint", "role-name", "role-arn", "instance-count"])
+        "archs-empty-item", "image-sizes-empty-item", "batch-sizes-empty-item", "hp-tuned", "tune-checkpoint",
+        "role-name", "role-arn", "instance-count"])
 def test_mistakes_are_one_line_before_any_request(capsys, monkeypatch, args, needles):
     """Not even a dry run: the endpoint does not exist, so any request would end in 'cannot reach' instead."""
     line = _main_error(capsys, monkeypatch, *args)

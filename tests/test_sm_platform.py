@@ -614,3 +614,40 @@ def test_deploy_cpu_image_from_a_package_in_a_dry_run_says_it_would_read_it(cli)
     rc, docs, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--cpu-image", CPU_IMAGE,
                         "--instance-type", "ml.c6i.xlarge", *NOWHERE, "--dry-run")  # a URI: as before
     assert rc == 0 and _request(docs, "CreateModel")["PrimaryContainer"]["Image"] == CPU_IMAGE, err
+
+
+def test_policy_without_aws_points_to_account_and_dry_run(monkeypatch, capsys, caplog, tmp_path):
+    """A new user's first `sm policy` (no region, no credentials): each line says how to print it without AWS,
+    not the image build's hint; a dry run says it assumed us-east-1."""
+    from bincounter.cli import main
+
+    for k in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(k, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.chdir(tmp_path)
+    for argv, needles in ((["sm", "policy"], ["no AWS region", "--account 123456789012", "--dry-run"]),
+                          (["sm", "policy", "--region", "us-east-1"],
+                           ["no AWS credentials found", "--account 123456789012", "--dry-run works offline"]),
+                          (["sm", "deploy", "--region", "us-east-1", "--role", "bincounter-sm", "--model-data",
+                            "s3://bkt/m/model.tar.gz", "--image", IMAGE], ["--dry-run works offline"])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "build_and_push" not in err, err
+    with caplog.at_level("INFO", logger="bincounter"):
+        assert main(["sm", "policy", "--dry-run"]) == 0
+    assert "us-east-1 assumed" in caplog.text
+    assert main(["sm", "policy", "--region", "us-east-1", "--account", "123456789012"]) == 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--capture-percent", "150"], "--capture-percent without --capture-s3"),
+    (["--capture-percent", "150", "--capture-s3", "s3://bkt/c"], "--capture-percent 150: the share of requests"),
+    (["--capture-percent", "0", "--capture-s3", "s3://bkt/c"], "--capture-percent 0: the share of requests"),
+    (["--capture-s3", "bkt/c"], "--capture-s3 needs an s3:// URI"),
+])
+def test_deploy_capture_mistakes_are_one_line(cli, extra, needle):
+    rc, _, err = cli("deploy", "--role", ROLE, "--model-data", "s3://bkt/m.tar.gz", "--image", IMAGE,
+                     "--instance-type", "ml.m5.xlarge", *extra, *NOWHERE, "--dry-run")
+    assert rc == 2 and err.count("bincounter: error:") == 1 and needle in err, err

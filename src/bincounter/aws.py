@@ -145,9 +145,11 @@ def _ecr_call(what: str, fn, **kw):
     return aws_call(what, fn, no_credentials=ECR_NO_CREDENTIALS, **kw)
 
 
-def account_id(region=None, profile=None, endpoint_url=None) -> str:
+def account_id(region=None, profile=None, endpoint_url=None, no_credentials: str = ECR_NO_CREDENTIALS) -> str:
+    """The caller's account (STS); `no_credentials`: what the missing-credentials line adds (the ECR steps' hint
+    unless the command has its own way without them)."""
     sts = client("sts", region, profile, endpoint_url)
-    return _ecr_call("STS get-caller-identity", sts.get_caller_identity)["Account"]
+    return aws_call("STS get-caller-identity", sts.get_caller_identity, no_credentials=no_credentials)["Account"]
 
 
 def ensure_repository(name: str, mutability: str = "MUTABLE", region=None, profile=None,

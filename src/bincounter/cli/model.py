@@ -153,11 +153,12 @@ def register(sub) -> None:
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a channel", formatter_class=Formatter,
                        description="Accuracy, count RMSE, per-class recall and confusion matrix (JSON + PNG).")
-    e.add_argument("--model-dir", required=True)
+    e.add_argument("--model-dir", required=True, help="a model directory (config.json + model.safetensors), e.g. "
+                                                     "train's --model-dir or an unpacked model.tar.gz")
     e.add_argument("--data", required=True, help="channel: DIR/<count>/<id>.jpg, or shards (bincounter data shard); "
                    "the whole output of data split or data shard (train/ val/ test/) means its test split")
     e.add_argument("--out", help="report directory (default: --model-dir)")
-    e.add_argument("--batch-size", type=positive_int, default=32)
+    e.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (memory, not results)")
     e.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="add model.onnx (for the CPU serving image) to a saved model",

@@ -52,7 +52,8 @@ def add_deploy(sub, formatter) -> None:
     d.add_argument("--autoscale", metavar="MIN,MAX", help="target tracking on invocations per instance")
     d.add_argument("--invocations-per-instance", type=int, default=300)
     d.add_argument("--capture-s3", help="enable data capture to this s3:// prefix")
-    d.add_argument("--capture-percent", type=int, default=100, help="share of requests captured")
+    d.add_argument("--capture-percent", type=int, help="share of requests captured, 1..100 (default: 100; with "
+                   "--capture-s3)")
     d.add_argument("--no-wait", action="store_true",
                    help="return once the endpoint is being created (default: wait for InService, showing the "
                         "deployment's progress and logs; --autoscale always waits)")
@@ -178,6 +179,9 @@ def endpoint_spec(args) -> EndpointSpec:
             raise UserError("--cpu-image without a URI serves a model package's CPU specification: add "
                             "--model-package ARN, or give the image: --cpu-image URI")
         cpu_image = CPU_FROM_PACKAGE
+    if args.capture_percent is not None and not args.capture_s3:
+        raise UserError("--capture-percent without --capture-s3: data capture needs where to write (--capture-s3 "
+                        "s3://BUCKET/PREFIX)")
     return EndpointSpec(
         role=role(args), name=args.name, training_job=args.training_job, model_data=args.model_data,
         model_package=args.model_package, image=args.image, cpu_image=cpu_image,
@@ -185,7 +189,8 @@ def endpoint_spec(args) -> EndpointSpec:
         instance_type=instance_type(args), instance_count=args.instance_count,
         autoscale=_ints(args.autoscale) if args.autoscale else None,
         invocations_per_instance=args.invocations_per_instance, capture_s3=args.capture_s3,
-        capture_percent=args.capture_percent, wait=not args.no_wait, price_per_hour=args.price_per_hour,
+        capture_percent=100 if args.capture_percent is None else args.capture_percent, wait=not args.no_wait,
+        price_per_hour=args.price_per_hour,
         platform=platform_settings(args))
 
 

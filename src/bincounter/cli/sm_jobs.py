@@ -76,8 +76,10 @@ def add_tune(sub, formatter) -> None:
                    "batch_size=...)")
     t.add_argument("--epochs-range", help=f"MIN,MAX (default {ranges['epochs']}; not tuned when --hp epochs=... "
                    "fixes it)")
-    t.add_argument("--archs", default="", help="optional: comma-separated timm names to search")
-    t.add_argument("--image-sizes", default="", help="optional: comma-separated sizes (>= 32) to search")
+    t.add_argument("--archs", help="optional: comma-separated timm names to search (default: not searched; the arch "
+                   "of --hp arch=..., else the trainer's)")
+    t.add_argument("--image-sizes", help="optional: comma-separated sizes (>= 32) to search (default: not searched; "
+                   "--hp image_size=..., else the trainer's)")
     t.add_argument("--no-early-stopping", action="store_true")
     t.set_defaults(func=cmd_tune)
 
@@ -157,7 +159,8 @@ def cmd_tune(args) -> int:
 
     spec = TuningJobSpec(job=training_spec(args), max_jobs=args.max_jobs, max_parallel=args.max_parallel,
                          lr_range=args.lr_range, batch_sizes=args.batch_sizes, epochs_range=args.epochs_range,
-                         archs=args.archs, image_sizes=args.image_sizes, early_stopping=not args.no_early_stopping)
+                         archs=args.archs or "", image_sizes=args.image_sizes or "",
+                         early_stopping=not args.no_early_stopping)
     return tuning.start(spec, target(args))
 
 

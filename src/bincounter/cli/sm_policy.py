@@ -11,7 +11,7 @@ from .. import aws
 from ..errors import UserError
 from ..sm import policy, printing, project_config
 from ..sm.platform import split_ids
-from ..sm.target import DRY_ACCOUNT
+from ..sm.target import DRY_ACCOUNT, NO_CREDENTIALS
 from .sm_common import add_common, config, target, text
 
 log = logging.getLogger("bincounter")
@@ -67,13 +67,18 @@ def _account(args, cfg, region: str) -> str:
         log.warning("dry run: the account is the placeholder %s (pass --account; a real run reads it from STS)",
                     DRY_ACCOUNT)
         return DRY_ACCOUNT
-    return aws.account_id(region, args.profile, args.endpoint_url)
+    hint = NO_CREDENTIALS if args.create_role else f"or pass --account 123456789012; {NO_CREDENTIALS}"
+    return aws.account_id(region, args.profile, args.endpoint_url, no_credentials=hint)
 
 
 def cmd_policy(args) -> int:
     cfg = config(args)
     t = target(args)
-    region = t.resolved_region()
+    try:
+        region = t.resolved_region()
+    except UserError as e:  # printing the policy needs no AWS: the region only goes into its ARNs
+        raise UserError(f"{e}; printing the policy needs no AWS with --region us-east-1 --account 123456789012, "
+                        "or --dry-run") from None
 
     def pick(value, key, flag, default=None):
         return project_config.resolve(value, key, cfg, flag, default)[0]

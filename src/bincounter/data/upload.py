@@ -256,7 +256,7 @@ def plan_upload(src: str | Path, uri: str, client, kms_key: str | None = None) -
     files = [("/".join(filter(None, [prefix, p.relative_to(src).as_posix()])), p) for p in paths]
     if client is None:
         return UploadPlan(src, bucket, prefix, channels, files, list(files), kms_key=kms_key, listed=False)
-    check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}")
+    check_endpoint(client, bucket, f"uploading needs them: {CONFIGURE}; --dry-run --offline needs none")
     remote: dict[str, tuple[int, str]] = {}
     # prefix + "/": s3://b/bins/v1 must not reach into bins/v10/
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix

@@ -96,7 +96,7 @@ def serverless_line(*, memory_mb: int, max_concurrency: int, region: str | None 
     per_s = memory_mb / 1024 * t["usd_per_gb_second"]
     return (f"estimated cost: serverless {memory_mb} MB: ${per_s:.6f} per second of inference "
             f"({_money(per_s * 3600 * max_concurrency)}/h with {max_concurrency} requests always in flight) + "
-            f"${t['usd_per_gb_processed']:.3f} per GB in/out; nothing while idle" + _where(region, None) + ")")
+            f"${t['usd_per_gb_processed']:.3f} per GB in/out; nothing while idle" + _where(region, None))
 
 
 SERVERLESS_MEMORY_MB = tuple(range(1024, 6145, 1024))  # what SageMaker serverless accepts (--serverless checks it)

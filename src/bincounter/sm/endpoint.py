@@ -50,8 +50,10 @@ def _check(spec: EndpointSpec) -> None:
     if spec.cpu_image and not serverless and spec.instance_type.split(".")[1][:1] in ("g", "p", "i"):
         log.warning("--cpu-image on %s: the CPU image does not use GPUs or Inferentia; pick a CPU instance "
                     "(ml.c6i/ml.m6i) or serve with the training image", spec.instance_type)
-    if spec.capture_s3 and not (spec.capture_s3.startswith("s3://") and 0 < spec.capture_percent <= 100):
-        raise UserError("--capture-s3 needs an s3:// URI and --capture-percent in 1..100")
+    if not 0 < spec.capture_percent <= 100:
+        raise UserError(f"--capture-percent {spec.capture_percent}: the share of requests captured, 1..100")
+    if spec.capture_s3 and not spec.capture_s3.startswith("s3://"):
+        raise UserError("--capture-s3 needs an s3:// URI")
     if spec.instance_count < 1:
         raise UserError(f"--instance-count {spec.instance_count}: must be >= 1")
     if spec.autoscale and (len(spec.autoscale) != 2 or not 1 <= spec.autoscale[0] <= spec.autoscale[1]):

@@ -156,9 +156,18 @@ def with_tracking(hps: dict, *, experiment: str | None = None, env: dict | None 
     return out
 
 
+def _items(option: str, text: str) -> list[str]:
+    """A comma-separated list's items; an empty one (a stray comma) is refused, not dropped."""
+    items = [v.strip() for v in text.split(",")]
+    if not all(items):
+        raise UserError(f"{option} {text!r}: an empty item (a stray comma?)")
+    return items
+
+
 def _numbers(option: str, text: str, cast) -> tuple:
+    items = _items(option, text)
     try:
-        return tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+        return tuple(cast(v) for v in items)
     except ValueError:
         kind = "integers" if cast is int else "numbers"
         raise UserError(f"{option} {text!r}: expected comma-separated {kind}") from None
@@ -201,11 +210,9 @@ def tuning_ranges(*, lr: str | None, batch_sizes: str | None, epochs: str | None
     if text["epochs"] is not None:
         out["epochs"] = _range("--epochs-range", text["epochs"], int, "epochs")
     if text["batch_size"] is not None:
-        out["batch_size"] = _numbers("--batch-sizes", text["batch_size"], int)
-        if not out["batch_size"]:
-            raise UserError("--batch-sizes: give at least one batch size")
+        out["batch_size"] = _numbers("--batch-sizes", text["batch_size"], int)  # "" is one empty item
     if archs.strip():
-        out["arch"] = tuple(a.strip() for a in archs.split(",") if a.strip())
+        out["arch"] = tuple(_items("--archs", archs))
     if image_sizes.strip():
         out["image_size"] = _numbers("--image-sizes", image_sizes, int)
     option = {"lr": "--lr-range", "epochs": "--epochs-range", "batch_size": "--batch-sizes", "arch": "--archs",

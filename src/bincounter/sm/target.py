@@ -13,6 +13,7 @@ from ..errors import UserError
 log = logging.getLogger("bincounter")
 
 DRY_ACCOUNT = "000000000000"  # the account a dry run names in ARNs (no STS call)
+NO_CREDENTIALS = "--dry-run works offline"  # what an sm command's missing-credentials line adds
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class AwsTarget:
             try:
                 return aws.resolve_region()
             except UserError:
+                log.warning("dry run: no region given or configured: us-east-1 assumed (pass --region)")
                 return "us-east-1"
         return aws.resolve_region(self.region, self.profile)
 
@@ -48,7 +50,7 @@ class AwsTarget:
             log.warning("dry run: --role %s expanded with the placeholder account %s (a real run reads the account "
                         "from STS)", role, account)
         else:
-            account = aws.account_id(region, self.profile, self.endpoint_url)
+            account = aws.account_id(region, self.profile, self.endpoint_url, no_credentials=NO_CREDENTIALS)
         arn = aws.role_arn(role, account, region)
         log.info("role: %s", arn)
         return arn
