@@ -16,10 +16,29 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+#: what a proxy does not pass on from the upstream answer (its own connection's business)
+HOP_HEADERS = ("transfer-encoding", "connection", "server", "date")
+
+
+def forward(handler: BaseHTTPRequestHandler, host: str, port: int | str, body: bytes, timeout: float = 60) -> bytes:
+    """Send `handler`'s request (with `body`) to host:port and answer its status and headers through `handler`;
+    -> the answer's body, for the caller to write (whole, or not: tests/test_data_s3.py's FaultProxy cuts some)."""
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn.request(handler.command, handler.path, body=body or None,
+                 headers={k: v for k, v in handler.headers.items() if k.lower() != "host"})
+    resp = conn.getresponse()
+    data = resp.read()
+    handler.send_response(resp.status)
+    for k, v in resp.getheaders():
+        if k.lower() not in HOP_HEADERS:
+            handler.send_header(k, v)
+    handler.end_headers()
+    return data
+
 
 class LatencyProxy:
-    """Forwards every request to moto after a fixed delay (one S3 GET's first-byte latency); the same forwarding
-    as tests/test_data_s3.py's FaultProxy, without the faults."""
+    """Forwards every request to moto after a fixed delay (one S3 GET's first-byte latency); `forward` is also
+    tests/test_data_s3.py's FaultProxy's, which adds faults."""
 
     def __init__(self, upstream: str, delay_s: float):
         host, port = upstream.split("//")[1].split(":")
@@ -33,16 +52,7 @@ class LatencyProxy:
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 time.sleep(delay_s)
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                conn.request(self.command, self.path, body=body or None,
-                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "server", "date"):
-                        self.send_header(k, v)
-                self.end_headers()
+                data = forward(self, host, port, body)
                 self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward

@@ -4,7 +4,6 @@ small HTTP proxy in front of it. Everything goes through --endpoint-url, nothing
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import signal
@@ -18,7 +17,20 @@ import pytest
 
 from bincounter.data.synth import synth_dataset
 
-from .conftest import BIN, assert_one_line_error, run_cli
+from .conftest import BIN, REPO, assert_one_line_error, run_cli
+
+
+def _load_s3_latency():
+    """bench/s3_latency.py (not a package): the request forwarding its latency proxy and FaultProxy share."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("s3_latency", REPO / "bench" / "s3_latency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+S3_LATENCY = _load_s3_latency()
 
 
 def _sha(p: Path) -> str:
@@ -83,16 +95,7 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
-                conn = http.client.HTTPConnection(proxy.host, int(proxy.port), timeout=30)
-                conn.request(self.command, self.path, body=body or None,
-                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "server", "date"):
-                        self.send_header(k, v)
-                self.end_headers()
+                data = S3_LATENCY.forward(self, proxy.host, proxy.port, body, timeout=30)
                 if proxy.truncate.get(key, 0) > 0 and self.command == "GET":
                     proxy.truncate[key] -= 1
                     self.wfile.write(data[: len(data) // 2])
