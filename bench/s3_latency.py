@@ -36,6 +36,24 @@ def forward(handler: BaseHTTPRequestHandler, host: str, port: int | str, body: b
     return data
 
 
+class ProxyHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP/1.1 handler that reads each request's body and hands it to `relay(body)`, for every method S3
+    uses; the proxies here and in tests/test_data_s3.py define `relay`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def relay(self, body: bytes) -> None:
+        raise NotImplementedError
+
+    def _any(self):
+        self.relay(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+
 class LatencyProxy:
     """Forwards every request to moto after a fixed delay (one S3 GET's first-byte latency); `forward` is also
     tests/test_data_s3.py's FaultProxy's, which adds faults."""
@@ -43,19 +61,10 @@ class LatencyProxy:
     def __init__(self, upstream: str, delay_s: float):
         host, port = upstream.split("//")[1].split(":")
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        class H(ProxyHandler):
+            def relay(self, body: bytes) -> None:
                 time.sleep(delay_s)
-                data = forward(self, host, port, body)
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+                self.wfile.write(forward(self, host, port, body))
 
         class Quiet(ThreadingHTTPServer):
             daemon_threads = True

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -75,14 +75,8 @@ class FaultProxy:
         self.sent: list[tuple[str | None, bytes]] = []
         proxy = self
 
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def _forward(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        class H(S3_LATENCY.ProxyHandler):
+            def relay(self, body: bytes) -> None:
                 key = self.path.split("?")[0]
                 proxy.calls[key] = proxy.calls.get(key, 0) + 1
                 proxy.sent.append((self.headers.get("X-Amz-Target"), body))
@@ -103,7 +97,6 @@ class FaultProxy:
                     return
                 self.wfile.write(data)
 
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
