@@ -233,3 +233,41 @@ def test_the_server_check_opens_the_file_served(int8_copy, monkeypatch):
     assert problem and "\n" not in problem
     monkeypatch.setenv("BINCOUNTER_ONNX_PRECISION", "fp32")
     assert check_artifact(int8_copy, "onnx") is None
+
+
+def pad_amounts(model_bytes: bytes, x: np.ndarray) -> list:
+    """The amounts each Pad of the model pads by, for input x (the Pads' `pads` inputs made graph outputs)."""
+    import onnx
+
+    from bincounter.quantize import session
+
+    m = onnx.load_from_string(model_bytes)
+    pads = [n.input[1] for n in m.graph.node if n.op_type == "Pad"]
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in pads)
+    return [a.tolist() for a in session(m.SerializeToString()).run(pads, {"image": x})]
+
+
+def test_pad_amounts_stay_exact(tmp_path):
+    """TF-"same" convs (timm's tf_* models, the demo's tf_efficientnet_lite0) compute their padding at run time, in
+    float, then cast it to int64. Quantized, a pad of 1 came back as 0.996 and the cast made it 0: every
+    stride-2 block padded wrong. The INT8 model must pad exactly as model.onnx does."""
+    import onnx
+    import torch
+    from timm.layers import Conv2dSame
+    from torch import nn
+
+    from bincounter.quantize import pad_amount_nodes, quantize_bytes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU6(), Conv2dSame(8, 8, 5, stride=2, groups=8),
+                          nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5), nn.Softmax(1)).eval()
+    fp32 = tmp_path / "same.onnx"
+    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), str(fp32), dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["p"], dynamic_axes={"image": {0: "n"}, "p": {0: "n"}})
+    assert len(pad_amount_nodes(onnx.load(str(fp32)))) > 4  # the exporter kept the run-time pad arithmetic
+    cal = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    int8 = quantize_bytes(fp32, cal)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(int8).graph.node)  # really quantized
+    want = pad_amounts(fp32.read_bytes(), cal[:2])
+    assert len(want) == 2 and all(any(p) for p in want)  # two Pads, each padding something
+    assert pad_amounts(int8, cal[:2]) == want

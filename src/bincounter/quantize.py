@@ -4,6 +4,10 @@ when it holds the accuracy.
 `quantize_int8` (what `bincounter export --quantize int8` runs): `quant_pre_process` (shape inference + graph
 optimisation, as ONNX Runtime recommends before quantizing), then `quantize_static`: QDQ format, per-channel
 weights, MinMax ranges calibrated on N images of a val channel preprocessed by THE `Preprocess` (config.json's).
+The nodes that compute a Pad's amounts are kept in float (`pad_amount_nodes`): TF-"same" models (timm's tf_*,
+the demo's tf_efficientnet_lite0) compute their padding at run time from the input's shape, in float, then cast
+it to int64; quantized, a pad of 1 came back as 0.996 and the cast made it 0, so every stride-2 block padded
+wrong and a quarter to a third of the counts changed (bench/int8.py, docs/PERFORMANCE.md#int8).
 The types are `DEFAULT` = uint8 activations, int8 weights with `reduce_range` (7-bit weights): on CPUs without
 VNNI (AVX2 only, like this project's machines) ONNX Runtime's u8s8 kernels can saturate the 16-bit intermediate
 sums and its docs recommend reduce_range there; ONNX Runtime 1.32's default (int8 activations) ran no faster
@@ -54,9 +58,27 @@ CONFIGS = {"S8S8": QuantSettings("int8", "int8", False), "S8S8 reduce_range": Qu
            "U8S8": QuantSettings("uint8", "int8", False), "U8S8 reduce_range": DEFAULT}
 
 
+def pad_amount_nodes(model) -> list[str]:
+    """Names of the nodes of `model` (an onnx ModelProto) that compute a Pad's amounts: its non-data inputs and
+    their ancestors, up to the Shape nodes that read the data's shape. Shape arithmetic, not activations: it must
+    stay exact, so quantization leaves these nodes alone."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names: set[str] = set()
+    todo = [t for node in model.graph.node if node.op_type == "Pad" for t in node.input[1:] if t]
+    while todo:
+        node = producer.get(todo.pop())  # None: an initializer or a graph input
+        if node is None or node.name in names:  # (nodes named: quantize_bytes names the unnamed ones)
+            continue
+        names.add(node.name)
+        if node.op_type != "Shape":  # a Shape reads the data tensor: the walk stops there
+            todo += [t for t in node.input if t]
+    return sorted(names)
+
+
 def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSettings = DEFAULT) -> bytes:
     """The INT8 model's bytes: `fp32` (an ONNX file) pre-processed and statically quantized, ranges calibrated
-    on `calibration` (N x 3 x S x S float32, preprocessed as the model expects)."""
+    on `calibration` (N x 3 x S x S float32, preprocessed as the model expects), Pad amounts left in float."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -84,10 +106,19 @@ def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSet
         with tempfile.TemporaryDirectory(prefix="bincounter-int8-") as tmp:
             pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            model = onnx.load(str(pre))
+            unnamed = [n for n in model.graph.node if not n.name]  # nodes_to_exclude matches by name
+            for i, node in enumerate(unnamed):
+                node.name = f"bincounter_unnamed_{i}"
+            if unnamed:
+                onnx.save(model, str(pre))
+            exclude = pad_amount_nodes(model)
+            if exclude:
+                log.info("keeping %d nodes in float: they compute Pad amounts", len(exclude))
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat[settings.quant_format],
                             per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                             activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
-                            calibrate_method=CalibrationMethod[settings.calibrate_method])
+                            calibrate_method=CalibrationMethod[settings.calibrate_method], nodes_to_exclude=exclude)
             data = out.read_bytes()
     finally:
         root.removeFilter(quiet)
