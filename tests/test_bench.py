@@ -106,9 +106,13 @@ def test_cpu_cost_from_a_serve_result(tmp_path):
 
 
 def _serve_bench():
+    return _bench("serve")
+
+
+def _bench(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("serve_bench", REPO / "bench" / "serve.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -192,3 +196,29 @@ def test_pipeline_cost_bench_quick(tmp_path):
     steps = [row.split("|")[1].strip() for row in doc["table"][2:]]
     assert [s.split(" ")[0] for s in steps] == ["Prepare", "Shard", "Tune", "Train", "Evaluate", "**One"]
     assert doc["table"][-1] in proc.stdout
+
+
+def test_int8_bench_table_reports_holdout_and_per_seed_drops():
+    """bench/int8.py's table (its runs need a demo training each: not in the tests): mean ± sd over seeds, the
+    holdout columns when there is a holdout set, and each seed's accuracy drop from fp32 on both sets."""
+    ib = _bench("int8")
+
+    def cfg(acc, hacc):
+        return {"accuracy": acc, "rmse": 0.7, "agreement": 0.9, "holdout_accuracy": hacc, "holdout_rmse": 0.7,
+                "holdout_agreement": 0.95, "images_per_s": 100.0, "vs_fp32": 1.5}
+
+    runs = [{"seed": s, "n_test": 90, "n_holdout": 990, "n_calibration": 90,
+             "configs": {"fp32": cfg(0.6, 0.62), "U8S8 reduce_range": cfg(0.6 - d, 0.62 - h)}}
+            for s, d, h in ((0, 0.011, 0.016), (1, -0.022, 0.001))]
+    summary = ib.summarize(runs)
+    assert summary["U8S8 reduce_range"]["holdout_accuracy"]["mean"] == pytest.approx(0.62 - 0.0085)
+    text = ib.table(summary, runs)
+    assert "holdout accuracy" in text and "990 holdout images" in text
+    assert "U8S8 reduce_range: seed 0 +0.011; +0.016, seed 1 -0.022; +0.001" in text
+    for run in runs:  # without a holdout set: the test split's columns only
+        run["n_holdout"] = 0
+        for c in run["configs"].values():
+            for k in ("holdout_accuracy", "holdout_rmse", "holdout_agreement"):
+                del c[k]
+    text = ib.table(ib.summarize(runs), runs)
+    assert "holdout" not in text and "seed 1 -0.022," not in text and "seed 1 -0.022" in text
