@@ -4,6 +4,7 @@ and served by OnnxPredictor (the CPU image's runtime) behind the same hash gate 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_quantize_writes_the_int8_model_and_its_record(int8_model, channels):
     assert r["onnx_sha256"] == config["onnx"]["sha256"] == sha256_file(int8_model / ONNX)
     s = r["settings"]
     assert (s["quant_format"], s["activation_type"], s["weight_type"], s["reduce_range"], s["per_channel"],
-            s["calibrate_method"], s["calibration_images"]) == ("QDQ", "uint8", "int8", True, True, "MinMax", CAL)
+            s["calibrate_method"], s["fp32_stride"], s["calibration_images"]) == (
+        "QDQ", "uint8", "int8", True, True, "MinMax", 0, CAL)
     n_test = len(list((channels / "test").rglob("*.jpg")))
     t = r["test"]
     assert t["n"] == n_test and 0 <= t["changed_share"] <= 1
@@ -256,7 +258,7 @@ def test_pad_amounts_stay_exact(tmp_path):
     from timm.layers import Conv2dSame
     from torch import nn
 
-    from bincounter.quantize import pad_amount_nodes, quantize_bytes
+    from bincounter.quantize import DEFAULT, pad_amount_nodes, quantize_bytes
 
     torch.manual_seed(0)
     model = nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.ReLU6(), Conv2dSame(8, 8, 5, stride=2, groups=8),
@@ -266,8 +268,48 @@ def test_pad_amounts_stay_exact(tmp_path):
                       input_names=["image"], output_names=["p"], dynamic_axes={"image": {0: "n"}, "p": {0: "n"}})
     assert len(pad_amount_nodes(onnx.load(str(fp32)))) > 4  # the exporter kept the run-time pad arithmetic
     cal = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
-    int8 = quantize_bytes(fp32, cal)
+    int8 = quantize_bytes(fp32, cal, dataclasses.replace(DEFAULT, fp32_stride=0))  # every conv quantized
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(int8).graph.node)  # really quantized
     want = pad_amounts(fp32.read_bytes(), cal[:2])
     assert len(want) == 2 and all(any(p) for p in want)  # two Pads, each padding something
     assert pad_amounts(int8, cal[:2]) == want
+
+
+def float_weight_convs(model_bytes: bytes) -> list[str]:
+    """The Conv nodes of the model whose weights are float (not the output of a DequantizeLinear), in order."""
+    import onnx
+
+    graph = onnx.load_from_string(model_bytes).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] not in dequantized]
+
+
+def test_early_convs_stay_fp32(int8_model, channels):
+    """The default quantizes every conv; `--fp32-stride 4` keeps the convolutions with outputs at stride <= 4 (64 px
+    images: 16 px or more; not the squeeze-excite convs, 1 px) in fp32, every other one INT8."""
+    import onnx
+
+    from bincounter.artifact import preprocess_of
+    from bincounter.quantize import DEFAULT, channel_arrays, early_convs, quantize_bytes
+
+    assert float_weight_convs((int8_model / ONNX_INT8).read_bytes()) == []
+    cal, _ = channel_arrays(channels / "val", preprocess_of(read_config(int8_model)), CAL)
+    stride4 = float_weight_convs(quantize_bytes(int8_model / ONNX, cal, dataclasses.replace(DEFAULT, fp32_stride=4)))
+    assert stride4 == early_convs(onnx.load(int8_model / ONNX), cal[:1], 4)
+    assert stride4[0] == "/model/conv_stem/Conv" and any("blocks.1" in n for n in stride4), stride4
+    assert not any(n.startswith(("/model/blocks/blocks.3", "/model/conv_head")) or "conv_reduce" in n
+                   for n in stride4), stride4  # stride 16, the head, squeeze-excite: INT8
+    stride2 = early_convs(onnx.load(int8_model / ONNX), cal[:1], 2)
+    assert stride2 and set(stride2) < set(stride4)
+
+
+def test_fp32_stride_flag(int8_copy, channels):
+    from .conftest import assert_one_line_error, run_cli
+
+    assert quantize(int8_copy, channels, "--fp32-stride", "4", "--force-servable") == 0
+    assert read_config(int8_copy)[INT8_RECORD]["settings"]["fp32_stride"] == 4
+    assert float_weight_convs((int8_copy / ONNX_INT8).read_bytes())[0] == "/model/conv_stem/Conv"
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
+                                  channels / "val", "--fp32-stride", "3"), "--fp32-stride", "power of two")
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--fp32-stride", "4"),
+                          "--fp32-stride only applies with --quantize int8")

@@ -8,6 +8,10 @@ The nodes that compute a Pad's amounts are kept in float (`pad_amount_nodes`): T
 the demo's tf_efficientnet_lite0) compute their padding at run time from the input's shape, in float, then cast
 it to int64; quantized, a pad of 1 came back as 0.996 and the cast made it 0, so every stride-2 block padded
 wrong and a quarter to a third of the counts changed (bench/int8.py, docs/PERFORMANCE.md#int8).
+`export --fp32-stride 4` also keeps the convolutions up to output stride 4 (the stem and the first blocks, at the
+two highest resolutions) in fp32 (`early_convs`): half as many counts change, but INT8 loses its speed (1.45x ->
+1.26x fp32 on the demo model, 1.13x -> 0.80x on efficientnet_b0 at 224 px) and the accuracy drop is no smaller on
+average, so the default quantizes them all (docs/PERFORMANCE.md#int8).
 The types are `DEFAULT` = uint8 activations, int8 weights with `reduce_range` (7-bit weights): on CPUs without
 VNNI (AVX2 only, like this project's machines) ONNX Runtime's u8s8 kernels can saturate the 16-bit intermediate
 sums and its docs recommend reduce_range there; ONNX Runtime 1.32's default (int8 activations) ran no faster
@@ -44,18 +48,21 @@ class QuantSettings:
     per_channel: bool = True
     quant_format: str = "QDQ"
     calibrate_method: str = "MinMax"
+    fp32_stride: int = 0  # convs whose output is at most this much smaller than the image stay fp32 (0: none)
 
     @property
     def name(self) -> str:
         short = {"uint8": "U8", "int8": "S8"}
-        return short[self.activation_type] + short[self.weight_type] + (" reduce_range" if self.reduce_range else "")
+        return (short[self.activation_type] + short[self.weight_type] + (" reduce_range" if self.reduce_range else "")
+                + (f", fp32 to stride {self.fp32_stride}" if self.fp32_stride else ""))
 
 
 #: what `export --quantize int8` writes
 DEFAULT = QuantSettings()
 #: the configurations bench/int8.py compares (fp32 is the reference)
-CONFIGS = {"S8S8": QuantSettings("int8", "int8", False), "S8S8 reduce_range": QuantSettings("int8", "int8", True),
-           "U8S8": QuantSettings("uint8", "int8", False), "U8S8 reduce_range": DEFAULT}
+CONFIGS = {c.name: c for c in (QuantSettings("int8", "int8", False), QuantSettings("int8", "int8", True),
+                                QuantSettings("uint8", "int8", False), DEFAULT,
+                                dataclasses.replace(DEFAULT, fp32_stride=4))}
 
 
 def pad_amount_nodes(model) -> list[str]:
@@ -73,6 +80,26 @@ def pad_amount_nodes(model) -> list[str]:
         if node.op_type != "Shape":  # a Shape reads the data tensor: the walk stops there
             todo += [t for t in node.input if t]
     return sorted(names)
+
+
+def early_convs(model, image: np.ndarray, max_stride: int) -> list[str]:
+    """Names of the Conv nodes of `model` (an onnx ModelProto) whose output is at most `max_stride` times smaller
+    than the input image: the first, highest-resolution layers, with the fewest channels, where INT8 error starts
+    and then grows through the network (bench/int8.py: keeping those of stride <= 4 in fp32 halved the counts
+    that changed, for much of INT8's speed: `export --fp32-stride`, off by default). Sizes from running `model` on `image` (1 x 3 x S x S): a TF-"same"
+    model's Pads hide them from shape inference."""
+    import onnx
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if max_stride <= 0 or not convs:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n.output[0]) for n in convs)
+    sess = session(probe.SerializeToString(), threads=1)
+    outs = sess.run([n.output[0] for n in convs], {sess.get_inputs()[0].name: image})
+    return [n.name for n, out in zip(convs, outs, strict=True)
+            if out.ndim == 4 and image.shape[2] <= max_stride * out.shape[2]]
 
 
 def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSettings = DEFAULT) -> bytes:
@@ -115,10 +142,15 @@ def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSet
             exclude = pad_amount_nodes(model)
             if exclude:
                 log.info("keeping %d nodes in float: they compute Pad amounts", len(exclude))
+            early = early_convs(model, np.ascontiguousarray(calibration[:1], dtype=np.float32), settings.fp32_stride)
+            if early:
+                log.info("keeping the %d convolutions up to stride %d in fp32 (the most sensitive to INT8)",
+                         len(early), settings.fp32_stride)
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat[settings.quant_format],
                             per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                             activation_type=types[settings.activation_type], weight_type=types[settings.weight_type],
-                            calibrate_method=CalibrationMethod[settings.calibrate_method], nodes_to_exclude=exclude)
+                            calibrate_method=CalibrationMethod[settings.calibrate_method],
+                            nodes_to_exclude=exclude + early)
             data = out.read_bytes()
     finally:
         root.removeFilter(quiet)

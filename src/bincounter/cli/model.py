@@ -3,6 +3,7 @@ reporting on its run, each a thin wrapper over the library (`train`, `evaluate`,
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -47,11 +48,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def stride(text: str) -> int:
+    """--fp32-stride: 0 or a power of two (an output stride)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0 or (n and n & (n - 1)):
+        raise argparse.ArgumentTypeError(f"expected 0 or a power of two (2, 4, 8, ...), got {text!r}")
+    return n
+
+
 def cmd_export(args) -> int:
     from ..artifact import ONNX
 
     int8_flags = [f for f, v in (("--calibration", args.calibration), ("--test", args.test),
-                                 ("--force-servable", args.force_servable)) if v]
+                                 ("--force-servable", args.force_servable),
+                                 ("--fp32-stride", args.fp32_stride is not None)) if v]
     if args.quantize and not args.calibration:
         raise UserError("--quantize int8 needs --calibration DIR (a val channel: its images set the INT8 ranges)")
     if int8_flags and not args.quantize:
@@ -85,11 +98,14 @@ def cmd_export(args) -> int:
             raise UserError(f"{path}: ONNX Runtime and PyTorch disagree by {diff:.2e} (> 1e-4)")
     print(f"{path}  opset {meta['opset']}  {path.stat().st_size / 1e6:.1f} MB  sha256 {meta['sha256'][:12]}")
     if args.quantize:
-        from ..artifact import ONNX_INT8
-        from ..quantize import quantize_int8
+        import dataclasses
 
+        from ..artifact import ONNX_INT8
+        from ..quantize import DEFAULT, quantize_int8
+
+        settings = DEFAULT if args.fp32_stride is None else dataclasses.replace(DEFAULT, fp32_stride=args.fp32_stride)
         record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images,
-                               args.max_accuracy_drop, args.force_servable)
+                               args.max_accuracy_drop, args.force_servable, settings)
         path = Path(args.model_dir) / ONNX_INT8
         print(f"{path}  {record['settings']['quant_format']} {path.stat().st_size / 1e6:.1f} MB  "
               f"sha256 {record['sha256'][:12]}  {record['why']}")
@@ -185,6 +201,11 @@ def register(sub) -> None:
                    help="calibration images taken from --calibration")
     q.add_argument("--test", metavar="DIR", help="test channel: accuracy, RMSE and changed counts of both models, "
                                                  "in config.json; without it INT8 is not marked servable")
+    q.add_argument("--fp32-stride", type=stride, metavar="N",
+                   help="keep the convolutions whose output is at most N times smaller than the image in fp32: the "
+                        "first, highest-resolution layers, the most sensitive to INT8. 4 halved the changed counts "
+                        "of the demo model but cost most of INT8's speed (default 0: quantize all; "
+                        "docs/PERFORMANCE.md#int8)")
     q.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F",
                    help="mark INT8 servable only if its test accuracy is at most F below fp32's")
     q.add_argument("--force-servable", action="store_true",
