@@ -86,8 +86,8 @@ def early_convs(model, image: np.ndarray, max_stride: int) -> list[str]:
     """Names of the Conv nodes of `model` (an onnx ModelProto) whose output is at most `max_stride` times smaller
     than the input image: the first, highest-resolution layers, with the fewest channels, where INT8 error starts
     and then grows through the network (bench/int8.py: keeping those of stride <= 4 in fp32 halved the counts
-    that changed, for much of INT8's speed: `export --fp32-stride`, off by default). Sizes from running `model` on `image` (1 x 3 x S x S): a TF-"same"
-    model's Pads hide them from shape inference."""
+    that changed, for much of INT8's speed: `export --fp32-stride`, off by default). Sizes from running `model`
+    on `image` (1 x 3 x S x S): a TF-"same" model's Pads hide them from shape inference."""
     import onnx
 
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
