@@ -313,3 +313,18 @@ def test_fp32_stride_flag(int8_copy, channels):
                                   channels / "val", "--fp32-stride", "3"), "--fp32-stride", "power of two")
     assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--fp32-stride", "4"),
                           "--fp32-stride only applies with --quantize int8")
+
+
+def test_a_test_channel_too_small_for_the_limit_is_said(int8_copy, channels, caplog):
+    """With n test images one image is 1/n of accuracy; when that is over --max-accuracy-drop a single image decides
+    servable, and export says so (the demo's 90 images against the default 0.01)."""
+    import logging
+
+    n = len(list((channels / "test").rglob("*.jpg")))
+    with caplog.at_level(logging.WARNING, logger="bincounter"):
+        assert quantize(int8_copy, channels, "--max-accuracy-drop", str(0.5 / n)) == 0
+    assert any(f"the test channel has {n} images" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bincounter"):
+        assert quantize(int8_copy, channels, "--max-accuracy-drop", str(1.5 / n)) == 0
+    assert not any("the test channel has" in r.getMessage() for r in caplog.records), caplog.text

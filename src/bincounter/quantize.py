@@ -262,6 +262,10 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
                   "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
                   "accuracy_drop": round(a["accuracy"] - b["accuracy"], 4)}
+        if 0 < max_drop < 1 / len(ys):
+            log.warning("the test channel has %d images: one image is %.3f of accuracy, more than "
+                        "--max-accuracy-drop %g, so a single image decides servable; a larger --test channel "
+                        "measures the drop", len(ys), 1 / len(ys), max_drop)
     servable, why = verdict(result, max_drop, force_servable)
     try:
         digest = write_hashed(model_dir / ONNX_INT8, data)
