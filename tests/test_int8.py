@@ -110,10 +110,14 @@ def test_predictor_serves_int8_when_servable_and_fp32_when_forced(int8_model, ch
 
 
 def test_over_the_drop_limit_is_not_servable_and_fp32_is_served(int8_copy, channels, capsys, monkeypatch):
+    import bincounter.quantize
+
     monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
-    assert quantize(int8_copy, channels, "--max-accuracy-drop", "-1") == 0  # any drop is over -1
+    real = bincounter.quantize.paired_drop  # the tiny model's INT8 may lose nothing: make it lose half its accuracy
+    monkeypatch.setattr(bincounter.quantize, "paired_drop", lambda *a: {**real(*a), "accuracy_drop": 0.5})
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01") == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "not servable: test accuracy" in out and "limit -1" in out
+    assert "not servable: test accuracy" in out and "drop +0.5000, limit 0.01" in out
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["servable"] is False and r["forced"] is False and r["sha256"] == sha256_file(int8_copy / ONNX_INT8)
     pred = OnnxPredictor(int8_copy)
@@ -122,7 +126,7 @@ def test_over_the_drop_limit_is_not_servable_and_fp32_is_served(int8_copy, chann
     with pytest.raises(UserError, match="BINCOUNTER_ONNX_PRECISION=int8 but .*not servable"):
         OnnxPredictor(int8_copy, precision="int8")
     # told to: served, and the record says it was forced
-    assert quantize(int8_copy, channels, "--max-accuracy-drop", "-1", "--force-servable") == 0
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01", "--force-servable") == 0
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["servable"] is True and r["forced"] is True and r["why"].startswith("servable (--force-servable)")
     assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
@@ -204,7 +208,7 @@ def test_export_cli_errors_are_one_line(int8_copy, channels):
     assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--test", channels / "test"),
                           "--test only applies with --quantize int8")
     assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
-                                  int8_copy / "nowhere"), "does not exist")
+                                  int8_copy / "nowhere"), "--calibration", "not a directory")
 
 
 def test_calibration_from_a_sharded_channel(channels, trained_model, tmp_path):
@@ -273,6 +277,14 @@ def test_pad_amounts_stay_exact(tmp_path):
     want = pad_amounts(fp32.read_bytes(), cal[:2])
     assert len(want) == 2 and all(any(p) for p in want)  # two Pads, each padding something
     assert pad_amounts(int8, cal[:2]) == want
+    # the same for a model whose nodes have no names (nodes_to_exclude matches by name: quantize_bytes names them)
+    nameless = onnx.load(str(fp32))
+    for node in nameless.graph.node:
+        node.name = ""
+    onnx.save(nameless, str(tmp_path / "nameless.onnx"))
+    int8 = quantize_bytes(tmp_path / "nameless.onnx", cal)
+    assert pad_amounts(int8, cal[:2]) == want
+    assert not float_weight_convs(int8)  # and still quantized (excluding "" would have excluded every node)
 
 
 def float_weight_convs(model_bytes: bytes) -> list[str]:
@@ -315,16 +327,64 @@ def test_fp32_stride_flag(int8_copy, channels):
                           "--fp32-stride only applies with --quantize int8")
 
 
+def test_paired_drop_counts_and_noise():
+    from bincounter.quantize import paired_drop
+
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
+    fp32 = labels.copy()
+    fp32[:2] = 4  # fp32 right on 8 of 10
+    int8 = fp32.copy()
+    int8[2:5] = 0  # 3 right -> wrong
+    int8[0] = 0  # 1 wrong -> right
+    d = paired_drop(labels, fp32, int8)
+    assert (d["accuracy_drop"], d["right_to_wrong"], d["wrong_to_right"]) == (0.2, 3, 1)
+    diffs = np.array([-1, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    assert d["accuracy_drop_se"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(10), abs=1e-4)
+    assert paired_drop(labels, fp32, fp32) == {"accuracy_drop": 0.0, "accuracy_drop_se": 0.0, "right_to_wrong": 0,
+                                               "wrong_to_right": 0}
+
+
 def test_a_test_channel_too_small_for_the_limit_is_said(int8_copy, channels, caplog):
-    """With n test images one image is 1/n of accuracy; when that is over --max-accuracy-drop a single image decides
-    servable, and export says so (the demo's 90 images against the default 0.01)."""
+    """The drop on n test images is only known to about ±max(1/n, 1.96 standard errors); when that is wider than
+    --max-accuracy-drop, chance can decide servable, and export says so (the demo's 90 images against 0.01)."""
     import logging
 
     n = len(list((channels / "test").rglob("*.jpg")))
     with caplog.at_level(logging.WARNING, logger="bincounter"):
         assert quantize(int8_copy, channels, "--max-accuracy-drop", str(0.5 / n)) == 0
-    assert any(f"the test channel has {n} images" in r.getMessage() for r in caplog.records), caplog.text
+    assert any(f"the {n} test images measure the accuracy drop" in r.getMessage() for r in caplog.records), caplog.text
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["test"]["right_to_wrong"] + r["test"]["wrong_to_right"] <= round(r["test"]["changed_share"] * n)
+    assert r["settings"]["calibration"] == str(channels / "val") and r["test_channel"] == str(channels / "test")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bincounter"):
-        assert quantize(int8_copy, channels, "--max-accuracy-drop", str(1.5 / n)) == 0
-    assert not any("the test channel has" in r.getMessage() for r in caplog.records), caplog.text
+        assert quantize(int8_copy, channels, "--max-accuracy-drop", "1") == 0
+    assert not any("measure the accuracy drop" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_export_checks_its_channels_and_limits_first(int8_copy, channels, caplog):
+    import logging
+
+    from .conftest import assert_one_line_error, run_cli
+
+    before = sha256_file(int8_copy / ONNX_INT8)
+    for bad in ("-0.5", "2", "nan", "abc"):
+        assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
+                                      channels / "val", "--max-accuracy-drop", bad), "--max-accuracy-drop", "[0, 1]")
+    for flag in ("--calibration", "--test"):
+        args = {"--calibration": channels / "val", "--test": channels / "test", flag: int8_copy / "nowhere"}
+        assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8",
+                                      *[x for kv in args.items() for x in kv]), flag, "not a directory")
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
+                                  channels / "val", "--fp32-stride", "1"), "--fp32-stride", "power of two")
+    assert sha256_file(int8_copy / ONNX_INT8) == before  # nothing written
+    with caplog.at_level(logging.WARNING, logger="bincounter"):
+        assert main_export(int8_copy, channels / "test", channels / "test") == 0
+    assert any("--calibration and --test are the same channel" in r.getMessage() for r in caplog.records)
+
+
+def main_export(model_dir: Path, calibration: Path, test: Path) -> int:
+    from bincounter.cli import main
+
+    return main(["export", "--model-dir", str(model_dir), "--quantize", "int8", "--calibration", str(calibration),
+                 "--calibration-images", str(CAL), "--test", str(test), "--max-accuracy-drop", "1"])

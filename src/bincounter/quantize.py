@@ -69,17 +69,18 @@ def pad_amount_nodes(model) -> list[str]:
     """Names of the nodes of `model` (an onnx ModelProto) that compute a Pad's amounts: its non-data inputs and
     their ancestors, up to the Shape nodes that read the data's shape. Shape arithmetic, not activations: it must
     stay exact, so quantization leaves these nodes alone."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    names: set[str] = set()
+    producer = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    found: set[int] = set()
     todo = [t for node in model.graph.node if node.op_type == "Pad" for t in node.input[1:] if t]
     while todo:
-        node = producer.get(todo.pop())  # None: an initializer or a graph input
-        if node is None or node.name in names:  # (nodes named: quantize_bytes names the unnamed ones)
+        i = producer.get(todo.pop())  # None: an initializer or a graph input
+        if i is None or i in found:
             continue
-        names.add(node.name)
+        found.add(i)
+        node = model.graph.node[i]
         if node.op_type != "Shape":  # a Shape reads the data tensor: the walk stops there
             todo += [t for t in node.input if t]
-    return sorted(names)
+    return sorted(model.graph.node[i].name for i in found)  # (quantize_bytes names every node uniquely first)
 
 
 def early_convs(model, image: np.ndarray, max_stride: int) -> list[str]:
@@ -95,11 +96,13 @@ def early_convs(model, image: np.ndarray, max_stride: int) -> list[str]:
         return []
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n.output[0]) for n in convs)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n.output[0]) for n in convs if n.output[0] not in outputs)
     sess = session(probe.SerializeToString(), threads=1)
     outs = sess.run([n.output[0] for n in convs], {sess.get_inputs()[0].name: image})
-    return [n.name for n, out in zip(convs, outs, strict=True)
-            if out.ndim == 4 and image.shape[2] <= max_stride * out.shape[2]]
+    h, w = image.shape[2:]
+    return [n.name for n, out in zip(convs, outs, strict=True) if out.ndim == 4 and min(out.shape[2:]) > 0
+            and round(h / out.shape[2]) <= max_stride and round(w / out.shape[3]) <= max_stride]
 
 
 def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSettings = DEFAULT) -> bytes:
@@ -134,10 +137,13 @@ def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSet
             pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             model = onnx.load(str(pre))
-            unnamed = [n for n in model.graph.node if not n.name]  # nodes_to_exclude matches by name
-            for i, node in enumerate(unnamed):
-                node.name = f"bincounter_unnamed_{i}"
-            if unnamed:
+            seen: set[str] = set()  # nodes_to_exclude matches by name: every node gets its own
+            renamed = 0
+            for i, node in enumerate(model.graph.node):
+                if not node.name or node.name in seen:
+                    node.name, renamed = f"bincounter_node_{i}", renamed + 1
+                seen.add(node.name)
+            if renamed:
                 onnx.save(model, str(pre))
             exclude = pad_amount_nodes(model)
             if exclude:
@@ -169,7 +175,8 @@ class _QuietQuantizer(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and "onnxruntime" in record.pathname:
             self.dropped += 1
-            self.first = self.first or record.getMessage()[:100]
+            msg = record.getMessage()
+            self.first = self.first or (msg if len(msg) <= 100 else msg[:100] + "...")
             return False
         return True
 
@@ -249,6 +256,12 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
     pre = preprocess_of(config)
     counts = tuple(config["counts"])
     cal, _ = channel_arrays(calibration, pre, calibration_images)
+    if len(cal) < calibration_images:
+        log.info("calibrating on %d images: all that %s holds (--calibration-images %d)", len(cal), calibration,
+                 calibration_images)
+    if test is not None and Path(test).resolve() == Path(calibration).resolve():
+        log.warning("--calibration and --test are the same channel: the INT8 model is judged on the images that "
+                    "set its ranges")
     log.info("quantizing %s (%s, %s, per-channel=%s) calibrated on %d images of %s", model_dir / ONNX,
              settings.quant_format, settings.name, settings.per_channel, len(cal), calibration)
     data = quantize_bytes(model_dir / ONNX, cal, settings)
@@ -261,11 +274,13 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         a, b = compare(fp32, fp32, ys, counts), compare(fp32, int8, ys, counts)
         result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
                   "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
-                  "accuracy_drop": round(a["accuracy"] - b["accuracy"], 4)}
-        if 0 < max_drop < 1 / len(ys):
-            log.warning("the test channel has %d images: one image is %.3f of accuracy, more than "
-                        "--max-accuracy-drop %g, so a single image decides servable; a larger --test channel "
-                        "measures the drop", len(ys), 1 / len(ys), max_drop)
+                  **paired_drop(ys, fp32.argmax(1), int8.argmax(1))}
+        resolution = max(1 / len(ys), 1.96 * result["accuracy_drop_se"])
+        if max_drop < resolution:
+            log.warning("the %d test images measure the accuracy drop to about ±%.3f (95%%; %d counts went right "
+                        "-> wrong, %d wrong -> right), wider than --max-accuracy-drop %g: chance can decide "
+                        "servable; a larger --test channel measures it better", len(ys), resolution,
+                        result["right_to_wrong"], result["wrong_to_right"], max_drop)
     servable, why = verdict(result, max_drop, force_servable)
     try:
         digest = write_hashed(model_dir / ONNX_INT8, data)
@@ -274,13 +289,23 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
     record = {"file": ONNX_INT8, "sha256": digest, "weights_sha256": config["onnx"]["weights_sha256"],
               "onnx_sha256": sha256_file(model_dir / ONNX),
               "settings": {**dataclasses.asdict(settings), "calibration_images": len(cal),
-                           "onnxruntime": onnxruntime.__version__},
+                           "calibration": str(calibration), "onnxruntime": onnxruntime.__version__},
+              "test_channel": None if test is None else str(test),
               "test": result, "max_accuracy_drop": max_drop, "forced": bool(force_servable and servable),
               "servable": servable, "why": why}
     config = read_config(model_dir)
     config[INT8_RECORD] = record
     write_config(model_dir, config)
     return record
+
+
+def paired_drop(labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> dict:
+    """fp32's accuracy minus INT8's on the same images (class indices), exact, with the images that went right ->
+    wrong and wrong -> right and the standard error of the paired difference (what the drop's noise is)."""
+    d = (fp32 == labels).astype(np.float64) - (int8 == labels)
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return {"accuracy_drop": round(float(d.mean()), 4), "accuracy_drop_se": round(se, 4),
+            "right_to_wrong": int((d > 0).sum()), "wrong_to_right": int((d < 0).sum())}
 
 
 def verdict(test: dict | None, max_drop: float, force: bool) -> tuple[bool, str]:
