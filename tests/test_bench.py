@@ -200,25 +200,46 @@ def test_pipeline_cost_bench_quick(tmp_path):
 
 def test_int8_bench_table_reports_holdout_and_per_seed_drops():
     """bench/int8.py's table (its runs need a demo training each: not in the tests): mean ± sd over seeds, the
-    holdout columns when there is a holdout set, and each seed's accuracy drop from fp32 on both sets."""
+    holdout columns when there is a holdout set, export's default marked, and each seed's drop from fp32 with its
+    95% noise on both sets."""
     ib = _bench("int8")
+    from bincounter.quantize import DEFAULT
 
-    def cfg(acc, hacc):
-        return {"accuracy": acc, "rmse": 0.7, "agreement": 0.9, "holdout_accuracy": hacc, "holdout_rmse": 0.7,
-                "holdout_agreement": 0.95, "images_per_s": 100.0, "vs_fp32": 1.5}
+    def cfg(acc, hacc, drop=0.0, hdrop=0.0):
+        return {"accuracy": acc, "rmse": 0.7, "agreement": 0.9, "drop": drop, "drop_se": 0.02,
+                "holdout_accuracy": hacc, "holdout_rmse": 0.7, "holdout_agreement": 0.95, "holdout_drop": hdrop,
+                "holdout_drop_se": 0.005, "holdout_right_to_wrong": 54, "holdout_wrong_to_right": 38,
+                "images_per_s": 100.0, "vs_fp32": 1.5}
 
     runs = [{"seed": s, "n_test": 90, "n_holdout": 990, "n_calibration": 90,
-             "configs": {"fp32": cfg(0.6, 0.62), "U8S8 reduce_range": cfg(0.6 - d, 0.62 - h)}}
+             "configs": {"fp32": cfg(0.6, 0.62), DEFAULT.name: cfg(0.6 - d, 0.62 - h, d, h)}}
             for s, d, h in ((0, 0.011, 0.016), (1, -0.022, 0.001))]
     summary = ib.summarize(runs)
-    assert summary["U8S8 reduce_range"]["holdout_accuracy"]["mean"] == pytest.approx(0.62 - 0.0085)
+    assert summary[DEFAULT.name]["holdout_accuracy"]["mean"] == pytest.approx(0.62 - 0.0085)
     text = ib.table(summary, runs)
     assert "holdout accuracy" in text and "990 holdout images" in text
-    assert "U8S8 reduce_range: seed 0 +0.011; +0.016, seed 1 -0.022; +0.001" in text
+    assert f"| {DEFAULT.name} (export's default) |" in text
+    assert ("seed 0: test +0.011 ± 0.039; holdout +0.016 ± 0.010 (54 right -> wrong, 38 wrong -> right)"
+            in text), text
+    assert "seed 1: test -0.022 ± 0.039; holdout +0.001" in text
     for run in runs:  # without a holdout set: the test split's columns only
         run["n_holdout"] = 0
         for c in run["configs"].values():
-            for k in ("holdout_accuracy", "holdout_rmse", "holdout_agreement"):
+            for k in [k for k in c if k.startswith("holdout")]:
                 del c[k]
     text = ib.table(ib.summarize(runs), runs)
-    assert "holdout" not in text and "seed 1 -0.022," not in text and "seed 1 -0.022" in text
+    assert "holdout" not in text and "seed 1: test -0.022 ± 0.039" in text
+
+
+def test_int8_bench_holdout_channel(tmp_path):
+    """The held-out set: fresh synthetic bins of its own data seed, nearly all in test/, made once per workdir
+    (an interrupted one is made again)."""
+    ib = _bench("int8")
+    test = ib.holdout_channel(tmp_path, 4)
+    images = sorted(p.relative_to(test) for p in test.rglob("*.jpg"))
+    assert len(images) >= 18 and {p.parts[0] for p in images} == {"1", "2", "3", "4", "5"}
+    assert ib.HOLDOUT_SEED not in range(0, 100)  # not a seed the demo runs use
+    stamp = (tmp_path / "holdout4" / "complete").stat().st_mtime_ns
+    assert ib.holdout_channel(tmp_path, 4) == test and (tmp_path / "holdout4" / "complete").stat().st_mtime_ns == stamp
+    (tmp_path / "holdout4" / "complete").unlink()  # interrupted: made again
+    assert ib.holdout_channel(tmp_path, 4) == test and (tmp_path / "holdout4" / "complete").is_file()
