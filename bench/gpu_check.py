@@ -11,6 +11,10 @@ What it runs (each row says ok / FAILED / skipped with the reason, and its numbe
   gpu_decode  bench/train_pipeline.py --options gpu_decode (nvJPEG decode on the GPU) vs the CPU loader
   predictor   Predictor latency at batch 1 and 8 (p50/p90 of timed calls after warm-up), fp32 like serving
   pinning     every serving worker's gpu_id -> the GPU its model lands on (worker_device + Predictor)
+  int8_cpu    this machine's CPU, not its GPU (issue 25: INT8 pays off on VNNI/AMX CPUs, which the project's own
+              machines lack): the trained model exported to ONNX and quantized as `export --quantize int8` does
+              (U8S8 reduce_range) and without reduce_range (what VNNI allows), images/s on one thread vs fp32,
+              agreement with fp32 on the val images, the CPU's VNNI/AMX flags; skipped without onnxruntime/onnx
 
 No Docker, no network. Under 8 minutes on one GPU:
 
@@ -205,6 +209,51 @@ def check_pinning(model_dir: Path, gpus: int, cpu_smoke: bool) -> dict:
     return {"worker_gpu_to_model_gpu": landed, "how": note, "_status": "ok" if ok else "FAILED"}
 
 
+@row("int8_cpu")
+def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool) -> dict:
+    try:
+        import onnx  # noqa: F401 - the quantizer needs it
+        import onnxruntime
+    except ImportError as e:
+        return {"_status": "skipped", "reason": f"{e.name} not installed"}
+    import dataclasses
+
+    import numpy as np
+
+    from bincounter.artifact import ONNX, preprocess_of, read_config
+    from bincounter.model import export_onnx
+    from bincounter.quantize import DEFAULT, channel_arrays, probabilities, quantize_bytes, session
+
+    flags = next((ln.split(":")[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    export_onnx(model_dir)
+    xs, _ = channel_arrays(ch / "val", preprocess_of(read_config(model_dir)), 8 if cpu_smoke else 64)
+    configs = {"U8S8 reduce_range (export's)": DEFAULT,
+               "U8S8 (no reduce_range)": dataclasses.replace(DEFAULT, reduce_range=False)}
+    sessions = {"fp32": session(model_dir / ONNX, threads=1)}
+    for name, settings in configs.items():
+        sessions[name] = session(quantize_bytes(model_dir / ONNX, xs[:32], settings), threads=1)
+    ref = probabilities(sessions["fp32"], xs).argmax(1)
+    batch = np.ascontiguousarray(xs[:8])
+    speeds: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(2 if cpu_smoke else 3):  # interleaved rounds
+        for name, sess in sessions.items():
+            sess.run(None, {"image": batch})
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < (0.2 if cpu_smoke else 1.5):
+                sess.run(None, {"image": batch})
+                n += len(batch)
+            speeds[name].append(n / (time.perf_counter() - t0))
+    out = {"cpu": next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
+           "vnni_amx": sorted(f for f in flags if "vnni" in f or f.startswith("amx")), "onnxruntime":
+           onnxruntime.__version__, "images": int(len(xs)), "size": int(xs.shape[-1])}
+    for name, sess in sessions.items():
+        ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds["fp32"], strict=True))
+        out[name] = {"images_per_s_1_thread": round(statistics.median(speeds[name]), 1), "vs_fp32": round(ratio, 2)}
+        if name != "fp32":
+            out[name]["agreement"] = round(float(np.mean(probabilities(sess, xs).argmax(1) == ref)), 3)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="run the script's code on the CPU, tiny sizes")
@@ -235,6 +284,7 @@ def main() -> int:
         if t["status"] == "ok" or (tmp / "m" / "model.safetensors").exists():
             check_predictor(tmp / "m", ch, str(device), 10 if args.cpu_smoke else 50)
             check_pinning(tmp / "m", gpus, args.cpu_smoke)
+            check_int8_cpu(tmp / "m", ch, args.cpu_smoke)
     total = round(time.monotonic() - t_start, 1)
     print(f"\n{'check':<11} {'status':<8} {'s':>6}  numbers")
     for r in ROWS:

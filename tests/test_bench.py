@@ -47,8 +47,12 @@ def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = {r["check"]: r for r in json.loads(out.read_text())["rows"]}
     assert {k: r["status"] for k, r in rows.items()} == {
-        "env": "ok", "train": "ok", "torchrun": "ok", "gpu_decode": "skipped", "predictor": "ok", "pinning": "skipped"}
+        "env": "ok", "train": "ok", "torchrun": "ok", "gpu_decode": "skipped", "predictor": "ok", "pinning": "skipped",
+        "int8_cpu": "ok"}
     assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
+    int8 = rows["int8_cpu"]
+    assert int8["fp32"]["vs_fp32"] == 1.0 and int8["U8S8 reduce_range (export's)"]["images_per_s_1_thread"] > 0
+    assert 0 <= int8["U8S8 (no reduce_range)"]["agreement"] <= 1 and isinstance(int8["vnni_amx"], list)
 
 
 @pytest.mark.slow
