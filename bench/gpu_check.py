@@ -14,7 +14,9 @@ What it runs (each row says ok / FAILED / skipped with the reason, and its numbe
   int8_cpu    this machine's CPU, not its GPU (issue 25: INT8 pays off on VNNI/AMX CPUs, which the project's own
               machines lack): the trained model exported to ONNX and quantized as `export --quantize int8` does
               (U8S8 reduce_range) and without reduce_range (what VNNI allows), images/s on one thread vs fp32,
-              agreement with fp32 on the val images, the CPU's VNNI/AMX flags; skipped without onnxruntime/onnx
+              agreement with fp32 on the val images (32 of them also calibrated), the CPU's VNNI/AMX flags;
+              skipped without onnxruntime/onnx or with under 150 s left of gpu_check.sh's 480 s. The JSON is
+              rewritten after every row, so a timeout keeps the rows that finished.
 
 No Docker, no network. Under 8 minutes on one GPU:
 
@@ -47,6 +49,7 @@ from bincounter.distributed import pick_device  # noqa: E402
 from bincounter.engine import amp_dtype  # noqa: E402
 
 ROWS: list[dict] = []
+PARTIAL: list[Path] = []  # where to write the rows after each check (a timeout then keeps the finished ones)
 
 
 def row(name: str):
@@ -64,6 +67,8 @@ def row(name: str):
             r = {"check": name, "status": status, "seconds": round(time.monotonic() - t0, 1), **out}
             ROWS.append(r)
             print(f"[gpu_check] {name}: {status} {json.dumps(out)}", flush=True)
+            for path in PARTIAL:
+                path.write_text(json.dumps({"rows": ROWS, "partial": True}, indent=2))
             return r
         return run
     return wrap
@@ -210,7 +215,9 @@ def check_pinning(model_dir: Path, gpus: int, cpu_smoke: bool) -> dict:
 
 
 @row("int8_cpu")
-def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool) -> dict:
+def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: float) -> dict:
+    if seconds_left < 150:
+        return {"_status": "skipped", "reason": f"{seconds_left:.0f} s left of gpu_check.sh's 480 s"}
     try:
         import onnx  # noqa: F401 - the quantizer needs it
         import onnxruntime
@@ -274,6 +281,9 @@ def main() -> int:
     gpus = torch.cuda.device_count()
     workers = 2 if args.cpu_smoke else min(8, max(1, (os.cpu_count() or 2) // max(1, gpus) - 1))
     t_start = time.monotonic()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    PARTIAL.append(out)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         tmp = Path(tmp)
         ch = make_channels(tmp, args.per_class, 320 if not args.cpu_smoke else 96)
@@ -284,15 +294,13 @@ def main() -> int:
         if t["status"] == "ok" or (tmp / "m" / "model.safetensors").exists():
             check_predictor(tmp / "m", ch, str(device), 10 if args.cpu_smoke else 50)
             check_pinning(tmp / "m", gpus, args.cpu_smoke)
-            check_int8_cpu(tmp / "m", ch, args.cpu_smoke)
+            check_int8_cpu(tmp / "m", ch, args.cpu_smoke, 470 - (time.monotonic() - t_start))
     total = round(time.monotonic() - t_start, 1)
     print(f"\n{'check':<11} {'status':<8} {'s':>6}  numbers")
     for r in ROWS:
         nums = {k: v for k, v in r.items() if k not in ("check", "status", "seconds")}
         print(f"{r['check']:<11} {r['status']:<8} {r['seconds']:>6}  {json.dumps(nums)[:300]}")
     print(f"total {total} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": ROWS, "total_s": total, "cpu_smoke": args.cpu_smoke,
                                "host": platform.node()}, indent=2))
     print(f"wrote {out}")

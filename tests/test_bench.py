@@ -51,7 +51,7 @@ def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
         "int8_cpu": "ok"}
     assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
     int8 = rows["int8_cpu"]
-    assert int8["fp32"]["vs_fp32"] == 1.0 and int8["U8S8 reduce_range (export's)"]["images_per_s_1_thread"] > 0
+    assert int8["U8S8 reduce_range (export's)"]["images_per_s_1_thread"] > 0 and int8["images"] > 0
     assert 0 <= int8["U8S8 (no reduce_range)"]["agreement"] <= 1 and isinstance(int8["vnni_amx"], list)
 
 
@@ -223,7 +223,7 @@ def test_int8_bench_table_reports_holdout_and_per_seed_drops():
     text = ib.table(summary, runs)
     assert "holdout accuracy" in text and "990 holdout images" in text
     assert f"| {DEFAULT.name} (export's default) |" in text
-    assert ("seed 0: test +0.011 ± 0.039; holdout +0.016 ± 0.010 (54 right -> wrong, 38 wrong -> right)"
+    assert ("seed 0: test +0.011 ± 0.039; holdout +0.016 ± 0.010 (54 images right -> wrong, 38 wrong -> right)"
             in text), text
     assert "seed 1: test -0.022 ± 0.039; holdout +0.001" in text
     for run in runs:  # without a holdout set: the test split's columns only
@@ -233,6 +233,8 @@ def test_int8_bench_table_reports_holdout_and_per_seed_drops():
                 del c[k]
     text = ib.table(ib.summarize(runs), runs)
     assert "holdout" not in text and "seed 1: test -0.022 ± 0.039" in text
+    runs[0]["configs"][DEFAULT.name]["drop_se"] = 0.0  # nothing flipped: the noise is one image, never ± 0
+    assert "seed 0: test +0.011 ± 0.011" in ib.table(ib.summarize(runs), runs)
 
 
 def test_int8_bench_holdout_channel(tmp_path):
@@ -242,8 +244,10 @@ def test_int8_bench_holdout_channel(tmp_path):
     test = ib.holdout_channel(tmp_path, 4)
     images = sorted(p.relative_to(test) for p in test.rglob("*.jpg"))
     assert len(images) >= 18 and {p.parts[0] for p in images} == {"1", "2", "3", "4", "5"}
-    assert ib.HOLDOUT_SEED not in range(0, 100)  # not a seed the demo runs use
     stamp = (tmp_path / "holdout4" / "complete").stat().st_mtime_ns
     assert ib.holdout_channel(tmp_path, 4) == test and (tmp_path / "holdout4" / "complete").stat().st_mtime_ns == stamp
-    (tmp_path / "holdout4" / "complete").unlink()  # interrupted: made again
+    (tmp_path / "holdout4" / "complete").unlink()  # interrupted: made again from nothing
+    (tmp_path / "holdout4" / "abid" / "stray.txt").write_text("left by the interrupted run")
     assert ib.holdout_channel(tmp_path, 4) == test and (tmp_path / "holdout4" / "complete").is_file()
+    assert not (tmp_path / "holdout4" / "abid" / "stray.txt").exists()
+    assert sorted(p.relative_to(test) for p in test.rglob("*.jpg")) == images

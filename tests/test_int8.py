@@ -355,11 +355,27 @@ def test_a_test_channel_too_small_for_the_limit_is_said(int8_copy, channels, cap
     assert any(f"the {n} test images measure the accuracy drop" in r.getMessage() for r in caplog.records), caplog.text
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["test"]["right_to_wrong"] + r["test"]["wrong_to_right"] <= round(r["test"]["changed_share"] * n)
-    assert r["settings"]["calibration"] == str(channels / "val") and r["test_channel"] == str(channels / "test")
+    assert r["settings"]["calibration"] == str((channels / "val").resolve())
+    assert r["test_channel"] == str((channels / "test").resolve())
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bincounter"):
         assert quantize(int8_copy, channels, "--max-accuracy-drop", "1") == 0
     assert not any("measure the accuracy drop" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_noisy_drop_is_said_even_when_one_image_is_under_the_limit(int8_copy, channels, caplog, monkeypatch):
+    """The noise term: many flips both ways make the drop uncertain beyond 1/n (monkeypatched: the tiny model's
+    flips are whatever they are)."""
+    import logging
+
+    import bincounter.quantize
+
+    n = len(list((channels / "test").rglob("*.jpg")))
+    real = bincounter.quantize.paired_drop
+    monkeypatch.setattr(bincounter.quantize, "paired_drop", lambda *a: {**real(*a), "accuracy_drop_se": 2 / n})
+    with caplog.at_level(logging.WARNING, logger="bincounter"):
+        assert quantize(int8_copy, channels, "--max-accuracy-drop", str(2 / n)) == 0  # 1/n < 2/n < 1.96 * 2/n
+    assert any(f"about ±{1.96 * 2 / n:.3f}" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_export_checks_its_channels_and_limits_first(int8_copy, channels, caplog):
@@ -368,6 +384,7 @@ def test_export_checks_its_channels_and_limits_first(int8_copy, channels, caplog
     from .conftest import assert_one_line_error, run_cli
 
     before = sha256_file(int8_copy / ONNX_INT8)
+    stamps = {f: (int8_copy / f).stat().st_mtime_ns for f in ("config.json", ONNX)}  # export_onnx rewrites both
     for bad in ("-0.5", "2", "nan", "abc"):
         assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
                                       channels / "val", "--max-accuracy-drop", bad), "--max-accuracy-drop", "[0, 1]")
@@ -377,7 +394,8 @@ def test_export_checks_its_channels_and_limits_first(int8_copy, channels, caplog
                                       *[x for kv in args.items() for x in kv]), flag, "not a directory")
     assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
                                   channels / "val", "--fp32-stride", "1"), "--fp32-stride", "power of two")
-    assert sha256_file(int8_copy / ONNX_INT8) == before  # nothing written
+    assert sha256_file(int8_copy / ONNX_INT8) == before  # nothing written: checked before any work
+    assert {f: (int8_copy / f).stat().st_mtime_ns for f in stamps} == stamps
     with caplog.at_level(logging.WARNING, logger="bincounter"):
         assert main_export(int8_copy, channels / "test", channels / "test") == 0
     assert any("--calibration and --test are the same channel" in r.getMessage() for r in caplog.records)

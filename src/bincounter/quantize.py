@@ -139,9 +139,12 @@ def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSet
             model = onnx.load(str(pre))
             seen: set[str] = set()  # nodes_to_exclude matches by name: every node gets its own
             renamed = 0
+            taken = {n.name for n in model.graph.node}
             for i, node in enumerate(model.graph.node):
                 if not node.name or node.name in seen:
-                    node.name, renamed = f"bincounter_node_{i}", renamed + 1
+                    node.name, renamed = next(f"bincounter_node_{i}_{k}" for k in range(len(taken) + 1)
+                                              if f"bincounter_node_{i}_{k}" not in taken), renamed + 1
+                    taken.add(node.name)
                 seen.add(node.name)
             if renamed:
                 onnx.save(model, str(pre))
@@ -277,9 +280,9 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
                   **paired_drop(ys, fp32.argmax(1), int8.argmax(1))}
         resolution = max(1 / len(ys), 1.96 * result["accuracy_drop_se"])
         if max_drop < resolution:
-            log.warning("the %d test images measure the accuracy drop to about ±%.3f (95%%; %d counts went right "
-                        "-> wrong, %d wrong -> right), wider than --max-accuracy-drop %g: chance can decide "
-                        "servable; a larger --test channel measures it better", len(ys), resolution,
+            log.warning("the %d test images measure the accuracy drop to about ±%.3f (95%%; %d images went from "
+                        "right to wrong, %d from wrong to right), wider than --max-accuracy-drop %g: chance can "
+                        "decide servable; a larger --test channel measures it better", len(ys), resolution,
                         result["right_to_wrong"], result["wrong_to_right"], max_drop)
     servable, why = verdict(result, max_drop, force_servable)
     try:
@@ -289,8 +292,8 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
     record = {"file": ONNX_INT8, "sha256": digest, "weights_sha256": config["onnx"]["weights_sha256"],
               "onnx_sha256": sha256_file(model_dir / ONNX),
               "settings": {**dataclasses.asdict(settings), "calibration_images": len(cal),
-                           "calibration": str(calibration), "onnxruntime": onnxruntime.__version__},
-              "test_channel": None if test is None else str(test),
+                           "calibration": str(Path(calibration).resolve()), "onnxruntime": onnxruntime.__version__},
+              "test_channel": None if test is None else str(Path(test).resolve()),
               "test": result, "max_accuracy_drop": max_drop, "forced": bool(force_servable and servable),
               "servable": servable, "why": why}
     config = read_config(model_dir)
