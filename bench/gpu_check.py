@@ -14,9 +14,9 @@ What it runs (each row says ok / FAILED / skipped with the reason, and its numbe
   int8_cpu    this machine's CPU, not its GPU (issue 25: INT8 pays off on VNNI/AMX CPUs, which the project's own
               machines lack): the trained model exported to ONNX and quantized as `export --quantize int8` does
               (U8S8 reduce_range) and without reduce_range (what VNNI allows), images/s on one thread vs fp32,
-              agreement with fp32 on the val images (32 of them also calibrated), the CPU's VNNI/AMX flags;
-              skipped without onnxruntime/onnx or with under 150 s left of gpu_check.sh's 480 s. The JSON is
-              rewritten after every row, so a timeout keeps the rows that finished.
+              agreement with fp32 on the val images (32 of them also calibrated), the CPU's AVX2/VNNI/AMX
+              flags (bench/int8.py's cpu_flags); skipped without onnxruntime/onnx or with under 150 s left of
+              gpu_check.sh's 480 s. The JSON is rewritten after every row, so a timeout keeps the rows that finished.
 
 No Docker, no network. Under 8 minutes on one GPU:
 
@@ -226,12 +226,12 @@ def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: flo
     import dataclasses
 
     import numpy as np
+    from int8 import cpu_flags, images_per_s  # bench/int8.py, beside this script: the same timing and CPU flags
 
     from bincounter.artifact import ONNX, preprocess_of, read_config
     from bincounter.model import export_onnx
     from bincounter.quantize import DEFAULT, channel_arrays, probabilities, quantize_bytes, session
 
-    flags = next((ln.split(":")[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
     export_onnx(model_dir)
     xs, _ = channel_arrays(ch / "val", preprocess_of(read_config(model_dir)), 8 if cpu_smoke else 64)
     configs = {"U8S8 reduce_range (export's)": DEFAULT,
@@ -244,14 +244,9 @@ def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: flo
     speeds: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(2 if cpu_smoke else 3):  # interleaved rounds
         for name, sess in sessions.items():
-            sess.run(None, {"image": batch})
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < (0.2 if cpu_smoke else 1.5):
-                sess.run(None, {"image": batch})
-                n += len(batch)
-            speeds[name].append(n / (time.perf_counter() - t0))
+            speeds[name].append(images_per_s(sess, batch, 0.2 if cpu_smoke else 1.5))
     out = {"cpu": next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
-           "vnni_amx": sorted(f for f in flags if "vnni" in f or f.startswith("amx")), "onnxruntime":
+           "cpu_flags": cpu_flags(), "onnxruntime":
            onnxruntime.__version__, "images": int(len(xs)), "size": int(xs.shape[-1])}
     for name, sess in sessions.items():
         ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds["fp32"], strict=True))

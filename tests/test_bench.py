@@ -52,7 +52,7 @@ def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
     assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
     int8 = rows["int8_cpu"]
     assert int8["U8S8 reduce_range (export's)"]["images_per_s_1_thread"] > 0 and int8["images"] > 0
-    assert 0 <= int8["U8S8 (no reduce_range)"]["agreement"] <= 1 and isinstance(int8["vnni_amx"], list)
+    assert 0 <= int8["U8S8 (no reduce_range)"]["agreement"] <= 1 and isinstance(int8["cpu_flags"], list)
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def quantize_bytes(fp32: str | Path, calibration: np.ndarray, settings: QuantSet
                 log.info("keeping %d nodes in float: they compute Pad amounts", len(exclude))
             early = early_convs(model, np.ascontiguousarray(calibration[:1], dtype=np.float32), settings.fp32_stride)
             if early:
-                log.info("keeping the %d convolutions up to stride %d in fp32 (the most sensitive to INT8)",
+                log.info("keeping the %d convolutions up to output stride %d in fp32 (--fp32-stride)",
                          len(early), settings.fp32_stride)
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat[settings.quant_format],
                             per_channel=settings.per_channel, reduce_range=settings.reduce_range,

@@ -18,6 +18,17 @@ def not_empty(text: str) -> str:
     return text
 
 
+def fraction(text: str) -> float:
+    """argparse type of a fraction in [0, 1] (NaN and text refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1]")
+    return v
+
+
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default where it has one: no "(default: None)" on unset options, no "(default: False)" on
     plain switches."""

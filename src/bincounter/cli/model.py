@@ -12,7 +12,7 @@ from pathlib import Path
 from ..artifact import ONNX_OPSET, ONNX_OPSETS
 from ..errors import UserError
 from ..train_config import add_train_arguments, config_from_args, positive_int
-from .base import Formatter
+from .base import Formatter, fraction
 
 log = logging.getLogger("bincounter")
 
@@ -57,17 +57,6 @@ def stride(text: str) -> int:
     if n < 0 or n == 1 or (n & (n - 1)):
         raise argparse.ArgumentTypeError(f"expected 0 or a power of two (2, 4, 8, ...), got {text!r}")
     return n
-
-
-def accuracy_drop(text: str) -> float:
-    """--max-accuracy-drop: a fraction of accuracy in [0, 1] (1: any drop)."""
-    try:
-        f = float(text)
-    except ValueError:
-        f = float("nan")
-    if not 0 <= f <= 1:  # also NaN
-        raise argparse.ArgumentTypeError(f"expected a fraction of accuracy in [0, 1], e.g. 0.01, got {text!r}")
-    return f
 
 
 def cmd_export(args) -> int:
@@ -222,7 +211,7 @@ def register(sub) -> None:
                         "highest-resolution layers. 4 halved the changed counts of the demo model, but slower: 1.26x "
                         "fp32 instead of 1.45x there, 0.80x (slower than fp32) on efficientnet_b0 at 224 px "
                         "(default 0: quantize all; docs/PERFORMANCE.md#int8)")
-    q.add_argument("--max-accuracy-drop", type=accuracy_drop, default=0.01, metavar="F",
+    q.add_argument("--max-accuracy-drop", type=fraction, default=0.01, metavar="F",
                    help="mark INT8 servable only if its test accuracy is at most F below fp32's")
     q.add_argument("--force-servable", action="store_true",
                    help="mark INT8 servable even over the drop limit or without --test (recorded as forced)")

@@ -7,7 +7,7 @@ import json
 
 from ..train_config import positive_int
 from . import sm_monitor
-from .base import Formatter
+from .base import Formatter, fraction
 
 
 def cmd_process_prepare(args) -> int:
@@ -52,18 +52,6 @@ def cmd_process_index(args) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    import argparse
-
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1")
-    return v
-
-
 def _register_sharded(psub) -> None:
     """The sharded Prepare: plan (1 instance, metadata only) -> shard (N instances) -> index (1 instance)."""
     from ..sagemaker.processing import MAX_BAD_FRACTION, PART_SIZE, PARTS_JSON
@@ -97,7 +85,7 @@ def _register_sharded(psub) -> None:
     ix.add_argument("--manifest", default="/opt/ml/processing/input/manifest",
                     help=f"plan's manifest folder ({PARTS_JSON}): only its parts are combined; index parts of other "
                     "parts (left by an earlier run under the same output) are ignored and counted")
-    ix.add_argument("--max-bad-fraction", type=_fraction, default=MAX_BAD_FRACTION,
+    ix.add_argument("--max-bad-fraction", type=fraction, default=MAX_BAD_FRACTION,
                     help="refuse when more of the manifest's bins than this were bad (corrupt, missing, not in "
                     "the bucket)")
     ix.add_argument("--out", default="/opt/ml/processing/output", help="writes <split>/index.json, summary/")
