@@ -132,6 +132,38 @@ def test_over_the_drop_limit_is_not_servable_and_fp32_is_served(int8_copy, chann
     assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
 
 
+def test_require_servable_exits_1_only_when_not_servable(int8_copy, channels, monkeypatch, caplog):
+    import bincounter.quantize
+
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "1", "--require-servable") == 0
+    real = bincounter.quantize.paired_drop
+    monkeypatch.setattr(bincounter.quantize, "paired_drop", lambda *a: {**real(*a), "accuracy_drop": 0.5})
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01") == 0  # written, not servable, exit 0
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01", "--require-servable") == 1
+    assert "--require-servable: " in caplog.text and "is not servable" in caplog.text
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["servable"] is False and r["sha256"] == sha256_file(int8_copy / ONNX_INT8)  # still written, recorded
+
+
+def test_strict_gate_judges_the_upper_bound(int8_copy, channels, monkeypatch, capsys):
+    """A measured drop under the limit is not enough with --strict-gate: the test channel must show it."""
+    import bincounter.quantize
+
+    real = bincounter.quantize.paired_drop
+    fake = {"accuracy_drop": 0.0, "accuracy_drop_se": 0.1, "right_to_wrong": 3, "wrong_to_right": 3}
+    monkeypatch.setattr(bincounter.quantize, "paired_drop", lambda *a: {**real(*a), **fake})
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.1") == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    bound = max(0.1645, 1 / r["test"]["n"])
+    assert r["servable"] is True and r["gate"] == "measured" and r["drop_upper_bound"] == pytest.approx(bound)
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.1", "--strict-gate") == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["servable"] is False and r["gate"] == "strict"
+    assert f"95% upper bound +{bound:.4f} (--strict-gate), limit 0.1" in capsys.readouterr().out.splitlines()[-1]
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", f"{bound + 0.001:.4f}", "--strict-gate") == 0
+    assert read_config(int8_copy)[INT8_RECORD]["servable"] is True
+
+
 def test_without_a_test_channel_it_is_servable_only_when_forced(int8_copy, channels):
     assert quantize(int8_copy, channels, test=False) == 0
     r = read_config(int8_copy)[INT8_RECORD]
@@ -156,6 +188,12 @@ def test_verdict_limits():
     assert verdict(t(0.2), 0.01, True) == (True, verdict(t(0.2), 0.01, True)[1])
     assert verdict(None, 0.01, False)[0] is False and verdict(None, 0.01, True)[0] is True
     assert all("\n" not in verdict(x, 0.01, f)[1] for x in (t(0.2), None) for f in (False, True))
+    # strict: drop + 1.645 SE, at least one image (1/n = 0.1 here)
+    s = {**t(0.0), "n": 1000, "accuracy_drop_se": 0.007}  # bound 0.0115
+    assert verdict(s, 0.01, False)[0] is True and verdict(s, 0.01, False, strict=True)[0] is False
+    assert verdict({**s, "accuracy_drop_se": 0.006}, 0.01, False, strict=True)[0] is True  # 0.00987
+    assert verdict({**s, "accuracy_drop_se": 0.0}, 0.0005, False, strict=True)[0] is False  # no flips: 1/n
+    assert verdict({**s, "accuracy_drop_se": 0.0}, 0.001, False, strict=True)[0] is True
 
 
 def test_tampered_int8_model_is_refused(int8_copy, monkeypatch):

@@ -17,7 +17,8 @@ VNNI (AVX2 only, like this project's machines) ONNX Runtime's u8s8 kernels can s
 sums and its docs recommend reduce_range there; ONNX Runtime 1.32's default (int8 activations) ran no faster
 than fp32 here (bench/int8.py, docs/PERFORMANCE.md). With a test channel both models are evaluated on it
 (accuracy, count RMSE, the share of images whose count changed) and the INT8 model is marked servable only when
-its accuracy is at most `max_drop` below fp32's; without one, only when forced. The record goes to config.json
+its accuracy is at most `max_drop` below fp32's (`strict`: the drop's 95% upper bound, not the drop measured);
+without one, only when forced. The record goes to config.json
 (`artifact.INT8_RECORD`) with the sha256 of the bytes written and of the weights and model.onnx it came from;
 the CPU image checks them like model.onnx's (serving/onnx_runtime.py).
 """
@@ -245,7 +246,7 @@ def channel_arrays(root: str | Path, pre, limit: int | None = None, seed: int = 
 
 def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Path | None = None,
                   calibration_images: int = 100, max_drop: float = 0.01, force_servable: bool = False,
-                  settings: QuantSettings = DEFAULT) -> dict:
+                  settings: QuantSettings = DEFAULT, strict: bool = False) -> dict:
     """Write model.int8.onnx beside model.onnx (which must be the export of this directory's weights), evaluate
     both on `test` when given, record it all in config.json -> the record (config.json's INT8_RECORD)."""
     import onnxruntime
@@ -284,7 +285,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
                         "right to wrong, %d from wrong to right), wider than --max-accuracy-drop %g: chance can "
                         "decide servable; a larger --test channel measures it better", len(ys), resolution,
                         result["right_to_wrong"], result["wrong_to_right"], max_drop)
-    servable, why = verdict(result, max_drop, force_servable)
+    servable, why = verdict(result, max_drop, force_servable, strict)
     try:
         digest = write_hashed(model_dir / ONNX_INT8, data)
     except OSError as e:
@@ -294,7 +295,9 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
               "settings": {**dataclasses.asdict(settings), "calibration_images": len(cal),
                            "calibration": str(Path(calibration).resolve()), "onnxruntime": onnxruntime.__version__},
               "test_channel": None if test is None else str(Path(test).resolve()),
-              "test": result, "max_accuracy_drop": max_drop, "forced": bool(force_servable and servable),
+              "test": result, "max_accuracy_drop": max_drop, "gate": "strict" if strict else "measured",
+              "drop_upper_bound": None if result is None else drop_upper_bound(result),
+              "forced": bool(force_servable and servable),
               "servable": servable, "why": why}
     config = read_config(model_dir)
     config[INT8_RECORD] = record
@@ -311,16 +314,25 @@ def paired_drop(labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> dict:
             "right_to_wrong": int((d > 0).sum()), "wrong_to_right": int((d < 0).sum())}
 
 
-def verdict(test: dict | None, max_drop: float, force: bool) -> tuple[bool, str]:
-    """(servable, one line why) from the test comparison (None: no test channel)."""
+def drop_upper_bound(test: dict) -> float:
+    """The accuracy drop's one-sided 95% upper bound: drop + 1.645 standard errors of the paired difference, at
+    least one image (no flips among n images does not prove a drop of 0)."""
+    return round(test["accuracy_drop"] + max(1.645 * test["accuracy_drop_se"], 1 / test["n"]), 4)
+
+
+def verdict(test: dict | None, max_drop: float, force: bool, strict: bool = False) -> tuple[bool, str]:
+    """(servable, one line why) from the test comparison (None: no test channel). `strict`: the drop's 95% upper
+    bound (`drop_upper_bound`), not the measured drop, must be within `max_drop`."""
     if test is None:
         if force:
             return True, "servable (--force-servable): not evaluated, no --test channel"
         return False, "not servable: no --test channel to measure its accuracy (give --test DIR, or --force-servable)"
+    drop = drop_upper_bound(test) if strict else test["accuracy_drop"]
     line = (f"test accuracy {test['int8']['accuracy']:.4f} vs fp32 {test['fp32']['accuracy']:.4f} "
-            f"(drop {test['accuracy_drop']:+.4f}, limit {max_drop:g}; {test['changed_share']:.1%} of {test['n']} "
-            "counts changed)")
-    if test["accuracy_drop"] <= max_drop:
+            f"(drop {test['accuracy_drop']:+.4f}"
+            + (f", 95% upper bound {drop:+.4f} (--strict-gate)" if strict else "")
+            + f", limit {max_drop:g}; {test['changed_share']:.1%} of {test['n']} counts changed)")
+    if drop <= max_drop:
         return True, f"servable: {line}"
     if force:
         return True, f"servable (--force-servable): {line}"

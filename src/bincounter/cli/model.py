@@ -63,7 +63,8 @@ def cmd_export(args) -> int:
     from ..artifact import ONNX
 
     int8_flags = [f for f, v in (("--calibration", args.calibration), ("--test", args.test),
-                                 ("--force-servable", args.force_servable),
+                                 ("--force-servable", args.force_servable), ("--strict-gate", args.strict_gate),
+                                 ("--require-servable", args.require_servable),
                                  ("--fp32-stride", args.fp32_stride is not None)) if v]
     if args.quantize and not args.calibration:
         raise UserError("--quantize int8 needs --calibration DIR (a val channel: its images set the INT8 ranges)")
@@ -108,10 +109,13 @@ def cmd_export(args) -> int:
 
         settings = DEFAULT if args.fp32_stride is None else dataclasses.replace(DEFAULT, fp32_stride=args.fp32_stride)
         record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images,
-                               args.max_accuracy_drop, args.force_servable, settings)
+                               args.max_accuracy_drop, args.force_servable, settings, args.strict_gate)
         path = Path(args.model_dir) / ONNX_INT8
         print(f"{path}  {record['settings']['quant_format']} {path.stat().st_size / 1e6:.1f} MB  "
               f"sha256 {record['sha256'][:12]}  {record['why']}")
+        if args.require_servable and not record["servable"]:
+            log.error("--require-servable: %s is not servable (the CPU image would serve model.onnx)", path)
+            return 1
     return 0
 
 
@@ -198,8 +202,8 @@ def register(sub) -> None:
     q.add_argument("--quantize", choices=["int8"],
                    help="also write model.int8.onnx (replacing an earlier one): ONNX Runtime static quantization "
                         "(QDQ, per-channel, uint8 activations, 7-bit int8 weights), evaluated against model.onnx on "
-                        "--test. Exits 0 whether or not it is servable: the last line and config.json's "
-                        "onnx_int8.servable say which")
+                        "--test. Exits 0 whether or not it is servable (unless --require-servable): the last "
+                        "line and config.json's onnx_int8.servable say which")
     q.add_argument("--calibration", metavar="DIR", help="val channel whose images calibrate the INT8 ranges "
                                                         "(per-image or sharded)")
     q.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
@@ -215,6 +219,13 @@ def register(sub) -> None:
                    help="mark INT8 servable only if its test accuracy is at most F below fp32's")
     q.add_argument("--force-servable", action="store_true",
                    help="mark INT8 servable even over the drop limit or without --test (recorded as forced)")
+    q.add_argument("--strict-gate", action="store_true",
+                   help="judge the drop's one-sided 95%% upper bound (drop + 1.645 standard errors of the paired "
+                        "difference, at least one image), not the drop measured: servable only when the test "
+                        "channel shows the drop is within F (thousands of test images for F = 0.01 when ~10%% "
+                        "of the counts change)")
+    q.add_argument("--require-servable", action="store_true",
+                   help="exit 1 when INT8 is written but not servable (for a build that must ship INT8)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="count the items in image files with a saved model",
