@@ -12,10 +12,10 @@ What it runs (each row says ok / FAILED / skipped with the reason, and its numbe
   predictor   Predictor latency at batch 1 and 8 (p50/p90 of timed calls after warm-up), fp32 like serving
   pinning     every serving worker's gpu_id -> the GPU its model lands on (worker_device + Predictor)
   int8_cpu    this machine's CPU, not its GPU (issue 25: INT8 pays off on VNNI/AMX CPUs, which the project's own
-              machines lack): the trained model exported to ONNX and quantized as `export --quantize int8` does
+              machines mostly lack): the trained model exported to ONNX and quantized as `export --quantize int8` does
               (U8S8 reduce_range) and without reduce_range (what VNNI allows), images/s on one thread vs fp32,
               agreement with fp32 on the val images (32 of them also calibrated), the CPU's AVX2/VNNI/AMX
-              flags (bench/int8.py's cpu_flags); skipped without onnxruntime/onnx or with under 150 s left of
+              flags (serving.onnx_runtime.cpu_flags); skipped without onnxruntime/onnx or with under 150 s left of
               gpu_check.sh's 480 s. The JSON is rewritten after every row, so a timeout keeps the rows that finished.
 
 No Docker, no network. Under 8 minutes on one GPU:
@@ -223,19 +223,18 @@ def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: flo
         import onnxruntime
     except ImportError as e:
         return {"_status": "skipped", "reason": f"{e.name} not installed"}
-    import dataclasses
-
     import numpy as np
-    from int8 import cpu_flags, images_per_s  # bench/int8.py, beside this script: the same timing and CPU flags
+    from int8 import images_per_s  # bench/int8.py, beside this script: the same timing
 
     from bincounter.artifact import ONNX, preprocess_of, read_config
     from bincounter.model import export_onnx
-    from bincounter.quantize import DEFAULT, channel_arrays, probabilities, quantize_bytes, session
+    from bincounter.quantize import DEFAULT, VNNI, channel_arrays, probabilities, quantize_bytes, session
+    from bincounter.serving.onnx_runtime import cpu_flags
 
     export_onnx(model_dir)
     xs, _ = channel_arrays(ch / "val", preprocess_of(read_config(model_dir)), 8 if cpu_smoke else 64)
     configs = {"U8S8 reduce_range (export's)": DEFAULT,
-               "U8S8 (no reduce_range)": dataclasses.replace(DEFAULT, reduce_range=False)}
+               "U8S8 (no reduce_range: --for-cpu vnni)": VNNI}
     sessions = {"fp32": session(model_dir / ONNX, threads=1)}
     for name, settings in configs.items():
         sessions[name] = session(quantize_bytes(model_dir / ONNX, xs[:32], settings), threads=1)

@@ -33,6 +33,7 @@ from bincounter.artifact import ONNX, preprocess_of, read_config
 from bincounter.quantize import (
     CONFIGS,
     DEFAULT,
+    VNNI,
     channel_arrays,
     compare,
     paired_drop,
@@ -40,6 +41,7 @@ from bincounter.quantize import (
     quantize_bytes,
     session,
 )
+from bincounter.serving.onnx_runtime import cpu_flags
 
 
 def images_per_s(sess, x: np.ndarray, seconds: float) -> float:
@@ -170,7 +172,7 @@ def table(summary: dict, runs: list[dict]) -> str:
 
 
 def label(name: str) -> str:
-    return f"{name} (export's default)" if name == DEFAULT.name else name
+    return {DEFAULT.name: f"{name} (export's default)", VNNI.name: f"{name} (--for-cpu vnni)"}.get(name, name)
 
 
 def drops_of(run: dict, name: str) -> str:
@@ -183,14 +185,6 @@ def drops_of(run: dict, name: str) -> str:
         out += (f"; holdout {q['holdout_drop']:+.3f} ± {noise(q['holdout_drop_se'], run['n_holdout']):.3f} "
                 f"({q['holdout_right_to_wrong']} images right -> wrong, {q['holdout_wrong_to_right']} wrong -> right)")
     return out
-
-
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def main() -> int:

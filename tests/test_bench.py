@@ -52,7 +52,24 @@ def test_gpu_check_runs_its_code_on_the_cpu(tmp_path):
     assert rows["train"]["augmentation_changes_per_epoch"] is True and rows["torchrun"]["val_n_exact"] is True
     int8 = rows["int8_cpu"]
     assert int8["U8S8 reduce_range (export's)"]["images_per_s_1_thread"] > 0 and int8["images"] > 0
-    assert 0 <= int8["U8S8 (no reduce_range)"]["agreement"] <= 1 and isinstance(int8["cpu_flags"], list)
+    assert 0 <= int8["U8S8 (no reduce_range: --for-cpu vnni)"]["agreement"] <= 1
+    assert isinstance(int8["cpu_flags"], list)
+
+
+@pytest.mark.slow
+def test_int8_speed_bench_runs(tmp_path):
+    out = tmp_path / "s.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "int8_speed.py"), "--archs", "tf_efficientnet_lite0",
+                           "--image-size", "32", "--threads", "1", "--batches", "1,2", "--rounds", "2",
+                           "--seconds", "0.05", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    rows = doc["runs"][0]["rows"]
+    assert {(r["model"], r["batch"]) for r in rows} == {
+        (m, b) for m in ("fp32", "U8S8 reduce_range (export's default)", "U8S8 (--for-cpu vnni)") for b in (1, 2)}
+    assert all(r["images_per_s"] > 0 for r in rows) and all(r["vs_fp32"] == 1.0 for r in rows if r["model"] == "fp32")
+    assert isinstance(doc["cpu_flags"], list) and "| tf_efficientnet_lite0 32 px | U8S8 (--for-cpu vnni) | 1 | 2 |" \
+        in proc.stdout
 
 
 @pytest.mark.slow

@@ -164,6 +164,50 @@ def test_strict_gate_judges_the_upper_bound(int8_copy, channels, monkeypatch, ca
     assert read_config(int8_copy)[INT8_RECORD]["servable"] is True
 
 
+def test_cpu_flags_and_vnni(tmp_path):
+    from bincounter.serving.onnx_runtime import cpu_flags, has_vnni
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n\nprocessor\t: 1\n")
+    assert cpu_flags(info) == ["avx2", "avx512_vnni", "avx512f"] and has_vnni(info)
+    info.write_text("flags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_flags(info) == ["avx2"] and not has_vnni(info)
+    assert cpu_flags(tmp_path / "none") == [] and not has_vnni(tmp_path / "none")  # not Linux/x86: no VNNI claimed
+    info.write_text("flags\t\t: avx2 avx_vnni\n")
+    assert has_vnni(info)
+
+
+def test_for_cpu_vnni_is_served_only_on_a_vnni_cpu(int8_copy, channels, monkeypatch, caplog):
+    """--for-cpu vnni: full 8-bit weights, recorded; a CPU without VNNI serves fp32 (its u8s8 kernels could
+    saturate), and BINCOUNTER_ONNX_PRECISION=int8 refuses to start there."""
+    import onnx
+
+    import bincounter.serving.onnx_runtime as ort_mod
+
+    monkeypatch.delenv("BINCOUNTER_ONNX_PRECISION", raising=False)
+    monkeypatch.setattr(ort_mod, "has_vnni", lambda *a: False)
+    assert quantize(int8_copy, channels, "--for-cpu", "vnni", "--max-accuracy-drop", "1") == 0
+    assert "this CPU has no VNNI" in caplog.text  # the accuracy measured here is pessimistic: said
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["settings"]["reduce_range"] is False and r["settings"]["needs_vnni"] is True and r["servable"] is True
+    assert isinstance(r["cpu_flags"], list)
+    weights = [i for i in onnx.load(int8_copy / ONNX_INT8).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    top = max(int(np.abs(onnx.numpy_helper.to_array(w).astype(int)).max()) for w in weights)
+    assert top > 64  # 8-bit weights (reduce_range stops at 64)
+    pred = OnnxPredictor(int8_copy)
+    assert pred.model_file == ONNX and "quantized for CPUs with VNNI" in pred.why
+    with pytest.raises(UserError, match="int8 but .*this CPU has none"):
+        OnnxPredictor(int8_copy, precision="int8")
+    monkeypatch.setattr(ort_mod, "has_vnni", lambda *a: True)
+    assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
+    # the default: 7-bit weights, served on any CPU
+    monkeypatch.setattr(ort_mod, "has_vnni", lambda *a: False)
+    assert quantize(int8_copy, channels, "--for-cpu", "any", "--max-accuracy-drop", "1") == 0
+    r = read_config(int8_copy)[INT8_RECORD]
+    assert r["settings"]["reduce_range"] is True and r["settings"]["needs_vnni"] is False
+    assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
+
+
 def test_without_a_test_channel_it_is_servable_only_when_forced(int8_copy, channels):
     assert quantize(int8_copy, channels, test=False) == 0
     r = read_config(int8_copy)[INT8_RECORD]

@@ -52,17 +52,25 @@ class QuantSettings:
     fp32_stride: int = 0  # convs whose output is at most this much smaller than the image stay fp32 (0: none)
 
     @property
+    def needs_vnni(self) -> bool:
+        """uint8 x int8 with full 8-bit weights: exact on CPUs with VNNI, can saturate on those without."""
+        return self.activation_type == "uint8" and self.weight_type == "int8" and not self.reduce_range
+
+    @property
     def name(self) -> str:
         short = {"uint8": "U8", "int8": "S8"}
         return (short[self.activation_type] + short[self.weight_type] + (" reduce_range" if self.reduce_range else "")
                 + (f", fp32 to stride {self.fp32_stride}" if self.fp32_stride else ""))
 
 
-#: what `export --quantize int8` writes
+#: what `export --quantize int8` writes: exact on every x86 CPU
 DEFAULT = QuantSettings()
+#: `export --quantize int8 --for-cpu vnni`: 8-bit weights, for CPUs with VNNI only (the CPU image serves fp32 on
+#: others); on this project's VNNI VM it agreed with fp32 more often at the same speed (docs/PERFORMANCE.md#vnni)
+VNNI = dataclasses.replace(DEFAULT, reduce_range=False)
 #: the configurations bench/int8.py compares (fp32 is the reference)
 CONFIGS = {c.name: c for c in (QuantSettings("int8", "int8", False), QuantSettings("int8", "int8", True),
-                                QuantSettings("uint8", "int8", False), DEFAULT,
+                                VNNI, DEFAULT,
                                 dataclasses.replace(DEFAULT, fp32_stride=4))}
 
 
@@ -251,7 +259,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
     both on `test` when given, record it all in config.json -> the record (config.json's INT8_RECORD)."""
     import onnxruntime
 
-    from .serving.onnx_runtime import check_onnx
+    from .serving.onnx_runtime import check_onnx, cpu_flags, has_vnni
 
     model_dir = Path(model_dir)
     config = check_onnx(model_dir)  # quantize the export of these weights, nothing else
@@ -279,6 +287,10 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
                   "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
                   **paired_drop(ys, fp32.argmax(1), int8.argmax(1))}
+        if settings.needs_vnni and not has_vnni():
+            log.warning("this CPU has no VNNI: the test accuracy of an INT8 model for VNNI CPUs (--for-cpu vnni) "
+                        "measured here includes u8s8 saturation that VNNI CPUs do not have (pessimistic); measure "
+                        "it on the CPU you will serve on")
         resolution = max(1 / len(ys), 1.96 * result["accuracy_drop_se"])
         if max_drop < resolution:
             log.warning("the %d test images measure the accuracy drop to about ±%.3f (95%%; %d images went from "
@@ -292,9 +304,10 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         raise UserError(f"cannot write {model_dir / ONNX_INT8}: {e.strerror or e}") from None
     record = {"file": ONNX_INT8, "sha256": digest, "weights_sha256": config["onnx"]["weights_sha256"],
               "onnx_sha256": sha256_file(model_dir / ONNX),
-              "settings": {**dataclasses.asdict(settings), "calibration_images": len(cal),
+              "settings": {**dataclasses.asdict(settings), "needs_vnni": settings.needs_vnni,
+                           "calibration_images": len(cal),
                            "calibration": str(Path(calibration).resolve()), "onnxruntime": onnxruntime.__version__},
-              "test_channel": None if test is None else str(Path(test).resolve()),
+              "test_channel": None if test is None else str(Path(test).resolve()), "cpu_flags": cpu_flags(),
               "test": result, "max_accuracy_drop": max_drop, "gate": "strict" if strict else "measured",
               "drop_upper_bound": None if result is None else drop_upper_bound(result),
               "forced": bool(force_servable and servable),

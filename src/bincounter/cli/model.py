@@ -65,7 +65,8 @@ def cmd_export(args) -> int:
     int8_flags = [f for f, v in (("--calibration", args.calibration), ("--test", args.test),
                                  ("--force-servable", args.force_servable), ("--strict-gate", args.strict_gate),
                                  ("--require-servable", args.require_servable),
-                                 ("--fp32-stride", args.fp32_stride is not None)) if v]
+                                 ("--fp32-stride", args.fp32_stride is not None),
+                                 ("--for-cpu", args.for_cpu is not None)) if v]
     if args.quantize and not args.calibration:
         raise UserError("--quantize int8 needs --calibration DIR (a val channel: its images set the INT8 ranges)")
     if int8_flags and not args.quantize:
@@ -105,9 +106,11 @@ def cmd_export(args) -> int:
         import dataclasses
 
         from ..artifact import ONNX_INT8
-        from ..quantize import DEFAULT, quantize_int8
+        from ..quantize import DEFAULT, VNNI, quantize_int8
 
-        settings = DEFAULT if args.fp32_stride is None else dataclasses.replace(DEFAULT, fp32_stride=args.fp32_stride)
+        settings = VNNI if args.for_cpu == "vnni" else DEFAULT
+        if args.fp32_stride is not None:
+            settings = dataclasses.replace(settings, fp32_stride=args.fp32_stride)
         record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images,
                                args.max_accuracy_drop, args.force_servable, settings, args.strict_gate)
         path = Path(args.model_dir) / ONNX_INT8
@@ -215,6 +218,10 @@ def register(sub) -> None:
                         "highest-resolution layers. 4 halved the changed counts of the demo model, but slower: 1.26x "
                         "fp32 instead of 1.45x there, 0.80x (slower than fp32) on efficientnet_b0 at 224 px "
                         "(default 0: quantize all; docs/PERFORMANCE.md#int8)")
+    q.add_argument("--for-cpu", choices=["any", "vnni"],
+                   help="any (default): 7-bit weights, exact on every x86 CPU; vnni: full 8-bit weights, closer to "
+                        "fp32, for CPUs with VNNI (ml.c6i, ml.m6i, ml.c7i; on others the CPU image serves fp32). "
+                        "Measure it on such a CPU (docs/PERFORMANCE.md#vnni)")
     q.add_argument("--max-accuracy-drop", type=fraction, default=0.01, metavar="F",
                    help="mark INT8 servable only if its test accuracy is at most F below fp32's")
     q.add_argument("--force-servable", action="store_true",

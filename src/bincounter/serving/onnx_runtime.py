@@ -3,7 +3,8 @@
 The same interface as `evaluate.Predictor` (preprocess / forward / format), the same preprocessing
 (`preprocess.Preprocess`, numpy + PIL) and the same answers (`artifact.format_predictions`): the runtime
 behind the worker is the only difference. The file served is model.onnx, or model.int8.onnx when config.json
-marks it servable (`served_onnx`; BINCOUNTER_ONNX_PRECISION=fp32 forces model.onnx); either is checked against
+marks it servable (`served_onnx`; BINCOUNTER_ONNX_PRECISION=fp32 forces model.onnx; an INT8 model quantized
+for VNNI CPUs is not served on a CPU without VNNI: `has_vnni`); either is checked against
 config.json before it is used: its sha256, and that it was made from the weights config.json describes. Answers
 of the INT8 model carry model_version "<version>-int8".
 """
@@ -65,6 +66,26 @@ def _check_file(model_dir: Path, config: dict, name: str, meta: dict | None, fix
                         f"config.json records (a partial copy?): {again}")
 
 
+#: the x86 flags of the instructions that run u8 x s8 dot products without 16-bit saturation (VNNI: AVX-512 on
+#: Ice Lake and later Xeons and AMD Zen 4, AVX-VNNI, AMX); without one, ONNX Runtime's u8s8 kernels can saturate on
+#: full 8-bit weights, which is why export's default quantizes with 7-bit weights (reduce_range)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """This CPU's flags that matter to INT8 speed and exactness (AVX2, AVX-512, VNNI, AMX); [] where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            line = next(ln for ln in f if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in line.split(":", 1)[1].split() if f in ("avx2", "avx512f", *VNNI_FLAGS))
+
+
+def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    return any(f in VNNI_FLAGS for f in cpu_flags(cpuinfo))
+
+
 def onnx_precision(value: str | None = None) -> str:
     """auto, fp32 or int8: `value`, else $BINCOUNTER_ONNX_PRECISION, else auto."""
     value = (value or os.environ.get("BINCOUNTER_ONNX_PRECISION") or "auto").strip().lower()
@@ -88,6 +109,13 @@ def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[di
         if precision == "int8":
             raise UserError(f"BINCOUNTER_ONNX_PRECISION=int8 but {model_dir}: {state} (`bincounter export "
                             "--quantize int8 --test DIR` marks it servable when it holds the accuracy)")
+        return check_onnx(model_dir), ONNX, f"fp32: {state}"
+    if (meta.get("settings") or {}).get("needs_vnni") and not has_vnni():
+        state = ("INT8 was quantized for CPUs with VNNI (`export --for-cpu vnni`: 8-bit weights, which this CPU's "
+                 "u8s8 kernels can saturate) and this CPU has none")
+        if precision == "int8":
+            raise UserError(f"BINCOUNTER_ONNX_PRECISION=int8 but {model_dir}: {state} (quantize it again without "
+                            "--for-cpu vnni, or serve it on a CPU with VNNI: ml.c6i, ml.m6i, ml.c7i)")
         return check_onnx(model_dir), ONNX, f"fp32: {state}"
     fix = ("quantize it again where bincounter runs (`bincounter export --model-dir DIR --quantize int8 ...`), or "
            "set BINCOUNTER_ONNX_PRECISION=fp32")
