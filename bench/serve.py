@@ -254,6 +254,23 @@ def start_server(variant: dict, model_dir: Path, body: bytes, batch: int, delay_
                      f"{(logs.stdout + logs.stderr)[-4000:]}")
 
 
+#: words of a server log line that tell why requests failed, strongest first
+ERROR_WORDS = (("died", "traceback", "exception", "killed", "signal"), ("error", "warn", "memory"))
+
+
+def error_lines(log: str, context: int = 2, limit: int = 6000) -> str:
+    """The lines of a server's log around those that name a failure (a request-per-line log buries a worker's
+    death under thousands of lines after it): the strongest words found, else the weaker, else the last lines."""
+    lines = log.splitlines()
+    hits = []
+    for words in ERROR_WORDS:
+        hits = hits or [i for i, line in enumerate(lines) if any(w in line.lower() for w in words)]
+    if not hits:
+        return "\n".join(lines[-60:])[-limit:]
+    keep = sorted({j for i in hits for j in range(max(0, i - context), min(len(lines), i + context + 1))})
+    return "\n".join(lines[j] for j in keep)[:limit]
+
+
 def parse_mem_usage(text: str) -> float | None:
     """`docker stats`' MemUsage ("45.3MiB / 1.9GiB") -> the used part in MiB; None when it is not that."""
     got = text.split("/")[0].strip()
@@ -408,9 +425,8 @@ def main() -> None:
                 run["memory_mib"] = container_memory_mib(run["container"])
             for i, run in enumerate(runs):  # the server's own account of any error, before it is removed
                 if any(r["errors"] for rows in per_round[i] for r in rows):
-                    logs = subprocess.run(["docker", "logs", "--tail", "60", run["container"]], capture_output=True,
-                                          text=True)
-                    run["log_tail"] = (logs.stdout + logs.stderr)[-6000:]
+                    logs = subprocess.run(["docker", "logs", run["container"]], capture_output=True, text=True)
+                    run["log_tail"] = error_lines(logs.stdout + logs.stderr)
         finally:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
     for run, rows in zip(runs, per_round, strict=True):
@@ -474,7 +490,8 @@ def main() -> None:
             if r["errors"]:
                 print(f"{label(run)}, conc {r['concurrency']}: errors {r['error_kinds']}")
         if "log_tail" in run:
-            print(f"--- {label(run)}: the server's log, last lines\n{run['log_tail']}")
+            print(f"--- {label(run)}: the server's log, the lines around errors (else the last ones)\n"
+                  f"{run['log_tail']}")
     for run in runs:
         print(f"{label(run)} ({run['runtime']} {run['model_file']}, {run['image_size_mb'] / 1000:.2f} GB): "
               f"cold start {run['cold_start_s']:.1f} s, "

@@ -268,3 +268,15 @@ def test_int8_bench_holdout_channel(tmp_path):
     assert ib.holdout_channel(tmp_path, 4) == test and (tmp_path / "holdout4" / "complete").is_file()
     assert not (tmp_path / "holdout4" / "abid" / "stray.txt").exists()
     assert sorted(p.relative_to(test) for p in test.rglob("*.jpg")) == images
+
+
+def test_serve_bench_keeps_the_log_lines_of_a_failure():
+    """A worker's death in a 10,000-line request log is what the bench keeps, not the last 60 lines after it."""
+    sb = _bench("serve")
+    log = "\n".join([f"[INFO ] Backend response time: {i}" for i in range(5000)]
+                    + ["[WARN ] slow", "[ERROR] Worker died.", "[INFO ] restarting"]
+                    + [f"[INFO ] Backend response time: {i}" for i in range(5000)])
+    kept = sb.error_lines(log)
+    assert "Worker died." in kept and "[WARN ] slow" in kept and len(kept.splitlines()) == 5
+    assert sb.error_lines("a\nb WARN c\nd") == "a\nb WARN c\nd"  # weaker words when no stronger one
+    assert sb.error_lines("\n".join(map(str, range(100)))).splitlines() == [str(i) for i in range(40, 100)]
