@@ -1,12 +1,13 @@
 """INT8 vs fp32 speed of an architecture on this CPU, in process: is INT8 worth serving here?
 
 For each --archs entry (random weights: speed does not depend on them): model.onnx exported as the trainer
-exports it, quantized as `export --quantize int8` does (U8S8 reduce_range, 7-bit weights) and as `--for-cpu
-vnni` does (U8S8, 8-bit weights), calibrated on random inputs; images/s of each on 1 and 2 intra-op threads, at
-batch 1 and 8, the three models interleaved in --rounds rounds of --seconds (medians; "vs fp32" is the median
-of the per-round ratios, the figure to read on a shared machine). The CPU's AVX2/AVX-512/VNNI/AMX flags are in
-the JSON: INT8's gain depends on them (docs/PERFORMANCE.md#vnni). Prints a table; writes JSON
-(bench/results/int8_speed.json). Accuracy is bench/int8.py's; served requests/s bench/serve.py's.
+exports it, quantized as `export --quantize int8` does (U8S8 reduce_range, 7-bit weights), as `--for-cpu vnni`
+does (U8S8, 8-bit weights) and with ONNX Runtime's default types (S8S8), calibrated on random inputs; images/s
+of each on 1 and 2 intra-op threads, at batch 1 and 8, the models interleaved in --rounds rounds of --seconds
+(medians; "vs fp32" is the median of the per-round ratios, the figure to read on a shared machine). The CPU's
+AVX2/AVX-512/VNNI/AMX flags are in the JSON: INT8's gain depends on them (docs/PERFORMANCE.md#vnni). Prints a
+table; writes JSON (bench/results/int8_speed.json). Accuracy is bench/int8.py's; served requests/s
+bench/serve.py's.
 
     python bench/int8_speed.py [--archs efficientnet_b0,tf_efficientnet_lite0] [--image-size 224]
 """
@@ -27,10 +28,11 @@ from int8 import images_per_s  # bench/int8.py, beside this script
 from bincounter.artifact import ONNX
 from bincounter.model import create_model, export_onnx, save_artifact
 from bincounter.preprocess import Preprocess
-from bincounter.quantize import DEFAULT, VNNI, quantize_bytes, session
+from bincounter.quantize import DEFAULT, VNNI, QuantSettings, quantize_bytes, session
 from bincounter.serving.onnx_runtime import cpu_flags
 
-CONFIGS = {"U8S8 reduce_range (export's default)": DEFAULT, "U8S8 (--for-cpu vnni)": VNNI}
+CONFIGS = {"U8S8 reduce_range (export's default)": DEFAULT, "U8S8 (--for-cpu vnni)": VNNI,
+           "S8S8 (ONNX Runtime's default types)": QuantSettings("int8", "int8", False)}
 
 
 def one_arch(arch: str, size: int, args, tmp: Path) -> dict:

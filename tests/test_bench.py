@@ -66,8 +66,11 @@ def test_int8_speed_bench_runs(tmp_path):
     doc = json.loads(out.read_text())
     rows = doc["runs"][0]["rows"]
     assert {(r["model"], r["batch"]) for r in rows} == {
-        (m, b) for m in ("fp32", "U8S8 reduce_range (export's default)", "U8S8 (--for-cpu vnni)") for b in (1, 2)}
-    assert all(r["images_per_s"] > 0 for r in rows) and all(r["vs_fp32"] == 1.0 for r in rows if r["model"] == "fp32")
+        (m, b) for m in ("fp32", "U8S8 reduce_range (export's default)", "U8S8 (--for-cpu vnni)",
+                         "S8S8 (ONNX Runtime's default types)") for b in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["vs_fp32"] > 0 for r in rows)
+    assert all(r["vs_fp32"] == 1.0 for r in rows if r["model"] == "fp32")
+    assert doc["options"]["batches"] == [1, 2] and doc["cpu"] and doc["onnxruntime"]
     assert isinstance(doc["cpu_flags"], list) and "| tf_efficientnet_lite0 32 px | U8S8 (--for-cpu vnni) | 1 | 2 |" \
         in proc.stdout
 

@@ -139,13 +139,13 @@ def test_require_servable_exits_1_only_when_not_servable(int8_copy, channels, mo
     real = bincounter.quantize.paired_drop
     monkeypatch.setattr(bincounter.quantize, "paired_drop", lambda *a: {**real(*a), "accuracy_drop": 0.5})
     assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01") == 0  # written, not servable, exit 0
-    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01", "--require-servable") == 1
-    assert "--require-servable: " in caplog.text and "is not servable" in caplog.text
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.01", "--require-servable") == 3
+    assert "--require-servable: " in caplog.text and "is not servable" in caplog.text and "exit 3" in caplog.text
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["servable"] is False and r["sha256"] == sha256_file(int8_copy / ONNX_INT8)  # still written, recorded
 
 
-def test_strict_gate_judges_the_upper_bound(int8_copy, channels, monkeypatch, capsys):
+def test_strict_gate_judges_the_upper_bound(int8_copy, channels, monkeypatch, capsys, caplog):
     """A measured drop under the limit is not enough with --strict-gate: the test channel must show it."""
     import bincounter.quantize
 
@@ -159,9 +159,14 @@ def test_strict_gate_judges_the_upper_bound(int8_copy, channels, monkeypatch, ca
     assert quantize(int8_copy, channels, "--max-accuracy-drop", "0.1", "--strict-gate") == 0
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["servable"] is False and r["gate"] == "strict"
-    assert f"95% upper bound +{bound:.4f} (--strict-gate), limit 0.1" in capsys.readouterr().out.splitlines()[-1]
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert f"95% upper bound +{bound:.4f} (--strict-gate), limit 0.1" in last and "(a larger --test, " in last
     assert quantize(int8_copy, channels, "--max-accuracy-drop", f"{bound + 0.001:.4f}", "--strict-gate") == 0
     assert read_config(int8_copy)[INT8_RECORD]["servable"] is True
+    n = r["test"]["n"]
+    assert quantize(int8_copy, channels, "--max-accuracy-drop", f"{0.9 / n:.5f}", "--strict-gate") == 0
+    assert f"--strict-gate: on {n} test images the drop's upper bound is at least 1/{n}" in caplog.text
+    assert read_config(int8_copy)[INT8_RECORD]["servable"] is False
 
 
 def test_cpu_flags_and_vnni(tmp_path):
@@ -190,7 +195,7 @@ def test_for_cpu_vnni_is_served_only_on_a_vnni_cpu(int8_copy, channels, monkeypa
     assert "this CPU has no VNNI" in caplog.text  # the accuracy measured here is pessimistic: said
     r = read_config(int8_copy)[INT8_RECORD]
     assert r["settings"]["reduce_range"] is False and r["settings"]["needs_vnni"] is True and r["servable"] is True
-    assert isinstance(r["cpu_flags"], list)
+    assert isinstance(r["cpu_flags"], list) and r["measured_with_vnni"] is False
     weights = [i for i in onnx.load(int8_copy / ONNX_INT8).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     top = max(int(np.abs(onnx.numpy_helper.to_array(w).astype(int)).max()) for w in weights)
     assert top > 64  # 8-bit weights (reduce_range stops at 64)
@@ -198,8 +203,11 @@ def test_for_cpu_vnni_is_served_only_on_a_vnni_cpu(int8_copy, channels, monkeypa
     assert pred.model_file == ONNX and "quantized for CPUs with VNNI" in pred.why
     with pytest.raises(UserError, match="int8 but .*this CPU has none"):
         OnnxPredictor(int8_copy, precision="int8")
+    set_record(int8_copy, settings={**r["settings"], "needs_vnni": None})  # read from the settings, not the flag
+    assert OnnxPredictor(int8_copy).model_file == ONNX
     monkeypatch.setattr(ort_mod, "has_vnni", lambda *a: True)
-    assert OnnxPredictor(int8_copy).model_file == ONNX_INT8
+    pred = OnnxPredictor(int8_copy)
+    assert pred.model_file == ONNX_INT8 and pred.why.endswith("needs a CPU with VNNI: this one has it")
     # the default: 7-bit weights, served on any CPU
     monkeypatch.setattr(ort_mod, "has_vnni", lambda *a: False)
     assert quantize(int8_copy, channels, "--for-cpu", "any", "--max-accuracy-drop", "1") == 0
@@ -232,12 +240,14 @@ def test_verdict_limits():
     assert verdict(t(0.2), 0.01, True) == (True, verdict(t(0.2), 0.01, True)[1])
     assert verdict(None, 0.01, False)[0] is False and verdict(None, 0.01, True)[0] is True
     assert all("\n" not in verdict(x, 0.01, f)[1] for x in (t(0.2), None) for f in (False, True))
-    # strict: drop + 1.645 SE, at least one image (1/n = 0.1 here)
+    # strict: drop + 1.645 SE, at least one image (1/n = 0.001 here)
     s = {**t(0.0), "n": 1000, "accuracy_drop_se": 0.007}  # bound 0.0115
     assert verdict(s, 0.01, False)[0] is True and verdict(s, 0.01, False, strict=True)[0] is False
     assert verdict({**s, "accuracy_drop_se": 0.006}, 0.01, False, strict=True)[0] is True  # 0.00987
     assert verdict({**s, "accuracy_drop_se": 0.0}, 0.0005, False, strict=True)[0] is False  # no flips: 1/n
     assert verdict({**s, "accuracy_drop_se": 0.0}, 0.001, False, strict=True)[0] is True
+    # compared unrounded: 0.0100345 is over 0.01 although it rounds to it
+    assert verdict({**s, "accuracy_drop_se": 0.0061}, 0.01, False, strict=True)[0] is False
 
 
 def test_tampered_int8_model_is_refused(int8_copy, monkeypatch):
@@ -291,6 +301,14 @@ def test_export_cli_errors_are_one_line(int8_copy, channels):
                           "--test only applies with --quantize int8")
     assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
                                   int8_copy / "nowhere"), "--calibration", "not a directory")
+    for flag in ("--strict-gate", "--require-servable"):
+        assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--quantize", "int8", "--calibration",
+                                      channels / "val", flag, "--force-servable"), flag, "contradict")
+    assert_one_line_error(run_cli("export", "--model-dir", int8_copy, "--for-cpu", "vnni"),
+                          "--for-cpu only applies with --quantize int8")
+    for flag, value in (("--max-accuracy-drop", "0.05"), ("--calibration-images", "3")):
+        assert_one_line_error(run_cli("export", "--model-dir", int8_copy, flag, value),
+                              f"{flag} only applies with --quantize int8")
 
 
 def test_calibration_from_a_sharded_channel(channels, trained_model, tmp_path):
@@ -424,6 +442,9 @@ def test_paired_drop_counts_and_noise():
     assert d["accuracy_drop_se"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(10), abs=1e-4)
     assert paired_drop(labels, fp32, fp32) == {"accuracy_drop": 0.0, "accuracy_drop_se": 0.0, "right_to_wrong": 0,
                                                "wrong_to_right": 0}
+    three = paired_drop(np.array([0, 0, 0]), np.array([0, 0, 0]), np.array([1, 0, 0]), None)  # unrounded
+    assert three["accuracy_drop"] == 1 / 3 and paired_drop(np.array([0, 0, 0]), np.array([0, 0, 0]),
+                                                           np.array([1, 0, 0]))["accuracy_drop"] == 0.3333
 
 
 def test_a_test_channel_too_small_for_the_limit_is_said(int8_copy, channels, caplog):

@@ -286,18 +286,30 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         a, b = compare(fp32, fp32, ys, counts), compare(fp32, int8, ys, counts)
         result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
                   "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
-                  **paired_drop(ys, fp32.argmax(1), int8.argmax(1))}
+                  **paired_drop(ys, fp32.argmax(1), int8.argmax(1), None)}  # unrounded: the gate compares these
         if settings.needs_vnni and not has_vnni():
             log.warning("this CPU has no VNNI: the test accuracy of an INT8 model for VNNI CPUs (--for-cpu vnni) "
-                        "measured here includes u8s8 saturation that VNNI CPUs do not have (pessimistic); measure "
-                        "it on the CPU you will serve on")
+                        "is measured here with kernels that can saturate, which VNNI CPUs do not; measure it on "
+                        "the CPU you will serve on (the record says measured_with_vnni: false)")
         resolution = max(1 / len(ys), 1.96 * result["accuracy_drop_se"])
-        if max_drop < resolution:
+        if strict and 1 / len(ys) > max_drop:
+            log.warning("--strict-gate: on %d test images the drop's upper bound is at least 1/%d = %.4f, over "
+                        "--max-accuracy-drop %g: INT8 cannot be servable; a larger --test channel can show it",
+                        len(ys), len(ys), 1 / len(ys), max_drop)
+        elif strict and max_drop < resolution:
+            log.warning("--strict-gate: the %d test images measure the accuracy drop to about ±%.3f (95%%), wider "
+                        "than --max-accuracy-drop %g: INT8 is servable only if it loses nothing measurable; a "
+                        "larger --test channel can show a small drop is within the limit", len(ys), resolution,
+                        max_drop)
+        elif max_drop < resolution:
             log.warning("the %d test images measure the accuracy drop to about ±%.3f (95%%; %d images went from "
                         "right to wrong, %d from wrong to right), wider than --max-accuracy-drop %g: chance can "
                         "decide servable; a larger --test channel measures it better", len(ys), resolution,
                         result["right_to_wrong"], result["wrong_to_right"], max_drop)
     servable, why = verdict(result, max_drop, force_servable, strict)
+    bound = None if result is None else round(drop_upper_bound(result), 4)
+    if result is not None:
+        result |= {k: round(result[k], 4) for k in ("accuracy_drop", "accuracy_drop_se")}
     try:
         digest = write_hashed(model_dir / ONNX_INT8, data)
     except OSError as e:
@@ -309,7 +321,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
                            "calibration": str(Path(calibration).resolve()), "onnxruntime": onnxruntime.__version__},
               "test_channel": None if test is None else str(Path(test).resolve()), "cpu_flags": cpu_flags(),
               "test": result, "max_accuracy_drop": max_drop, "gate": "strict" if strict else "measured",
-              "drop_upper_bound": None if result is None else drop_upper_bound(result),
+              "drop_upper_bound": bound, "measured_with_vnni": None if result is None else has_vnni(),
               "forced": bool(force_servable and servable),
               "servable": servable, "why": why}
     config = read_config(model_dir)
@@ -318,19 +330,22 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
     return record
 
 
-def paired_drop(labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray) -> dict:
-    """fp32's accuracy minus INT8's on the same images (class indices), exact, with the images that went right ->
-    wrong and wrong -> right and the standard error of the paired difference (what the drop's noise is)."""
+def paired_drop(labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray, digits: int | None = 4) -> dict:
+    """fp32's accuracy minus INT8's on the same images (class indices), with the images that went right -> wrong
+    and wrong -> right and the standard error of the paired difference (what the drop's noise is); rounded to
+    `digits` (None: exact, what a gate must compare)."""
     d = (fp32 == labels).astype(np.float64) - (int8 == labels)
     se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-    return {"accuracy_drop": round(float(d.mean()), 4), "accuracy_drop_se": round(se, 4),
+    drop = float(d.mean())
+    return {"accuracy_drop": drop if digits is None else round(drop, digits),
+            "accuracy_drop_se": se if digits is None else round(se, digits),
             "right_to_wrong": int((d > 0).sum()), "wrong_to_right": int((d < 0).sum())}
 
 
 def drop_upper_bound(test: dict) -> float:
     """The accuracy drop's one-sided 95% upper bound: drop + 1.645 standard errors of the paired difference, at
-    least one image (no flips among n images does not prove a drop of 0)."""
-    return round(test["accuracy_drop"] + max(1.645 * test["accuracy_drop_se"], 1 / test["n"]), 4)
+    least one image (no flips among n images does not prove a drop of 0). Unrounded."""
+    return test["accuracy_drop"] + max(1.645 * test["accuracy_drop_se"], 1 / test["n"])
 
 
 def verdict(test: dict | None, max_drop: float, force: bool, strict: bool = False) -> tuple[bool, str]:
@@ -349,4 +364,5 @@ def verdict(test: dict | None, max_drop: float, force: bool, strict: bool = Fals
         return True, f"servable: {line}"
     if force:
         return True, f"servable (--force-servable): {line}"
-    return False, f"not servable: {line} (--max-accuracy-drop, or --force-servable)"
+    hint = "a larger --test, --max-accuracy-drop" if strict else "--max-accuracy-drop"
+    return False, f"not servable: {line} ({hint}, or --force-servable)"

@@ -59,6 +59,10 @@ def stride(text: str) -> int:
     return n
 
 
+#: `export --quantize int8 --require-servable`: INT8 written but not servable (2 is a usage error, 1 a crash)
+NOT_SERVABLE_EXIT = 3
+
+
 def cmd_export(args) -> int:
     from ..artifact import ONNX
 
@@ -66,11 +70,17 @@ def cmd_export(args) -> int:
                                  ("--force-servable", args.force_servable), ("--strict-gate", args.strict_gate),
                                  ("--require-servable", args.require_servable),
                                  ("--fp32-stride", args.fp32_stride is not None),
-                                 ("--for-cpu", args.for_cpu is not None)) if v]
+                                 ("--for-cpu", args.for_cpu is not None),
+                                 ("--calibration-images", args.calibration_images is not None),
+                                 ("--max-accuracy-drop", args.max_accuracy_drop is not None)) if v]
     if args.quantize and not args.calibration:
         raise UserError("--quantize int8 needs --calibration DIR (a val channel: its images set the INT8 ranges)")
     if int8_flags and not args.quantize:
         raise UserError(f"{int8_flags[0]} only applies with --quantize int8")
+    for flag, given in (("--strict-gate", args.strict_gate), ("--require-servable", args.require_servable)):
+        if given and args.force_servable:
+            raise UserError(f"{flag} and --force-servable contradict each other: --force-servable marks INT8 "
+                            "servable whatever the test says")
     if args.quantize:
         import importlib.util
 
@@ -111,14 +121,17 @@ def cmd_export(args) -> int:
         settings = VNNI if args.for_cpu == "vnni" else DEFAULT
         if args.fp32_stride is not None:
             settings = dataclasses.replace(settings, fp32_stride=args.fp32_stride)
-        record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images,
-                               args.max_accuracy_drop, args.force_servable, settings, args.strict_gate)
+        record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images or 100,
+                               0.01 if args.max_accuracy_drop is None else args.max_accuracy_drop,
+                               args.force_servable, settings, args.strict_gate)
         path = Path(args.model_dir) / ONNX_INT8
+        vnni = "  needs a CPU with VNNI" if record["settings"]["needs_vnni"] else ""
         print(f"{path}  {record['settings']['quant_format']} {path.stat().st_size / 1e6:.1f} MB  "
-              f"sha256 {record['sha256'][:12]}  {record['why']}")
+              f"sha256 {record['sha256'][:12]}{vnni}  {record['why']}")
         if args.require_servable and not record["servable"]:
-            log.error("--require-servable: %s is not servable (the CPU image would serve model.onnx)", path)
-            return 1
+            log.error("--require-servable: %s is not servable (the CPU image would serve model.onnx): exit %d",
+                      path, NOT_SERVABLE_EXIT)
+            return NOT_SERVABLE_EXIT
     return 0
 
 
@@ -204,13 +217,13 @@ def register(sub) -> None:
     q = ex.add_argument_group("INT8 (the CPU image serves model.int8.onnx when config.json marks it servable)")
     q.add_argument("--quantize", choices=["int8"],
                    help="also write model.int8.onnx (replacing an earlier one): ONNX Runtime static quantization "
-                        "(QDQ, per-channel, uint8 activations, 7-bit int8 weights), evaluated against model.onnx on "
-                        "--test. Exits 0 whether or not it is servable (unless --require-servable): the last "
-                        "line and config.json's onnx_int8.servable say which")
+                        "(QDQ, per-channel, uint8 activations, int8 weights: 7-bit, or 8-bit with --for-cpu vnni), "
+                        "evaluated against model.onnx on --test. Exits 0 whether or not it is servable (unless "
+                        "--require-servable): the last line and config.json's onnx_int8.servable say which")
     q.add_argument("--calibration", metavar="DIR", help="val channel whose images calibrate the INT8 ranges "
                                                         "(per-image or sharded)")
-    q.add_argument("--calibration-images", type=positive_int, default=100, metavar="N",
-                   help="calibration images taken from --calibration")
+    q.add_argument("--calibration-images", type=positive_int, metavar="N",
+                   help="calibration images taken from --calibration (default: 100)")
     q.add_argument("--test", metavar="DIR", help="test channel: accuracy, RMSE and changed counts of both models, "
                                                  "in config.json; without it INT8 is not marked servable")
     q.add_argument("--fp32-stride", type=stride, metavar="N",
@@ -220,10 +233,13 @@ def register(sub) -> None:
                         "(default 0: quantize all; docs/PERFORMANCE.md#int8)")
     q.add_argument("--for-cpu", choices=["any", "vnni"],
                    help="any (default): 7-bit weights, exact on every x86 CPU; vnni: full 8-bit weights, closer to "
-                        "fp32, for CPUs with VNNI (ml.c6i, ml.m6i, ml.c7i; on others the CPU image serves fp32). "
-                        "Measure it on such a CPU (docs/PERFORMANCE.md#vnni)")
-    q.add_argument("--max-accuracy-drop", type=fraction, default=0.01, metavar="F",
-                   help="mark INT8 servable only if its test accuracy is at most F below fp32's")
+                        "fp32 where the CPU has VNNI (measured on an AMD Zen 5 VM; expected on ml.c6i, ml.m6i, "
+                        "ml.c7i); a CPU image without VNNI serves fp32 instead, so an endpoint on ml.c5/ml.m5 "
+                        "(Skylake or Cascade Lake hosts) can mix both: set BINCOUNTER_ONNX_PRECISION=int8 to make "
+                        "such instances fail instead. Measure it on such a CPU (docs/PERFORMANCE.md#vnni)")
+    q.add_argument("--max-accuracy-drop", type=fraction, metavar="F",
+                   help="mark INT8 servable only if its test accuracy is at most F below fp32's (default: 0.01; "
+                        "on 90 test images one image more wrong is 0.011)")
     q.add_argument("--force-servable", action="store_true",
                    help="mark INT8 servable even over the drop limit or without --test (recorded as forced)")
     q.add_argument("--strict-gate", action="store_true",
@@ -232,7 +248,8 @@ def register(sub) -> None:
                         "channel shows the drop is within F (thousands of test images for F = 0.01 when ~10%% "
                         "of the counts change)")
     q.add_argument("--require-servable", action="store_true",
-                   help="exit 1 when INT8 is written but not servable (for a build that must ship INT8)")
+                   help="exit 3 when INT8 is written but not servable (for a build that must ship INT8; 2 is a "
+                        "usage error)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="count the items in image files with a saved model",

@@ -86,6 +86,14 @@ def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(f in VNNI_FLAGS for f in cpu_flags(cpuinfo))
 
 
+def needs_vnni(record: dict) -> bool:
+    """Whether an INT8 record's model has full 8-bit weights with uint8 activations (`export --for-cpu vnni`),
+    from its settings, not from a flag alone: exact only on a CPU with VNNI."""
+    st = record.get("settings") or {}
+    return bool(st.get("needs_vnni")) or (st.get("activation_type") == "uint8" and st.get("weight_type") == "int8"
+                                          and st.get("reduce_range") is False)
+
+
 def onnx_precision(value: str | None = None) -> str:
     """auto, fp32 or int8: `value`, else $BINCOUNTER_ONNX_PRECISION, else auto."""
     value = (value or os.environ.get("BINCOUNTER_ONNX_PRECISION") or "auto").strip().lower()
@@ -110,7 +118,7 @@ def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[di
             raise UserError(f"BINCOUNTER_ONNX_PRECISION=int8 but {model_dir}: {state} (`bincounter export "
                             "--quantize int8 --test DIR` marks it servable when it holds the accuracy)")
         return check_onnx(model_dir), ONNX, f"fp32: {state}"
-    if (meta.get("settings") or {}).get("needs_vnni") and not has_vnni():
+    if needs_vnni(meta) and not has_vnni():
         state = ("INT8 was quantized for CPUs with VNNI (`export --for-cpu vnni`: 8-bit weights, which this CPU's "
                  "u8s8 kernels can saturate) and this CPU has none")
         if precision == "int8":
@@ -120,7 +128,8 @@ def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[di
     fix = ("quantize it again where bincounter runs (`bincounter export --model-dir DIR --quantize int8 ...`), or "
            "set BINCOUNTER_ONNX_PRECISION=fp32")
     _check_file(model_dir, config, ONNX_INT8, meta, fix, "quantized")
-    return config, ONNX_INT8, f"INT8: config.json marks it {meta.get('why') or 'servable'}"
+    vnni = "; needs a CPU with VNNI: this one has it" if needs_vnni(meta) else ""
+    return config, ONNX_INT8, f"INT8: config.json marks it {meta.get('why') or 'servable'}{vnni}"
 
 
 def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
