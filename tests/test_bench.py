@@ -283,3 +283,17 @@ def test_serve_bench_keeps_the_log_lines_of_a_failure():
     assert "Worker died." in kept and "[WARN ] slow" in kept and len(kept.splitlines()) == 5
     assert sb.error_lines("a\nb WARN c\nd") == "a\nb WARN c\nd"  # weaker words when no stronger one
     assert sb.error_lines("\n".join(map(str, range(100)))).splitlines() == [str(i) for i in range(40, 100)]
+
+
+def test_serve_cpu_split_names_the_container_processes():
+    """The command lines of the CPU image's processes (as `ps` shows them there) map to the right parts."""
+    sp = _bench("serve_cpu_split")
+    site = "/opt/venv/lib/python3.11/site-packages"
+    assert sp.kind(f"java -Dmodel_server_home={site} -Dlog4j.configurationFile=file://{site}/bincounter/serving/"
+                   "log4j2.xml -XX:+UseContainerSupport") == "MMS (JVM)"
+    assert sp.kind(f"/opt/venv/bin/python3 {site}/mms/model_service_worker.py --sock-type unix --handler "
+                   "bincounter.serving.handler_service") == "model worker"
+    assert sp.kind("python -m bincounter.serving.server ") == "front"
+    assert sp.kind(f"/opt/venv/bin/python3 /opt/venv/bin/multi-model-server --start --log-config "
+                   f"{site}/bincounter/serving/log4j2.xml") == "MMS launcher"
+    assert sp.kind("/usr/bin/tini -- /opt/bincounter/container/entrypoint.sh serve") == "/usr/bin/tini"

@@ -103,7 +103,9 @@ def test_the_readme_command_passes_the_default_gate(image, tmp_path):
 def test_an_unreachable_min_accuracy_ends_in_the_fail_step(image, abid_root, tmp_path):
     nets = _networks()
     work = tmp_path / "work"
-    proc = _local(abid_root, work, "--min-accuracy", "1.01", "--json", image=image)
+    # the gate cannot pass whatever the model: one instance, one short epoch at 64 px, no weights to fetch
+    proc = _local(abid_root, work, "--min-accuracy", "1.01", "--json", "--instances", "1", "--hp", "epochs=1",
+                  "--hp", "image_size=64", "--no-pretrained", image=image)
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-5000:]
     report = json.loads(proc.stdout)
     steps = {s["name"]: s for s in report["steps"]}
