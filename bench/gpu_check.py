@@ -224,7 +224,7 @@ def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: flo
     except ImportError as e:
         return {"_status": "skipped", "reason": f"{e.name} not installed"}
     import numpy as np
-    from int8 import images_per_s  # bench/int8.py, beside this script: the same timing
+    from int8 import interleaved_speeds  # bench/int8.py, beside this script: the same timing
 
     from bincounter.artifact import ONNX, preprocess_of, read_config
     from bincounter.model import export_onnx
@@ -239,17 +239,14 @@ def check_int8_cpu(model_dir: Path, ch: Path, cpu_smoke: bool, seconds_left: flo
     for name, settings in configs.items():
         sessions[name] = session(quantize_bytes(model_dir / ONNX, xs[:32], settings), threads=1)
     ref = probabilities(sessions["fp32"], xs).argmax(1)
-    batch = np.ascontiguousarray(xs[:8])
-    speeds: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(2 if cpu_smoke else 3):  # interleaved rounds
-        for name, sess in sessions.items():
-            speeds[name].append(images_per_s(sess, batch, 0.2 if cpu_smoke else 1.5))
+    speeds = interleaved_speeds(sessions, np.ascontiguousarray(xs[:8]), 2 if cpu_smoke else 3,
+                                0.2 if cpu_smoke else 1.5)
     out = {"cpu": next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
            "cpu_flags": cpu_flags(), "onnxruntime":
            onnxruntime.__version__, "images": int(len(xs)), "size": int(xs.shape[-1])}
     for name, sess in sessions.items():
-        ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds["fp32"], strict=True))
-        out[name] = {"images_per_s_1_thread": round(statistics.median(speeds[name]), 1), "vs_fp32": round(ratio, 2)}
+        out[name] = {"images_per_s_1_thread": speeds[name]["images_per_s"],
+                     "vs_fp32": round(speeds[name]["vs_fp32"], 2)}
         if name != "fp32":
             out[name]["agreement"] = round(float(np.mean(probabilities(sess, xs).argmax(1) == ref)), 3)
     return out

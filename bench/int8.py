@@ -54,6 +54,18 @@ def images_per_s(sess, x: np.ndarray, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def interleaved_speeds(sessions: dict, x: np.ndarray, rounds: int, seconds: float) -> dict[str, dict]:
+    """images/s of each session on `x`, timed in `rounds` interleaved rounds (the machine's drifts fall on every
+    model alike): per name the median images/s and the median of the per-round ratios to "fp32"."""
+    speeds: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            speeds[name].append(images_per_s(sess, x, seconds))
+    return {name: {"images_per_s": round(statistics.median(v), 1),
+                   "vs_fp32": round(statistics.median(s / f for s, f in zip(v, speeds["fp32"], strict=True)), 3)}
+            for name, v in speeds.items()}
+
+
 HOLDOUT_SEED = 1000  # synthetic data seed of the held-out set: the demo runs use their own seed (0, 1, 2, ...)
 
 
@@ -119,15 +131,9 @@ def one_seed(seed: int, work: Path, args, holdout: Path | None) -> dict:
                            "holdout_agreement": round(1 - c["changed_share"], 4), "holdout_drop": d["accuracy_drop"],
                            "holdout_drop_se": d["accuracy_drop_se"], "holdout_right_to_wrong": d["right_to_wrong"],
                            "holdout_wrong_to_right": d["wrong_to_right"]}
-    batch = np.ascontiguousarray(xs[:8])
-    speeds: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(args.rounds):  # interleaved: the machine's drifts fall on every model alike
-        for name, sess in sessions.items():
-            speeds[name].append(images_per_s(sess, batch, args.seconds))
-    for name in sessions:
-        ratios = [s / f for s, f in zip(speeds[name], speeds["fp32"], strict=True)]
-        rows[name] |= {"images_per_s": round(statistics.median(speeds[name]), 1),
-                       "vs_fp32": round(statistics.median(ratios), 3)}
+    for name, speed in interleaved_speeds(sessions, np.ascontiguousarray(xs[:8]), args.rounds,
+                                          args.seconds).items():
+        rows[name] |= speed
     return {"seed": seed, "n_test": len(ys), "n_holdout": n_holdout, "n_calibration": len(cal), "train_s": train_s,
             "configs": rows}
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from int8 import images_per_s  # bench/int8.py, beside this script
+from int8 import interleaved_speeds  # bench/int8.py, beside this script
 
 from bincounter.artifact import ONNX
 from bincounter.model import create_model, export_onnx, save_artifact
@@ -46,17 +45,9 @@ def one_arch(arch: str, size: int, args, tmp: Path) -> dict:
     for threads in args.threads:
         sessions = {name: session(data, threads=threads) for name, data in models.items()}
         for batch in args.batches:
-            x = np.ascontiguousarray(cal[:batch])
-            speeds: dict[str, list[float]] = {name: [] for name in sessions}
-            for _ in range(args.rounds):  # interleaved: the machine's drifts fall on every model alike
-                for name, sess in sessions.items():
-                    speeds[name].append(images_per_s(sess, x, args.seconds))
-            for name in sessions:
-                ratios = [s / f for s, f in zip(speeds[name], speeds["fp32"], strict=True)]
-                rows[f"{name} | {threads} | {batch}"] = {
-                    "model": name, "threads": threads, "batch": batch,
-                    "images_per_s": round(statistics.median(speeds[name]), 1),
-                    "vs_fp32": round(statistics.median(ratios), 3)}
+            speeds = interleaved_speeds(sessions, np.ascontiguousarray(cal[:batch]), args.rounds, args.seconds)
+            for name, speed in speeds.items():
+                rows[f"{name} | {threads} | {batch}"] = {"model": name, "threads": threads, "batch": batch, **speed}
     return {"arch": arch, "image_size": size, "rows": list(rows.values())}
 
 
