@@ -12,14 +12,11 @@ writes JSON (bench/results/serve_cpu_split.json). Needs Docker and the CPU image
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
 READ = ("for p in /proc/[0-9]*; do echo $(cut -d' ' -f1,14,15 $p/stat 2>/dev/null) "
@@ -62,61 +59,25 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=800)
     p.add_argument("--out", default="bench/results/serve_cpu_split.json")
     a = p.parse_args()
+    from serve import load, start_server  # bench/serve.py, beside this script
+
     from bincounter.data.synth import synth_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         synth_dataset(Path(tmp) / "abid", 1, seed=0, size=320)  # one request body: a synthetic bin photo
         body = next((Path(tmp) / "abid" / "bin-images").iterdir()).read_bytes()
-    name = f"bench-split-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["docker", "run", "-d", "--name", name, "--cpuset-cpus", a.server_cpus,
-                    "-v", f"{a.model_dir.resolve()}:/opt/ml/model:ro", "-e", f"BINCOUNTER_BATCH_SIZE={a.batch}",
-                    "-e", f"BINCOUNTER_MAX_BATCH_DELAY_MS={a.delay_ms}",
-                    "-e", f"BINCOUNTER_ONNX_PRECISION={a.precision}", a.image, "serve"],
-                   check=True, capture_output=True)
-    try:
-        host = subprocess.run(["docker", "inspect", name, "--format", "{{.NetworkSettings.IPAddress}}"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-
-        def post(conn) -> int:
-            conn.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
-            r = conn.getresponse()
-            r.read()
-            return r.status
-
-        t0 = time.monotonic()
-        while True:
-            try:
-                if post(http.client.HTTPConnection(host, 8080, timeout=5)) == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() - t0 > 180:
-                raise SystemExit(f"{a.image} never answered within 180 s")
-            time.sleep(0.2)
-        failed = []
-
-        def load(per: int) -> float:
-            def caller():
-                conn = http.client.HTTPConnection(host, 8080, timeout=60)
-                for _ in range(per):
-                    status = post(conn)
-                    if status != 200:
-                        failed.append(status)
-            threads = [threading.Thread(target=caller) for _ in range(16)]
-            start = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return time.perf_counter() - start
-
-        load(10)  # warm-up
-        before = cpu_times(name)
+    names: list[str] = []
+    variant = {"image": a.image, "precision": a.precision, "label": f"{a.image} {a.precision}"}
+    try:  # bench/serve.py's own start (waits for the first 200) and closed-loop load
+        run = start_server(variant, a.model_dir, body, a.batch, a.delay_ms, names, ["--cpuset-cpus", a.server_cpus])
+        load(run["host"], 8080, body, 16, 160)  # warm-up
+        before = cpu_times(run["container"])
         per = max(1, a.requests // 16)
-        wall, n = load(per), 16 * per
-        after = cpu_times(name)
+        measured = load(run["host"], 8080, body, 16, 16 * per)
+        after = cpu_times(run["container"])
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+    n = measured["requests"]
     tick = os.sysconf("SC_CLK_TCK")
     split: dict[str, float] = {}
     for pid, (ticks, cmd) in after.items():
@@ -124,13 +85,14 @@ def main() -> int:
         if used > 0 and "/proc/" not in cmd:
             split[kind(cmd)] = split.get(kind(cmd), 0.0) + 1000 * used / tick / n
     doc = {"precision": a.precision, "batch": a.batch, "delay_ms": a.delay_ms, "requests": n,
-           "failed": len(failed), "rps": round(n / wall, 1), "wall_ms_per_request": round(1000 * wall / n, 2),
+           "failed": measured["errors"], "rps": round(measured["rps"], 1),
+           "wall_ms_per_request": round(1000 / measured["rps"], 2),
            "cpu_ms_per_request": {k: round(v, 2) for k, v in sorted(split.items(), key=lambda kv: -kv[1])},
            "date": time.strftime("%Y-%m-%d"), "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2))
     print(f"{a.precision}, MMS batch {a.batch} / {a.delay_ms} ms, {n} requests at concurrency 16: {doc['rps']} req/s, "
-          f"{len(failed)} failed; CPU ms per request:")
+          f"{doc['failed']} failed; CPU ms per request:")
     for k, v in doc["cpu_ms_per_request"].items():
         print(f"  {k:14s} {v:6.2f}")
     print(f"  total {sum(split.values()):.2f} ms; wall per request {doc['wall_ms_per_request']} ms; wrote {a.out}")

@@ -53,8 +53,11 @@ class QuantSettings:
 
     @property
     def needs_vnni(self) -> bool:
-        """uint8 x int8 with full 8-bit weights: exact on CPUs with VNNI, can saturate on those without."""
-        return self.activation_type == "uint8" and self.weight_type == "int8" and not self.reduce_range
+        """uint8 x int8 with full 8-bit weights: exact on CPUs with VNNI, can saturate on those without (the rule
+        the CPU image applies to a record: `serving.onnx_runtime.needs_vnni`)."""
+        from .serving.onnx_runtime import needs_vnni
+
+        return needs_vnni(dataclasses.asdict(self))
 
     @property
     def name(self) -> str:
@@ -263,6 +266,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
 
     model_dir = Path(model_dir)
     config = check_onnx(model_dir)  # quantize the export of these weights, nothing else
+    vnni = has_vnni()
     if calibration_images < 1:
         raise UserError(f"--calibration-images {calibration_images}: expected at least 1")
     pre = preprocess_of(config)
@@ -287,7 +291,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
         result = {"n": len(ys), "fp32": {k: a[k] for k in ("accuracy", "rmse")},
                   "int8": {k: b[k] for k in ("accuracy", "rmse")}, "changed_share": b["changed_share"],
                   **paired_drop(ys, fp32.argmax(1), int8.argmax(1), None)}  # unrounded: the gate compares these
-        if settings.needs_vnni and not has_vnni():
+        if settings.needs_vnni and not vnni:
             log.warning("this CPU has no VNNI: the test accuracy of an INT8 model for VNNI CPUs (--for-cpu vnni) "
                         "is measured here with kernels that can saturate, which VNNI CPUs do not; measure it on "
                         "the CPU you will serve on (the record says measured_with_vnni: false)")
@@ -321,7 +325,7 @@ def quantize_int8(model_dir: str | Path, calibration: str | Path, test: str | Pa
                            "calibration": str(Path(calibration).resolve()), "onnxruntime": onnxruntime.__version__},
               "test_channel": None if test is None else str(Path(test).resolve()), "cpu_flags": cpu_flags(),
               "test": result, "max_accuracy_drop": max_drop, "gate": "strict" if strict else "measured",
-              "drop_upper_bound": bound, "measured_with_vnni": None if result is None else has_vnni(),
+              "drop_upper_bound": bound, "measured_with_vnni": None if result is None else vnni,
               "forced": bool(force_servable and servable),
               "servable": servable, "why": why}
     config = read_config(model_dir)

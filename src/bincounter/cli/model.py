@@ -121,9 +121,10 @@ def cmd_export(args) -> int:
         settings = VNNI if args.for_cpu == "vnni" else DEFAULT
         if args.fp32_stride is not None:
             settings = dataclasses.replace(settings, fp32_stride=args.fp32_stride)
-        record = quantize_int8(args.model_dir, args.calibration, args.test, args.calibration_images or 100,
-                               0.01 if args.max_accuracy_drop is None else args.max_accuracy_drop,
-                               args.force_servable, settings, args.strict_gate)
+        given = {k: v for k, v in (("calibration_images", args.calibration_images),
+                                   ("max_drop", args.max_accuracy_drop)) if v is not None}
+        record = quantize_int8(args.model_dir, args.calibration, args.test, force_servable=args.force_servable,
+                               settings=settings, strict=args.strict_gate, **given)  # unset: its defaults
         path = Path(args.model_dir) / ONNX_INT8
         vnni = "  needs a CPU with VNNI" if record["settings"]["needs_vnni"] else ""
         print(f"{path}  {record['settings']['quant_format']} {path.stat().st_size / 1e6:.1f} MB  "

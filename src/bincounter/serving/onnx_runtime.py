@@ -86,12 +86,13 @@ def has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(f in VNNI_FLAGS for f in cpu_flags(cpuinfo))
 
 
-def needs_vnni(record: dict) -> bool:
-    """Whether an INT8 record's model has full 8-bit weights with uint8 activations (`export --for-cpu vnni`),
-    from its settings, not from a flag alone: exact only on a CPU with VNNI."""
-    st = record.get("settings") or {}
-    return bool(st.get("needs_vnni")) or (st.get("activation_type") == "uint8" and st.get("weight_type") == "int8"
-                                          and st.get("reduce_range") is False)
+def needs_vnni(settings: dict) -> bool:
+    """Whether INT8 settings (an INT8 record's, or `quantize.QuantSettings` as a dict) mean full 8-bit weights with
+    uint8 activations (`export --for-cpu vnni`): exact only on a CPU with VNNI. Derived from the types, so a
+    record without the `needs_vnni` key is judged too."""
+    return bool(settings.get("needs_vnni")) or (settings.get("activation_type") == "uint8"
+                                                 and settings.get("weight_type") == "int8"
+                                                 and settings.get("reduce_range") is False)
 
 
 def onnx_precision(value: str | None = None) -> str:
@@ -118,7 +119,7 @@ def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[di
             raise UserError(f"BINCOUNTER_ONNX_PRECISION=int8 but {model_dir}: {state} (`bincounter export "
                             "--quantize int8 --test DIR` marks it servable when it holds the accuracy)")
         return check_onnx(model_dir), ONNX, f"fp32: {state}"
-    if needs_vnni(meta) and not has_vnni():
+    if needs_vnni(meta.get("settings") or {}) and not has_vnni():
         state = ("INT8 was quantized for CPUs with VNNI (`export --for-cpu vnni`: 8-bit weights, which this CPU's "
                  "u8s8 kernels can saturate) and this CPU has none")
         if precision == "int8":
@@ -128,7 +129,7 @@ def served_onnx(model_dir: str | Path, precision: str | None = None) -> tuple[di
     fix = ("quantize it again where bincounter runs (`bincounter export --model-dir DIR --quantize int8 ...`), or "
            "set BINCOUNTER_ONNX_PRECISION=fp32")
     _check_file(model_dir, config, ONNX_INT8, meta, fix, "quantized")
-    vnni = "; needs a CPU with VNNI: this one has it" if needs_vnni(meta) else ""
+    vnni = "; needs a CPU with VNNI: this one has it" if needs_vnni(meta.get("settings") or {}) else ""
     return config, ONNX_INT8, f"INT8: config.json marks it {meta.get('why') or 'servable'}{vnni}"
 
 
